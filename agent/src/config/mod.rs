@@ -1,0 +1,13 @@
+//! The gateway's config file (TOML): its shape, loading and validation.
+//!
+//! - [`types`]: the sections, with doc-commented fields and defaults.
+//! - [`validate`]: the pure check that collects *every* problem with its path.
+//! - [`load`]: read, parse, catch unknown keys, validate, and point at the line of each problem.
+
+pub mod load;
+pub mod types;
+pub mod validate;
+
+pub use load::{load_file, load_str, ConfigError, Problem};
+pub use types::{Config, GatewayConfig, MqttConfig, StoreConfig, WebConfig};
+

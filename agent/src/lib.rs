@@ -1,0 +1,12 @@
+//! The edge agent: config, store-and-forward outbox, MQTT uplink, status page and the
+//! runtime that supervises them. The binary (`main.rs`) is a thin command-line shell.
+
+pub mod config;
+pub mod demo;
+pub mod live;
+pub mod payload;
+pub mod runtime;
+pub mod store;
+pub mod uplink;
+pub mod watch;
+pub mod web;

@@ -1,0 +1,162 @@
+//! The agent's live state: what the status page, `/api/status` and `/metrics` show.
+//!
+//! Every task writes its own part; readers take a [`Snapshot`]. Counters only go up
+//! (Prometheus semantics) so a scrape never misses a drop or an error.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use edge_drivers::{DeviceConfig, Quality, Sample, Value};
+use serde::Serialize;
+
+/// Shared handle to the live state.
+#[derive(Clone, Default)]
+pub struct Live(Arc<RwLock<Snapshot>>);
+
+/// Everything the page shows, at one instant. Serialised as `/api/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Snapshot {
+    pub gateway: GatewayView,
+    pub devices: BTreeMap<String, DeviceView>,
+    pub store: StoreView,
+    pub uplink: UplinkView,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GatewayView {
+    pub id: String,
+    pub site: String,
+    pub version: String,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeviceView {
+    pub name: String,
+    pub protocol: String,
+    pub address: String,
+    pub connected: bool,
+    /// Why the device is not connected (or why the last poll failed).
+    pub last_error: Option<String>,
+    /// When `connected` last changed.
+    pub since: Option<DateTime<Utc>>,
+    pub polls: u64,
+    /// Tags in config order.
+    pub tags: Vec<TagView>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TagView {
+    pub name: String,
+    pub unit: Option<String>,
+    pub value: Option<Value>,
+    /// `good`, `bad`, `uncertain`, or `none` before the first reading.
+    pub quality: String,
+    pub reason: Option<String>,
+    pub ts: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StoreView {
+    /// Telemetry batches waiting in the outbox for their PUBACK.
+    pub pending_batches: u64,
+    /// Events waiting in the outbox.
+    pub pending_events: u64,
+    /// Size of the store on disk, in bytes.
+    pub disk_bytes: u64,
+    /// The `batch_seq` the next batch will get.
+    pub next_batch_seq: u64,
+    pub batches_stored: u64,
+    pub samples_stored: u64,
+    pub batches_acked: u64,
+    /// Records that failed their checksum or could not be decoded; skipped and deleted.
+    pub corrupt_records: u64,
+    pub write_errors: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UplinkView {
+    /// `host:port` of the broker.
+    pub broker: String,
+    pub connected: bool,
+    pub since: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub connects: u64,
+    pub connection_errors: u64,
+    pub published: u64,
+    pub acked: u64,
+    pub in_flight: u64,
+}
+
+impl Live {
+    pub fn new(gateway: GatewayView, devices: &[DeviceConfig]) -> Self {
+        let devices = devices
+            .iter()
+            .map(|d| {
+                let view = DeviceView {
+                    name: d.name.clone(),
+                    protocol: "modbus-tcp".into(),
+                    address: d.address.clone(),
+                    tags: d
+                        .tags
+                        .iter()
+                        .map(|t| TagView { name: t.name.clone(), unit: t.unit.clone(), quality: "none".into(), ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                };
+                (d.name.clone(), view)
+            })
+            .collect();
+        Live(Arc::new(RwLock::new(Snapshot { gateway, devices, ..Default::default() })))
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        match self.0.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Runs `f` on the state under the write lock. A poisoned lock (a panic elsewhere
+    /// while holding it) is recovered: the state is plain data and stays usable.
+    pub fn update<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
+        match self.0.write() {
+            Ok(mut s) => f(&mut s),
+            Err(poisoned) => f(&mut poisoned.into_inner()),
+        }
+    }
+
+    pub fn record_samples(&self, device: &str, samples: &[Sample]) {
+        self.update(|s| {
+            let Some(d) = s.devices.get_mut(device) else { return };
+            d.polls += 1;
+            for sample in samples {
+                if let Some(t) = d.tags.iter_mut().find(|t| t.name == sample.tag) {
+                    if sample.quality.is_good() || t.value.is_none() {
+                        t.value = sample.value.clone();
+                    }
+                    t.quality = sample.quality.code().to_string();
+                    t.reason = sample.quality.reason().map(str::to_string);
+                    t.ts = Some(sample.source_ts);
+                }
+            }
+            if let Some(reason) = samples.iter().find_map(|s| match &s.quality {
+                Quality::Bad(r) => Some(r.clone()),
+                _ => None,
+            }) {
+                d.last_error = Some(reason);
+            }
+        });
+    }
+
+    pub fn record_connection(&self, device: &str, connected: bool, error: Option<String>) {
+        self.update(|s| {
+            if let Some(d) = s.devices.get_mut(device) {
+                d.connected = connected;
+                d.since = Some(Utc::now());
+                d.last_error = error;
+            }
+        });
+    }
+}

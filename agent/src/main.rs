@@ -1,0 +1,125 @@
+//! `edge-agent`: the command line. Everything it runs lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edge_agent::config::load_file;
+use edge_agent::{demo, runtime, watch};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a config that was refused (nothing was started).
+const EXIT_BAD_CONFIG: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "edge-agent", version, about = "Industrial edge agent: PLCs to MQTT with store-and-forward")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent with a config file (the systemd service does this).
+    Run {
+        /// The gateway's config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Check a config file and report every problem with its line; starts nothing.
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Run a simulated sugar mill, an embedded MQTT broker and the agent, all on loopback.
+    Demo {
+        /// Where the demo keeps its outbox (default: a directory under the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Status page address (default from the demo config: 127.0.0.1:8080).
+        #[arg(long, value_name = "ADDR")]
+        web_listen: Option<String>,
+        /// Port of the embedded MQTT broker (default 18830).
+        #[arg(long)]
+        mqtt_port: Option<u16>,
+        /// Port of the simulated PLC (default 15020).
+        #[arg(long)]
+        modbus_port: Option<u16>,
+    },
+    /// Print the messages arriving on an MQTT broker (topic, then payload).
+    Watch {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 1883)]
+        port: u16,
+        #[arg(long, default_value = "plant/#")]
+        topic: String,
+        /// Stop after this many messages (0: run until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: usize,
+    },
+}
+
+fn init_logging() {
+    // rumqttd is only the demo's embedded broker; its connection chatter is not the agent's news.
+    let filter = EnvFilter::try_from_env("EDGE_AGENT_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn,tokio_modbus=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::CheckConfig { file } = &cli.command {
+        return match load_file(file) {
+            Ok(config) => {
+                println!("{}: ok ({} devices, {} tags)", file.display(), config.devices.len(), config.devices.iter().map(|d| d.tags.len()).sum::<usize>());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprint!("{e}");
+                ExitCode::from(EXIT_BAD_CONFIG)
+            }
+        };
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edge-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => {
+                let config = match load_file(&config) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprint!("{e}");
+                        return Ok(Some(EXIT_BAD_CONFIG));
+                    }
+                };
+                runtime::run(config, runtime::shutdown_signal(), |_| {}).await.map(|()| None)
+            }
+            Command::Demo { data_dir, web_listen, mqtt_port, modbus_port } => {
+                demo::run(demo::DemoOptions { data_dir, web_listen, mqtt_port, modbus_port }).await.map(|()| None)
+            }
+            Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
+            Command::CheckConfig { .. } => Ok(None), // handled above
+        }
+    });
+    // Don't wait for the blocking threads (the demo broker's) to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(code)) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("edge-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The MQTT contract: the JSON the ERP receives. Field names here are a public API;
+//! change them only with a new contract version. Schemas: `schemas/*.json`.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use edge_drivers::{Sample, Value};
+use serde::{Deserialize, Serialize};
+
+/// One sample inside a telemetry batch: `{"tag","v","q","ts"}` (+ `"reason"` when not good).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireSample {
+    pub tag: String,
+    /// The value; `null` when the quality is bad and there is none.
+    pub v: Option<Value>,
+    /// `good`, `bad` or `uncertain`.
+    pub q: String,
+    /// Source timestamp, RFC 3339 UTC with milliseconds.
+    pub ts: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<&Sample> for WireSample {
+    fn from(s: &Sample) -> Self {
+        WireSample {
+            tag: s.tag.clone(),
+            v: s.value.clone(),
+            q: s.quality.code().to_string(),
+            ts: rfc3339(s.source_ts),
+            reason: s.quality.reason().map(str::to_string),
+        }
+    }
+}
+
+/// `…/telemetry/{device}`: one batch of one device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TelemetryPayload {
+    pub gateway: String,
+    pub device: String,
+    /// +1 per batch per gateway, across restarts: a gap means data the ERP never got,
+    /// a repeat is a duplicate to drop.
+    pub batch_seq: u64,
+    /// True when the batch is sent from the buffer after an outage or restart.
+    pub historical: bool,
+    pub samples: Vec<WireSample>,
+}
+
+/// `…/status` (retained): the gateway's presence; the MQTT Will publishes `offline`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusPayload {
+    /// `online` or `offline`.
+    pub state: String,
+    pub ts: String,
+    pub version: String,
+}
+
+/// `…/events`: something that happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventPayload {
+    /// Unique per gateway, across restarts (`{gateway}-{event_seq}`): de-duplicate on it.
+    pub id: String,
+    /// `device_connected`, `device_lost`, …
+    pub kind: String,
+    pub gateway: String,
+    /// The device or asset it concerns.
+    pub asset: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    pub ts: String,
+    #[serde(default)]
+    pub details: serde_json::Value,
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub fn rfc3339(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+pub fn status(state: &str) -> StatusPayload {
+    StatusPayload { state: state.to_string(), ts: rfc3339(Utc::now()), version: VERSION.to_string() }
+}

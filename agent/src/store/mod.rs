@@ -1,0 +1,13 @@
+//! The outbox: every batch and event is written here, flushed, and only then published.
+//! Entries leave the outbox when the broker acknowledges them (PUBACK), never before.
+//!
+//! - [`record`]: the on-disk record (checksummed).
+//! - [`outbox`]: the sled trees, sequence numbers and counters.
+//! - [`writer`]: the task that turns device reports into batches on the flush interval.
+
+pub mod outbox;
+pub mod record;
+pub mod writer;
+
+pub use outbox::{Outbox, StoreError, StoredEventDraft};
+pub use record::{StoredBatch, StoredEvent};

@@ -1,0 +1,335 @@
+//! The sled outbox: two trees of records keyed by big-endian sequence numbers (so sled's
+//! key order is delivery order) and a meta tree with the next numbers to hand out.
+//!
+//! Sequence numbers survive restarts: on open, the next number is the larger of the one
+//! saved in meta and one past the last key present, so a crash between the two writes can
+//! never hand out a number twice. Nothing is published before `flush_async` has returned,
+//! so every number the ERP has seen is on disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use tracing::{error, warn};
+
+use super::record::{self, StoredBatch, StoredEvent};
+
+const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
+const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store database error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cannot encode a record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("cannot move the unreadable store {path} aside: {source}")]
+    MoveAside { path: PathBuf, source: std::io::Error },
+}
+
+/// Counters, shown on the page and in `/metrics`.
+#[derive(Debug, Default)]
+pub struct OutboxCounters {
+    pub batches_stored: AtomicU64,
+    pub samples_stored: AtomicU64,
+    pub batches_acked: AtomicU64,
+    pub events_acked: AtomicU64,
+    pub corrupt_records: AtomicU64,
+}
+
+/// Handle to the outbox; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    db: sled::Db,
+    telemetry: sled::Tree,
+    events: sled::Tree,
+    meta: sled::Tree,
+    seqs: Arc<Mutex<(u64, u64)>>,
+    pub counters: Arc<OutboxCounters>,
+    /// Set when the store could not be opened and was moved aside (path of the old one).
+    pub moved_aside: Option<PathBuf>,
+}
+
+fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
+}
+
+impl Outbox {
+    /// Opens the outbox under `dir`. A store that cannot be opened (corrupt, from an
+    /// incompatible version) is renamed to `outbox.unreadable-{time}` for inspection and a
+    /// fresh one is started: the agent never refuses to run because of its own buffer.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join("outbox");
+        match Self::open_at(&path) {
+            Ok(outbox) => Ok(outbox),
+            Err(first) => {
+                let aside = dir.join(format!("outbox.unreadable-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
+                error!(path = %path.display(), error = %first, aside = %aside.display(), "store cannot be opened; moving it aside and starting a fresh one");
+                std::fs::rename(&path, &aside).map_err(|source| StoreError::MoveAside { path: path.clone(), source })?;
+                let mut fresh = Self::open_at(&path)?;
+                fresh.moved_aside = Some(aside);
+                Ok(fresh)
+            }
+        }
+    }
+
+    fn open_at(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).mode(sled::Mode::LowSpace).open()?;
+        let telemetry = db.open_tree("telemetry")?;
+        let events = db.open_tree("events")?;
+        let meta = db.open_tree("meta")?;
+        let next = |tree: &sled::Tree, name: &[u8]| -> Result<u64, StoreError> {
+            let saved = meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
+            let after_last = tree.last()?.and_then(|(k, _)| seq_of(&k)).map_or(1, |s| s + 1);
+            Ok(saved.max(after_last))
+        };
+        let seqs = (next(&telemetry, NEXT_BATCH_SEQ)?, next(&events, NEXT_EVENT_SEQ)?);
+        Ok(Self { db, telemetry, events, meta, seqs: Arc::new(Mutex::new(seqs)), counters: Arc::default(), moved_aside: None })
+    }
+
+    /// Numbers and writes the batches and events, then flushes. Returns once they are on
+    /// disk; only then may they be published.
+    pub async fn append(&self, batches: &[StoredBatch], events: &[StoredEventDraft]) -> Result<(), StoreError> {
+        let samples: usize = batches.iter().map(|b| b.samples.len()).sum();
+        {
+            let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut next_batch, mut next_event) = *seqs;
+            let mut tb = sled::Batch::default();
+            for b in batches {
+                tb.insert(&key(next_batch), record::encode(b)?);
+                next_batch += 1;
+            }
+            let mut eb = sled::Batch::default();
+            for e in events {
+                let event = e.finish(next_event);
+                eb.insert(&key(next_event), record::encode(&StoredEvent(event))?);
+                next_event += 1;
+            }
+            // Records first, then the counters: a crash in between is covered by open().
+            self.telemetry.apply_batch(tb)?;
+            self.events.apply_batch(eb)?;
+            self.meta.insert(NEXT_BATCH_SEQ, &key(next_batch))?;
+            self.meta.insert(NEXT_EVENT_SEQ, &key(next_event))?;
+            *seqs = (next_batch, next_event);
+        }
+        self.db.flush_async().await?;
+        self.counters.batches_stored.fetch_add(batches.len() as u64, Ordering::Relaxed);
+        self.counters.samples_stored.fetch_add(samples as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Up to `limit` telemetry batches with `batch_seq >= from`, in order. Corrupt
+    /// records are skipped, counted and removed.
+    pub fn telemetry_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredBatch)> {
+        self.read_from(&self.telemetry, "telemetry", from, limit)
+    }
+
+    /// Up to `limit` events with sequence `>= from`, in order.
+    pub fn events_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredEvent)> {
+        self.read_from(&self.events, "events", from, limit)
+    }
+
+    fn read_from<T: serde::de::DeserializeOwned>(&self, tree: &sled::Tree, name: &str, from: u64, limit: usize) -> Vec<(u64, T)> {
+        let mut out = Vec::with_capacity(limit.min(256));
+        for entry in tree.range(key(from)..) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = match entry {
+                Ok(kv) => kv,
+                Err(e) => {
+                    error!(tree = name, error = %e, "store read failed");
+                    break;
+                }
+            };
+            let Some(seq) = seq_of(&k) else {
+                self.drop_corrupt(tree, name, &k, "key is not a sequence number");
+                continue;
+            };
+            match record::decode::<T>(&v) {
+                Ok(r) => out.push((seq, r)),
+                Err(e) => self.drop_corrupt(tree, name, &k, &e.to_string()),
+            }
+        }
+        out
+    }
+
+    fn drop_corrupt(&self, tree: &sled::Tree, name: &str, k: &[u8], why: &str) {
+        self.counters.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        warn!(tree = name, key = ?k, reason = why, "corrupt record skipped and removed");
+        if let Err(e) = tree.remove(k) {
+            error!(tree = name, error = %e, "could not remove a corrupt record");
+        }
+    }
+
+    /// The broker acknowledged batch `seq`: it may go.
+    pub fn ack_telemetry(&self, seq: u64) -> Result<(), StoreError> {
+        if self.telemetry.remove(key(seq))?.is_some() {
+            self.counters.batches_acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn ack_event(&self, seq: u64) -> Result<(), StoreError> {
+        if self.events.remove(key(seq))?.is_some() {
+            self.counters.events_acked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    pub fn pending_batches(&self) -> u64 {
+        self.telemetry.len() as u64
+    }
+
+    pub fn pending_events(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    /// The `batch_seq` the next stored batch will get.
+    pub fn next_batch_seq(&self) -> u64 {
+        self.seqs.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    pub fn next_event_seq(&self) -> u64 {
+        self.seqs.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// An event before it has its sequence number (and so its id).
+#[derive(Debug, Clone)]
+pub struct StoredEventDraft {
+    pub gateway: String,
+    pub kind: String,
+    pub asset: String,
+    pub severity: String,
+    pub ts: chrono::DateTime<Utc>,
+    pub details: serde_json::Value,
+}
+
+impl StoredEventDraft {
+    fn finish(&self, seq: u64) -> crate::payload::EventPayload {
+        crate::payload::EventPayload {
+            id: format!("{}-{seq}", self.gateway),
+            kind: self.kind.clone(),
+            gateway: self.gateway.clone(),
+            asset: self.asset.clone(),
+            severity: self.severity.clone(),
+            ts: crate::payload::rfc3339(self.ts),
+            details: self.details.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::payload::WireSample;
+
+    fn batch(device: &str, n: usize) -> StoredBatch {
+        StoredBatch {
+            device: device.into(),
+            samples: (0..n)
+                .map(|i| WireSample { tag: format!("t{i}"), v: Some(edge_drivers::Value::Int(i as i64)), q: "good".into(), ts: "2026-01-01T00:00:00.000Z".into(), reason: None })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn batch_seq_continues_after_reopen_even_when_everything_was_acked() {
+        // Given an outbox with three batches, all acknowledged
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(dir.path()).unwrap();
+            outbox.append(&[batch("a", 1), batch("a", 1), batch("b", 2)], &[]).await.unwrap();
+            for (seq, _) in outbox.telemetry_from(0, 10) {
+                outbox.ack_telemetry(seq).unwrap();
+            }
+            outbox.flush().await.unwrap();
+        }
+        // When it is reopened and another batch is stored
+        let outbox = Outbox::open(dir.path()).unwrap();
+        outbox.append(&[batch("a", 1)], &[]).await.unwrap();
+        // Then the new batch gets number 4, not 1
+        let left: Vec<u64> = outbox.telemetry_from(0, 10).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(left, vec![4]);
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_batches_are_still_there_after_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let outbox = Outbox::open(dir.path()).unwrap();
+            outbox.append(&[batch("a", 1), batch("b", 2), batch("a", 3)], &[]).await.unwrap();
+            outbox.ack_telemetry(2).unwrap();
+        }
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let left: Vec<(u64, String, usize)> =
+            outbox.telemetry_from(0, 10).into_iter().map(|(s, b)| (s, b.device, b.samples.len())).collect();
+        assert_eq!(left, vec![(1, "a".to_string(), 1), (3, "a".to_string(), 3)]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_skipped_counted_and_removed() {
+        // Given two good batches and one whose bytes were damaged on disk
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        outbox.append(&[batch("a", 1), batch("a", 2), batch("a", 3)], &[]).await.unwrap();
+        outbox.telemetry.insert(key(2), b"\x00\x00\x00\x00garbage".to_vec()).unwrap();
+        // When the outbox is read
+        let seqs: Vec<u64> = outbox.telemetry_from(0, 10).into_iter().map(|(s, _)| s).collect();
+        // Then the damaged one is skipped, counted and gone
+        assert_eq!(seqs, vec![1, 3]);
+        assert_eq!(outbox.counters.corrupt_records.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.pending_batches(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_store_is_moved_aside_and_a_fresh_one_opens() {
+        // Given a data dir whose outbox is not a sled database at all
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("outbox")).unwrap();
+        std::fs::write(dir.path().join("outbox").join("conf"), b"\xff\xfe not a sled config").unwrap();
+        // When the outbox is opened
+        let outbox = Outbox::open(dir.path()).unwrap();
+        // Then it works, and the old one is kept for inspection
+        outbox.append(&[batch("a", 1)], &[]).await.unwrap();
+        let aside = outbox.moved_aside.clone().expect("moved aside");
+        assert!(aside.exists(), "{aside:?}");
+    }
+
+    #[tokio::test]
+    async fn events_get_ids_that_are_unique_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let draft = StoredEventDraft {
+            gateway: "gw".into(),
+            kind: "device_lost".into(),
+            asset: "plc".into(),
+            severity: "warning".into(),
+            ts: Utc::now(),
+            details: serde_json::json!({}),
+        };
+        {
+            let outbox = Outbox::open(dir.path()).unwrap();
+            outbox.append(&[], &[draft.clone()]).await.unwrap();
+            outbox.ack_event(1).unwrap();
+        }
+        let outbox = Outbox::open(dir.path()).unwrap();
+        outbox.append(&[], &[draft]).await.unwrap();
+        let ids: Vec<String> = outbox.events_from(0, 10).into_iter().map(|(_, e)| e.0.id).collect();
+        assert_eq!(ids, vec!["gw-2".to_string()]);
+    }
+}

@@ -1,0 +1,154 @@
+//! The store writer: the one task that turns device reports into outbox batches.
+//!
+//! Samples are gathered per device and written as one batch per device every
+//! `store.flush_interval` (or sooner when a device reaches `max_batch_samples`), then
+//! flushed. That interval is the durability window. Connection changes become events.
+//! When every report sender is gone (shutdown), whatever is gathered is written and the
+//! task ends.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use edge_drivers::{DeviceReport, ReportKind};
+use tokio::sync::{mpsc, Notify};
+use tokio::time::MissedTickBehavior;
+use tracing::{error, info};
+
+use super::outbox::{Outbox, StoredEventDraft};
+use super::record::StoredBatch;
+use crate::config::StoreConfig;
+use crate::live::Live;
+use crate::payload::WireSample;
+
+pub struct Writer {
+    pub outbox: Outbox,
+    pub gateway: String,
+    pub config: StoreConfig,
+    pub live: Live,
+    /// Woken after every successful write, so the uplink publishes without polling.
+    pub stored: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Gathered {
+    batches: BTreeMap<String, Vec<WireSample>>,
+    events: Vec<StoredEventDraft>,
+}
+
+impl Gathered {
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.events.is_empty()
+    }
+}
+
+impl Writer {
+    /// Runs until `reports` is closed and drained.
+    pub async fn run(self, mut reports: mpsc::Receiver<DeviceReport>) {
+        let mut gathered = Gathered::default();
+        let mut ticker = tokio::time::interval(self.config.flush_interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                report = reports.recv() => match report {
+                    Some(report) => {
+                        let full = self.take(report, &mut gathered);
+                        if full {
+                            self.write(&mut gathered).await;
+                        }
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => self.write(&mut gathered).await,
+            }
+        }
+        // Shutdown: write what is left, retrying briefly so a transient error loses nothing.
+        for _ in 0..3 {
+            if gathered.is_empty() {
+                break;
+            }
+            self.write(&mut gathered).await;
+        }
+        info!("store writer finished");
+    }
+
+    /// Files one report; returns true when a device's batch is full.
+    fn take(&self, report: DeviceReport, gathered: &mut Gathered) -> bool {
+        let DeviceReport { device, kind } = report;
+        match kind {
+            ReportKind::Samples(samples) => {
+                self.live.record_samples(&device, &samples);
+                let batch = gathered.batches.entry(device).or_default();
+                batch.extend(samples.iter().map(WireSample::from));
+                batch.len() >= self.config.max_batch_samples
+            }
+            ReportKind::Connected => {
+                self.live.record_connection(&device, true, None);
+                gathered.events.push(self.event("device_connected", &device, "info", serde_json::json!({})));
+                false
+            }
+            ReportKind::Disconnected(reason) => {
+                self.live.record_connection(&device, false, Some(reason.clone()));
+                gathered.events.push(self.event("device_lost", &device, "warning", serde_json::json!({ "reason": reason })));
+                false
+            }
+        }
+    }
+
+    fn event(&self, kind: &str, asset: &str, severity: &str, details: serde_json::Value) -> StoredEventDraft {
+        StoredEventDraft {
+            gateway: self.gateway.clone(),
+            kind: kind.into(),
+            asset: asset.into(),
+            severity: severity.into(),
+            ts: Utc::now(),
+            details,
+        }
+    }
+
+    async fn write(&self, gathered: &mut Gathered) {
+        if gathered.is_empty() {
+            return;
+        }
+        let max = self.config.max_batch_samples.max(1);
+        let batches: Vec<StoredBatch> = gathered
+            .batches
+            .iter()
+            .flat_map(|(device, samples)| {
+                samples.chunks(max).map(|chunk| StoredBatch { device: device.clone(), samples: chunk.to_vec() })
+            })
+            .collect();
+        match self.outbox.append(&batches, &gathered.events).await {
+            Ok(()) => {
+                *gathered = Gathered::default();
+                self.stored.notify_one();
+                self.publish_state();
+            }
+            Err(e) => {
+                // Kept in memory and retried on the next tick.
+                error!(error = %e, batches = batches.len(), "store write failed; will retry");
+                self.live.update(|s| s.store.write_errors += 1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    fn publish_state(&self) {
+        let o = &self.outbox;
+        let c = &o.counters;
+        let (pending_batches, pending_events, disk, next) =
+            (o.pending_batches(), o.pending_events(), o.disk_bytes(), o.next_batch_seq());
+        self.live.update(|s| {
+            s.store.pending_batches = pending_batches;
+            s.store.pending_events = pending_events;
+            s.store.disk_bytes = disk;
+            s.store.next_batch_seq = next;
+            s.store.batches_stored = c.batches_stored.load(Ordering::Relaxed);
+            s.store.samples_stored = c.samples_stored.load(Ordering::Relaxed);
+            s.store.batches_acked = c.batches_acked.load(Ordering::Relaxed);
+            s.store.corrupt_records = c.corrupt_records.load(Ordering::Relaxed);
+        });
+    }
+}

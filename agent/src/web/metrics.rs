@@ -1,0 +1,367 @@
+//! `/metrics`: the live state in the Prometheus text exposition format 0.0.4, by hand.
+//!
+//! Every family gets its `# HELP` and `# TYPE` lines, even when it has no samples
+//! (no devices configured), so a dashboard sees the family exist.
+
+use std::fmt::Write as _;
+
+use crate::live::{DeviceView, Snapshot};
+
+/// The `content-type` a Prometheus server expects for the text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// One metric family: its name after `edge_agent_`, its type and its help text. The
+/// help texts are ours and hold no backslash or newline, so they need no escaping.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+}
+
+const fn gauge(name: &'static str, help: &'static str) -> Family {
+    Family {
+        name,
+        kind: Kind::Gauge,
+        help,
+    }
+}
+
+const fn counter(name: &'static str, help: &'static str) -> Family {
+    Family {
+        name,
+        kind: Kind::Counter,
+        help,
+    }
+}
+
+const DEVICE_CONNECTED: Family = gauge(
+    "device_connected",
+    "1 when the agent holds a connection to the device, else 0.",
+);
+const DEVICE_POLLS: Family = counter(
+    "device_polls_total",
+    "Polls of the device completed since the agent started.",
+);
+const TAG_QUALITY_GOOD: Family = gauge(
+    "tag_quality_good",
+    "Number of the device's tags whose last reading is of good quality.",
+);
+const STORE_PENDING_BATCHES: Family = gauge(
+    "store_pending_batches",
+    "Telemetry batches in the outbox waiting for their PUBACK.",
+);
+const STORE_PENDING_EVENTS: Family = gauge(
+    "store_pending_events",
+    "Events in the outbox waiting for their PUBACK.",
+);
+const STORE_DISK_BYTES: Family = gauge("store_disk_bytes", "Size of the store on disk, in bytes.");
+const STORE_NEXT_BATCH_SEQ: Family = gauge(
+    "store_next_batch_seq",
+    "The batch_seq the next telemetry batch will get.",
+);
+const STORE_BATCHES_STORED: Family = counter(
+    "store_batches_stored_total",
+    "Telemetry batches written to the store.",
+);
+const STORE_SAMPLES_STORED: Family = counter(
+    "store_samples_stored_total",
+    "Samples written to the store.",
+);
+const STORE_BATCHES_ACKED: Family = counter(
+    "store_batches_acked_total",
+    "Telemetry batches acknowledged by the broker and removed from the store.",
+);
+const STORE_CORRUPT_RECORDS: Family = counter(
+    "store_corrupt_records_total",
+    "Store records that failed their checksum or decoding; skipped and deleted.",
+);
+const STORE_WRITE_ERRORS: Family =
+    counter("store_write_errors_total", "Failed writes to the store.");
+const UPLINK_CONNECTED: Family = gauge(
+    "uplink_connected",
+    "1 when the MQTT connection to the broker is up, else 0.",
+);
+const UPLINK_CONNECTS: Family = counter(
+    "uplink_connects_total",
+    "Successful connections to the broker.",
+);
+const UPLINK_CONNECTION_ERRORS: Family = counter(
+    "uplink_connection_errors_total",
+    "Failed or lost connections to the broker.",
+);
+const UPLINK_PUBLISHED: Family = counter(
+    "uplink_published_total",
+    "Messages published to the broker.",
+);
+const UPLINK_ACKED: Family = counter(
+    "uplink_acked_total",
+    "Published messages acknowledged by the broker.",
+);
+const UPLINK_IN_FLIGHT: Family = gauge(
+    "uplink_in_flight",
+    "Published messages waiting for their acknowledgement.",
+);
+
+/// Renders every metric of `s`, one family after the other, ending with a newline.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(4096);
+    render_devices(&mut out, s);
+    render_store(&mut out, s);
+    render_uplink(&mut out, s);
+    out
+}
+
+fn render_devices(out: &mut String, s: &Snapshot) {
+    DEVICE_CONNECTED.per_device(out, s, |d| u64::from(d.connected));
+    DEVICE_POLLS.per_device(out, s, |d| d.polls);
+    TAG_QUALITY_GOOD.per_device(out, s, |d| {
+        d.tags.iter().filter(|t| t.quality == "good").count() as u64
+    });
+}
+
+fn render_store(out: &mut String, s: &Snapshot) {
+    let st = &s.store;
+    STORE_PENDING_BATCHES.scalar(out, st.pending_batches);
+    STORE_PENDING_EVENTS.scalar(out, st.pending_events);
+    STORE_DISK_BYTES.scalar(out, st.disk_bytes);
+    STORE_NEXT_BATCH_SEQ.scalar(out, st.next_batch_seq);
+    STORE_BATCHES_STORED.scalar(out, st.batches_stored);
+    STORE_SAMPLES_STORED.scalar(out, st.samples_stored);
+    STORE_BATCHES_ACKED.scalar(out, st.batches_acked);
+    STORE_CORRUPT_RECORDS.scalar(out, st.corrupt_records);
+    STORE_WRITE_ERRORS.scalar(out, st.write_errors);
+}
+
+fn render_uplink(out: &mut String, s: &Snapshot) {
+    let up = &s.uplink;
+    UPLINK_CONNECTED.scalar(out, u64::from(up.connected));
+    UPLINK_CONNECTS.scalar(out, up.connects);
+    UPLINK_CONNECTION_ERRORS.scalar(out, up.connection_errors);
+    UPLINK_PUBLISHED.scalar(out, up.published);
+    UPLINK_ACKED.scalar(out, up.acked);
+    UPLINK_IN_FLIGHT.scalar(out, up.in_flight);
+}
+
+// Writing into a String cannot fail: the `fmt::Result`s below are always Ok.
+impl Family {
+    fn header(&self, out: &mut String) {
+        let (name, help) = (self.name, self.help);
+        let kind = match self.kind {
+            Kind::Gauge => "gauge",
+            Kind::Counter => "counter",
+        };
+        let _ = writeln!(out, "# HELP edge_agent_{name} {help}");
+        let _ = writeln!(out, "# TYPE edge_agent_{name} {kind}");
+    }
+
+    fn scalar(&self, out: &mut String, value: u64) {
+        self.header(out);
+        let _ = writeln!(out, "edge_agent_{} {value}", self.name);
+    }
+
+    /// One sample per device, labelled `device`, in the devices' name order.
+    fn per_device(&self, out: &mut String, s: &Snapshot, value: impl Fn(&DeviceView) -> u64) {
+        self.header(out);
+        for (device, view) in &s.devices {
+            let device = escape_label_value(device);
+            let _ = writeln!(
+                out,
+                "edge_agent_{}{{device=\"{device}\"}} {}",
+                self.name,
+                value(view)
+            );
+        }
+    }
+}
+
+/// Escapes a label value as the text format requires: `\` as `\\`, `"` as `\"` and a
+/// line feed as `\n`.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::{DeviceView, StoreView, TagView, UplinkView};
+
+    fn tag(name: &str, quality: &str) -> TagView {
+        TagView {
+            name: name.into(),
+            quality: quality.into(),
+            ..Default::default()
+        }
+    }
+
+    fn two_devices() -> Snapshot {
+        let mut s = Snapshot::default();
+        let press = DeviceView {
+            name: "press-1".into(),
+            connected: true,
+            polls: 42,
+            tags: vec![
+                tag("temp", "good"),
+                tag("pressure", "good"),
+                tag("speed", "bad"),
+            ],
+            ..Default::default()
+        };
+        let odd = DeviceView {
+            name: "line \"A\"".into(),
+            connected: false,
+            polls: 7,
+            tags: vec![tag("level", "uncertain"), tag("flow", "none")],
+            ..Default::default()
+        };
+        s.devices.insert(press.name.clone(), press);
+        s.devices.insert(odd.name.clone(), odd);
+        s.store = StoreView {
+            pending_batches: 3,
+            pending_events: 1,
+            disk_bytes: 65536,
+            next_batch_seq: 101,
+            batches_stored: 100,
+            samples_stored: 1200,
+            batches_acked: 97,
+            corrupt_records: 2,
+            write_errors: 0,
+        };
+        s.uplink = UplinkView {
+            broker: "10.0.0.5:1883".into(),
+            connected: true,
+            connects: 4,
+            connection_errors: 3,
+            published: 110,
+            acked: 108,
+            in_flight: 2,
+            ..Default::default()
+        };
+        s
+    }
+
+    fn lines(text: &str) -> Vec<&str> {
+        text.lines().collect()
+    }
+
+    #[test]
+    fn renders_per_device_lines_for_each_of_two_devices() {
+        // Given a snapshot with two devices, one connected with two good tags of three
+        let s = two_devices();
+        // When it is rendered
+        let text = render(&s);
+        let lines = lines(&text);
+        // Then every device has its connected, polls and good-tags line
+        for expected in [
+            "edge_agent_device_connected{device=\"press-1\"} 1",
+            "edge_agent_device_polls_total{device=\"press-1\"} 42",
+            "edge_agent_tag_quality_good{device=\"press-1\"} 2",
+            "edge_agent_device_connected{device=\"line \\\"A\\\"\"} 0",
+            "edge_agent_device_polls_total{device=\"line \\\"A\\\"\"} 7",
+            "edge_agent_tag_quality_good{device=\"line \\\"A\\\"\"} 0",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn renders_store_and_uplink_values_with_their_types() {
+        // Given a snapshot with store and uplink counters set
+        let s = two_devices();
+        // When it is rendered
+        let text = render(&s);
+        let lines = lines(&text);
+        // Then each scalar metric carries its value and its declared type
+        for expected in [
+            "edge_agent_store_pending_batches 3",
+            "edge_agent_store_pending_events 1",
+            "edge_agent_store_disk_bytes 65536",
+            "edge_agent_store_next_batch_seq 101",
+            "edge_agent_store_batches_stored_total 100",
+            "edge_agent_store_samples_stored_total 1200",
+            "edge_agent_store_batches_acked_total 97",
+            "edge_agent_store_corrupt_records_total 2",
+            "edge_agent_store_write_errors_total 0",
+            "edge_agent_uplink_connected 1",
+            "edge_agent_uplink_connects_total 4",
+            "edge_agent_uplink_connection_errors_total 3",
+            "edge_agent_uplink_published_total 110",
+            "edge_agent_uplink_acked_total 108",
+            "edge_agent_uplink_in_flight 2",
+            "# TYPE edge_agent_device_connected gauge",
+            "# TYPE edge_agent_device_polls_total counter",
+            "# TYPE edge_agent_tag_quality_good gauge",
+            "# TYPE edge_agent_store_pending_batches gauge",
+            "# TYPE edge_agent_store_write_errors_total counter",
+            "# TYPE edge_agent_uplink_in_flight gauge",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_family_has_one_help_and_one_type_line_before_its_samples() {
+        // Given any snapshot
+        let text = render(&two_devices());
+        // When each sample line is checked against the TYPE lines seen before it
+        let mut declared: Vec<&str> = Vec::new();
+        let mut helped: Vec<&str> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap_or_default();
+                assert!(!declared.contains(&name), "{name} declared twice");
+                assert!(helped.contains(&name), "{name} has TYPE before HELP");
+                declared.push(name);
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.push(rest.split(' ').next().unwrap_or_default());
+            } else {
+                // Then every sample belongs to the family declared just before it
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                assert_eq!(
+                    declared.last(),
+                    Some(&name),
+                    "sample {line:?} outside its family"
+                );
+                assert!(name.starts_with("edge_agent_"));
+            }
+        }
+        assert_eq!(declared.len(), 18);
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn escapes_backslash_quote_and_newline_in_label_values() {
+        // Given a label value with every character the format reserves
+        let raw = "a\\b\"c\nd";
+        // When it is escaped
+        let escaped = escape_label_value(raw);
+        // Then each is written as its escape sequence and nothing else changes
+        assert_eq!(escaped, "a\\\\b\\\"c\\nd");
+        assert_eq!(escape_label_value("Presse Süd"), "Presse Süd");
+    }
+
+    #[test]
+    fn renders_families_without_samples_when_no_device_is_configured() {
+        // Given an empty snapshot
+        let text = render(&Snapshot::default());
+        // Then the device families are declared but have no sample, and scalars are zero
+        assert!(text.contains(
+            "# TYPE edge_agent_device_connected gauge\n# HELP edge_agent_device_polls_total"
+        ));
+        assert!(text.lines().any(|l| l == "edge_agent_uplink_connected 0"));
+    }
+}

@@ -1,0 +1,257 @@
+//! The agent's own HTTP server: the operator status page and the machine endpoints.
+//!
+//! - `GET /`: the status page, one self-contained file (no external assets: the plant
+//!   floor has no internet). It polls `/api/status` every 2 s.
+//! - `GET /api/status`: the [`Snapshot`](crate::live::Snapshot) as JSON.
+//! - `GET /healthz`: liveness, `200 ok` while the process serves HTTP.
+//! - `GET /metrics`: Prometheus text format 0.0.4.
+
+pub mod metrics;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::live::Live;
+
+/// The status page: inline CSS and vanilla JS, nothing fetched but `api/status`.
+const PAGE: &str = include_str!("page.html");
+
+/// Live values must never come from a browser or proxy cache.
+const NO_STORE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "no-store");
+
+/// All routes, sharing `live`.
+pub fn router(live: Live) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/api/status", get(status))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .with_state(live)
+}
+
+/// Serves [`router`] on `listener` until `cancel` fires, then lets open requests finish.
+/// The caller binds the listener, so it can report bind errors and the real port.
+pub async fn serve(
+    listener: TcpListener,
+    live: Live,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(live))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+async fn page() -> impl IntoResponse {
+    ([NO_STORE], Html(PAGE))
+}
+
+async fn status(State(live): State<Live>) -> impl IntoResponse {
+    ([NO_STORE], Json(live.snapshot()))
+}
+
+async fn healthz() -> impl IntoResponse {
+    ([NO_STORE], "ok")
+}
+
+async fn prometheus(State(live): State<Live>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE), NO_STORE],
+        metrics::render(&live.snapshot()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use chrono::Utc;
+    use edge_drivers::Value;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+    use crate::live::{DeviceView, GatewayView, TagView};
+
+    /// A response read off the wire: status code, raw header block, body.
+    struct Response {
+        status: u16,
+        headers: String,
+        body: String,
+    }
+
+    impl Response {
+        fn header(&self, name: &str) -> Option<&str> {
+            self.headers.lines().find_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+        }
+    }
+
+    /// A minimal HTTP/1.1 GET over a plain TCP stream; `Connection: close` lets us read
+    /// to the end. Every response here has a `content-length` body, never chunked.
+    async fn get(addr: SocketAddr, path: &str) -> Response {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write request");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("read response");
+        let raw = String::from_utf8(raw).expect("utf-8 response");
+        let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
+        let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .expect("status code");
+        Response {
+            status,
+            headers: headers.to_string(),
+            body: body.to_string(),
+        }
+    }
+
+    fn live_with_one_device() -> Live {
+        let gateway = GatewayView {
+            id: "gw-test".into(),
+            site: "plant-1".into(),
+            version: "0.1.0".into(),
+            started_at: Some(Utc::now()),
+        };
+        let live = Live::new(gateway, &[]);
+        live.update(|s| {
+            let tag = TagView {
+                name: "temperature".into(),
+                unit: Some("°C".into()),
+                value: Some(Value::Float(21.5)),
+                quality: "good".into(),
+                reason: None,
+                ts: Some(Utc::now()),
+            };
+            let device = DeviceView {
+                name: "press-1".into(),
+                protocol: "modbus-tcp".into(),
+                address: "10.0.0.10:502".into(),
+                connected: true,
+                tags: vec![tag],
+                ..Default::default()
+            };
+            s.devices.insert(device.name.clone(), device);
+        });
+        live
+    }
+
+    async fn start(
+        live: Live,
+    ) -> (
+        SocketAddr,
+        CancellationToken,
+        JoinHandle<std::io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, live, cancel.clone()));
+        (addr, cancel, server)
+    }
+
+    #[tokio::test]
+    async fn the_real_server_answers_every_route_and_stops_on_cancel() {
+        // Given the server on an ephemeral port, with one device in the live state
+        let (addr, cancel, server) = start(live_with_one_device()).await;
+
+        // When /healthz is fetched, then it is a plain 200 ok
+        let health = get(addr, "/healthz").await;
+        assert_eq!(health.status, 200);
+        assert_eq!(health.body, "ok");
+
+        // When /api/status is fetched, then it is the JSON snapshot of what was put in Live
+        let status = get(addr, "/api/status").await;
+        assert_eq!(status.status, 200);
+        assert!(status
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("application/json")));
+        let json: serde_json::Value = serde_json::from_str(&status.body).expect("json body");
+        assert_eq!(json["devices"]["press-1"]["tags"][0]["name"], "temperature");
+        assert_eq!(json["devices"]["press-1"]["tags"][0]["value"], 21.5);
+        assert_eq!(json["gateway"]["id"], "gw-test");
+
+        // When / is fetched, then it is HTML that loads nothing from outside
+        let page = get(addr, "/").await;
+        assert_eq!(page.status, 200);
+        assert!(page
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/html")));
+        assert!(page.body.contains("api/status"));
+        assert!(
+            !page.body.contains("http://") && !page.body.contains("https://"),
+            "external URL in page"
+        );
+        assert!(
+            !page.body.contains("src=\"//") && !page.body.contains("href=\"//"),
+            "protocol-relative URL in page"
+        );
+
+        // When /metrics is fetched, then it is Prometheus text 0.0.4 with the device's line
+        let metrics = get(addr, "/metrics").await;
+        assert_eq!(metrics.status, 200);
+        assert!(metrics
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain; version=0.0.4")));
+        assert!(metrics
+            .body
+            .lines()
+            .any(|l| l == "edge_agent_device_connected{device=\"press-1\"} 1"));
+
+        // When the token is cancelled, then the server returns Ok
+        cancel.cancel();
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "server did not stop cleanly: {result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_path_is_not_found() {
+        // Given the server
+        let (addr, cancel, _server) = start(Live::default()).await;
+        // When a path that is no route is fetched
+        let response = get(addr, "/nope").await;
+        // Then it is a 404
+        assert_eq!(response.status, 404);
+        cancel.cancel();
+    }
+
+    #[test]
+    fn the_page_is_self_contained() {
+        // Given the embedded page
+        // Then it references no external stylesheet, script, image or font
+        for needle in [
+            "http://",
+            "https://",
+            "<link",
+            "src=",
+            "@import",
+            "url(",
+            "@font-face",
+        ] {
+            assert!(!PAGE.contains(needle), "page contains {needle:?}");
+        }
+        // And it never inserts data as markup
+        assert!(
+            !PAGE.contains("innerHTML")
+                && !PAGE.contains("outerHTML")
+                && !PAGE.contains("insertAdjacentHTML")
+        );
+    }
+}

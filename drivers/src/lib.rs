@@ -1,0 +1,15 @@
+//! PLC drivers and simulated plants.
+//!
+//! - [`modbus`]: the Modbus TCP client driver (polling, decoding, reconnects).
+//! - [`sim`]: simulated plants served over real protocol servers, for the demo and the tests.
+//! - [`sample`]: what every driver produces.
+
+pub mod backoff;
+pub mod config;
+pub mod modbus;
+pub mod sample;
+pub mod sim;
+pub mod validate;
+
+pub use config::{DeviceConfig, Protocol, TagConfig};
+pub use sample::{DeviceReport, Quality, ReportKind, Sample, Value};

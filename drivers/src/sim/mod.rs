@@ -1,0 +1,7 @@
+//! Simulated plants, served over real protocol servers on loopback.
+//!
+//! - [`register_server`]: a Modbus TCP server over an in-memory register bank.
+//! - [`sugar_mill`]: a sugar mill whose process values move like a real one's.
+
+pub mod register_server;
+pub mod sugar_mill;

@@ -1,0 +1,106 @@
+//! The real `edge-agent` binary, run with a config written for the test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// A config for one Modbus device at `modbus_port`, publishing to `mqtt_port`.
+/// `tags` is the TOML of the `[[devices.tags]]` entries.
+pub fn config(data_dir: &Path, mqtt_port: u16, modbus_port: u16, web_port: u16, tags: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-test"
+site = "test-site"
+data_dir = "{data_dir}"
+shutdown_timeout = "5s"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+keep_alive = "5s"
+max_inflight = 16
+
+[store]
+flush_interval = "200ms"
+
+[web]
+listen = "127.0.0.1:{web_port}"
+
+[[devices]]
+name = "plc1"
+protocol = "modbus-tcp"
+address = "127.0.0.1:{modbus_port}"
+poll_interval = "100ms"
+timeout = "500ms"
+{tags}
+"#,
+        data_dir = data_dir.display()
+    )
+}
+
+impl AgentProcess {
+    pub fn start(config_path: &Path, log: PathBuf) -> Self {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open agent log");
+        let child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(config_path)
+            .env("EDGE_AGENT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .expect("start edge-agent");
+        AgentProcess { child: Some(child), log }
+    }
+
+    /// SIGKILL: no flush, no goodbye, like a power cut for the process.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            super::broker::signal(&child, "KILL");
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit; returns whether it exited by itself within `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else { return true };
+        super::broker::signal(&child, "TERM");
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- last agent log lines ({}) ---", self.log.display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}

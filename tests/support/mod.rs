@@ -1,0 +1,42 @@
+//! Real protocol peers for the end-to-end tests: Debian's `mosquitto` on a free loopback
+//! port, a tokio-modbus TCP server with a known register map, the real `edge-agent`
+//! binary, and an MQTT subscriber that records everything it receives.
+#![allow(dead_code)] // each test file uses a different part of the support code
+
+pub mod agent;
+pub mod broker;
+pub mod subscriber;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `limit`.
+pub async fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr, limit: Duration) {
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(start.elapsed() < limit, "nothing listening on {addr} after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
