@@ -17,6 +17,9 @@ pub struct Live(Arc<RwLock<Snapshot>>);
 /// Everything the page shows, at one instant. Serialised as `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
+    /// The agent's clock when the snapshot was taken: the page computes ages against it,
+    /// not against the tablet's clock.
+    pub generated_at: Option<DateTime<Utc>>,
     pub gateway: GatewayView,
     pub devices: BTreeMap<String, DeviceView>,
     pub store: StoreView,
@@ -112,10 +115,12 @@ impl Live {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        match self.0.read() {
+        let mut snapshot = match self.0.read() {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        };
+        snapshot.generated_at = Some(Utc::now());
+        snapshot
     }
 
     /// Runs `f` on the state under the write lock. A poisoned lock (a panic elsewhere
@@ -141,12 +146,12 @@ impl Live {
                     t.ts = Some(sample.source_ts);
                 }
             }
-            if let Some(reason) = samples.iter().find_map(|s| match &s.quality {
+            // The device's last error is the first bad reading of the latest poll; a fully
+            // good poll clears it.
+            d.last_error = samples.iter().find_map(|s| match &s.quality {
                 Quality::Bad(r) => Some(r.clone()),
                 _ => None,
-            }) {
-                d.last_error = Some(reason);
-            }
+            });
         });
     }
 

@@ -25,12 +25,15 @@ impl Mosquitto {
 
     async fn launch(&mut self) {
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nlog_dest file {dir}/mosquitto.log\nmax_queued_messages 100000\n",
+            "listener {port} 127.0.0.1\nuser {user}\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nlog_dest file {dir}/mosquitto.log\nmax_queued_messages 100000\n",
             port = self.port,
+            // As root, mosquitto would switch to user `mosquitto`, which cannot write the
+            // persistence file into our temp dir; stay the user we are.
+            user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into()),
             dir = self.dir.path().display()
         );
         std::fs::write(self.conf_path(), conf).expect("write mosquitto.conf");
-        let child = Command::new("mosquitto")
+        let child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(self.conf_path())
             .stdout(Stdio::null())
@@ -68,4 +71,14 @@ impl Drop for Mosquitto {
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("run kill");
     assert!(status.success(), "kill -{name} {} failed", child.id());
+}
+
+/// Debian installs mosquitto in /usr/sbin, which is not on a normal user's PATH.
+fn mosquitto_binary() -> PathBuf {
+    let sbin = PathBuf::from("/usr/sbin/mosquitto");
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from("mosquitto")
+    }
 }

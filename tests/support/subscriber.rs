@@ -18,6 +18,8 @@ pub struct Received {
 
 pub struct Subscriber {
     pub messages: Arc<Mutex<Vec<Received>>>,
+    /// Number of SUBACKs and session resumptions: grows each time the subscription is live again.
+    pub ready_count: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -30,16 +32,20 @@ impl Subscriber {
         let messages: Arc<Mutex<Vec<Received>>> = Arc::default();
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
-        let (sink, filter) = (messages.clone(), filter.to_string());
+        let ready_count: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (sink, filter, ready) = (messages.clone(), filter.to_string(), ready_count.clone());
         let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        if !ack.session_present {
+                        if ack.session_present {
+                            ready.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        } else {
                             let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        ready.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         if let Some(tx) = subscribed_tx.take() {
                             let _ = tx.send(());
                         }
@@ -54,7 +60,20 @@ impl Subscriber {
             }
         });
         tokio::time::timeout(Duration::from_secs(10), subscribed_rx).await.expect("SUBACK within 10 s").expect("subscriber task alive");
-        Subscriber { messages, task }
+        Subscriber { messages, ready_count, task }
+    }
+
+    /// Waits until the subscription is live again after a broker restart.
+    pub async fn wait_resubscribed(&self, before: usize) {
+        let ready = self.ready_count.clone();
+        super::wait_for("the subscriber to reconnect", Duration::from_secs(20), || {
+            (ready.load(std::sync::atomic::Ordering::SeqCst) > before).then_some(())
+        })
+        .await;
+    }
+
+    pub fn ready(&self) -> usize {
+        self.ready_count.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn all(&self) -> Vec<Received> {

@@ -182,6 +182,9 @@ fn path_at(doc: &ImDocument<String>, span: Range<usize>) -> String {
                     if let Some(found) = walk(t, span, here.clone()) {
                         return Some(found);
                     }
+                    if t.span().is_some_and(|s| s.start <= span.start && span.end <= s.end) {
+                        return Some(here);
+                    }
                 }
                 Item::Value(v) => {
                     if v.span().is_some_and(|s| s.start <= span.start && span.end <= s.end) {

@@ -11,3 +11,5 @@ pub mod validate;
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use types::{Config, GatewayConfig, MqttConfig, StoreConfig, WebConfig};
 
+#[cfg(test)]
+mod tests;

@@ -29,7 +29,7 @@ pub struct GatewayConfig {
     pub id: String,
     /// The plant (site) this gateway belongs to; part of every MQTT topic.
     pub site: String,
-    /// Area of the plant (ISA-95), for people and the status page.
+    /// Area of the plant (ISA-95), for people reading the config.
     #[serde(default)]
     pub area: Option<String>,
     /// Directory for the store (outbox) and state. Must be writable by the agent.

@@ -46,6 +46,9 @@ pub struct Outbox {
     events: sled::Tree,
     meta: sled::Tree,
     seqs: Arc<Mutex<(u64, u64)>>,
+    /// Everything numbered below these (batch, event) is flushed to disk. Readers see
+    /// only those entries, so nothing is published before it is durable.
+    durable: Arc<Mutex<(u64, u64)>>,
     pub counters: Arc<OutboxCounters>,
     /// Set when the store could not be opened and was moved aside (path of the old one).
     pub moved_aside: Option<PathBuf>,
@@ -89,14 +92,23 @@ impl Outbox {
             Ok(saved.max(after_last))
         };
         let seqs = (next(&telemetry, NEXT_BATCH_SEQ)?, next(&events, NEXT_EVENT_SEQ)?);
-        Ok(Self { db, telemetry, events, meta, seqs: Arc::new(Mutex::new(seqs)), counters: Arc::default(), moved_aside: None })
+        Ok(Self {
+            db,
+            telemetry,
+            events,
+            meta,
+            seqs: Arc::new(Mutex::new(seqs)),
+            durable: Arc::new(Mutex::new(seqs)),
+            counters: Arc::default(),
+            moved_aside: None,
+        })
     }
 
     /// Numbers and writes the batches and events, then flushes. Returns once they are on
     /// disk; only then may they be published.
     pub async fn append(&self, batches: &[StoredBatch], events: &[StoredEventDraft]) -> Result<(), StoreError> {
         let samples: usize = batches.iter().map(|b| b.samples.len()).sum();
-        {
+        let written = {
             let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
             let (mut next_batch, mut next_event) = *seqs;
             let mut tb = sled::Batch::default();
@@ -116,8 +128,14 @@ impl Outbox {
             self.meta.insert(NEXT_BATCH_SEQ, &key(next_batch))?;
             self.meta.insert(NEXT_EVENT_SEQ, &key(next_event))?;
             *seqs = (next_batch, next_event);
-        }
+            *seqs
+        };
         self.db.flush_async().await?;
+        // Only now may readers (the uplink) see the new entries.
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        durable.0 = durable.0.max(written.0);
+        durable.1 = durable.1.max(written.1);
+        drop(durable);
         self.counters.batches_stored.fetch_add(batches.len() as u64, Ordering::Relaxed);
         self.counters.samples_stored.fetch_add(samples as u64, Ordering::Relaxed);
         Ok(())
@@ -126,17 +144,23 @@ impl Outbox {
     /// Up to `limit` telemetry batches with `batch_seq >= from`, in order. Corrupt
     /// records are skipped, counted and removed.
     pub fn telemetry_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredBatch)> {
-        self.read_from(&self.telemetry, "telemetry", from, limit)
+        let below = self.durable.lock().unwrap_or_else(|p| p.into_inner()).0;
+        self.read_from(&self.telemetry, "telemetry", from, below, limit)
     }
 
     /// Up to `limit` events with sequence `>= from`, in order.
     pub fn events_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredEvent)> {
-        self.read_from(&self.events, "events", from, limit)
+        let below = self.durable.lock().unwrap_or_else(|p| p.into_inner()).1;
+        self.read_from(&self.events, "events", from, below, limit)
     }
 
-    fn read_from<T: serde::de::DeserializeOwned>(&self, tree: &sled::Tree, name: &str, from: u64, limit: usize) -> Vec<(u64, T)> {
+    /// Entries with `from <= seq < below`, at most `limit`.
+    fn read_from<T: serde::de::DeserializeOwned>(&self, tree: &sled::Tree, name: &str, from: u64, below: u64, limit: usize) -> Vec<(u64, T)> {
         let mut out = Vec::with_capacity(limit.min(256));
-        for entry in tree.range(key(from)..) {
+        if from >= below {
+            return out;
+        }
+        for entry in tree.range(key(from)..key(below)) {
             if out.len() >= limit {
                 break;
             }
