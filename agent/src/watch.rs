@@ -21,11 +21,21 @@ pub async fn run(opts: WatchOptions) -> anyhow::Result<()> {
     let (client, mut eventloop) = AsyncClient::new(mqtt, 16);
     client.subscribe(opts.topic.clone(), QoS::AtLeastOnce).await.context("subscribe")?;
     let mut seen = 0;
+    let mut connected = false;
     loop {
-        let event = tokio::time::timeout(Duration::from_secs(15), eventloop.poll())
-            .await
-            .with_context(|| format!("no answer from the broker at {}:{} in 15s", opts.host, opts.port))?
-            .with_context(|| format!("MQTT connection to {}:{}", opts.host, opts.port))?;
+        // Only the connection itself is timed: a quiet but healthy broker is fine.
+        let poll = eventloop.poll();
+        let event = if connected {
+            poll.await
+        } else {
+            tokio::time::timeout(Duration::from_secs(15), poll)
+                .await
+                .with_context(|| format!("no answer from the broker at {}:{} in 15s", opts.host, opts.port))?
+        }
+        .with_context(|| format!("MQTT connection to {}:{}", opts.host, opts.port))?;
+        if let Event::Incoming(Packet::ConnAck(_)) = event {
+            connected = true;
+        }
         if let Event::Incoming(Packet::Publish(p)) = event {
             println!("{} {}", p.topic, String::from_utf8_lossy(&p.payload));
             seen += 1;
