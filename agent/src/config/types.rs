@@ -7,6 +7,10 @@ use std::time::Duration;
 use edge_drivers::DeviceConfig;
 use serde::{Deserialize, Serialize};
 
+pub use crate::store::config::StoreConfig;
+pub use crate::uplink::config::MqttConfig;
+pub use crate::web::config::WebConfig;
+
 /// The whole config file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -39,106 +43,8 @@ pub struct GatewayConfig {
     pub shutdown_timeout: Duration,
 }
 
-/// `[mqtt]`: the broker the ERP listens on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MqttConfig {
-    /// Broker host name or IP address.
-    #[serde(default = "default_mqtt_host")]
-    pub host: String,
-    #[serde(default = "default_mqtt_port")]
-    pub port: u16,
-    /// MQTT client id; defaults to `edge-agent-{gateway.id}`. Must be stable across
-    /// restarts, since the broker keeps this gateway's session under it.
-    #[serde(default)]
-    pub client_id: Option<String>,
-    /// First level of every topic: `{prefix}/{site}/{gateway_id}/…`.
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    #[serde(default = "default_keep_alive", with = "humantime_serde")]
-    pub keep_alive: Duration,
-    /// Most QoS 1 publishes awaiting their PUBACK at once.
-    #[serde(default = "default_max_inflight")]
-    pub max_inflight: u16,
-}
-
-/// `[store]`: the outbox every sample passes through before it is published.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoreConfig {
-    /// How often buffered samples are written and flushed to disk as batches. This is the
-    /// durability window: on a power cut, samples younger than this may be lost; anything
-    /// older was flushed and will be delivered.
-    #[serde(default = "default_flush_interval", with = "humantime_serde")]
-    pub flush_interval: Duration,
-    /// A device's batch is cut early when it reaches this many samples.
-    #[serde(default = "default_max_batch_samples")]
-    pub max_batch_samples: usize,
-}
-
-/// `[web]`: the local status page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WebConfig {
-    #[serde(default = "default_true")]
-    pub enabled: bool,
-    /// Address to listen on. Only loopback addresses are accepted until the page has
-    /// authentication.
-    #[serde(default = "default_listen")]
-    pub listen: String,
-}
-
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
-}
-fn default_mqtt_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_mqtt_port() -> u16 {
-    1883
-}
-fn default_prefix() -> String {
-    "plant".into()
-}
-fn default_keep_alive() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_inflight() -> u16 {
-    32
-}
-fn default_flush_interval() -> Duration {
-    Duration::from_secs(1)
-}
-fn default_max_batch_samples() -> usize {
-    1000
-}
-fn default_true() -> bool {
-    true
-}
-fn default_listen() -> String {
-    "127.0.0.1:8080".into()
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self {
-            host: default_mqtt_host(),
-            port: default_mqtt_port(),
-            client_id: None,
-            prefix: default_prefix(),
-            keep_alive: default_keep_alive(),
-            max_inflight: default_max_inflight(),
-        }
-    }
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self { flush_interval: default_flush_interval(), max_batch_samples: default_max_batch_samples() }
-    }
-}
-
-impl Default for WebConfig {
-    fn default() -> Self {
-        Self { enabled: true, listen: default_listen() }
-    }
 }
 
 impl Config {

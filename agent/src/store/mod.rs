@@ -5,6 +5,7 @@
 //! - [`outbox`]: the sled trees, sequence numbers and counters.
 //! - [`writer`]: the task that turns device reports into batches on the flush interval.
 
+pub mod config;
 pub mod outbox;
 pub mod record;
 pub mod writer;

@@ -4,6 +4,7 @@
 //! - [`session`]: the task that owns the rumqttc event loop.
 //! - [`topics`]: the topic names of the contract.
 
+pub mod config;
 pub mod session;
 pub mod topics;
 pub mod tracker;

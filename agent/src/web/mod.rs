@@ -6,6 +6,7 @@
 //! - `GET /healthz`: liveness, `200 ok` while the process serves HTTP.
 //! - `GET /metrics`: Prometheus text format 0.0.4.
 
+pub mod config;
 pub mod metrics;
 
 use axum::extract::State;
