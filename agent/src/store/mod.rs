@@ -10,5 +10,5 @@ pub mod outbox;
 pub mod record;
 pub mod writer;
 
-pub use outbox::{Outbox, StoreError, StoredEventDraft};
+pub use outbox::{Outbox, StoreError, StoredEventDraft, StoredReply};
 pub use record::{StoredBatch, StoredEvent};

@@ -17,6 +17,7 @@ use super::record::{self, StoredBatch, StoredEvent};
 
 const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
 const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
+const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,8 +45,13 @@ pub struct Outbox {
     db: sled::Db,
     telemetry: sled::Tree,
     events: sled::Tree,
+    /// Replies to ERP commands (`cmd/response`): few, small, published before telemetry.
+    replies: sled::Tree,
     meta: sled::Tree,
     seqs: Arc<Mutex<(u64, u64)>>,
+    /// Next reply number; replies are written one at a time and flushed before return, so
+    /// every stored reply is durable and no separate mark is needed.
+    next_reply: Arc<Mutex<u64>>,
     /// Everything numbered below these (batch, event) is flushed to disk. Readers see
     /// only those entries, so nothing is published before it is durable.
     durable: Arc<Mutex<(u64, u64)>>,
@@ -85,6 +91,7 @@ impl Outbox {
         let db = sled::Config::new().path(path).mode(sled::Mode::LowSpace).open()?;
         let telemetry = db.open_tree("telemetry")?;
         let events = db.open_tree("events")?;
+        let replies = db.open_tree("replies")?;
         let meta = db.open_tree("meta")?;
         let next = |tree: &sled::Tree, name: &[u8]| -> Result<u64, StoreError> {
             let saved = meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
@@ -92,11 +99,14 @@ impl Outbox {
             Ok(saved.max(after_last))
         };
         let seqs = (next(&telemetry, NEXT_BATCH_SEQ)?, next(&events, NEXT_EVENT_SEQ)?);
+        let next_reply = next(&replies, NEXT_REPLY_SEQ)?;
         Ok(Self {
             db,
             telemetry,
             events,
+            replies,
             meta,
+            next_reply: Arc::new(Mutex::new(next_reply)),
             seqs: Arc::new(Mutex::new(seqs)),
             durable: Arc::new(Mutex::new(seqs)),
             counters: Arc::default(),
@@ -191,6 +201,34 @@ impl Outbox {
         }
     }
 
+    /// Stores a reply to a command and flushes it. Returns its sequence number.
+    pub async fn append_reply(&self, reply: &StoredReply) -> Result<u64, StoreError> {
+        let seq = {
+            let mut next = self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = *next;
+            self.replies.insert(key(seq), record::encode(reply)?)?;
+            self.meta.insert(NEXT_REPLY_SEQ, &key(seq + 1))?;
+            *next = seq + 1;
+            seq
+        };
+        self.db.flush_async().await?;
+        Ok(seq)
+    }
+
+    /// Up to `limit` replies with sequence `>= from`, in order.
+    pub fn replies_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredReply)> {
+        self.read_from(&self.replies, "replies", from, u64::MAX, limit)
+    }
+
+    pub fn ack_reply(&self, seq: u64) -> Result<(), StoreError> {
+        self.replies.remove(key(seq))?;
+        Ok(())
+    }
+
+    pub fn pending_replies(&self) -> u64 {
+        self.replies.len() as u64
+    }
+
     /// The broker acknowledged batch `seq`: it may go.
     pub fn ack_telemetry(&self, seq: u64) -> Result<(), StoreError> {
         if self.telemetry.remove(key(seq))?.is_some() {
@@ -231,6 +269,14 @@ impl Outbox {
         self.db.flush_async().await?;
         Ok(())
     }
+}
+
+/// A message to the ERP that is neither telemetry nor an event: a reply to a command.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredReply {
+    /// Topic below the gateway root, e.g. `cmd/response`.
+    pub topic_leaf: String,
+    pub body: serde_json::Value,
 }
 
 /// An event before it has its sequence number (and so its id).
