@@ -75,6 +75,14 @@ pub struct StoreView {
     pub batches_acked: u64,
     /// Records that failed their checksum or could not be decoded; skipped and deleted.
     pub corrupt_records: u64,
+    /// Bytes of records held, bounded by `store.max_bytes`.
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// Telemetry dropped to stay within `max_bytes` / `max_age` (oldest first).
+    pub batches_dropped: u64,
+    pub samples_dropped: u64,
+    /// Events dropped (only when no telemetry was left to drop).
+    pub events_dropped: u64,
     pub write_errors: u64,
 }
 

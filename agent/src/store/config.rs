@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytesize::ByteSize;
 use edge_drivers::validate::Issues;
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +17,20 @@ pub struct StoreConfig {
     /// A device's batch is cut early when it reaches this many samples.
     #[serde(default = "default_max_batch_samples")]
     pub max_batch_samples: usize,
+    /// Gathered samples are written and flushed early once they take about this many
+    /// bytes (`"1 MiB"`), so a burst does not wait for the interval. Interval and size
+    /// both apply: whichever comes first.
+    #[serde(default = "default_flush_bytes")]
+    pub flush_bytes: ByteSize,
+    /// Most bytes of records the outbox may hold (`"512 MiB"`). When full, the oldest
+    /// telemetry is dropped first and events last; every drop is counted and raised as a
+    /// `buffer_overflow` event. Sled needs disk beyond this (see BENCHMARKS.md).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Telemetry older than this is dropped even when there is room (`"7d"`); unset keeps
+    /// data until `max_bytes` forces it out.
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
 }
 
 fn default_flush_interval() -> Duration {
@@ -24,10 +39,22 @@ fn default_flush_interval() -> Duration {
 fn default_max_batch_samples() -> usize {
     1000
 }
+fn default_flush_bytes() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(512)
+}
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { flush_interval: default_flush_interval(), max_batch_samples: default_max_batch_samples() }
+        Self {
+            flush_interval: default_flush_interval(),
+            max_batch_samples: default_max_batch_samples(),
+            flush_bytes: default_flush_bytes(),
+            max_bytes: default_max_bytes(),
+            max_age: None,
+        }
     }
 }
 
@@ -39,6 +66,15 @@ impl StoreConfig {
         }
         if !(1..=100_000).contains(&self.max_batch_samples) {
             issues.push(format!("{path}.max_batch_samples"), "must be between 1 and 100000");
+        }
+        if self.flush_bytes.as_u64() < 1024 || self.flush_bytes.as_u64() > 64 * 1024 * 1024 {
+            issues.push(format!("{path}.flush_bytes"), "must be between 1 KiB and 64 MiB");
+        }
+        if self.max_bytes.as_u64() < 64 * 1024 {
+            issues.push(format!("{path}.max_bytes"), "must be at least 64 KiB");
+        }
+        if self.max_age.is_some_and(|a| a < Duration::from_secs(60)) {
+            issues.push(format!("{path}.max_age"), "must be at least 1m");
         }
     }
 }

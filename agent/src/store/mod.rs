@@ -8,7 +8,11 @@
 pub mod config;
 pub mod outbox;
 pub mod record;
+pub mod retention;
 pub mod writer;
+
+#[cfg(test)]
+mod model_tests;
 
 pub use outbox::{Outbox, StoreError, StoredEventDraft, StoredReply};
 pub use record::{StoredBatch, StoredEvent};

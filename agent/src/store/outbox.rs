@@ -33,6 +33,11 @@ pub enum StoreError {
 #[derive(Debug, Default)]
 pub struct OutboxCounters {
     pub batches_stored: AtomicU64,
+    /// Telemetry batches dropped to keep the store within its bounds (oldest first).
+    pub batches_dropped: AtomicU64,
+    pub samples_dropped: AtomicU64,
+    /// Events dropped (only when no telemetry was left to drop).
+    pub events_dropped: AtomicU64,
     pub samples_stored: AtomicU64,
     pub batches_acked: AtomicU64,
     pub events_acked: AtomicU64,
@@ -42,12 +47,14 @@ pub struct OutboxCounters {
 /// Handle to the outbox; cheap to clone.
 #[derive(Clone)]
 pub struct Outbox {
-    db: sled::Db,
-    telemetry: sled::Tree,
-    events: sled::Tree,
+    pub(super) db: sled::Db,
+    pub(super) telemetry: sled::Tree,
+    pub(super) events: sled::Tree,
     /// Replies to ERP commands (`cmd/response`): few, small, published before telemetry.
-    replies: sled::Tree,
+    pub(super) replies: sled::Tree,
     meta: sled::Tree,
+    /// Bytes of all records held (telemetry, events, replies): what `store.max_bytes` bounds.
+    pub(super) bytes: Arc<AtomicU64>,
     seqs: Arc<Mutex<(u64, u64)>>,
     /// Next reply number; replies are written one at a time and flushed before return, so
     /// every stored reply is durable and no separate mark is needed.
@@ -60,11 +67,11 @@ pub struct Outbox {
     pub moved_aside: Option<PathBuf>,
 }
 
-fn key(seq: u64) -> [u8; 8] {
+pub(super) fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-fn seq_of(key: &[u8]) -> Option<u64> {
+pub(super) fn seq_of(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
 
@@ -82,6 +89,7 @@ impl Outbox {
                 std::fs::rename(&path, &aside).map_err(|source| StoreError::MoveAside { path: path.clone(), source })?;
                 let mut fresh = Self::open_at(&path)?;
                 fresh.moved_aside = Some(aside);
+                fresh.continue_numbering_after_reset()?;
                 Ok(fresh)
             }
         }
@@ -100,18 +108,43 @@ impl Outbox {
         };
         let seqs = (next(&telemetry, NEXT_BATCH_SEQ)?, next(&events, NEXT_EVENT_SEQ)?);
         let next_reply = next(&replies, NEXT_REPLY_SEQ)?;
+        let mut bytes = 0u64;
+        for tree in [&telemetry, &events, &replies] {
+            for entry in tree.iter() {
+                let (_, v) = entry?;
+                bytes += v.len() as u64;
+            }
+        }
         Ok(Self {
             db,
             telemetry,
             events,
             replies,
             meta,
+            bytes: Arc::new(AtomicU64::new(bytes)),
             next_reply: Arc::new(Mutex::new(next_reply)),
             seqs: Arc::new(Mutex::new(seqs)),
             durable: Arc::new(Mutex::new(seqs)),
             counters: Arc::default(),
             moved_aside: None,
         })
+    }
+
+    /// The numbers of the unreadable store are lost with it. Starting again at 1 would make
+    /// new data look like duplicates to the ERP; instead numbering restarts at the current
+    /// Unix time in milliseconds, always above any earlier number, and the jump shows the
+    /// ERP a gap (data that may have been lost with the old store).
+    fn continue_numbering_after_reset(&mut self) -> Result<(), StoreError> {
+        let base = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1).max(1);
+        let seqs = (base, base);
+        self.meta.insert(NEXT_BATCH_SEQ, &key(base))?;
+        self.meta.insert(NEXT_EVENT_SEQ, &key(base))?;
+        self.meta.insert(NEXT_REPLY_SEQ, &key(base))?;
+        *self.seqs.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
+        *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
+        *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()) = base;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Numbers and writes the batches and events, then flushes. Returns once they are on
@@ -121,15 +154,19 @@ impl Outbox {
         let written = {
             let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
             let (mut next_batch, mut next_event) = *seqs;
+            let mut added = 0u64;
             let mut tb = sled::Batch::default();
             for b in batches {
-                tb.insert(&key(next_batch), record::encode(b)?);
+                let rec = record::encode(b)?;
+                added += rec.len() as u64;
+                tb.insert(&key(next_batch), rec);
                 next_batch += 1;
             }
             let mut eb = sled::Batch::default();
             for e in events {
-                let event = e.finish(next_event);
-                eb.insert(&key(next_event), record::encode(&StoredEvent(event))?);
+                let rec = record::encode(&StoredEvent(e.finish(next_event)))?;
+                added += rec.len() as u64;
+                eb.insert(&key(next_event), rec);
                 next_event += 1;
             }
             // Records first, then the counters: a crash in between is covered by open().
@@ -137,6 +174,7 @@ impl Outbox {
             self.events.apply_batch(eb)?;
             self.meta.insert(NEXT_BATCH_SEQ, &key(next_batch))?;
             self.meta.insert(NEXT_EVENT_SEQ, &key(next_event))?;
+            self.bytes.fetch_add(added, Ordering::Relaxed);
             *seqs = (next_batch, next_event);
             *seqs
         };
@@ -196,8 +234,12 @@ impl Outbox {
     fn drop_corrupt(&self, tree: &sled::Tree, name: &str, k: &[u8], why: &str) {
         self.counters.corrupt_records.fetch_add(1, Ordering::Relaxed);
         warn!(tree = name, key = ?k, reason = why, "corrupt record skipped and removed");
-        if let Err(e) = tree.remove(k) {
-            error!(tree = name, error = %e, "could not remove a corrupt record");
+        match tree.remove(k) {
+            Ok(Some(v)) => {
+                self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+            }
+            Ok(None) => {}
+            Err(e) => error!(tree = name, error = %e, "could not remove a corrupt record"),
         }
     }
 
@@ -206,7 +248,9 @@ impl Outbox {
         let seq = {
             let mut next = self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
             let seq = *next;
-            self.replies.insert(key(seq), record::encode(reply)?)?;
+            let rec = record::encode(reply)?;
+            self.bytes.fetch_add(rec.len() as u64, Ordering::Relaxed);
+            self.replies.insert(key(seq), rec)?;
             self.meta.insert(NEXT_REPLY_SEQ, &key(seq + 1))?;
             *next = seq + 1;
             seq
@@ -221,8 +265,22 @@ impl Outbox {
     }
 
     pub fn ack_reply(&self, seq: u64) -> Result<(), StoreError> {
-        self.replies.remove(key(seq))?;
+        self.remove(&self.replies, seq)?;
         Ok(())
+    }
+
+    /// Removes one record and keeps the byte count; returns the record if it was there.
+    pub(super) fn remove(&self, tree: &sled::Tree, seq: u64) -> Result<Option<sled::IVec>, StoreError> {
+        let old = tree.remove(key(seq))?;
+        if let Some(v) = &old {
+            self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+        }
+        Ok(old)
+    }
+
+    /// Bytes of records held, the quantity `store.max_bytes` bounds.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn pending_replies(&self) -> u64 {
@@ -231,14 +289,14 @@ impl Outbox {
 
     /// The broker acknowledged batch `seq`: it may go.
     pub fn ack_telemetry(&self, seq: u64) -> Result<(), StoreError> {
-        if self.telemetry.remove(key(seq))?.is_some() {
+        if self.remove(&self.telemetry, seq)?.is_some() {
             self.counters.batches_acked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
     pub fn ack_event(&self, seq: u64) -> Result<(), StoreError> {
-        if self.events.remove(key(seq))?.is_some() {
+        if self.remove(&self.events, seq)?.is_some() {
             self.counters.events_acked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -379,6 +437,9 @@ mod tests {
         outbox.append(&[batch("a", 1)], &[]).await.unwrap();
         let aside = outbox.moved_aside.clone().expect("moved aside");
         assert!(aside.exists(), "{aside:?}");
+        // and numbering jumps far above anything the old store can have handed out
+        let (seq, _) = outbox.telemetry_from(0, 1)[0].clone();
+        assert!(seq > 1_600_000_000_000, "batch_seq after a reset: {seq}");
     }
 
     #[tokio::test]

@@ -36,6 +36,13 @@ pub struct Writer {
 struct Gathered {
     batches: BTreeMap<String, Vec<WireSample>>,
     events: Vec<StoredEventDraft>,
+    /// Rough size of what is gathered, for `store.flush_bytes`.
+    bytes: u64,
+}
+
+/// Approximate JSON size of one sample in a stored batch.
+fn sample_bytes(s: &WireSample) -> u64 {
+    (s.tag.len() + s.reason.as_ref().map_or(0, String::len) + 64) as u64
 }
 
 impl Gathered {
@@ -81,8 +88,12 @@ impl Writer {
             ReportKind::Samples(samples) => {
                 self.live.record_samples(&device, &samples);
                 let batch = gathered.batches.entry(device).or_default();
-                batch.extend(samples.iter().map(WireSample::from));
-                batch.len() >= self.config.max_batch_samples
+                for s in &samples {
+                    let wire = WireSample::from(s);
+                    gathered.bytes += sample_bytes(&wire);
+                    batch.push(wire);
+                }
+                batch.len() >= self.config.max_batch_samples || gathered.bytes >= self.config.flush_bytes.as_u64()
             }
             ReportKind::Connected => {
                 self.live.record_connection(&device, true, None);
@@ -123,15 +134,67 @@ impl Writer {
         match self.outbox.append(&batches, &gathered.events).await {
             Ok(()) => {
                 *gathered = Gathered::default();
+                self.enforce_bounds().await;
                 self.stored.notify_one();
                 self.publish_state();
             }
             Err(e) => {
-                // Kept in memory and retried on the next tick.
+                // Kept in memory and retried on the next tick; the disk may be full, so make
+                // room in the outbox and keep memory bounded meanwhile.
                 error!(error = %e, batches = batches.len(), "store write failed; will retry");
                 self.live.update(|s| s.store.write_errors += 1);
+                let room = self.outbox.bytes().saturating_sub(self.outbox.bytes() / 10);
+                if let Err(e) = self.outbox.enforce_bounds(room, None, Utc::now()) {
+                    error!(error = %e, "could not make room in the store");
+                }
+                self.bound_memory(gathered);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+
+    /// Drops what the store bounds require and tells the ERP with a `buffer_overflow` event.
+    async fn enforce_bounds(&self) {
+        let max = self.config.max_bytes.as_u64();
+        match self.outbox.enforce_bounds(max, self.config.max_age, Utc::now()) {
+            Ok(dropped) if !dropped.is_empty() => {
+                let event = self.event(
+                    "buffer_overflow",
+                    &self.gateway,
+                    "warning",
+                    serde_json::json!({
+                        "dropped_batches": dropped.batches,
+                        "dropped_samples": dropped.samples,
+                        "dropped_events": dropped.events,
+                        "dropped_too_old": dropped.too_old,
+                        "max_bytes": max,
+                        "bytes": self.outbox.bytes(),
+                    }),
+                );
+                if let Err(e) = self.outbox.append(&[], &[event]).await {
+                    error!(error = %e, "could not store the buffer_overflow event");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "could not enforce the store bounds"),
+        }
+    }
+
+    /// While the store cannot be written, keep at most ten batches' worth of samples per
+    /// device in memory, dropping (and counting) the oldest.
+    fn bound_memory(&self, gathered: &mut Gathered) {
+        let cap = self.config.max_batch_samples.saturating_mul(10);
+        let mut dropped = 0u64;
+        for samples in gathered.batches.values_mut() {
+            if samples.len() > cap {
+                let excess = samples.len() - cap;
+                samples.drain(..excess);
+                dropped += excess as u64;
+            }
+        }
+        if dropped > 0 {
+            self.outbox.counters.samples_dropped.fetch_add(dropped, Ordering::Relaxed);
+            error!(dropped, "store unwritable: oldest gathered samples dropped from memory");
         }
     }
 
@@ -149,6 +212,11 @@ impl Writer {
             s.store.samples_stored = c.samples_stored.load(Ordering::Relaxed);
             s.store.batches_acked = c.batches_acked.load(Ordering::Relaxed);
             s.store.corrupt_records = c.corrupt_records.load(Ordering::Relaxed);
+            s.store.batches_dropped = c.batches_dropped.load(Ordering::Relaxed);
+            s.store.samples_dropped = c.samples_dropped.load(Ordering::Relaxed);
+            s.store.events_dropped = c.events_dropped.load(Ordering::Relaxed);
+            s.store.bytes = o.bytes();
+            s.store.max_bytes = self.config.max_bytes.as_u64();
         });
     }
 }

@@ -81,6 +81,20 @@ const STORE_CORRUPT_RECORDS: Family = counter(
     "store_corrupt_records_total",
     "Store records that failed their checksum or decoding; skipped and deleted.",
 );
+const STORE_BYTES: Family = gauge("store_bytes", "Bytes of records held in the outbox (bounded by store.max_bytes).");
+const STORE_MAX_BYTES: Family = gauge("store_max_bytes", "The store.max_bytes bound.");
+const STORE_BATCHES_DROPPED: Family = counter(
+    "store_batches_dropped_total",
+    "Telemetry batches dropped to keep the store within max_bytes / max_age (oldest first).",
+);
+const STORE_SAMPLES_DROPPED: Family = counter(
+    "store_samples_dropped_total",
+    "Samples dropped with those batches, or from memory while the store could not be written.",
+);
+const STORE_EVENTS_DROPPED: Family = counter(
+    "store_events_dropped_total",
+    "Events dropped because the store was full and no telemetry was left to drop.",
+);
 const STORE_WRITE_ERRORS: Family =
     counter("store_write_errors_total", "Failed writes to the store.");
 const UPLINK_CONNECTED: Family = gauge(
@@ -135,6 +149,11 @@ fn render_store(out: &mut String, s: &Snapshot) {
     STORE_SAMPLES_STORED.scalar(out, st.samples_stored);
     STORE_BATCHES_ACKED.scalar(out, st.batches_acked);
     STORE_CORRUPT_RECORDS.scalar(out, st.corrupt_records);
+    STORE_BYTES.scalar(out, st.bytes);
+    STORE_MAX_BYTES.scalar(out, st.max_bytes);
+    STORE_BATCHES_DROPPED.scalar(out, st.batches_dropped);
+    STORE_SAMPLES_DROPPED.scalar(out, st.samples_dropped);
+    STORE_EVENTS_DROPPED.scalar(out, st.events_dropped);
     STORE_WRITE_ERRORS.scalar(out, st.write_errors);
 }
 
@@ -239,6 +258,11 @@ mod tests {
             samples_stored: 1200,
             batches_acked: 97,
             corrupt_records: 2,
+            bytes: 40960,
+            max_bytes: 1048576,
+            batches_dropped: 5,
+            samples_dropped: 60,
+            events_dropped: 0,
             write_errors: 0,
         };
         s.uplink = UplinkView {
@@ -295,6 +319,11 @@ mod tests {
             "edge_agent_store_samples_stored_total 1200",
             "edge_agent_store_batches_acked_total 97",
             "edge_agent_store_corrupt_records_total 2",
+            "edge_agent_store_bytes 40960",
+            "edge_agent_store_max_bytes 1048576",
+            "edge_agent_store_batches_dropped_total 5",
+            "edge_agent_store_samples_dropped_total 60",
+            "edge_agent_store_events_dropped_total 0",
             "edge_agent_store_write_errors_total 0",
             "edge_agent_uplink_connected 1",
             "edge_agent_uplink_connects_total 4",
@@ -339,7 +368,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 18);
+        assert_eq!(declared.len(), 23);
         assert!(text.ends_with('\n'));
     }
 
