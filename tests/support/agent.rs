@@ -12,6 +12,11 @@ pub struct AgentProcess {
 /// A config for one Modbus device at `modbus_port`, publishing to `mqtt_port`.
 /// `tags` is the TOML of the `[[devices.tags]]` entries.
 pub fn config(data_dir: &Path, mqtt_port: u16, modbus_port: u16, web_port: u16, tags: &str) -> String {
+    config_with(data_dir, mqtt_port, modbus_port, web_port, "", tags)
+}
+
+/// Like [`config`], with extra `[store]` keys (`store_extra`, TOML lines).
+pub fn config_with(data_dir: &Path, mqtt_port: u16, modbus_port: u16, web_port: u16, store_extra: &str, tags: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -28,6 +33,7 @@ max_inflight = 16
 
 [store]
 flush_interval = "200ms"
+{store_extra}
 
 [web]
 listen = "127.0.0.1:{web_port}"
