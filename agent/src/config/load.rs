@@ -83,9 +83,7 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let config = match parsed {
         Ok(c) => c,
         Err(e) => {
-            let span = e.span();
-            let path = span.as_ref().map(|s| path_at(&doc, s.clone())).unwrap_or_default();
-            problems.push(Problem { line: span.map(|s| line_of(text, s.start)), path, message: e.message().trim().to_string() });
+            problems.extend(type_problems(text, &doc, e));
             return Err(fail(problems));
         }
     };
@@ -99,6 +97,73 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     } else {
         problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
         Err(fail(problems))
+    }
+}
+
+/// Every type error, not just the first: serde stops at the first bad value, so the bad
+/// key is taken out of a copy of the document and the rest is tried again, until it
+/// parses or an error cannot be taken out (a missing required key, a bad table).
+fn type_problems(text: &str, original: &ImDocument<String>, first: toml::de::Error) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut removed: Vec<String> = Vec::new();
+    let mut current = text.to_string();
+    let mut error = first;
+    for _ in 0..100 {
+        let Ok(doc) = ImDocument::parse(current.clone()) else { break };
+        let span = error.span();
+        let path = span.as_ref().map(|s| path_at(&doc, s.clone())).unwrap_or_default();
+        let message = error.message().trim().to_string();
+        // A required key we took out ourselves is reported once, as the bad value it was.
+        let consequence = removed.iter().any(|r| {
+            message.starts_with("missing field") && message.contains(&format!("`{}`", r.rsplit('.').next().unwrap_or(r)))
+        });
+        if !consequence {
+            let line = find_line(original, text, &path).or_else(|| span.map(|s| line_of(&current, s.start)));
+            problems.push(Problem { line, path: path.clone(), message });
+        }
+        if path.is_empty() || consequence {
+            break;
+        }
+        let Ok(mut editable) = current.parse::<toml_edit::DocumentMut>() else { break };
+        if !remove_at(&mut editable, &path) {
+            break;
+        }
+        removed.push(path);
+        current = editable.to_string();
+        match toml::from_str::<Config>(&current) {
+            Ok(_) => break,
+            Err(next) => error = next,
+        }
+    }
+    problems
+}
+
+/// Removes the key at a dotted path; false when there is no such key (or it is a table).
+fn remove_at(doc: &mut toml_edit::DocumentMut, path: &str) -> bool {
+    let steps = steps(path);
+    let Some(((last, last_index), parents)) = steps.split_last() else { return false };
+    if last_index.is_some() {
+        return false;
+    }
+    let mut table: &mut dyn TableLike = doc.as_table_mut();
+    for (key, index) in parents {
+        let Some(item) = table.get_mut(key) else { return false };
+        let next: Option<&mut dyn TableLike> = match (item, index) {
+            (Item::ArrayOfTables(a), Some(i)) => a.get_mut(*i).map(|t| t as &mut dyn TableLike),
+            (Item::Value(toml_edit::Value::Array(a)), Some(i)) => {
+                a.get_mut(*i).and_then(|v| v.as_inline_table_mut()).map(|t| t as &mut dyn TableLike)
+            }
+            (item, None) => item.as_table_like_mut(),
+            _ => None,
+        };
+        match next {
+            Some(t) => table = t,
+            None => return false,
+        }
+    }
+    match table.get(last) {
+        Some(item) if item.is_value() => table.remove(last).is_some(),
+        _ => false,
     }
 }
 

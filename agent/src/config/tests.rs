@@ -500,3 +500,52 @@ fn a_value_of_the_wrong_type_is_reported_at_its_key() {
     let p = problem_at(&problems, "mqtt.port");
     assert_eq!(p.line, Some(line_of(&text, "port = 70000")));
 }
+
+#[test]
+fn several_values_of_the_wrong_type_are_all_reported_with_their_lines() {
+    // Given a config with three bad values in different sections
+    let text = r#"
+[gateway]
+id = "gw"
+site = "s"
+data_dir = "/tmp/x"
+
+[mqtt]
+port = "eighteen-eighty-three"
+
+[store]
+max_batch_samples = -5
+
+[[devices]]
+name = "plc"
+protocol = "modbus-tcp"
+address = "127.0.0.1:502"
+[[devices.tags]]
+name = "a"
+table = "holding"
+address = 1
+byte_order = "ABDC"
+[[devices.tags]]
+name = "b"
+table = "holding"
+address = 2
+"#;
+    // When it is loaded
+    let err = load_str(text, "plant.toml").unwrap_err();
+    // Then each bad value is reported at its own key and line
+    let found: Vec<(Option<usize>, &str)> = err.problems.iter().map(|p| (p.line, p.path.as_str())).collect();
+    assert_eq!(
+        found,
+        vec![(Some(8), "mqtt.port"), (Some(11), "store.max_batch_samples"), (Some(21), "devices[0].tags[0].byte_order")],
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bad_required_value_is_reported_once_not_again_as_missing() {
+    let text = "[gateway]\nid = 7\nsite = \"s\"\ndata_dir = \"/tmp/x\"\n";
+    let err = load_str(text, "plant.toml").unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].path, "gateway.id");
+    assert_eq!(err.problems[0].line, Some(2));
+}
