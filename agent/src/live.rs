@@ -66,6 +66,8 @@ pub struct StoreView {
     pub pending_batches: u64,
     /// Events waiting in the outbox.
     pub pending_events: u64,
+    /// Replies to ERP commands waiting in the outbox.
+    pub pending_replies: u64,
     /// Size of the store on disk, in bytes.
     pub disk_bytes: u64,
     /// The `batch_seq` the next batch will get.
@@ -98,6 +100,10 @@ pub struct UplinkView {
     pub published: u64,
     pub acked: u64,
     pub in_flight: u64,
+    /// Switches to the other broker (`[mqtt.failover]`).
+    pub failovers: u64,
+    /// Commands from the ERP dropped because the handler was busy or gone.
+    pub commands_dropped: u64,
 }
 
 impl Live {

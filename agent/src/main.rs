@@ -95,15 +95,16 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => {
-                let config = match load_file(&config) {
+            Command::Run { config: path } => {
+                let config = match load_file(&path) {
                     Ok(c) => c,
                     Err(e) => {
                         eprint!("{e}");
                         return Ok(Some(EXIT_BAD_CONFIG));
                     }
                 };
-                runtime::run(config, runtime::shutdown_signal(), |_| {}).await.map(|()| None)
+                // The path is kept for the `reload` command.
+                runtime::agent::run_with_file(config, Some(path), runtime::shutdown_signal(), |_| {}).await.map(|()| None)
             }
             Command::Demo { data_dir, web_listen, mqtt_port, modbus_port } => {
                 demo::run(demo::DemoOptions { data_dir, web_listen, mqtt_port, modbus_port }).await.map(|()| None)

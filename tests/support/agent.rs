@@ -30,6 +30,7 @@ host = "127.0.0.1"
 port = {mqtt_port}
 keep_alive = "5s"
 max_inflight = 16
+start_delay_max = "0s"
 
 [store]
 flush_interval = "200ms"

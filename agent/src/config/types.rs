@@ -7,6 +7,7 @@ use std::time::Duration;
 use edge_drivers::DeviceConfig;
 use serde::{Deserialize, Serialize};
 
+pub use crate::commands::config::CommandsConfig;
 pub use crate::store::config::StoreConfig;
 pub use crate::uplink::config::MqttConfig;
 pub use crate::web::config::WebConfig;
@@ -24,6 +25,9 @@ pub struct Config {
     /// The PLCs and meters this gateway reads.
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Commands from the ERP: whether writes are allowed, and to which tags.
+    #[serde(default)]
+    pub commands: CommandsConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its data.

@@ -17,6 +17,7 @@ impl Config {
         self.store.validate("store", &mut issues);
         self.web.validate("web", &mut issues);
         self.validate_devices(&mut issues);
+        self.commands.validate("commands", &self.devices, &mut issues);
         issues
     }
 

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use tracing::{error, warn};
@@ -19,12 +20,28 @@ const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
 const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
 const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
 
+/// How long `open` waits for a store locked by a closing instance.
+const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(10) };
+
+/// sled reports a held file lock as an I/O error with this text (sled 0.34, `Config::open`).
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Errors that mean the files are not a store this sled can read; I/O errors (permissions,
+/// a failing disk) are not among them: moving the store aside would not help.
+fn is_unreadable(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store database error: {0}")]
     Sled(#[from] sled::Error),
     #[error("cannot encode a record: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("the store {path} is locked by another process (another edge-agent on the same gateway.data_dir?); waited {waited:?}")]
+    Locked { path: PathBuf, waited: Duration },
     #[error("cannot move the unreadable store {path} aside: {source}")]
     MoveAside { path: PathBuf, source: std::io::Error },
 }
@@ -56,9 +73,10 @@ pub struct Outbox {
     /// Bytes of all records held (telemetry, events, replies): what `store.max_bytes` bounds.
     pub(super) bytes: Arc<AtomicU64>,
     seqs: Arc<Mutex<(u64, u64)>>,
-    /// Next reply number; replies are written one at a time and flushed before return, so
-    /// every stored reply is durable and no separate mark is needed.
+    /// Next reply number.
     next_reply: Arc<Mutex<u64>>,
+    /// Replies numbered below this are flushed; readers see only those.
+    durable_reply: Arc<AtomicU64>,
     /// Everything numbered below these (batch, event) is flushed to disk. Readers see
     /// only those entries, so nothing is published before it is durable.
     durable: Arc<Mutex<(u64, u64)>>,
@@ -76,23 +94,40 @@ pub(super) fn seq_of(key: &[u8]) -> Option<u64> {
 }
 
 impl Outbox {
-    /// Opens the outbox under `dir`. A store that cannot be opened (corrupt, from an
+    /// Opens the outbox under `dir`. A store whose contents cannot be read (corrupt, from an
     /// incompatible version) is renamed to `outbox.unreadable-{time}` for inspection and a
     /// fresh one is started: the agent never refuses to run because of its own buffer.
+    ///
+    /// A store that is merely *locked* (another agent on the same `data_dir`, or an earlier
+    /// instance in this process still closing) is never moved aside: opening is retried for
+    /// a few seconds, then refused with a clear error.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("outbox");
-        match Self::open_at(&path) {
-            Ok(outbox) => Ok(outbox),
-            Err(first) => {
-                let aside = dir.join(format!("outbox.unreadable-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
-                error!(path = %path.display(), error = %first, aside = %aside.display(), "store cannot be opened; moving it aside and starting a fresh one");
-                std::fs::rename(&path, &aside).map_err(|source| StoreError::MoveAside { path: path.clone(), source })?;
-                let mut fresh = Self::open_at(&path)?;
-                fresh.moved_aside = Some(aside);
-                fresh.continue_numbering_after_reset()?;
-                Ok(fresh)
+        let mut waited = Duration::ZERO;
+        loop {
+            match Self::open_at(&path) {
+                Ok(outbox) => return Ok(outbox),
+                Err(StoreError::Sled(e)) if is_lock_error(&e) => {
+                    if waited >= LOCK_WAIT {
+                        return Err(StoreError::Locked { path, waited });
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    waited += Duration::from_millis(100);
+                }
+                Err(StoreError::Sled(e)) if is_unreadable(&e) => return Self::replace_unreadable(dir, &path, &e),
+                Err(other) => return Err(other),
             }
         }
+    }
+
+    fn replace_unreadable(dir: &Path, path: &Path, why: &sled::Error) -> Result<Self, StoreError> {
+        let aside = dir.join(format!("outbox.unreadable-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
+        error!(path = %path.display(), error = %why, aside = %aside.display(), "store cannot be read; moving it aside and starting a fresh one");
+        std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside { path: path.to_path_buf(), source })?;
+        let mut fresh = Self::open_at(path)?;
+        fresh.moved_aside = Some(aside);
+        fresh.continue_numbering_after_reset()?;
+        Ok(fresh)
     }
 
     fn open_at(path: &Path) -> Result<Self, StoreError> {
@@ -123,6 +158,7 @@ impl Outbox {
             meta,
             bytes: Arc::new(AtomicU64::new(bytes)),
             next_reply: Arc::new(Mutex::new(next_reply)),
+            durable_reply: Arc::new(AtomicU64::new(next_reply)),
             seqs: Arc::new(Mutex::new(seqs)),
             durable: Arc::new(Mutex::new(seqs)),
             counters: Arc::default(),
@@ -143,6 +179,7 @@ impl Outbox {
         *self.seqs.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
         *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
         *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()) = base;
+        self.durable_reply.store(base, Ordering::SeqCst);
         self.db.flush()?;
         Ok(())
     }
@@ -256,12 +293,13 @@ impl Outbox {
             seq
         };
         self.db.flush_async().await?;
+        self.durable_reply.fetch_max(seq + 1, Ordering::SeqCst);
         Ok(seq)
     }
 
     /// Up to `limit` replies with sequence `>= from`, in order.
     pub fn replies_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredReply)> {
-        self.read_from(&self.replies, "replies", from, u64::MAX, limit)
+        self.read_from(&self.replies, "replies", from, self.durable_reply.load(Ordering::SeqCst), limit)
     }
 
     pub fn ack_reply(&self, seq: u64) -> Result<(), StoreError> {
@@ -440,6 +478,22 @@ mod tests {
         // and numbering jumps far above anything the old store can have handed out
         let (seq, _) = outbox.telemetry_from(0, 1)[0].clone();
         assert!(seq > 1_600_000_000_000, "batch_seq after a reset: {seq}");
+    }
+
+    #[tokio::test]
+    async fn a_store_locked_by_another_instance_is_refused_not_moved_aside() {
+        // Given an outbox held open by another instance
+        let dir = tempfile::tempdir().unwrap();
+        let held = Outbox::open(dir.path()).unwrap();
+        held.append(&[batch("a", 1)], &[]).await.unwrap();
+        // When a second instance opens the same directory
+        let second = Outbox::open(dir.path());
+        // Then it is refused with a clear error, and the data stays where it is
+        assert!(matches!(second, Err(StoreError::Locked { .. })), "{:?}", second.err());
+        drop(held);
+        let reopened = Outbox::open(dir.path()).unwrap();
+        assert!(reopened.moved_aside.is_none());
+        assert_eq!(reopened.pending_batches(), 1);
     }
 
     #[tokio::test]

@@ -1,12 +1,17 @@
-//! The MQTT uplink: publishes what the outbox holds, deletes it on PUBACK.
+//! The MQTT uplink: publishes what the outbox holds, deletes it on PUBACK, and hands
+//! inbound commands to the command handler.
 //!
+//! - [`session`]: the task that owns the rumqttc event loop (connect, failover, publish, PUBACK).
+//! - [`options`]: rumqttc options from `[mqtt]`: TLS, credentials, Will; clear connection errors.
+//! - [`schedule`]: which telemetry goes next: live first, the replay rate-bounded (pure).
 //! - [`tracker`]: which outbox entry each packet id carries (pure, unit-tested).
-//! - [`session`]: the task that owns the rumqttc event loop.
 //! - [`topics`]: the topic names of the contract.
 
 pub mod config;
+pub mod options;
+pub mod schedule;
 pub mod session;
 pub mod topics;
 pub mod tracker;
 
-pub use session::{Uplink, UplinkShutdown};
+pub use session::{InboundCommand, Uplink, UplinkShutdown};

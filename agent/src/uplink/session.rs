@@ -2,33 +2,54 @@
 //!
 //! Why the retransmission queue of rumqttc is emptied on every disconnect: the outbox,
 //! not rumqttc's memory, is the source of truth. After each (re)connection everything
-//! still in the outbox is published again, in order, marked `historical` when it was
-//! stored before the connection came up. This also covers a broker that lost our session
-//! (rumqttc would then silently drop its pending packets) and an agent restart. The cost
-//! is a possible duplicate after a reconnect, which `batch_seq` lets the ERP drop.
+//! still in the outbox is published again, marked `historical` when it was stored before
+//! the connection came up. This also covers a broker that lost our session (rumqttc would
+//! then silently drop its pending packets), an agent restart and a switch to the failover
+//! broker (a new event loop, which knows nothing of the old one). The cost is a possible
+//! duplicate after a reconnect, which `batch_seq` lets the ERP drop.
+//!
+//! What goes out, in this order, while the in-flight window has room: replies to commands,
+//! events, then telemetry as [`super::schedule`] decides (live batches first, the replay of
+//! the backlog bounded by `mqtt.replay_max_per_sec`).
+//!
+//! Connecting: a random delay before the first connect (`mqtt.start_delay_max`), then
+//! reconnects with full-jitter exponential backoff (0.5 s doubling up to 60 s); after
+//! `mqtt.failover_after` failed connects in a row the uplink switches to the other broker
+//! (`[mqtt.failover]`) and stays there until that one fails as often.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use edge_drivers::backoff::Backoff;
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::{watch, Notify};
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS, SubscribeReasonCode};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::topics::Topics;
+use super::options::{Broker, Prepared};
+use super::schedule::Schedule;
+use super::topics::{Topics, RESPONSE};
 use super::tracker::{Carried, Tracker};
 use crate::config::Config;
 use crate::live::Live;
 use crate::payload::{self, TelemetryPayload};
 use crate::store::Outbox;
 
-/// Largest MQTT packet sent or accepted (a full batch of 1000 samples is ~100 KiB).
-const MAX_PACKET: usize = 4 * 1024 * 1024;
-
 /// Set to `Some(deadline)` to make the uplink drain the outbox and go offline.
 pub type UplinkShutdown = watch::Receiver<Option<Instant>>;
+
+/// Connect timeout of one attempt (TCP, TLS and CONNACK), seconds.
+const CONNECT_TIMEOUT_S: u64 = 10;
+/// While connected, the outbox is looked at least this often, even without a
+/// notification (a reply stored by a task that does not notify `stored`).
+const POLL_EVERY: Duration = Duration::from_millis(500);
+/// How long to wait before trying again to load the TLS files or the password.
+const OPTIONS_RETRY: Duration = Duration::from_secs(30);
+/// The same connect error is logged as a warning at most this often (at debug otherwise).
+const REPEAT_WARNING: Duration = Duration::from_secs(300);
 
 pub struct Uplink {
     pub config: Config,
@@ -38,14 +59,27 @@ pub struct Uplink {
     pub stored: Arc<Notify>,
 }
 
-/// Where the next publish reads from in the outbox.
+/// A command that arrived on `{root}/cmd/{name}`, for the command handler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundCommand {
+    /// The last topic level: `write`, `reload`, `rebirth`, `ping`, …
+    pub name: String,
+    /// The payload as received (JSON with an `"id"` by the contract; not checked here).
+    pub payload: Vec<u8>,
+}
+
+/// Where the next publish of replies and events reads from in the outbox (telemetry has
+/// its own cursors in [`Schedule`]).
 #[derive(Debug, Default, Clone, Copy)]
 struct Cursor {
-    next_batch: u64,
     next_event: u64,
+    next_reply: u64,
 }
 
 struct Session {
+    prepared: Prepared,
+    /// Index into `prepared.brokers` of the broker in use.
+    current: usize,
     client: AsyncClient,
     eventloop: EventLoop,
     topics: Topics,
@@ -53,39 +87,56 @@ struct Session {
     window: usize,
     tracker: Tracker,
     cursor: Cursor,
+    schedule: Schedule,
     connected: bool,
-    /// Batches numbered below this were stored before the current connection came up.
-    live_from: u64,
+    /// Whether the first connection of this process has come up.
+    ever_connected: bool,
+    /// `live_from` for the first connection if its first attempt succeeds: the outbox's
+    /// next number when the uplink started, so that batches stored during the random start
+    /// delay are not marked historical (nothing failed; what was in the outbox before the
+    /// start is). After any failed connect, the usual rule applies (stored before the
+    /// connection came up = historical).
+    first_live_from: Option<u64>,
+    /// Failed connects in a row to the current broker.
+    failures: u32,
+    failover_after: u32,
+    failovers: u64,
+    commands: Option<mpsc::Sender<InboundCommand>>,
+    commands_dropped: u64,
+    /// The last connect error logged as a warning, and when.
+    last_warning: Option<(String, Instant)>,
 }
 
 impl Uplink {
-    fn options(&self) -> MqttOptions {
-        let topics = Topics::new(self.config.topic_root());
-        let mqtt = &self.config.mqtt;
-        let mut opts = MqttOptions::new(self.config.client_id(), mqtt.host.clone(), mqtt.port);
-        opts.set_keep_alive(mqtt.keep_alive)
-            // Keep the broker-side session (and queued commands) across reconnects.
-            .set_clean_session(false)
-            .set_inflight(mqtt.max_inflight)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
-            .set_last_will(LastWill::new(
-                topics.status(),
-                serde_json::to_vec(&payload::status("offline")).unwrap_or_default(),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        opts
+    /// Runs until `shutdown` carries a deadline and the outbox is drained (or the
+    /// deadline passes); then publishes `offline` and disconnects. Inbound commands are
+    /// not subscribed to.
+    pub async fn run(self, shutdown: UplinkShutdown) {
+        self.run_with_commands(shutdown, None).await;
     }
 
-    /// Runs until `shutdown` carries a deadline and the outbox is drained (or the
-    /// deadline passes); then publishes `offline` and disconnects.
-    pub async fn run(self, mut shutdown: UplinkShutdown) {
+    /// [`Uplink::run`], forwarding every command that arrives on `{root}/cmd/+` to
+    /// `commands`. The uplink never waits for the handler: when the channel is full the
+    /// command is dropped, logged and counted.
+    pub async fn run_with_commands(self, mut shutdown: UplinkShutdown, commands: Option<mpsc::Sender<InboundCommand>>) {
+        let mut deadline: Option<Instant> = *shutdown.borrow();
+        let Some(prepared) = self.prepare(&mut shutdown, &mut deadline).await else {
+            info!(pending_batches = self.outbox.pending_batches(), "uplink stopped");
+            return;
+        };
+        // Batches stored during the deliberate start delay are not held back by an outage:
+        // if the first connect succeeds, they count as live (see `first_live_from`).
+        let first_live_from = self.outbox.next_batch_seq();
+        self.start_delay(&mut shutdown, &mut deadline).await;
+
         let window = usize::from(self.config.mqtt.max_inflight);
-        let (client, mut eventloop) = AsyncClient::new(self.options(), window + 16);
-        eventloop.network_options.set_connection_timeout(10);
-        let broker = format!("{}:{}", self.config.mqtt.host, self.config.mqtt.port);
-        self.live.update(|s| s.uplink.broker = broker.clone());
+        let broker = prepared.brokers[0].clone();
+        let (client, eventloop) = new_client(&prepared, &broker, window);
+        self.live.update(|s| s.uplink.broker = broker.to_string());
+        info!(%broker, tls = prepared.uses_tls(), failover = ?prepared.brokers.get(1).map(ToString::to_string), "uplink starting");
         let mut s = Session {
+            prepared,
+            current: 0,
             client,
             eventloop,
             topics: Topics::new(self.config.topic_root()),
@@ -93,29 +144,47 @@ impl Uplink {
             window,
             tracker: Tracker::default(),
             cursor: Cursor::default(),
+            schedule: Schedule::new(self.config.mqtt.replay_max_per_sec, Instant::now()),
             connected: false,
-            live_from: 0,
+            ever_connected: false,
+            first_live_from: Some(first_live_from),
+            failures: 0,
+            failover_after: self.config.mqtt.failover_after.max(1),
+            failovers: 0,
+            commands,
+            commands_dropped: 0,
+            last_warning: None,
         };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
-        let mut deadline: Option<Instant> = *shutdown.borrow();
 
         loop {
+            if deadline.is_some() {
+                s.schedule.unbounded();
+            }
             if s.connected {
                 s.fill(&self.outbox);
             }
             self.show(&s);
             if let Some(d) = deadline {
-                let drained = s.tracker.is_empty() && self.outbox.pending_batches() == 0 && self.outbox.pending_events() == 0;
+                let drained = s.tracker.is_empty()
+                    && self.outbox.pending_replies() == 0
+                    && self.outbox.pending_batches() == 0
+                    && self.outbox.pending_events() == 0;
                 if (s.connected && drained) || Instant::now() >= d {
                     break;
                 }
             }
             let far = Instant::now() + Duration::from_secs(3600);
+            let wake =
+                if s.connected { s.schedule.wake_at().unwrap_or(far).min(Instant::now() + POLL_EVERY) } else { far };
             tokio::select! {
                 event = s.eventloop.poll() => match event {
                     Ok(event) => s.handle(event, &self.outbox, &mut backoff, &self.live),
                     Err(e) => {
-                        s.lost(&e.to_string(), &self.live);
+                        s.lost(&e, &self.live);
+                        if s.failed_over(&self.live) {
+                            backoff.reset();
+                        }
                         let delay = backoff.next_delay();
                         debug!(?delay, "uplink reconnect delay");
                         let until = deadline.map_or(Instant::now() + delay, |d| d.min(Instant::now() + delay));
@@ -127,44 +196,122 @@ impl Uplink {
                 },
                 () = self.stored.notified(), if s.connected => {}
                 Ok(()) = shutdown.changed() => deadline = *shutdown.borrow(),
-                () = tokio::time::sleep_until(deadline.unwrap_or(far)) => {}
+                () = tokio::time::sleep_until(deadline.unwrap_or(far).min(wake)) => {}
             }
         }
         s.go_offline(deadline).await;
         self.live.update(|v| v.uplink.connected = false);
-        info!(pending_batches = self.outbox.pending_batches(), "uplink stopped");
+        info!(
+            pending_batches = self.outbox.pending_batches(),
+            failovers = s.failovers,
+            commands_dropped = s.commands_dropped,
+            "uplink stopped"
+        );
+    }
+
+    /// Loads the TLS files and the password. A problem is logged (naming the key and the
+    /// file) and retried every 30 s, so that a certificate provisioned after the agent
+    /// started is picked up; meanwhile everything stays in the outbox. `None`: shutdown.
+    async fn prepare(&self, shutdown: &mut UplinkShutdown, deadline: &mut Option<Instant>) -> Option<Prepared> {
+        loop {
+            match Prepared::load(&self.config) {
+                Ok(p) => return Some(p),
+                Err(e) => {
+                    error!(error = %e, retry_in = ?OPTIONS_RETRY, "uplink cannot connect: bad [mqtt] settings");
+                    self.live.update(|v| {
+                        v.uplink.connected = false;
+                        v.uplink.last_error = Some(e.to_string());
+                    });
+                }
+            }
+            if deadline.is_some() {
+                return None;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(OPTIONS_RETRY) => {}
+                changed = shutdown.changed() => match changed {
+                    Ok(()) => *deadline = *shutdown.borrow(),
+                    // The sender is gone: nobody can stop us any more; keep retrying.
+                    Err(_) => tokio::time::sleep(OPTIONS_RETRY).await,
+                },
+            }
+        }
+    }
+
+    /// Waits a uniformly random time in `[0, mqtt.start_delay_max]` before the first
+    /// connect, so that gateways powered up together do not all connect at once. A
+    /// shutdown cuts it short (the uplink then tries to drain until the deadline).
+    async fn start_delay(&self, shutdown: &mut UplinkShutdown, deadline: &mut Option<Instant>) {
+        let max = self.config.mqtt.start_delay_max;
+        if max.is_zero() || deadline.is_some() {
+            return;
+        }
+        let delay = rand::thread_rng().gen_range(Duration::ZERO..=max);
+        info!(?delay, ?max, "uplink: random delay before the first connect (mqtt.start_delay_max)");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            Ok(()) = shutdown.changed() => *deadline = *shutdown.borrow(),
+        }
     }
 
     fn show(&self, s: &Session) {
         let in_flight = s.tracker.in_flight() as u64;
         let (pending_batches, pending_events) = (self.outbox.pending_batches(), self.outbox.pending_events());
+        let pending_replies = self.outbox.pending_replies();
         let acked = self.outbox.counters.batches_acked.load(std::sync::atomic::Ordering::Relaxed);
+        let (failovers, commands_dropped) = (s.failovers, s.commands_dropped);
         self.live.update(|v| {
             v.uplink.in_flight = in_flight;
+            v.uplink.failovers = failovers;
+            v.uplink.commands_dropped = commands_dropped;
             v.store.pending_batches = pending_batches;
             v.store.pending_events = pending_events;
+            v.store.pending_replies = pending_replies;
             v.store.batches_acked = acked;
         });
     }
 }
 
+fn new_client(prepared: &Prepared, broker: &Broker, window: usize) -> (AsyncClient, EventLoop) {
+    // Room for a full window plus the status, the subscription and the disconnect.
+    let (client, mut eventloop) = AsyncClient::new(prepared.options(broker), window + 16);
+    eventloop.network_options.set_connection_timeout(CONNECT_TIMEOUT_S);
+    (client, eventloop)
+}
+
 impl Session {
+    fn broker(&self) -> &Broker {
+        &self.prepared.brokers[self.current]
+    }
+
     fn handle(&mut self, event: Event, outbox: &Outbox, backoff: &mut Backoff, live: &Live) {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
-                info!(session_present = ack.session_present, "uplink connected");
+                info!(broker = %self.broker(), session_present = ack.session_present, "uplink connected");
                 backoff.reset();
                 self.connected = true;
+                self.failures = 0;
+                self.last_warning = None;
                 // Everything still in the outbox is resent; what is there now is history.
                 self.tracker.clear();
                 self.cursor = Cursor::default();
-                self.live_from = outbox.next_batch_seq();
+                let live_from = self.first_live_from.take().unwrap_or_else(|| outbox.next_batch_seq());
+                self.schedule.restart(live_from, Instant::now());
+                let broker = self.broker().to_string();
                 live.update(|v| {
+                    v.uplink.broker = broker;
                     v.uplink.connected = true;
                     v.uplink.since = Some(Utc::now());
                     v.uplink.last_error = None;
                     v.uplink.connects += 1;
                 });
+                // A broker that kept our session kept the subscription too. The first
+                // connection of the process subscribes anyway: the session may be from a
+                // version of the agent that did not subscribe.
+                if self.commands.is_some() && (!ack.session_present || !self.ever_connected) {
+                    self.subscribe_commands();
+                }
+                self.ever_connected = true;
                 self.publish_status("online");
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -175,6 +322,7 @@ impl Session {
                 let result = match self.tracker.acked(ack.pkid) {
                     Some(Carried::Telemetry(seq)) => outbox.ack_telemetry(seq),
                     Some(Carried::Event(seq)) => outbox.ack_event(seq),
+                    Some(Carried::Reply(seq)) => outbox.ack_reply(seq),
                     Some(Carried::Status) | None => Ok(()),
                 };
                 if let Err(e) = result {
@@ -183,15 +331,71 @@ impl Session {
                 }
                 live.update(|v| v.uplink.acked += 1);
             }
+            Event::Incoming(Packet::Publish(publish)) => self.inbound(publish),
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                    error!(filter = %self.topics.commands(), broker = %self.broker(), "the broker refused the subscription to commands (check its ACL); no command will arrive");
+                } else {
+                    debug!(filter = %self.topics.commands(), "subscribed to commands");
+                }
+            }
             _ => {}
         }
     }
 
-    fn lost(&mut self, reason: &str, live: &Live) {
+    fn subscribe_commands(&mut self) {
+        let filter = self.topics.commands();
+        if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+            // Only when the request queue is full, which the window sizing rules out.
+            warn!(error = %e, %filter, "could not queue the subscription to commands");
+        }
+    }
+
+    /// A publish on `{root}/cmd/{name}`: handed to the command handler, never awaited.
+    fn inbound(&mut self, publish: Publish) {
+        let Some(name) = self.topics.command_name(&publish.topic) else {
+            debug!(topic = %publish.topic, "ignoring a message outside the command topics");
+            return;
+        };
+        if name == RESPONSE {
+            return; // our own reply, echoed back by the cmd/+ subscription
+        }
+        let Some(tx) = &self.commands else {
+            warn!(command = name, "command received but no command handler is running; dropped");
+            return;
+        };
+        let command = InboundCommand { name: name.to_string(), payload: publish.payload.to_vec() };
+        match tx.try_send(command) {
+            Ok(()) => debug!(command = name, "command forwarded"),
+            Err(TrySendError::Full(c)) => {
+                self.commands_dropped += 1;
+                warn!(command = %c.name, dropped = self.commands_dropped, "command handler busy (queue full); command dropped");
+            }
+            Err(TrySendError::Closed(c)) => {
+                self.commands_dropped += 1;
+                warn!(command = %c.name, dropped = self.commands_dropped, "command handler stopped; command dropped");
+            }
+        }
+    }
+
+    /// The connection failed or was lost: forget everything in flight (the outbox resends
+    /// it) and count a failed connect if it never came up.
+    fn lost(&mut self, error: &rumqttc::ConnectionError, live: &Live) {
+        let reason = self.prepared.explain(self.broker(), error);
         if self.connected {
             warn!(%reason, "uplink connection lost");
         } else {
-            debug!(%reason, "uplink connect failed");
+            self.failures += 1;
+            self.first_live_from = None;
+            // Warn on a new reason, and now and then on a repeated one; debug otherwise.
+            let repeat =
+                self.last_warning.as_ref().is_some_and(|(r, at)| *r == reason && at.elapsed() < REPEAT_WARNING);
+            if repeat {
+                debug!(%reason, failures = self.failures, "uplink connect failed");
+            } else {
+                warn!(%reason, failures = self.failures, "uplink connect failed");
+                self.last_warning = Some((reason.clone(), Instant::now()));
+            }
         }
         self.connected = false;
         // The outbox will resend all of it after reconnecting (see the module comment).
@@ -202,10 +406,32 @@ impl Session {
         live.update(|v| {
             v.uplink.connected = false;
             v.uplink.since = Some(Utc::now());
-            v.uplink.last_error = Some(reason.to_string());
+            v.uplink.last_error = Some(reason);
             v.uplink.connection_errors += 1;
             v.uplink.in_flight = 0;
         });
+    }
+
+    /// After `failover_after` failed connects in a row, switches to the other broker with
+    /// a new event loop (see the module comment on why nothing is lost). Returns whether
+    /// it switched.
+    fn failed_over(&mut self, live: &Live) -> bool {
+        if self.prepared.brokers.len() < 2 || self.connected || self.failures < self.failover_after {
+            return false;
+        }
+        let from = self.broker().clone();
+        self.current = (self.current + 1) % self.prepared.brokers.len();
+        self.failures = 0;
+        self.failovers += 1;
+        let to = self.broker().clone();
+        warn!(%from, %to, after = self.failover_after, failovers = self.failovers, "uplink: switching to the other broker");
+        let (client, eventloop) = new_client(&self.prepared, &to, self.window);
+        self.client = client;
+        self.eventloop = eventloop;
+        self.tracker.clear();
+        self.last_warning = None;
+        live.update(|v| v.uplink.broker = to.to_string());
+        true
     }
 
     fn publish_status(&mut self, state: &str) {
@@ -216,14 +442,32 @@ impl Session {
         }
     }
 
-    /// Queues publishes from the outbox until the in-flight window is full: events first
-    /// (they are few and matter most), then telemetry in `batch_seq` order.
+    /// Queues publishes from the outbox until the in-flight window is full: replies to
+    /// commands first (an ERP is waiting for them), then events (few, and they matter
+    /// most), then telemetry as the [`Schedule`] picks it.
     fn fill(&mut self, outbox: &Outbox) {
-        let room = self.window.saturating_sub(self.tracker.len());
+        let mut room = self.window.saturating_sub(self.tracker.len());
         if room == 0 {
             return;
         }
-        let mut used = 0;
+        for (seq, reply) in outbox.replies_from(self.cursor.next_reply, room) {
+            self.cursor.next_reply = seq + 1;
+            let Some(topic) = self.topics.reply(&reply.topic_leaf) else {
+                // It could never be published; keeping it would block the outbox's drain.
+                error!(seq, leaf = %reply.topic_leaf, "a stored reply has an unusable topic; deleted");
+                if let Err(e) = outbox.ack_reply(seq) {
+                    error!(error = %e, seq, "could not delete an unusable reply");
+                }
+                continue;
+            };
+            let Ok(body) = serde_json::to_vec(&reply.body) else { continue };
+            if self.client.try_publish(topic, QoS::AtLeastOnce, false, body).is_err() {
+                self.cursor.next_reply = seq;
+                return;
+            }
+            self.tracker.queued(Carried::Reply(seq));
+            room -= 1;
+        }
         for (seq, event) in outbox.events_from(self.cursor.next_event, room) {
             let Ok(body) = serde_json::to_vec(&event.0) else { continue };
             if self.client.try_publish(self.topics.events(), QoS::AtLeastOnce, false, body).is_err() {
@@ -231,15 +475,18 @@ impl Session {
             }
             self.tracker.queued(Carried::Event(seq));
             self.cursor.next_event = seq + 1;
-            used += 1;
+            room -= 1;
         }
-        for (seq, batch) in outbox.telemetry_from(self.cursor.next_batch, room - used) {
+        let picked =
+            self.schedule.pick(room, self.window, Instant::now(), |from, limit| outbox.telemetry_from(from, limit));
+        let live_from = self.schedule.live_from();
+        for (seq, batch) in picked {
             let topic = self.topics.telemetry(&batch.device);
             let body = TelemetryPayload {
                 gateway: self.gateway.clone(),
                 device: batch.device,
                 batch_seq: seq,
-                historical: seq < self.live_from,
+                historical: seq < live_from,
                 samples: batch.samples,
             };
             let Ok(body) = serde_json::to_vec(&body) else { continue };
@@ -247,7 +494,7 @@ impl Session {
                 return;
             }
             self.tracker.queued(Carried::Telemetry(seq));
-            self.cursor.next_batch = seq + 1;
+            self.schedule.published(seq);
         }
     }
 

@@ -13,6 +13,8 @@ pub enum Carried {
     Status,
     Telemetry(u64),
     Event(u64),
+    /// A reply to a command (`Outbox::replies_from`), deleted with `ack_reply`.
+    Reply(u64),
 }
 
 #[derive(Debug, Default)]
@@ -103,6 +105,23 @@ mod tests {
         t.sent(1); // resent with the same id
         t.sent(2);
         assert_eq!(t.acked(2), Some(Carried::Telemetry(2)));
+    }
+
+    #[test]
+    fn replies_are_tracked_like_the_other_entries() {
+        // Given a reply queued first, then a batch and an event
+        let mut t = Tracker::default();
+        t.queued(Carried::Reply(4));
+        t.queued(Carried::Telemetry(9));
+        t.queued(Carried::Event(2));
+        t.sent(10);
+        t.sent(11);
+        t.sent(12);
+        // Then the reply's PUBACK names the reply, by its own sequence number
+        assert_eq!(t.acked(10), Some(Carried::Reply(4)));
+        assert_eq!(t.acked(12), Some(Carried::Event(2)));
+        assert_eq!(t.acked(11), Some(Carried::Telemetry(9)));
+        assert!(t.is_empty());
     }
 
     #[test]

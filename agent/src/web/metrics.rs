@@ -117,6 +117,12 @@ const UPLINK_ACKED: Family = counter(
     "uplink_acked_total",
     "Published messages acknowledged by the broker.",
 );
+const UPLINK_FAILOVERS: Family = counter("uplink_failovers_total", "Switches to the other broker.");
+const UPLINK_COMMANDS_DROPPED: Family = counter(
+    "uplink_commands_dropped_total",
+    "Commands from the ERP dropped because the command handler was busy or gone.",
+);
+const STORE_PENDING_REPLIES: Family = gauge("store_pending_replies", "Command replies in the outbox waiting for their PUBACK.");
 const UPLINK_IN_FLIGHT: Family = gauge(
     "uplink_in_flight",
     "Published messages waiting for their acknowledgement.",
@@ -143,6 +149,7 @@ fn render_store(out: &mut String, s: &Snapshot) {
     let st = &s.store;
     STORE_PENDING_BATCHES.scalar(out, st.pending_batches);
     STORE_PENDING_EVENTS.scalar(out, st.pending_events);
+    STORE_PENDING_REPLIES.scalar(out, st.pending_replies);
     STORE_DISK_BYTES.scalar(out, st.disk_bytes);
     STORE_NEXT_BATCH_SEQ.scalar(out, st.next_batch_seq);
     STORE_BATCHES_STORED.scalar(out, st.batches_stored);
@@ -165,6 +172,8 @@ fn render_uplink(out: &mut String, s: &Snapshot) {
     UPLINK_PUBLISHED.scalar(out, up.published);
     UPLINK_ACKED.scalar(out, up.acked);
     UPLINK_IN_FLIGHT.scalar(out, up.in_flight);
+    UPLINK_FAILOVERS.scalar(out, up.failovers);
+    UPLINK_COMMANDS_DROPPED.scalar(out, up.commands_dropped);
 }
 
 // Writing into a String cannot fail: the `fmt::Result`s below are always Ok.
@@ -252,6 +261,7 @@ mod tests {
         s.store = StoreView {
             pending_batches: 3,
             pending_events: 1,
+            pending_replies: 0,
             disk_bytes: 65536,
             next_batch_seq: 101,
             batches_stored: 100,
@@ -368,7 +378,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 23);
+        assert_eq!(declared.len(), 26);
         assert!(text.ends_with('\n'));
     }
 

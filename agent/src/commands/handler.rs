@@ -1,0 +1,597 @@
+//! The command task: parse → policy → execute → reply and audit, one command at a time
+//! (so writes reach a PLC in the order the ERP sent them).
+//!
+//! Every command gets a reply on `…/cmd/response` and an audit event on `…/events`, both
+//! through the outbox:
+//! - `command_rejected` (severity `warning`): the agent did nothing (malformed payload,
+//!   unknown command, policy refusal, device not connected, broken config on `reload`);
+//! - `command_executed`: the agent acted; `details.ok` says whether it worked (severity
+//!   `info`, or `warning` when the device refused or did not answer).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use edge_drivers::modbus::{WriteError, WriteRequest};
+use edge_drivers::Value;
+use serde_json::{json, Map};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::inbound::InboundCommand;
+use super::parse::{parse, Command, WriteCommand};
+use super::policy::check_write;
+use crate::config::{load_file, Config};
+use crate::live::Live;
+use crate::payload::{rfc3339, VERSION};
+use crate::store::{Outbox, StoredEventDraft, StoredReply};
+
+/// Topic leaf of every reply.
+pub const RESPONSE_LEAF: &str = "cmd/response";
+/// Limit on reading and checking the config file for `reload`.
+const RELOAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Limit on storing a reply or an audit event.
+const STORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Commands handled since the agent (re)started.
+#[derive(Debug, Default)]
+pub struct CommandCounters {
+    /// Executed and succeeded.
+    pub accepted: AtomicU64,
+    /// Refused before anything was done.
+    pub rejected: AtomicU64,
+    /// Executed, but the device refused or did not answer.
+    pub failed: AtomicU64,
+}
+
+/// Everything the command task needs.
+pub struct Handler {
+    /// The running config (the allowlist, the devices, the gateway id).
+    pub config: Arc<Config>,
+    /// The file the agent was started from (`run --config FILE`); `None` for the demo,
+    /// which cannot `reload`.
+    pub config_file: Option<PathBuf>,
+    pub outbox: Outbox,
+    /// Read only: the last good reading of a tag, for `max_step`.
+    pub live: Live,
+    /// Each device's write queue, by device name.
+    pub writers: HashMap<String, mpsc::Sender<WriteRequest>>,
+    /// A checked new config for the runtime to restart with (`reload`).
+    pub restart: mpsc::Sender<Box<Config>>,
+    pub counters: Arc<CommandCounters>,
+    /// Woken after each reply and event is stored, so the uplink publishes them at once.
+    pub stored: Arc<Notify>,
+}
+
+/// How a command ended: what to reply, what to record, and whether to restart.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The `cmd/response` body: `{"id","ok","error"?,"result"?}`.
+    pub reply: serde_json::Value,
+    pub event: StoredEventDraft,
+    /// Set by a successful `reload`: the runtime restarts with it once the reply is stored.
+    pub restart: Option<Box<Config>>,
+}
+
+/// The facts of one command, gathered as it goes through.
+struct Audit {
+    command: String,
+    id: Option<String>,
+    device: Option<String>,
+    tag: Option<String>,
+    value: Option<Value>,
+    received_at: DateTime<Utc>,
+}
+
+enum Verdict {
+    /// Nothing was done.
+    Rejected(String),
+    /// Done; the result.
+    Executed(serde_json::Value),
+    /// Attempted, but it did not (or may not have) worked.
+    Failed(String),
+}
+
+impl Handler {
+    /// Handles commands until `cancel` fires. A command in progress is finished first.
+    pub async fn run(self, mut inbound: mpsc::Receiver<InboundCommand>, cancel: CancellationToken) {
+        loop {
+            let command = tokio::select! {
+                () = cancel.cancelled() => return,
+                c = inbound.recv() => c,
+            };
+            let Some(command) = command else {
+                // The uplink is gone (it stops last); wait for the shutdown.
+                cancel.cancelled().await;
+                return;
+            };
+            let Some(outcome) = self.handle(command).await else { continue };
+            self.record(&outcome).await;
+            if let Some(config) = outcome.restart {
+                info!("reload: the reply is stored; restarting with the new config");
+                if self.restart.try_send(config).is_err() {
+                    warn!("reload: a restart is already under way");
+                }
+            }
+        }
+    }
+
+    /// Handles one command; `None` when it is not a command at all (our own replies on
+    /// `cmd/response`, should the uplink pass them on).
+    pub async fn handle(&self, inbound: InboundCommand) -> Option<Outcome> {
+        if inbound.name == "response" {
+            debug!("ignoring a message on cmd/response");
+            return None;
+        }
+        let mut audit = Audit { command: inbound.name.clone(), id: None, device: None, tag: None, value: None, received_at: Utc::now() };
+        let mut restart = None;
+        let verdict = match parse(&inbound.name, &inbound.payload) {
+            Err(e) => {
+                audit.id = e.id;
+                Verdict::Rejected(e.reason)
+            }
+            Ok(command) => {
+                audit.id = Some(command.id().to_string());
+                match command {
+                    Command::Write(w) => {
+                        audit.device = Some(w.device.clone());
+                        audit.tag = Some(w.tag.clone());
+                        audit.value = Some(w.value.clone());
+                        self.write(&w).await
+                    }
+                    Command::Ping { .. } => Verdict::Executed(json!({ "pong": true, "ts": rfc3339(Utc::now()), "version": VERSION })),
+                    Command::Rebirth { .. } => Verdict::Executed(json!({ "note": "JSON mode: nothing to rebirth; status is retained" })),
+                    Command::Reload { .. } => {
+                        let (verdict, config) = self.reload().await;
+                        restart = config;
+                        verdict
+                    }
+                }
+            }
+        };
+        Some(self.conclude(audit, verdict, restart))
+    }
+
+    async fn write(&self, w: &WriteCommand) -> Verdict {
+        let last_good = self.last_good(&w.device, &w.tag);
+        if let Err(reason) = check_write(&self.config.commands, &self.config.devices, last_good.as_ref(), w) {
+            return Verdict::Rejected(reason);
+        }
+        let Some(queue) = self.writers.get(&w.device) else {
+            return Verdict::Rejected(format!("device {} has no driver running", w.device));
+        };
+        let limit = self.config.commands.write_timeout;
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest { tag: w.tag.clone(), value: w.value.clone(), reply };
+        let exchange = async {
+            queue.send(request).await.map_err(|_| Verdict::Rejected(format!("the driver of device {} is not running", w.device)))?;
+            answer.await.map_err(|_| {
+                Verdict::Failed(format!(
+                    "the driver of device {} stopped before answering; the write may or may not have happened",
+                    w.device
+                ))
+            })
+        };
+        match timeout(limit, exchange).await {
+            Err(_) => Verdict::Failed(format!(
+                "no answer from device {} within {limit:?} (commands.write_timeout); the write may or may not have happened",
+                w.device
+            )),
+            Ok(Err(verdict)) => verdict,
+            Ok(Ok(Ok(()))) => Verdict::Executed(json!({ "device": w.device, "tag": w.tag, "value": w.value })),
+            Ok(Ok(Err(e))) => {
+                let reason = format!("{}/{}: {e}", w.device, w.tag);
+                match e {
+                    // Nothing was sent.
+                    WriteError::NotConnected | WriteError::UnknownTag(_) | WriteError::Encode(_) => Verdict::Rejected(reason),
+                    WriteError::Exception(_) | WriteError::Timeout(_) | WriteError::Transport(_) => Verdict::Failed(reason),
+                }
+            }
+        }
+    }
+
+    /// The tag's last good reading, from the live state.
+    fn last_good(&self, device: &str, tag: &str) -> Option<Value> {
+        let snapshot = self.live.snapshot();
+        snapshot.devices.get(device)?.tags.iter().find(|t| t.name == tag)?.value.clone()
+    }
+
+    /// Reads and checks the config file again. A good one comes back for the restart.
+    async fn reload(&self) -> (Verdict, Option<Box<Config>>) {
+        let Some(path) = self.config_file.clone() else {
+            return (Verdict::Rejected("reload is not supported: the agent was not started from a config file (demo)".into()), None);
+        };
+        match timeout(RELOAD_READ_TIMEOUT, tokio::task::spawn_blocking(move || load_file(&path))).await {
+            Err(_) => (Verdict::Rejected(format!("reading {} took longer than {RELOAD_READ_TIMEOUT:?}", self.show_file())), None),
+            Ok(Err(join)) => (Verdict::Rejected(format!("reading the config failed: {join}")), None),
+            Ok(Ok(Err(report))) => {
+                (Verdict::Rejected(format!("the config was not reloaded; the agent keeps running with the old one. {report}")), None)
+            }
+            Ok(Ok(Ok(config))) => {
+                let result = json!({
+                    "note": "config is valid; the agent restarts with it now",
+                    "file": self.show_file(),
+                    "devices": config.devices.len(),
+                    "tags": config.devices.iter().map(|d| d.tags.len()).sum::<usize>(),
+                });
+                (Verdict::Executed(result), Some(Box::new(config)))
+            }
+        }
+    }
+
+    fn show_file(&self) -> String {
+        self.config_file.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default()
+    }
+
+    fn conclude(&self, audit: Audit, verdict: Verdict, restart: Option<Box<Config>>) -> Outcome {
+        let gateway = &self.config.gateway.id;
+        let mut reply = Map::new();
+        reply.insert("id".into(), audit.id.clone().map_or(serde_json::Value::Null, serde_json::Value::String));
+        let mut details = Map::new();
+        details.insert("command".into(), json!(audit.command));
+        details.insert("id".into(), json!(audit.id));
+        for (key, value) in [("device", &audit.device), ("tag", &audit.tag)] {
+            if let Some(v) = value {
+                details.insert(key.into(), json!(v));
+            }
+        }
+        if let Some(v) = &audit.value {
+            details.insert("value".into(), json!(v));
+        }
+        let (kind, severity, ok) = match &verdict {
+            Verdict::Rejected(_) => ("command_rejected", "warning", false),
+            Verdict::Executed(_) => ("command_executed", "info", true),
+            Verdict::Failed(_) => ("command_executed", "warning", false),
+        };
+        reply.insert("ok".into(), json!(ok));
+        details.insert("ok".into(), json!(ok));
+        match verdict {
+            Verdict::Rejected(reason) | Verdict::Failed(reason) => {
+                reply.insert("error".into(), json!(reason));
+                details.insert("reason".into(), json!(reason));
+            }
+            Verdict::Executed(result) => {
+                reply.insert("result".into(), result.clone());
+                details.insert("result".into(), result);
+            }
+        }
+        details.insert("received_at".into(), json!(rfc3339(audit.received_at)));
+
+        let counter = match (kind, ok) {
+            ("command_rejected", _) => &self.counters.rejected,
+            (_, true) => &self.counters.accepted,
+            _ => &self.counters.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let (accepted, rejected, failed) = (
+            self.counters.accepted.load(Ordering::Relaxed),
+            self.counters.rejected.load(Ordering::Relaxed),
+            self.counters.failed.load(Ordering::Relaxed),
+        );
+        let id = audit.id.as_deref().unwrap_or("-");
+        let why = details.get("reason").and_then(|r| r.as_str()).unwrap_or("");
+        if ok {
+            info!(command = %audit.command, %id, accepted, rejected, failed, "command executed");
+        } else {
+            warn!(command = %audit.command, %id, reason = %why, accepted, rejected, failed, "{}", kind.replace('_', " "));
+        }
+
+        let event = StoredEventDraft {
+            gateway: gateway.clone(),
+            kind: kind.into(),
+            asset: audit.device.clone().unwrap_or_else(|| gateway.clone()),
+            severity: severity.into(),
+            ts: Utc::now(),
+            details: serde_json::Value::Object(details),
+        };
+        Outcome { reply: serde_json::Value::Object(reply), event, restart }
+    }
+
+    /// Stores the reply, then the audit event (each flushed before it can be published).
+    async fn record(&self, outcome: &Outcome) {
+        let reply = StoredReply { topic_leaf: RESPONSE_LEAF.into(), body: outcome.reply.clone() };
+        match timeout(STORE_TIMEOUT, self.outbox.append_reply(&reply)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => error!(error = %e, "could not store a command reply"),
+            Err(_) => error!("storing a command reply took longer than {STORE_TIMEOUT:?}"),
+        }
+        match timeout(STORE_TIMEOUT, self.outbox.append(&[], std::slice::from_ref(&outcome.event))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "could not store a command audit event"),
+            Err(_) => error!("storing a command audit event took longer than {STORE_TIMEOUT:?}"),
+        }
+        self.stored.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use edge_drivers::{Quality, Sample};
+
+    use super::*;
+    use crate::config::load_str;
+    use crate::live::GatewayView;
+
+    fn config_text(data_dir: &Path, writes_enabled: bool) -> String {
+        format!(
+            r#"
+[gateway]
+id = "gw"
+site = "site"
+data_dir = "{}"
+
+[[devices]]
+name = "plc"
+protocol = "modbus-tcp"
+address = "127.0.0.1:502"
+
+[[devices.tags]]
+name = "flow"
+table = "holding"
+address = 0
+scale = 0.1
+
+[[devices.tags]]
+name = "pump"
+table = "coil"
+address = 1
+
+[[devices.tags]]
+name = "level"
+table = "input"
+address = 2
+
+[commands]
+writes_enabled = {writes_enabled}
+write_timeout = "200ms"
+
+[[commands.writable]]
+device = "plc"
+tag = "flow"
+min = 0.0
+max = 500.0
+max_step = 10.0
+
+[[commands.writable]]
+device = "plc"
+tag = "pump"
+"#,
+            data_dir.display()
+        )
+    }
+
+    /// What the fake driver answers.
+    #[derive(Clone, Copy)]
+    enum Driver {
+        Ok,
+        NotConnected,
+        Exception,
+        Silent,
+    }
+
+    struct Fixture {
+        handler: Handler,
+        outbox: Outbox,
+        seen: Arc<Mutex<Vec<(String, Value)>>>,
+        restart_rx: mpsc::Receiver<Box<Config>>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(driver: Driver, config_file: Option<PathBuf>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let config = load_str(&config_text(dir.path(), true), "test.toml").unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let live = Live::new(GatewayView::default(), &config.devices);
+        let now = Utc::now();
+        live.record_samples(
+            "plc",
+            &[Sample { tag: "flow".into(), value: Some(Value::Float(308.4)), quality: Quality::Good, source_ts: now, agent_ts: now }],
+        );
+        let (tx, mut rx) = mpsc::channel::<WriteRequest>(4);
+        let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+        let sink = seen.clone();
+        tokio::spawn(async move {
+            let mut parked = Vec::new();
+            while let Some(req) = rx.recv().await {
+                sink.lock().unwrap().push((req.tag.clone(), req.value.clone()));
+                let answer = match driver {
+                    Driver::Ok => Ok(()),
+                    Driver::NotConnected => Err(WriteError::NotConnected),
+                    Driver::Exception => Err(WriteError::Exception(tokio_modbus::ExceptionCode::IllegalDataValue)),
+                    Driver::Silent => {
+                        parked.push(req);
+                        continue;
+                    }
+                };
+                let _ = req.reply.send(answer);
+            }
+        });
+        let (restart, restart_rx) = mpsc::channel(1);
+        let handler = Handler {
+            config: Arc::new(config),
+            config_file,
+            outbox: outbox.clone(),
+            live,
+            writers: HashMap::from([("plc".to_string(), tx)]),
+            restart,
+            counters: Arc::default(),
+            stored: Arc::default(),
+        };
+        Fixture { handler, outbox, seen, restart_rx, _dir: dir }
+    }
+
+    fn inbound(name: &str, payload: &str) -> InboundCommand {
+        InboundCommand { name: name.into(), payload: payload.as_bytes().to_vec() }
+    }
+
+    async fn handle(f: &Fixture, name: &str, payload: &str) -> Outcome {
+        f.handler.handle(inbound(name, payload)).await.expect("a command")
+    }
+
+    #[tokio::test]
+    async fn ping_answers_pong_and_is_audited() {
+        let f = fixture(Driver::Ok, None);
+        let out = handle(&f, "ping", r#"{"id":"p1"}"#).await;
+        assert_eq!(out.reply["id"], "p1");
+        assert_eq!(out.reply["ok"], true);
+        assert_eq!(out.reply["result"]["pong"], true);
+        assert!(out.reply.get("error").is_none());
+        assert_eq!(out.event.kind, "command_executed");
+        assert_eq!(out.event.severity, "info");
+        assert_eq!(out.event.asset, "gw");
+        assert_eq!(out.event.details["command"], "ping");
+        assert_eq!(out.event.details["id"], "p1");
+        assert!(out.event.details["received_at"].is_string());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_payload_gets_a_reply_with_a_null_id() {
+        let f = fixture(Driver::Ok, None);
+        let out = handle(&f, "write", "{not json").await;
+        assert_eq!(out.reply["id"], serde_json::Value::Null);
+        assert_eq!(out.reply["ok"], false);
+        assert!(out.reply["error"].as_str().unwrap().starts_with("malformed JSON"));
+        assert_eq!(out.event.kind, "command_rejected");
+        assert_eq!(out.event.severity, "warning");
+        assert_eq!(f.handler.counters.rejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn an_allowed_write_goes_to_the_driver() {
+        let f = fixture(Driver::Ok, None);
+        let out = handle(&f, "write", r#"{"id":"w1","device":"plc","tag":"flow","value":312.5}"#).await;
+        assert_eq!(out.reply, json!({"id":"w1","ok":true,"result":{"device":"plc","tag":"flow","value":312.5}}));
+        assert_eq!(*f.seen.lock().unwrap(), vec![("flow".to_string(), Value::Float(312.5))]);
+        assert_eq!(out.event.kind, "command_executed");
+        assert_eq!(out.event.asset, "plc");
+        assert_eq!(out.event.details["tag"], "flow");
+        assert_eq!(out.event.details["value"], 312.5);
+        assert_eq!(f.handler.counters.accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_never_reaches_the_driver() {
+        let f = fixture(Driver::Ok, None);
+        for (payload, needle) in [
+            (r#"{"id":"a","device":"plc","tag":"flow","value":330}"#, "larger than max_step"),
+            (r#"{"id":"b","device":"plc","tag":"flow","value":-1}"#, "out of the allowed range"),
+            (r#"{"id":"c","device":"plc","tag":"level","value":1}"#, "not in the allowlist"),
+            (r#"{"id":"d","device":"plc","tag":"pump","value":1}"#, "must be true or false"),
+        ] {
+            let out = handle(&f, "write", payload).await;
+            assert_eq!(out.reply["ok"], false);
+            assert!(out.reply["error"].as_str().unwrap().contains(needle), "{payload}: {}", out.reply);
+            assert_eq!(out.event.kind, "command_rejected");
+            assert_eq!(out.event.details["reason"], out.reply["error"]);
+        }
+        assert!(f.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_disconnected_device_is_a_rejection_and_an_exception_a_failure() {
+        let f = fixture(Driver::NotConnected, None);
+        let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
+        assert_eq!(out.event.kind, "command_rejected");
+        assert_eq!(out.reply["error"], "plc/pump: the device is not connected");
+
+        let f = fixture(Driver::Exception, None);
+        let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
+        assert_eq!(out.event.kind, "command_executed");
+        assert_eq!(out.event.severity, "warning");
+        assert_eq!(out.event.details["ok"], false);
+        assert!(out.reply["error"].as_str().unwrap().contains("modbus exception"), "{}", out.reply);
+        assert_eq!(f.handler.counters.failed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_driver_that_does_not_answer_times_out() {
+        let f = fixture(Driver::Silent, None);
+        let started = std::time::Instant::now();
+        let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(out.reply["error"].as_str().unwrap().contains("no answer from device plc within 200ms"), "{}", out.reply);
+        assert_eq!(out.event.kind, "command_executed");
+    }
+
+    #[tokio::test]
+    async fn reload_without_a_file_is_not_supported() {
+        let f = fixture(Driver::Ok, None);
+        let out = handle(&f, "reload", r#"{"id":"r"}"#).await;
+        assert_eq!(out.reply["ok"], false);
+        assert!(out.reply["error"].as_str().unwrap().contains("not supported"));
+        assert!(out.restart.is_none());
+    }
+
+    #[tokio::test]
+    async fn reload_reports_a_broken_file_and_restarts_with_a_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plant.toml");
+        std::fs::write(&file, "[gateway]\nid = \"gw\"\nsite = \"s\"\ndata_dir = \"/tmp/x\"\nbogus = 1\n").unwrap();
+        let mut f = fixture(Driver::Ok, Some(file.clone()));
+        let out = handle(&f, "reload", r#"{"id":"r1"}"#).await;
+        assert_eq!(out.reply["ok"], false);
+        let error = out.reply["error"].as_str().unwrap();
+        assert!(error.contains("plant.toml:5: gateway.bogus: unknown key"), "{error}");
+        assert!(out.restart.is_none());
+        assert_eq!(out.event.kind, "command_rejected");
+
+        std::fs::write(&file, config_text(dir.path(), false)).unwrap();
+        let out = handle(&f, "reload", r#"{"id":"r2"}"#).await;
+        assert_eq!(out.reply["ok"], true, "{}", out.reply);
+        assert_eq!(out.reply["result"]["devices"], 1);
+        let new = out.restart.expect("a config to restart with");
+        assert!(!new.commands.writes_enabled);
+
+        // Through the task: the reply is stored, then the runtime is told.
+        let (tx, rx) = mpsc::channel(1);
+        let cancel = CancellationToken::new();
+        let outbox = f.outbox.clone();
+        let restart_rx = &mut f.restart_rx;
+        let task = tokio::spawn(f.handler.run(rx, cancel.clone()));
+        tx.send(inbound("reload", r#"{"id":"r3"}"#)).await.unwrap();
+        let restarted = timeout(Duration::from_secs(5), restart_rx.recv()).await.unwrap();
+        assert!(restarted.is_some());
+        let replies = outbox.replies_from(0, 10);
+        assert_eq!(replies.last().unwrap().1.body["id"], "r3");
+        assert_eq!(replies.last().unwrap().1.topic_leaf, "cmd/response");
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_command_stores_its_reply_and_its_event() {
+        let f = fixture(Driver::Ok, None);
+        let (tx, rx) = mpsc::channel(8);
+        let cancel = CancellationToken::new();
+        let outbox = f.outbox.clone();
+        let events_before = outbox.next_event_seq();
+        let task = tokio::spawn(f.handler.run(rx, cancel.clone()));
+        tx.send(inbound("ping", r#"{"id":"1"}"#)).await.unwrap();
+        tx.send(inbound("response", r#"{"id":"1","ok":true}"#)).await.unwrap(); // our own echo: ignored
+        tx.send(inbound("nope", r#"{"id":"2"}"#)).await.unwrap();
+        tx.send(inbound("rebirth", r#"{"id":"3"}"#)).await.unwrap();
+        let replies = loop {
+            let r = outbox.replies_from(0, 10);
+            if r.len() >= 3 {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let ids: Vec<_> = replies.iter().map(|(_, r)| r.body["id"].clone()).collect();
+        assert_eq!(ids, vec![json!("1"), json!("2"), json!("3")]);
+        assert_eq!(replies[1].1.body["error"], "unknown command \"nope\": expected one of write, reload, rebirth, ping");
+        assert_eq!(replies[2].1.body["result"]["note"], "JSON mode: nothing to rebirth; status is retained");
+        cancel.cancel();
+        task.await.unwrap();
+        let events = outbox.events_from(events_before, 10);
+        let kinds: Vec<_> = events.iter().map(|(_, e)| e.0.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["command_executed", "command_rejected", "command_executed"]);
+    }
+}

@@ -1,0 +1,377 @@
+//! Writing one tag: an engineering value turned into the Modbus request that puts it in
+//! the device (pure, unit-tested), and the request queue of a device task.
+//!
+//! The device task owns the connection, so writes travel to it over a channel
+//! ([`write_channel`]) and are executed between two polls. Only holding registers
+//! (function code 6 for one register, 16 for two) and coils (function code 5) can be
+//! written.
+//!
+//! **Inverse scaling.** A tag reads as `engineering = raw × scale + offset`, so a write
+//! sends `raw = (engineering − offset) / scale`. For integer types the raw value must be
+//! a whole number (within a relative 1e-9, which absorbs binary noise such as
+//! `308.4 / 0.1 = 3083.9999999999995`) and must fit the type; an `f32` must fit an `f32`
+//! (its precision is what it is).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::time::timeout;
+use tokio_modbus::client::{Context, Writer};
+use tokio_modbus::ExceptionCode;
+use tracing::{info, warn};
+
+use crate::config::{DeviceConfig, TagConfig};
+use crate::modbus::decode::encode_registers;
+use crate::modbus::types::{DataType, Table};
+use crate::sample::Value;
+
+/// Largest distance of a raw integer from a whole number still taken as that number,
+/// relative to its size.
+const INTEGER_TOLERANCE: f64 = 1e-9;
+
+/// One write for a device task: put `value` (engineering units) into `tag`, then answer
+/// on `reply`.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub tag: String,
+    pub value: Value,
+    pub reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// Why a write did not happen (or may not have).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    /// The device task has no connection right now; nothing was sent.
+    #[error("the device is not connected")]
+    NotConnected,
+    /// The device answered with a Modbus exception; the connection stays up.
+    #[error("the device refused the write: modbus exception {} (0x{:02X})", .0, u8::from(*.0))]
+    Exception(ExceptionCode),
+    /// No reply in time: the write may or may not have happened; the connection is rebuilt.
+    #[error("no reply to the write within {0:?}; the connection is rebuilt")]
+    Timeout(Duration),
+    /// The connection failed during the write; the connection is rebuilt.
+    #[error("the connection failed during the write: {0}")]
+    Transport(String),
+    /// The device has no tag by that name.
+    #[error("the device has no tag {0:?}")]
+    UnknownTag(String),
+    /// The value cannot be written to that tag; nothing was sent.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// Why an engineering value cannot be turned into a write for a tag.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("{0} tags are read-only: only holding registers and coils can be written")]
+    ReadOnly(&'static str),
+    #[error("the tag is a bool: the value must be true or false")]
+    ExpectedBool,
+    #[error("the tag is numeric ({0}): the value must be a number")]
+    ExpectedNumber(&'static str),
+    #[error("the value is not a finite number")]
+    NotFinite,
+    #[error("raw value {} ((value - offset) / scale) is not a whole number, but the tag is {data_type}", readable(*.raw))]
+    NotInteger { raw: f64, data_type: &'static str },
+    #[error("raw value {} ((value - offset) / scale) is outside the range of {data_type} ({min} to {max})", readable(*.raw))]
+    OutOfRange { raw: f64, data_type: &'static str, min: f64, max: f64 },
+}
+
+/// `x` to 12 significant digits, without the binary noise of the division
+/// (`3084.4999999999995` shows as `3084.5`).
+fn readable(x: f64) -> f64 {
+    format!("{x:.11e}").parse().unwrap_or(x)
+}
+
+/// One Modbus write request, ready to send. Addresses are protocol addresses (0-based).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Function code 5: write single coil.
+    Coil { address: u16, value: bool },
+    /// Function code 6: write single register.
+    Register { address: u16, word: u16 },
+    /// Function code 16: write multiple registers.
+    Registers { address: u16, words: Vec<u16> },
+}
+
+/// The raw value of `tag` for the engineering value `value`: inverse scaling, checked
+/// against the tag's type (see the module notes). Integers come back whole.
+pub fn inverse_scale(tag: &TagConfig, value: f64) -> Result<f64, EncodeError> {
+    let data_type = tag.data_type();
+    if !value.is_finite() {
+        return Err(EncodeError::NotFinite);
+    }
+    let raw = if tag.is_unscaled() { value } else { (value - tag.offset) / tag.scale };
+    let (min, max) = match data_type {
+        DataType::Bool => return Err(EncodeError::ExpectedBool),
+        DataType::U16 => (0.0, f64::from(u16::MAX)),
+        DataType::I16 => (f64::from(i16::MIN), f64::from(i16::MAX)),
+        DataType::U32 => (0.0, f64::from(u32::MAX)),
+        DataType::I32 => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        DataType::F32 => (-f64::from(f32::MAX), f64::from(f32::MAX)),
+    };
+    let name = data_type.as_str();
+    if !raw.is_finite() {
+        return Err(EncodeError::OutOfRange { raw, data_type: name, min, max });
+    }
+    let raw = if data_type == DataType::F32 {
+        raw
+    } else {
+        let whole = raw.round();
+        if (raw - whole).abs() > INTEGER_TOLERANCE * whole.abs().max(1.0) {
+            return Err(EncodeError::NotInteger { raw, data_type: name });
+        }
+        whole
+    };
+    if raw < min || raw > max {
+        return Err(EncodeError::OutOfRange { raw, data_type: name, min, max });
+    }
+    Ok(raw)
+}
+
+/// The request that writes `value` (engineering units) into `tag` of a device whose
+/// addresses count from `address_base`.
+pub fn encode_write(tag: &TagConfig, address_base: u8, value: &Value) -> Result<WriteOp, EncodeError> {
+    let address = tag.address.saturating_sub(u16::from(address_base));
+    let data_type = tag.data_type();
+    match tag.table {
+        Table::Input | Table::Discrete => Err(EncodeError::ReadOnly(tag.table.as_str())),
+        Table::Coil => match value {
+            Value::Bool(b) => Ok(WriteOp::Coil { address, value: *b }),
+            _ => Err(EncodeError::ExpectedBool),
+        },
+        Table::Holding => {
+            let number = match value {
+                Value::Int(i) => *i as f64,
+                Value::Float(f) => *f,
+                Value::Bool(_) | Value::Text(_) => return Err(EncodeError::ExpectedNumber(data_type.as_str())),
+            };
+            let raw = inverse_scale(tag, number)?;
+            let words = encode_registers(raw, data_type, tag.byte_order);
+            Ok(match words.as_slice() {
+                [word] => WriteOp::Register { address, word: *word },
+                _ => WriteOp::Registers { address, words },
+            })
+        }
+    }
+}
+
+/// The receiving end of a device's write queue, held by the device task.
+///
+/// It is shared (and cloneable) so that a device task restarted by its supervisor picks
+/// up the same queue; one task holds it at a time.
+#[derive(Debug, Clone)]
+pub struct WriteInbox(Arc<Mutex<mpsc::Receiver<WriteRequest>>>);
+
+impl WriteInbox {
+    pub(crate) fn receiver(&self) -> &Mutex<mpsc::Receiver<WriteRequest>> {
+        &self.0
+    }
+}
+
+/// A device's write queue: the sender goes to whoever issues writes (the command
+/// handler), the inbox to the device task ([`crate::modbus::run_device`]).
+pub fn write_channel(capacity: usize) -> (mpsc::Sender<WriteRequest>, WriteInbox) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (tx, WriteInbox(Arc::new(Mutex::new(rx))))
+}
+
+/// What the device task does after a write.
+pub(crate) enum WriteEnd {
+    /// Answered; the connection is fine.
+    Done,
+    /// The connection failed during the write and must be rebuilt (the reason).
+    Transport(String),
+}
+
+/// Executes `req` on the connection `ctx` of `device` and answers it. Each call is
+/// bounded by the device's `timeout`.
+pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: WriteRequest) -> WriteEnd {
+    if req.reply.is_closed() {
+        // Whoever asked gave up waiting (and told the ERP so): a late write would surprise.
+        warn!(device = %device.name, tag = %req.tag, "write dropped: its requester stopped waiting");
+        return WriteEnd::Done;
+    }
+    let Some(tag) = device.tags.iter().find(|t| t.name == req.tag) else {
+        let _ = req.reply.send(Err(WriteError::UnknownTag(req.tag.clone())));
+        return WriteEnd::Done;
+    };
+    let op = match encode_write(tag, device.address_base, &req.value) {
+        Ok(op) => op,
+        Err(e) => {
+            let _ = req.reply.send(Err(e.into()));
+            return WriteEnd::Done;
+        }
+    };
+    let call = async {
+        match &op {
+            WriteOp::Coil { address, value } => ctx.write_single_coil(*address, *value).await,
+            WriteOp::Register { address, word } => ctx.write_single_register(*address, *word).await,
+            WriteOp::Registers { address, words } => ctx.write_multiple_registers(*address, words).await,
+        }
+    };
+    let (result, end) = match timeout(device.timeout, call).await {
+        Ok(Ok(Ok(()))) => {
+            info!(device = %device.name, tag = %tag.name, value = ?req.value, ?op, "write done");
+            (Ok(()), WriteEnd::Done)
+        }
+        Ok(Ok(Err(exception))) => {
+            warn!(device = %device.name, tag = %tag.name, %exception, "device refused a write");
+            (Err(WriteError::Exception(exception)), WriteEnd::Done)
+        }
+        Ok(Err(e)) => {
+            let reason = e.to_string();
+            (Err(WriteError::Transport(reason.clone())), WriteEnd::Transport(format!("write failed: {reason}")))
+        }
+        Err(_) => {
+            (Err(WriteError::Timeout(device.timeout)), WriteEnd::Transport(format!("no reply to a write within {:?}", device.timeout)))
+        }
+    };
+    let _ = req.reply.send(result);
+    end
+}
+
+/// Answers `req` with [`WriteError::NotConnected`] (the task is between connections).
+pub(crate) fn refuse_not_connected(req: WriteRequest) {
+    let _ = req.reply.send(Err(WriteError::NotConnected));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::decode::decode_registers;
+    use crate::modbus::types::ByteOrder;
+
+    fn tag(table: Table, data_type: DataType, scale: f64, offset: f64) -> TagConfig {
+        TagConfig {
+            name: "t".into(),
+            table,
+            address: 10,
+            data_type: Some(data_type),
+            byte_order: ByteOrder::ABCD,
+            scale,
+            offset,
+            unit: None,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn a_scaled_u16_is_written_as_the_raw_register_a_read_would_decode() {
+        let t = tag(Table::Holding, DataType::U16, 0.1, 0.0);
+        let op = encode_write(&t, 0, &Value::Float(308.4)).unwrap();
+        assert_eq!(op, WriteOp::Register { address: 10, word: 3084 });
+        assert_eq!(decode_registers(&[3084], &t).unwrap(), Value::Float(308.4));
+    }
+
+    #[test]
+    fn offset_and_scale_are_undone_in_that_order() {
+        let t = tag(Table::Holding, DataType::I16, 0.5, -10.0);
+        // -60 = raw × 0.5 − 10 → raw = -100
+        assert_eq!(inverse_scale(&t, -60.0).unwrap(), -100.0);
+        let op = encode_write(&t, 0, &Value::Int(-60)).unwrap();
+        assert_eq!(op, WriteOp::Register { address: 10, word: 0xFF9C });
+    }
+
+    #[test]
+    fn a_32_bit_value_uses_function_16_in_the_tags_byte_order() {
+        let mut t = tag(Table::Holding, DataType::F32, 1.0, 0.0);
+        t.byte_order = ByteOrder::CDAB;
+        // 1234.5f32 = 0x449A5000; CDAB puts the low word first.
+        let op = encode_write(&t, 0, &Value::Float(1234.5)).unwrap();
+        assert_eq!(op, WriteOp::Registers { address: 10, words: vec![0x5000, 0x449A] });
+        t.data_type = Some(DataType::U32);
+        t.byte_order = ByteOrder::BADC;
+        let op = encode_write(&t, 0, &Value::Int(0x1234_5678)).unwrap();
+        assert_eq!(op, WriteOp::Registers { address: 10, words: vec![0x3412, 0x7856] });
+    }
+
+    #[test]
+    fn writes_round_trip_through_decoding_for_every_type_and_order() {
+        let cases = [
+            (DataType::U16, 0.1, 5.0, 1234.5),
+            (DataType::I16, 0.01, 0.0, -123.45),
+            (DataType::U32, 0.001, 0.0, 4_000_000.123),
+            (DataType::I32, 2.0, 100.0, -2_000_000.0),
+            (DataType::F32, 1.0, 0.0, -1234.5),
+        ];
+        for order in [ByteOrder::ABCD, ByteOrder::CDAB, ByteOrder::BADC, ByteOrder::DCBA] {
+            for (dt, scale, offset, value) in cases {
+                let mut t = tag(Table::Holding, dt, scale, offset);
+                t.byte_order = order;
+                let words = match encode_write(&t, 0, &Value::Float(value)).unwrap() {
+                    WriteOp::Register { word, .. } => vec![word],
+                    WriteOp::Registers { words, .. } => words,
+                    other => panic!("{other:?}"),
+                };
+                let back = match decode_registers(&words, &t).unwrap() {
+                    Value::Int(i) => i as f64,
+                    Value::Float(f) => f,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(back, value, "{dt:?} {order:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_coil_takes_a_bool_and_function_5() {
+        let t = tag(Table::Coil, DataType::Bool, 1.0, 0.0);
+        assert_eq!(encode_write(&t, 1, &Value::Bool(true)).unwrap(), WriteOp::Coil { address: 9, value: true });
+        assert_eq!(encode_write(&t, 0, &Value::Int(1)), Err(EncodeError::ExpectedBool));
+    }
+
+    #[test]
+    fn read_only_tables_cannot_be_written() {
+        let t = tag(Table::Input, DataType::U16, 1.0, 0.0);
+        assert_eq!(encode_write(&t, 0, &Value::Int(1)), Err(EncodeError::ReadOnly("input")));
+        let t = tag(Table::Discrete, DataType::Bool, 1.0, 0.0);
+        assert_eq!(encode_write(&t, 0, &Value::Bool(true)), Err(EncodeError::ReadOnly("discrete")));
+    }
+
+    #[test]
+    fn a_register_refuses_a_bool_or_text() {
+        let t = tag(Table::Holding, DataType::U16, 1.0, 0.0);
+        assert_eq!(encode_write(&t, 0, &Value::Bool(true)), Err(EncodeError::ExpectedNumber("u16")));
+        assert_eq!(encode_write(&t, 0, &Value::Text("1".into())), Err(EncodeError::ExpectedNumber("u16")));
+    }
+
+    #[test]
+    fn values_outside_the_type_are_refused_not_wrapped() {
+        let u16_tag = tag(Table::Holding, DataType::U16, 1.0, 0.0);
+        assert!(matches!(inverse_scale(&u16_tag, 65_536.0), Err(EncodeError::OutOfRange { .. })));
+        assert!(matches!(inverse_scale(&u16_tag, -1.0), Err(EncodeError::OutOfRange { .. })));
+        assert_eq!(inverse_scale(&u16_tag, 65_535.0).unwrap(), 65_535.0);
+        let i16_tag = tag(Table::Holding, DataType::I16, 1.0, 0.0);
+        assert!(matches!(inverse_scale(&i16_tag, 32_768.0), Err(EncodeError::OutOfRange { .. })));
+        assert_eq!(inverse_scale(&i16_tag, -32_768.0).unwrap(), -32_768.0);
+        // Scaling moves the limits: 0.1 × 65535 = 6553.5 is the largest u16 at scale 0.1.
+        let tenths = tag(Table::Holding, DataType::U16, 0.1, 0.0);
+        assert!(inverse_scale(&tenths, 6553.5).is_ok());
+        assert!(matches!(inverse_scale(&tenths, 6553.6), Err(EncodeError::OutOfRange { .. })));
+        let f = tag(Table::Holding, DataType::F32, 1.0, 0.0);
+        assert!(matches!(inverse_scale(&f, 1e39), Err(EncodeError::OutOfRange { .. })));
+        assert_eq!(inverse_scale(&f, f64::NAN), Err(EncodeError::NotFinite));
+    }
+
+    #[test]
+    fn a_value_between_two_raw_steps_is_refused() {
+        let tenths = tag(Table::Holding, DataType::U16, 0.1, 0.0);
+        assert!(matches!(inverse_scale(&tenths, 308.45), Err(EncodeError::NotInteger { .. })));
+        let plain = tag(Table::Holding, DataType::I32, 1.0, 0.0);
+        assert!(matches!(inverse_scale(&plain, 1.5), Err(EncodeError::NotInteger { .. })));
+        // Binary noise of the division is not a fraction.
+        assert_eq!(inverse_scale(&tenths, 0.3).unwrap(), 3.0);
+    }
+
+    #[test]
+    fn error_messages_name_the_raw_value_and_the_type() {
+        let tenths = tag(Table::Holding, DataType::U16, 0.1, 0.0);
+        let msg = inverse_scale(&tenths, 7000.0).unwrap_err().to_string();
+        assert!(msg.contains("70000") && msg.contains("u16") && msg.contains("65535"), "{msg}");
+        let e = WriteError::Exception(ExceptionCode::IllegalDataAddress).to_string();
+        assert!(e.contains("0x02"), "{e}");
+    }
+}
