@@ -280,3 +280,34 @@ pub async fn api_status(web_port: u16) -> serde_json::Value {
     };
     tokio::time::timeout(Duration::from_secs(5), fetch).await.ok().flatten().unwrap_or(serde_json::Value::Null)
 }
+
+/// The retained message on `topic` as an MQTT 5 client (`rumqttc::v5`, clean start) sees
+/// it right after subscribing; `None` if none arrives within 5 s.
+pub async fn v5_retained(port: u16, topic: &str) -> Option<serde_json::Value> {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let mut opts = MqttOptions::new(format!("erp-v5-{port}-{}", crate::support::free_port()), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5)).set_clean_start(true);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let received = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client.subscribe(topic, QoS::AtLeastOnce).await.expect("queue the v5 subscription");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                    return serde_json::from_slice::<serde_json::Value>(&p.payload).ok();
+                }
+                Ok(_) => {}
+                Err(e) => panic!("MQTT 5 client: {e}"),
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let _ = client.disconnect().await;
+    received
+}

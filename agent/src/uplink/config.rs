@@ -59,6 +59,34 @@ pub struct MqttConfig {
     /// batches are not counted and go first.
     #[serde(default = "default_replay_max_per_sec")]
     pub replay_max_per_sec: u32,
+    /// The MQTT version spoken to the broker(s): `"3.1.1"` (default) or `"5"`.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// MQTT 5 only: how long the broker keeps this gateway's session (subscription and
+    /// queued commands) after the connection is gone; the 3.1.1 session never expires.
+    #[serde(default = "default_session_expiry", with = "humantime_serde")]
+    pub session_expiry: Duration,
+}
+
+/// `mqtt.protocol`: which MQTT version the uplink speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    /// MQTT 3.1.1 (`rumqttc`), persistent session with `clean_session = false`.
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5 (`rumqttc::v5`), `clean_start = false` with a session expiry interval.
+    #[serde(rename = "5")]
+    V5,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        })
+    }
 }
 
 /// `[mqtt.tls]`: server verification against a private CA, optional client certificate.
@@ -112,6 +140,12 @@ fn default_failover_after() -> u32 {
 fn default_replay_max_per_sec() -> u32 {
     50
 }
+fn default_session_expiry() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// The longest session expiry MQTT 5 can express (a 4-byte number of seconds).
+pub const MAX_SESSION_EXPIRY: Duration = Duration::from_secs(u32::MAX as u64 - 1);
 
 impl Default for MqttConfig {
     fn default() -> Self {
@@ -130,6 +164,8 @@ impl Default for MqttConfig {
             failover: None,
             failover_after: default_failover_after(),
             replay_max_per_sec: default_replay_max_per_sec(),
+            protocol: Protocol::default(),
+            session_expiry: default_session_expiry(),
         }
     }
 }
@@ -187,6 +223,11 @@ impl MqttConfig {
         }
         if !(1..=100_000).contains(&self.replay_max_per_sec) {
             issues.push(format!("{path}.replay_max_per_sec"), "must be between 1 and 100000");
+        }
+        // 0 would end the session with each connection; u32::MAX means "never expires",
+        // which would let a decommissioned gateway's queue grow on the broker for ever.
+        if self.session_expiry < Duration::from_secs(60) || self.session_expiry > MAX_SESSION_EXPIRY {
+            issues.push(format!("{path}.session_expiry"), "must be between 1m and 136y (MQTT 5 only)");
         }
     }
 
@@ -332,5 +373,28 @@ mod tests {
                 "mqtt.replay_max_per_sec: must be between 1 and 100000",
             ]
         );
+    }
+
+    #[test]
+    fn the_protocol_defaults_to_3_1_1_and_5_is_accepted() {
+        let c: MqttConfig = toml::from_str("").unwrap();
+        assert_eq!(c.protocol, Protocol::V311);
+        assert_eq!(c.session_expiry, Duration::from_secs(86_400));
+        let c: MqttConfig = toml::from_str("protocol = \"5\"\nsession_expiry = \"2h\"").unwrap();
+        assert_eq!(c.protocol, Protocol::V5);
+        assert_eq!(c.session_expiry, Duration::from_secs(7200));
+        assert!(problems(&c).is_empty());
+        let c: MqttConfig = toml::from_str("protocol = \"3.1.1\"").unwrap();
+        assert_eq!(c.protocol, Protocol::V311);
+        assert_eq!(Protocol::V5.to_string(), "5");
+    }
+
+    #[test]
+    fn an_unknown_protocol_is_refused_and_the_session_expiry_is_bounded() {
+        let e = toml::from_str::<MqttConfig>("protocol = \"4\"").unwrap_err().to_string();
+        assert!(e.contains("3.1.1") && e.contains("5"), "{e}");
+        assert!(toml::from_str::<MqttConfig>("protocol = 5").is_err());
+        let c = MqttConfig { session_expiry: Duration::from_secs(10), ..Default::default() };
+        assert_eq!(problems(&c), vec!["mqtt.session_expiry: must be between 1m and 136y (MQTT 5 only)"]);
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::tokio_rustls::rustls;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode as V5ReturnCode, LastWill as V5LastWill};
 use rumqttc::{ConnectReturnCode, ConnectionError, LastWill, MqttOptions, QoS, TlsConfiguration, TlsError, Transport};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -22,12 +23,16 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use super::config::Protocol;
 use super::topics::Topics;
 use crate::config::Config;
 use crate::payload;
 
 /// Largest MQTT packet sent or accepted (a full batch of 1000 samples is ~100 KiB).
 const MAX_PACKET: usize = 4 * 1024 * 1024;
+
+/// What a connect timeout means (the timeout is `CONNECT_TIMEOUT_S` in `session`).
+const NO_CONNECTION: &str = "no connection within 10 s (network, firewall or broker down)";
 
 /// One broker address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +76,9 @@ pub struct Prepared {
     tls: Option<Arc<ClientConfig>>,
     /// The primary broker, then the failover one if configured.
     pub brokers: Vec<Broker>,
+    /// `mqtt.protocol`: which of [`Prepared::options`] / [`Prepared::options_v5`] is used.
+    pub protocol: Protocol,
+    session_expiry: Duration,
     /// For [`Prepared::explain`].
     username: Option<String>,
     password_source: Option<String>,
@@ -141,6 +149,8 @@ impl Prepared {
             credentials,
             tls,
             brokers,
+            protocol: mqtt.protocol,
+            session_expiry: mqtt.session_expiry,
             username: mqtt.username.clone(),
             password_source,
             ca_file: mqtt.tls.as_ref().and_then(|t| t.ca_file.clone()),
@@ -177,36 +187,111 @@ impl Prepared {
         opts
     }
 
+    /// `rumqttc::v5`'s options for `broker`: the same as [`Prepared::options`], with the
+    /// MQTT 5 form of the persistent session: `clean_start = false` and a session expiry
+    /// interval (`mqtt.session_expiry`), without which an MQTT 5 broker ends the session
+    /// when the connection closes. The window is an upper limit here: the broker's
+    /// `Receive Maximum` (CONNACK) may lower it.
+    pub fn options_v5(&self, broker: &Broker) -> rumqttc::v5::MqttOptions {
+        let mut opts = rumqttc::v5::MqttOptions::new(self.client_id.clone(), broker.host.clone(), broker.port);
+        let expiry = u32::try_from(self.session_expiry.as_secs()).unwrap_or(u32::MAX - 1);
+        opts.set_keep_alive(self.keep_alive)
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(expiry))
+            .set_outgoing_inflight_upper_limit(self.max_inflight)
+            .set_max_packet_size(Some(MAX_PACKET as u32))
+            .set_last_will(V5LastWill::new(
+                self.will_topic.clone(),
+                serde_json::to_vec(&payload::status("offline")).unwrap_or_default(),
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                true,
+                None,
+            ));
+        if let Some((user, password)) = &self.credentials {
+            opts.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            opts.set_transport(Transport::Tls(TlsConfiguration::Rustls(tls.clone())));
+        }
+        opts
+    }
+
     /// A connection error as a sentence that says what to check.
     pub fn explain(&self, broker: &Broker, error: &ConnectionError) -> String {
         let why = match error {
-            ConnectionError::ConnectionRefused(code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized)) => {
-                match (&self.username, &self.password_source) {
-                    (Some(user), Some(source)) => format!(
-                        "the broker refused the login ({code:?}): check mqtt.username = {user:?} and the password in {source}"
-                    ),
-                    (Some(user), None) => format!("the broker refused the login ({code:?}) of mqtt.username = {user:?} without a password: set mqtt.password_file or mqtt.password_env"),
-                    (None, _) => format!("the broker refused the connection ({code:?}): it needs a login; set mqtt.username and mqtt.password_file or mqtt.password_env"),
-                }
-            }
-            ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
-                format!("the broker refused the client id {:?} (mqtt.client_id)", self.client_id)
-            }
+            ConnectionError::ConnectionRefused(
+                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
+            ) => self.explain_login(&format!("{code:?}")),
+            ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => self.explain_client_id(),
             ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
-            ConnectionError::Tls(TlsError::TLS(e)) => self.explain_tls(broker, e),
-            ConnectionError::Tls(TlsError::Io(e)) | ConnectionError::Io(e) => match rustls_error(e) {
-                Some(tls) => self.explain_tls(broker, tls),
-                None if e.kind() == io::ErrorKind::ConnectionRefused => "connection refused (is the broker running and listening on this port?)".into(),
-                None if e.kind() == io::ErrorKind::UnexpectedEof && !self.uses_tls() => {
-                    format!("the broker closed the connection during the MQTT handshake ({e}); if this port is a TLS listener, configure [mqtt.tls]")
-                }
-                None => format!("{e}"),
-            },
-            ConnectionError::Tls(e) => format!("TLS: {e}"),
-            ConnectionError::NetworkTimeout => "no connection within 10 s (network, firewall or broker down)".into(),
+            ConnectionError::Tls(e) => self.explain_tls_error(broker, e),
+            ConnectionError::Io(e) => self.explain_io(broker, e),
+            ConnectionError::NetworkTimeout => NO_CONNECTION.into(),
             other => other.to_string(),
         };
         format!("{broker}: {why}")
+    }
+
+    /// [`Prepared::explain`] for an MQTT 5 connection error (its refusal codes are the
+    /// reason codes of MQTT 5; TLS and I/O errors are the same types as with 3.1.1).
+    pub fn explain_v5(&self, broker: &Broker, error: &rumqttc::v5::ConnectionError) -> String {
+        use rumqttc::v5::ConnectionError as E;
+        let why = match error {
+            E::ConnectionRefused(
+                code @ (V5ReturnCode::BadUserNamePassword
+                | V5ReturnCode::NotAuthorized
+                | V5ReturnCode::BadAuthenticationMethod),
+            ) => self.explain_login(&format!("{code:?}")),
+            E::ConnectionRefused(V5ReturnCode::BadClientId | V5ReturnCode::ClientIdentifierNotValid) => {
+                self.explain_client_id()
+            }
+            E::ConnectionRefused(
+                code @ (V5ReturnCode::RefusedProtocolVersion | V5ReturnCode::UnsupportedProtocolVersion),
+            ) => {
+                format!("the broker refused the connection ({code:?}): it does not speak MQTT 5; set mqtt.protocol = \"3.1.1\"")
+            }
+            E::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
+            E::Tls(e) => self.explain_tls_error(broker, e),
+            E::Io(e) => self.explain_io(broker, e),
+            E::Timeout(_) => NO_CONNECTION.into(),
+            other => other.to_string(),
+        };
+        format!("{broker}: {why}")
+    }
+
+    fn explain_login(&self, code: &str) -> String {
+        match (&self.username, &self.password_source) {
+            (Some(user), Some(source)) => format!(
+                "the broker refused the login ({code}): check mqtt.username = {user:?} and the password in {source}"
+            ),
+            (Some(user), None) => format!("the broker refused the login ({code}) of mqtt.username = {user:?} without a password: set mqtt.password_file or mqtt.password_env"),
+            (None, _) => format!("the broker refused the connection ({code}): it needs a login; set mqtt.username and mqtt.password_file or mqtt.password_env"),
+        }
+    }
+
+    fn explain_client_id(&self) -> String {
+        format!("the broker refused the client id {:?} (mqtt.client_id)", self.client_id)
+    }
+
+    fn explain_tls_error(&self, broker: &Broker, e: &TlsError) -> String {
+        match e {
+            TlsError::TLS(e) => self.explain_tls(broker, e),
+            TlsError::Io(e) => self.explain_io(broker, e),
+            e => format!("TLS: {e}"),
+        }
+    }
+
+    fn explain_io(&self, broker: &Broker, e: &io::Error) -> String {
+        match rustls_error(e) {
+            Some(tls) => self.explain_tls(broker, tls),
+            None if e.kind() == io::ErrorKind::ConnectionRefused => {
+                "connection refused (is the broker running and listening on this port?)".into()
+            }
+            None if e.kind() == io::ErrorKind::UnexpectedEof && !self.uses_tls() => {
+                format!("the broker closed the connection during the MQTT handshake ({e}); if this port is a TLS listener, configure [mqtt.tls]")
+            }
+            None => format!("{e}"),
+        }
     }
 
     fn explain_tls(&self, broker: &Broker, e: &rustls::Error) -> String {
@@ -457,6 +542,54 @@ mod tests {
         assert!(will.retain);
         assert!(o.credentials().is_none());
         assert!(matches!(o.transport(), Transport::Tcp));
+    }
+
+    #[test]
+    fn mqtt_5_options_keep_the_session_with_an_expiry_and_carry_the_same_will_and_login() {
+        let c = config(|c| {
+            c.mqtt.protocol = Protocol::V5;
+            c.mqtt.username = Some("gw".into());
+            c.mqtt.password_env = Some("PW".into());
+            c.mqtt.max_inflight = 16;
+            c.mqtt.tls = Some(tls("ca.pem", None, None));
+        });
+        let p = Prepared::load_with_env(&c, |_| Some("secret".into())).unwrap();
+        assert_eq!(p.protocol, Protocol::V5);
+        let o = p.options_v5(&p.brokers[0]);
+        assert_eq!(o.broker_address(), ("127.0.0.1".to_string(), 1883));
+        assert!(!o.clean_start());
+        assert_eq!(o.session_expiry_interval(), Some(86_400));
+        assert_eq!(o.get_outgoing_inflight_upper_limit(), Some(16));
+        assert_eq!(o.client_id(), "edge-agent-gw");
+        let will = o.last_will().unwrap();
+        assert_eq!(&will.topic[..], b"plant/s/gw/status");
+        assert!(will.retain);
+        assert_eq!(will.qos, rumqttc::v5::mqttbytes::QoS::AtLeastOnce);
+        let status: serde_json::Value = serde_json::from_slice(&will.message).unwrap();
+        assert_eq!(status["state"], "offline");
+        assert_eq!(o.credentials().map(|l| (l.username, l.password)), Some(("gw".into(), "secret".into())));
+        assert!(matches!(o.transport(), Transport::Tls(TlsConfiguration::Rustls(_))));
+    }
+
+    #[test]
+    fn mqtt_5_connection_errors_say_what_to_check() {
+        use rumqttc::v5::ConnectionError as E;
+        let c = config(|c| {
+            c.mqtt.protocol = Protocol::V5;
+            c.mqtt.username = Some("gw".into());
+            c.mqtt.password_env = Some("PW".into());
+        });
+        let p = Prepared::load_with_env(&c, |_| Some("x".into())).unwrap();
+        let b = p.brokers[0].clone();
+        let e = p.explain_v5(&b, &E::ConnectionRefused(V5ReturnCode::NotAuthorized));
+        assert!(e.contains("refused the login") && e.contains("\"gw\"") && e.contains("PW"), "{e}");
+        let e = p.explain_v5(&b, &E::ConnectionRefused(V5ReturnCode::UnsupportedProtocolVersion));
+        assert!(e.contains("mqtt.protocol = \"3.1.1\""), "{e}");
+        let down = E::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(
+            p.explain_v5(&b, &down),
+            "127.0.0.1:1883: connection refused (is the broker running and listening on this port?)"
+        );
     }
 
     #[test]

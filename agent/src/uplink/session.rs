@@ -1,4 +1,6 @@
 //! The uplink task: one rumqttc event loop, driven here, publishing from the outbox.
+//! The event loop is MQTT 3.1.1 or 5 (`mqtt.protocol`); this module sees only the neutral
+//! interface of [`super::transport`].
 //!
 //! Why the retransmission queue of rumqttc is emptied on every disconnect: the outbox,
 //! not rumqttc's memory, is the source of truth. After each (re)connection everything
@@ -23,7 +25,6 @@ use std::time::Duration;
 use chrono::Utc;
 use edge_drivers::backoff::Backoff;
 use rand::Rng;
-use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS, SubscribeReasonCode};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
@@ -33,6 +34,7 @@ use super::options::{Broker, Prepared};
 use super::schedule::Schedule;
 use super::topics::{Topics, RESPONSE};
 use super::tracker::{Carried, Tracker};
+use super::transport::{LinkError, Transport, Wire};
 use crate::config::Config;
 use crate::live::Live;
 use crate::payload::{self, TelemetryPayload};
@@ -80,8 +82,8 @@ struct Session {
     prepared: Prepared,
     /// Index into `prepared.brokers` of the broker in use.
     current: usize,
-    client: AsyncClient,
-    eventloop: EventLoop,
+    /// The client and event loop, of the version `mqtt.protocol` names.
+    transport: Transport,
     topics: Topics,
     gateway: String,
     window: usize,
@@ -105,6 +107,8 @@ struct Session {
     commands_dropped: u64,
     /// The last connect error logged as a warning, and when.
     last_warning: Option<(String, Instant)>,
+    /// The last refused publish (MQTT 5 PUBACK reason) logged as a warning, and when.
+    last_refusal: Option<(String, Instant)>,
 }
 
 impl Uplink {
@@ -131,14 +135,13 @@ impl Uplink {
 
         let window = usize::from(self.config.mqtt.max_inflight);
         let broker = prepared.brokers[0].clone();
-        let (client, eventloop) = new_client(&prepared, &broker, window);
+        let transport = new_transport(&prepared, &broker, window);
         self.live.update(|s| s.uplink.broker = broker.to_string());
-        info!(%broker, tls = prepared.uses_tls(), failover = ?prepared.brokers.get(1).map(ToString::to_string), "uplink starting");
+        info!(%broker, protocol = %prepared.protocol, tls = prepared.uses_tls(), failover = ?prepared.brokers.get(1).map(ToString::to_string), "uplink starting");
         let mut s = Session {
             prepared,
             current: 0,
-            client,
-            eventloop,
+            transport,
             topics: Topics::new(self.config.topic_root()),
             gateway: self.config.gateway.id.clone(),
             window,
@@ -154,6 +157,7 @@ impl Uplink {
             commands,
             commands_dropped: 0,
             last_warning: None,
+            last_refusal: None,
         };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
 
@@ -178,7 +182,7 @@ impl Uplink {
             let wake =
                 if s.connected { s.schedule.wake_at().unwrap_or(far).min(Instant::now() + POLL_EVERY) } else { far };
             tokio::select! {
-                event = s.eventloop.poll() => match event {
+                event = s.transport.poll() => match event {
                     Ok(event) => s.handle(event, &self.outbox, &mut backoff, &self.live),
                     Err(e) => {
                         s.lost(&e, &self.live);
@@ -272,11 +276,9 @@ impl Uplink {
     }
 }
 
-fn new_client(prepared: &Prepared, broker: &Broker, window: usize) -> (AsyncClient, EventLoop) {
+fn new_transport(prepared: &Prepared, broker: &Broker, window: usize) -> Transport {
     // Room for a full window plus the status, the subscription and the disconnect.
-    let (client, mut eventloop) = AsyncClient::new(prepared.options(broker), window + 16);
-    eventloop.network_options.set_connection_timeout(CONNECT_TIMEOUT_S);
-    (client, eventloop)
+    Transport::new(prepared, broker, window + 16, CONNECT_TIMEOUT_S)
 }
 
 impl Session {
@@ -284,10 +286,10 @@ impl Session {
         &self.prepared.brokers[self.current]
     }
 
-    fn handle(&mut self, event: Event, outbox: &Outbox, backoff: &mut Backoff, live: &Live) {
+    fn handle(&mut self, event: Wire, outbox: &Outbox, backoff: &mut Backoff, live: &Live) {
         match event {
-            Event::Incoming(Packet::ConnAck(ack)) => {
-                info!(broker = %self.broker(), session_present = ack.session_present, "uplink connected");
+            Wire::ConnAck { session_present } => {
+                info!(broker = %self.broker(), session_present, "uplink connected");
                 backoff.reset();
                 self.connected = true;
                 self.failures = 0;
@@ -308,18 +310,35 @@ impl Session {
                 // A broker that kept our session kept the subscription too. The first
                 // connection of the process subscribes anyway: the session may be from a
                 // version of the agent that did not subscribe.
-                if self.commands.is_some() && (!ack.session_present || !self.ever_connected) {
+                if self.commands.is_some() && (!session_present || !self.ever_connected) {
                     self.subscribe_commands();
                 }
                 self.ever_connected = true;
                 self.publish_status("online");
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => {
+            Wire::SentPublish(pkid) => {
                 self.tracker.sent(pkid);
                 live.update(|v| v.uplink.published += 1);
             }
-            Event::Incoming(Packet::PubAck(ack)) => {
-                let result = match self.tracker.acked(ack.pkid) {
+            Wire::PubAck { pkid, refused: Some(reason) } => {
+                // MQTT 5 only: the broker answered the publish but did not take it (see
+                // `transport::v5_puback`). The packet id is free again (rumqttc freed it; the
+                // tracker must too, or the next publish with that id would be taken for a
+                // resend), but the outbox entry stays: it goes out again after the next
+                // (re)connection, when everything still in the outbox is resent.
+                let carried = self.tracker.acked(pkid);
+                let repeat =
+                    self.last_refusal.as_ref().is_some_and(|(r, at)| *r == reason && at.elapsed() < REPEAT_WARNING);
+                if repeat {
+                    debug!(pkid, %reason, ?carried, "the broker refused a publish");
+                } else {
+                    warn!(pkid, %reason, ?carried, broker = %self.broker(), "the broker refused a publish (MQTT 5 PUBACK reason code; check its ACL and quotas); the entry stays in the outbox and is sent again after the next reconnect");
+                    self.last_refusal = Some((reason.clone(), Instant::now()));
+                }
+                live.update(|v| v.uplink.last_error = Some(format!("the broker refused a publish: {reason}")));
+            }
+            Wire::PubAck { pkid, refused: None } => {
+                let result = match self.tracker.acked(pkid) {
                     Some(Carried::Telemetry(seq)) => outbox.ack_telemetry(seq),
                     Some(Carried::Event(seq)) => outbox.ack_event(seq),
                     Some(Carried::Reply(seq)) => outbox.ack_reply(seq),
@@ -327,34 +346,34 @@ impl Session {
                 };
                 if let Err(e) = result {
                     // The entry stays and is sent again later: a duplicate, never a loss.
-                    error!(error = %e, pkid = ack.pkid, "could not delete an acknowledged entry");
+                    error!(error = %e, pkid, "could not delete an acknowledged entry");
                 }
                 live.update(|v| v.uplink.acked += 1);
             }
-            Event::Incoming(Packet::Publish(publish)) => self.inbound(publish),
-            Event::Incoming(Packet::SubAck(ack)) => {
-                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+            Wire::Publish { topic, payload } => self.inbound(&topic, payload),
+            Wire::SubAck { refused } => {
+                if refused {
                     error!(filter = %self.topics.commands(), broker = %self.broker(), "the broker refused the subscription to commands (check its ACL); no command will arrive");
                 } else {
                     debug!(filter = %self.topics.commands(), "subscribed to commands");
                 }
             }
-            _ => {}
+            Wire::SentDisconnect | Wire::Other => {}
         }
     }
 
     fn subscribe_commands(&mut self) {
         let filter = self.topics.commands();
-        if let Err(e) = self.client.try_subscribe(filter.clone(), QoS::AtLeastOnce) {
+        if let Err(e) = self.transport.try_subscribe(filter.clone()) {
             // Only when the request queue is full, which the window sizing rules out.
             warn!(error = %e, %filter, "could not queue the subscription to commands");
         }
     }
 
     /// A publish on `{root}/cmd/{name}`: handed to the command handler, never awaited.
-    fn inbound(&mut self, publish: Publish) {
-        let Some(name) = self.topics.command_name(&publish.topic) else {
-            debug!(topic = %publish.topic, "ignoring a message outside the command topics");
+    fn inbound(&mut self, topic: &str, payload: Vec<u8>) {
+        let Some(name) = self.topics.command_name(topic) else {
+            debug!(topic, "ignoring a message outside the command topics");
             return;
         };
         if name == RESPONSE {
@@ -364,7 +383,7 @@ impl Session {
             warn!(command = name, "command received but no command handler is running; dropped");
             return;
         };
-        let command = InboundCommand { name: name.to_string(), payload: publish.payload.to_vec() };
+        let command = InboundCommand { name: name.to_string(), payload };
         match tx.try_send(command) {
             Ok(()) => debug!(command = name, "command forwarded"),
             Err(TrySendError::Full(c)) => {
@@ -380,8 +399,11 @@ impl Session {
 
     /// The connection failed or was lost: forget everything in flight (the outbox resends
     /// it) and count a failed connect if it never came up.
-    fn lost(&mut self, error: &rumqttc::ConnectionError, live: &Live) {
-        let reason = self.prepared.explain(self.broker(), error);
+    fn lost(&mut self, error: &LinkError, live: &Live) {
+        let reason = match error {
+            LinkError::V4(e) => self.prepared.explain(self.broker(), e),
+            LinkError::V5(e) => self.prepared.explain_v5(self.broker(), e),
+        };
         if self.connected {
             warn!(%reason, "uplink connection lost");
         } else {
@@ -399,9 +421,7 @@ impl Session {
         }
         self.connected = false;
         // The outbox will resend all of it after reconnecting (see the module comment).
-        self.eventloop.pending.clear();
-        self.eventloop.state.events.clear();
-        self.eventloop.state.collision = None;
+        self.transport.clear_pending();
         self.tracker.clear();
         live.update(|v| {
             v.uplink.connected = false;
@@ -425,9 +445,7 @@ impl Session {
         self.failovers += 1;
         let to = self.broker().clone();
         warn!(%from, %to, after = self.failover_after, failovers = self.failovers, "uplink: switching to the other broker");
-        let (client, eventloop) = new_client(&self.prepared, &to, self.window);
-        self.client = client;
-        self.eventloop = eventloop;
+        self.transport = new_transport(&self.prepared, &to, self.window);
         self.tracker.clear();
         self.last_warning = None;
         live.update(|v| v.uplink.broker = to.to_string());
@@ -436,7 +454,7 @@ impl Session {
 
     fn publish_status(&mut self, state: &str) {
         let body = serde_json::to_vec(&payload::status(state)).unwrap_or_default();
-        match self.client.try_publish(self.topics.status(), QoS::AtLeastOnce, true, body) {
+        match self.transport.try_publish(self.topics.status(), true, body) {
             Ok(()) => self.tracker.queued(Carried::Status),
             Err(e) => warn!(error = %e, "could not queue the status message"),
         }
@@ -461,7 +479,7 @@ impl Session {
                 continue;
             };
             let Ok(body) = serde_json::to_vec(&reply.body) else { continue };
-            if self.client.try_publish(topic, QoS::AtLeastOnce, false, body).is_err() {
+            if self.transport.try_publish(topic, false, body).is_err() {
                 self.cursor.next_reply = seq;
                 return;
             }
@@ -470,7 +488,7 @@ impl Session {
         }
         for (seq, event) in outbox.events_from(self.cursor.next_event, room) {
             let Ok(body) = serde_json::to_vec(&event.0) else { continue };
-            if self.client.try_publish(self.topics.events(), QoS::AtLeastOnce, false, body).is_err() {
+            if self.transport.try_publish(self.topics.events(), false, body).is_err() {
                 return;
             }
             self.tracker.queued(Carried::Event(seq));
@@ -490,7 +508,7 @@ impl Session {
                 samples: batch.samples,
             };
             let Ok(body) = serde_json::to_vec(&body) else { continue };
-            if self.client.try_publish(topic, QoS::AtLeastOnce, false, body).is_err() {
+            if self.transport.try_publish(topic, false, body).is_err() {
                 return;
             }
             self.tracker.queued(Carried::Telemetry(seq));
@@ -506,10 +524,10 @@ impl Session {
         }
         let until = deadline.unwrap_or_else(Instant::now).max(Instant::now() + Duration::from_millis(500));
         self.publish_status("offline");
-        let _ = self.client.try_disconnect();
+        let _ = self.transport.try_disconnect();
         loop {
-            match tokio::time::timeout_at(until, self.eventloop.poll()).await {
-                Ok(Ok(Event::Outgoing(Outgoing::Disconnect))) | Ok(Err(_)) | Err(_) => break,
+            match tokio::time::timeout_at(until, self.transport.poll()).await {
+                Ok(Ok(Wire::SentDisconnect)) | Ok(Err(_)) | Err(_) => break,
                 Ok(Ok(_)) => {}
             }
         }
