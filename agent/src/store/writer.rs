@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use edge_drivers::{DeviceReport, ReportKind};
@@ -19,6 +19,7 @@ use tracing::{error, info};
 
 use super::outbox::{Outbox, StoredEventDraft};
 use super::record::StoredBatch;
+use super::retention::Dropped;
 use crate::config::StoreConfig;
 use crate::live::Live;
 use crate::payload::WireSample;
@@ -40,6 +41,25 @@ struct Gathered {
     bytes: u64,
 }
 
+/// How often a `buffer_overflow` event may be raised while the store stays full.
+const OVERFLOW_EVENT_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops not yet reported in a `buffer_overflow` event, and when the last one was raised.
+#[derive(Default)]
+struct Overflow {
+    pending: Dropped,
+    last: Option<Instant>,
+}
+
+impl Overflow {
+    fn add(&mut self, d: Dropped) {
+        self.pending.batches += d.batches;
+        self.pending.samples += d.samples;
+        self.pending.events += d.events;
+        self.pending.too_old += d.too_old;
+    }
+}
+
 /// Approximate JSON size of one sample in a stored batch.
 fn sample_bytes(s: &WireSample) -> u64 {
     (s.tag.len() + s.reason.as_ref().map_or(0, String::len) + 64) as u64
@@ -55,6 +75,7 @@ impl Writer {
     /// Runs until `reports` is closed and drained.
     pub async fn run(self, mut reports: mpsc::Receiver<DeviceReport>) {
         let mut gathered = Gathered::default();
+        let mut overflow = Overflow::default();
         let mut ticker = tokio::time::interval(self.config.flush_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -63,12 +84,12 @@ impl Writer {
                     Some(report) => {
                         let full = self.take(report, &mut gathered);
                         if full {
-                            self.write(&mut gathered).await;
+                            self.write(&mut gathered, &mut overflow).await;
                         }
                     }
                     None => break,
                 },
-                _ = ticker.tick() => self.write(&mut gathered).await,
+                _ = ticker.tick() => self.write(&mut gathered, &mut overflow).await,
             }
         }
         // Shutdown: write what is left, retrying briefly so a transient error loses nothing.
@@ -76,7 +97,7 @@ impl Writer {
             if gathered.is_empty() {
                 break;
             }
-            self.write(&mut gathered).await;
+            self.write(&mut gathered, &mut overflow).await;
         }
         info!("store writer finished");
     }
@@ -119,7 +140,7 @@ impl Writer {
         }
     }
 
-    async fn write(&self, gathered: &mut Gathered) {
+    async fn write(&self, gathered: &mut Gathered, overflow: &mut Overflow) {
         if gathered.is_empty() {
             return;
         }
@@ -134,7 +155,7 @@ impl Writer {
         match self.outbox.append(&batches, &gathered.events).await {
             Ok(()) => {
                 *gathered = Gathered::default();
-                self.enforce_bounds().await;
+                self.enforce_bounds(overflow).await;
                 self.stored.notify_one();
                 self.publish_state();
             }
@@ -153,30 +174,38 @@ impl Writer {
         }
     }
 
-    /// Drops what the store bounds require and tells the ERP with a `buffer_overflow` event.
-    async fn enforce_bounds(&self) {
+    /// Drops what the store bounds require and tells the ERP with a `buffer_overflow` event:
+    /// one right away, then at most one a minute while the store stays full, each carrying
+    /// the drops since the previous one (the counters in `/metrics` are exact at all times).
+    async fn enforce_bounds(&self, overflow: &mut Overflow) {
         let max = self.config.max_bytes.as_u64();
         match self.outbox.enforce_bounds(max, self.config.max_age, Utc::now()) {
-            Ok(dropped) if !dropped.is_empty() => {
-                let event = self.event(
-                    "buffer_overflow",
-                    &self.gateway,
-                    "warning",
-                    serde_json::json!({
-                        "dropped_batches": dropped.batches,
-                        "dropped_samples": dropped.samples,
-                        "dropped_events": dropped.events,
-                        "dropped_too_old": dropped.too_old,
-                        "max_bytes": max,
-                        "bytes": self.outbox.bytes(),
-                    }),
-                );
-                if let Err(e) = self.outbox.append(&[], &[event]).await {
-                    error!(error = %e, "could not store the buffer_overflow event");
-                }
-            }
-            Ok(_) => {}
+            Ok(dropped) => overflow.add(dropped),
             Err(e) => error!(error = %e, "could not enforce the store bounds"),
+        }
+        if overflow.pending.is_empty() || overflow.last.is_some_and(|t| t.elapsed() < OVERFLOW_EVENT_EVERY) {
+            return;
+        }
+        let d = overflow.pending;
+        let event = self.event(
+            "buffer_overflow",
+            &self.gateway,
+            "warning",
+            serde_json::json!({
+                "dropped_batches": d.batches,
+                "dropped_samples": d.samples,
+                "dropped_events": d.events,
+                "dropped_too_old": d.too_old,
+                "max_bytes": max,
+                "bytes": self.outbox.bytes(),
+            }),
+        );
+        match self.outbox.append(&[], &[event]).await {
+            Ok(()) => {
+                overflow.pending = Dropped::default();
+                overflow.last = Some(Instant::now());
+            }
+            Err(e) => error!(error = %e, "could not store the buffer_overflow event"),
         }
     }
 

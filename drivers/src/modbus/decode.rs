@@ -77,7 +77,11 @@ pub fn decode_registers(regs: &[u16], tag: &TagConfig) -> Result<Value, DecodeEr
             }
         }
     };
-    Ok(scale(raw, tag))
+    match scale(raw, tag) {
+        // A huge scale can overflow a finite reading; JSON has no infinity.
+        Value::Float(f) if !f.is_finite() => Err(DecodeError::NotFinite),
+        value => Ok(value),
+    }
 }
 
 /// Decodes one bit of a coil or discrete table.
@@ -116,7 +120,7 @@ fn widen_f32(f: f32) -> f64 {
 pub enum DecodeError {
     #[error("expected {needed} registers, got {got}")]
     WrongLength { needed: usize, got: usize },
-    #[error("the registers hold NaN or infinity")]
+    #[error("the value is NaN or infinite (in the registers, or after scaling)")]
     NotFinite,
 }
 
@@ -210,6 +214,14 @@ mod tests {
             decode_registers(&[0x7FC0, 0x0000], &tag(DataType::F32, ByteOrder::ABCD)),
             Err(DecodeError::NotFinite)
         );
+    }
+
+    #[test]
+    fn a_scale_that_overflows_to_infinity_is_an_error_not_a_null_value() {
+        let mut t = tag(DataType::F32, ByteOrder::ABCD);
+        t.scale = 1e300;
+        let regs = encode_registers(3.0e38, DataType::F32, ByteOrder::ABCD);
+        assert_eq!(decode_registers(&regs, &t), Err(DecodeError::NotFinite));
     }
 
     #[test]

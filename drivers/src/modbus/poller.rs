@@ -37,8 +37,26 @@ use crate::sample::{DeviceReport, Quality, ReportKind, Sample, Value};
 enum TransportFailure {
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    #[error("the device closed the connection")]
+    Closed,
     #[error("{0}")]
-    Io(#[from] tokio_modbus::Error),
+    Io(tokio_modbus::Error),
+}
+
+impl From<tokio_modbus::Error> for TransportFailure {
+    /// tokio-modbus reports a connection the device closed as an I/O error "Success (os
+    /// error 0)" or an unexpected EOF; say what happened instead.
+    fn from(e: tokio_modbus::Error) -> Self {
+        match &e {
+            tokio_modbus::Error::Transport(io)
+                if io.raw_os_error() == Some(0)
+                    || matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
+            {
+                TransportFailure::Closed
+            }
+            _ => TransportFailure::Io(e),
+        }
+    }
 }
 
 /// Polls `device` until `cancel` fires, sending every result to `reports` and executing
@@ -205,7 +223,7 @@ async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> 
     };
     match timeout(limit, call).await {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(TransportFailure::Io(e)),
+        Ok(Err(e)) => Err(TransportFailure::from(e)),
         Err(_) => Err(TransportFailure::Timeout(limit)),
     }
 }
