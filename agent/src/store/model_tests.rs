@@ -151,8 +151,10 @@ async fn run(ops: Vec<Op>) {
         assert_eq!(counters_base.0 + c.batches_dropped.load(Ordering::Relaxed), model.dropped_batches, "dropped batches counter");
         assert_eq!(counters_base.1 + c.samples_dropped.load(Ordering::Relaxed), model.dropped_samples, "dropped samples counter");
         assert_eq!(counters_base.2 + c.corrupt_records.load(Ordering::Relaxed), model.corrupt, "corrupt records counter");
-        // and the byte count is the sum of what is held
+        // and the byte and record counts are those of what is held
         assert_eq!(outbox.bytes(), held_bytes(&outbox), "byte accounting");
+        assert_eq!(outbox.pending_batches(), outbox.telemetry.iter().count() as u64, "batch count");
+        assert_eq!(outbox.pending_events(), outbox.events.iter().count() as u64, "event count");
     }
 }
 

@@ -72,6 +72,9 @@ pub struct Outbox {
     meta: sled::Tree,
     /// Bytes of all records held (telemetry, events, replies): what `store.max_bytes` bounds.
     pub(super) bytes: Arc<AtomicU64>,
+    /// Records held per tree (telemetry, events, replies). sled's `Tree::len` scans the
+    /// whole tree, far too slow to call on every uplink event with a large backlog.
+    lens: Arc<[AtomicU64; 3]>,
     seqs: Arc<Mutex<(u64, u64)>>,
     /// Next reply number.
     next_reply: Arc<Mutex<u64>>,
@@ -144,10 +147,12 @@ impl Outbox {
         let seqs = (next(&telemetry, NEXT_BATCH_SEQ)?, next(&events, NEXT_EVENT_SEQ)?);
         let next_reply = next(&replies, NEXT_REPLY_SEQ)?;
         let mut bytes = 0u64;
-        for tree in [&telemetry, &events, &replies] {
+        let mut lens = [0u64; 3];
+        for (i, tree) in [&telemetry, &events, &replies].into_iter().enumerate() {
             for entry in tree.iter() {
                 let (_, v) = entry?;
                 bytes += v.len() as u64;
+                lens[i] += 1;
             }
         }
         Ok(Self {
@@ -157,6 +162,7 @@ impl Outbox {
             replies,
             meta,
             bytes: Arc::new(AtomicU64::new(bytes)),
+            lens: Arc::new(lens.map(AtomicU64::new)),
             next_reply: Arc::new(Mutex::new(next_reply)),
             durable_reply: Arc::new(AtomicU64::new(next_reply)),
             seqs: Arc::new(Mutex::new(seqs)),
@@ -212,6 +218,8 @@ impl Outbox {
             self.meta.insert(NEXT_BATCH_SEQ, &key(next_batch))?;
             self.meta.insert(NEXT_EVENT_SEQ, &key(next_event))?;
             self.bytes.fetch_add(added, Ordering::Relaxed);
+            self.lens[0].fetch_add(batches.len() as u64, Ordering::Relaxed);
+            self.lens[1].fetch_add(events.len() as u64, Ordering::Relaxed);
             *seqs = (next_batch, next_event);
             *seqs
         };
@@ -274,6 +282,7 @@ impl Outbox {
         match tree.remove(k) {
             Ok(Some(v)) => {
                 self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+                self.len_of(tree).fetch_sub(1, Ordering::Relaxed);
             }
             Ok(None) => {}
             Err(e) => error!(tree = name, error = %e, "could not remove a corrupt record"),
@@ -287,7 +296,9 @@ impl Outbox {
             let seq = *next;
             let rec = record::encode(reply)?;
             self.bytes.fetch_add(rec.len() as u64, Ordering::Relaxed);
-            self.replies.insert(key(seq), rec)?;
+            if self.replies.insert(key(seq), rec)?.is_none() {
+                self.lens[2].fetch_add(1, Ordering::Relaxed);
+            }
             self.meta.insert(NEXT_REPLY_SEQ, &key(seq + 1))?;
             *next = seq + 1;
             seq
@@ -312,6 +323,7 @@ impl Outbox {
         let old = tree.remove(key(seq))?;
         if let Some(v) = &old {
             self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+            self.len_of(tree).fetch_sub(1, Ordering::Relaxed);
         }
         Ok(old)
     }
@@ -321,8 +333,20 @@ impl Outbox {
         self.bytes.load(Ordering::Relaxed)
     }
 
+    /// The record counter of `tree`.
+    fn len_of(&self, tree: &sled::Tree) -> &AtomicU64 {
+        let name = tree.name();
+        if name == self.events.name() {
+            &self.lens[1]
+        } else if name == self.replies.name() {
+            &self.lens[2]
+        } else {
+            &self.lens[0]
+        }
+    }
+
     pub fn pending_replies(&self) -> u64 {
-        self.replies.len() as u64
+        self.lens[2].load(Ordering::Relaxed)
     }
 
     /// The broker acknowledged batch `seq`: it may go.
@@ -341,11 +365,11 @@ impl Outbox {
     }
 
     pub fn pending_batches(&self) -> u64 {
-        self.telemetry.len() as u64
+        self.lens[0].load(Ordering::Relaxed)
     }
 
     pub fn pending_events(&self) -> u64 {
-        self.events.len() as u64
+        self.lens[1].load(Ordering::Relaxed)
     }
 
     /// The `batch_seq` the next stored batch will get.
