@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use edge_agent::store::Outbox;
-use edge_drivers::sim::register_server::{self, RegisterBank, SharedBank};
 use rand::Rng;
 use support::agent::{config, AgentProcess};
 use support::broker::Mosquitto;
@@ -32,21 +31,7 @@ type = "u16"
 "#;
 
 async fn counting_plc(cancel: &CancellationToken) -> u16 {
-    let mut bank = RegisterBank::default();
-    bank.set_holding(0, &[0, 500]);
-    let bank: SharedBank = bank.shared();
-    let (listener, addr) = register_server::bind(loopback(0)).await.unwrap();
-    tokio::spawn(register_server::serve(listener, bank.clone(), cancel.clone()));
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        let mut n: u16 = 0;
-        while !c.is_cancelled() {
-            n = n.wrapping_add(1);
-            bank.write().unwrap().set_holding(0, &[n]);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
-    addr.port()
+    support::plc::counting_plc(cancel, &[0, 500], Duration::from_millis(20)).await
 }
 
 /// Waits until the ERP has every batch in `1..=upto`, or fails listing the missing ones.

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use edge_agent::store::Outbox;
-use edge_drivers::sim::register_server::{self, RegisterBank, SharedBank};
 use serde_json::Value;
 use support::agent::{config, AgentProcess};
 use support::broker::Mosquitto;
 use support::subscriber::Subscriber;
-use support::{free_port, loopback, wait_for};
+use support::{free_port, wait_for};
 use tokio_util::sync::CancellationToken;
 
 const TAGS: &str = r#"
@@ -24,23 +23,8 @@ address = 0
 type = "u16"
 "#;
 
-/// A PLC whose register 0 counts up every 50 ms, so every batch carries fresh values.
 async fn counting_plc(cancel: &CancellationToken) -> u16 {
-    let mut bank = RegisterBank::default();
-    bank.set_holding(0, &[0]);
-    let bank: SharedBank = bank.shared();
-    let (listener, addr) = register_server::bind(loopback(0)).await.unwrap();
-    tokio::spawn(register_server::serve(listener, bank.clone(), cancel.clone()));
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        let mut n: u16 = 0;
-        while !c.is_cancelled() {
-            n = n.wrapping_add(1);
-            bank.write().unwrap().set_holding(0, &[n]);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    addr.port()
+    support::plc::counting_plc(cancel, &[0], Duration::from_millis(50)).await
 }
 
 fn seq_set(erp: &Subscriber) -> BTreeSet<u64> {
