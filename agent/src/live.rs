@@ -24,6 +24,7 @@ pub struct Snapshot {
     pub devices: BTreeMap<String, DeviceView>,
     pub store: StoreView,
     pub uplink: UplinkView,
+    pub commands: CommandsView,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -104,6 +105,19 @@ pub struct UplinkView {
     pub failovers: u64,
     /// Commands from the ERP dropped because the handler was busy or gone.
     pub commands_dropped: u64,
+}
+
+/// Commands from the ERP since the agent started (see `commands::handler`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CommandsView {
+    /// Carried out and succeeded.
+    pub accepted: u64,
+    /// Refused before anything was done (malformed, unknown, not allowed, out of range…).
+    pub rejected: u64,
+    /// Carried out, but the device refused or did not answer.
+    pub failed: u64,
+    /// Repeats of a command already carried out (same id): answered, not run again.
+    pub duplicates: u64,
 }
 
 impl Live {

@@ -26,6 +26,7 @@ use tracing::{debug, error, info, warn};
 use super::inbound::InboundCommand;
 use super::parse::{parse, Command, WriteCommand};
 use super::policy::check_write;
+use super::recent::{RecentCommands, Seen};
 use crate::config::{load_file, Config};
 use crate::live::Live;
 use crate::payload::{rfc3339, VERSION};
@@ -47,6 +48,8 @@ pub struct CommandCounters {
     pub rejected: AtomicU64,
     /// Executed, but the device refused or did not answer.
     pub failed: AtomicU64,
+    /// Repeats of a command already carried out: answered with the first reply, not run again.
+    pub duplicates: AtomicU64,
 }
 
 /// Everything the command task needs.
@@ -66,6 +69,8 @@ pub struct Handler {
     pub counters: Arc<CommandCounters>,
     /// Woken after each reply and event is stored, so the uplink publishes them at once.
     pub stored: Arc<Notify>,
+    /// Commands carried out lately, by id (see [`super::recent`]).
+    pub recent: RecentCommands,
 }
 
 /// How a command ended: what to reply, what to record, and whether to restart.
@@ -73,7 +78,9 @@ pub struct Handler {
 pub struct Outcome {
     /// The `cmd/response` body: `{"id","ok","error"?,"result"?}`.
     pub reply: serde_json::Value,
-    pub event: StoredEventDraft,
+    /// The audit event; `None` for a repeat of a command already carried out (its first
+    /// run has its event).
+    pub event: Option<StoredEventDraft>,
     /// Set by a successful `reload`: the runtime restarts with it once the reply is stored.
     pub restart: Option<Box<Config>>,
 }
@@ -137,6 +144,17 @@ impl Handler {
             }
             Ok(command) => {
                 audit.id = Some(command.id().to_string());
+                match self.recent.check(&inbound.name, command.id(), &inbound.payload) {
+                    Seen::New => {}
+                    Seen::Repeat(reply) => return Some(self.repeat(command.name(), command.id(), reply)),
+                    Seen::IdReused => {
+                        let reason = format!(
+                            "id {:?} was already used by a different command; each command needs its own id (the first one was carried out)",
+                            command.id()
+                        );
+                        return Some(self.conclude(audit, Verdict::Rejected(reason), None));
+                    }
+                }
                 match command {
                     Command::Write(w) => {
                         audit.device = Some(w.device.clone());
@@ -154,7 +172,22 @@ impl Handler {
                 }
             }
         };
-        Some(self.conclude(audit, verdict, restart))
+        let acted = !matches!(verdict, Verdict::Rejected(_));
+        let outcome = self.conclude(audit, verdict, restart);
+        if acted {
+            if let Some(id) = outcome.reply.get("id").and_then(|v| v.as_str()) {
+                self.recent.remember(&inbound.name, id, &inbound.payload, outcome.reply.clone());
+            }
+        }
+        Some(outcome)
+    }
+
+    /// A command already carried out came again: answer with the first reply, do nothing.
+    fn repeat(&self, name: &str, id: &str, reply: serde_json::Value) -> Outcome {
+        let duplicates = self.counters.duplicates.fetch_add(1, Ordering::Relaxed) + 1;
+        self.live.update(|s| s.commands.duplicates = duplicates);
+        warn!(command = name, %id, duplicates, "command repeated (same id and payload): answered with the first reply, not carried out again");
+        Outcome { reply, event: None, restart: None }
     }
 
     async fn write(&self, w: &WriteCommand) -> Verdict {
@@ -273,6 +306,11 @@ impl Handler {
             self.counters.rejected.load(Ordering::Relaxed),
             self.counters.failed.load(Ordering::Relaxed),
         );
+        self.live.update(|s| {
+            s.commands.accepted = accepted;
+            s.commands.rejected = rejected;
+            s.commands.failed = failed;
+        });
         let id = audit.id.as_deref().unwrap_or("-");
         let why = details.get("reason").and_then(|r| r.as_str()).unwrap_or("");
         if ok {
@@ -289,7 +327,7 @@ impl Handler {
             ts: Utc::now(),
             details: serde_json::Value::Object(details),
         };
-        Outcome { reply: serde_json::Value::Object(reply), event, restart }
+        Outcome { reply: serde_json::Value::Object(reply), event: Some(event), restart }
     }
 
     /// Stores the reply, then the audit event (each flushed before it can be published).
@@ -300,10 +338,12 @@ impl Handler {
             Ok(Err(e)) => error!(error = %e, "could not store a command reply"),
             Err(_) => error!("storing a command reply took longer than {STORE_TIMEOUT:?}"),
         }
-        match timeout(STORE_TIMEOUT, self.outbox.append(&[], std::slice::from_ref(&outcome.event))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "could not store a command audit event"),
-            Err(_) => error!("storing a command audit event took longer than {STORE_TIMEOUT:?}"),
+        if let Some(event) = &outcome.event {
+            match timeout(STORE_TIMEOUT, self.outbox.append(&[], std::slice::from_ref(event))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => error!(error = %e, "could not store a command audit event"),
+                Err(_) => error!("storing a command audit event took longer than {STORE_TIMEOUT:?}"),
+            }
         }
         self.stored.notify_one();
     }
@@ -423,6 +463,7 @@ tag = "pump"
             restart,
             counters: Arc::default(),
             stored: Arc::default(),
+            recent: Default::default(),
         };
         Fixture { handler, outbox, seen, restart_rx, _dir: dir }
     }
@@ -443,12 +484,12 @@ tag = "pump"
         assert_eq!(out.reply["ok"], true);
         assert_eq!(out.reply["result"]["pong"], true);
         assert!(out.reply.get("error").is_none());
-        assert_eq!(out.event.kind, "command_executed");
-        assert_eq!(out.event.severity, "info");
-        assert_eq!(out.event.asset, "gw");
-        assert_eq!(out.event.details["command"], "ping");
-        assert_eq!(out.event.details["id"], "p1");
-        assert!(out.event.details["received_at"].is_string());
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().severity, "info");
+        assert_eq!(out.event.as_ref().unwrap().asset, "gw");
+        assert_eq!(out.event.as_ref().unwrap().details["command"], "ping");
+        assert_eq!(out.event.as_ref().unwrap().details["id"], "p1");
+        assert!(out.event.as_ref().unwrap().details["received_at"].is_string());
     }
 
     #[tokio::test]
@@ -458,8 +499,8 @@ tag = "pump"
         assert_eq!(out.reply["id"], serde_json::Value::Null);
         assert_eq!(out.reply["ok"], false);
         assert!(out.reply["error"].as_str().unwrap().starts_with("malformed JSON"));
-        assert_eq!(out.event.kind, "command_rejected");
-        assert_eq!(out.event.severity, "warning");
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
+        assert_eq!(out.event.as_ref().unwrap().severity, "warning");
         assert_eq!(f.handler.counters.rejected.load(Ordering::Relaxed), 1);
     }
 
@@ -469,11 +510,42 @@ tag = "pump"
         let out = handle(&f, "write", r#"{"id":"w1","device":"plc","tag":"flow","value":312.5}"#).await;
         assert_eq!(out.reply, json!({"id":"w1","ok":true,"result":{"device":"plc","tag":"flow","value":312.5}}));
         assert_eq!(*f.seen.lock().unwrap(), vec![("flow".to_string(), Value::Float(312.5))]);
-        assert_eq!(out.event.kind, "command_executed");
-        assert_eq!(out.event.asset, "plc");
-        assert_eq!(out.event.details["tag"], "flow");
-        assert_eq!(out.event.details["value"], 312.5);
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().asset, "plc");
+        assert_eq!(out.event.as_ref().unwrap().details["tag"], "flow");
+        assert_eq!(out.event.as_ref().unwrap().details["value"], 312.5);
         assert_eq!(f.handler.counters.accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_delivered_twice_reaches_the_plc_once_and_both_get_the_same_reply() {
+        // Given a write that was carried out
+        let f = fixture(Driver::Ok, None);
+        let payload = r#"{"id":"w1","device":"plc","tag":"flow","value":312.5}"#;
+        let first = handle(&f, "write", payload).await;
+        // When the broker delivers it again (same id, same payload)
+        let again = handle(&f, "write", payload).await;
+        // Then the PLC saw one write, the repeat got the first reply and no second audit event
+        assert_eq!(f.seen.lock().unwrap().len(), 1);
+        assert_eq!(again.reply, first.reply);
+        assert!(again.event.is_none());
+        assert_eq!(f.handler.counters.accepted.load(Ordering::Relaxed), 1);
+        assert_eq!(f.handler.counters.duplicates.load(Ordering::Relaxed), 1);
+        assert_eq!(f.handler.live.snapshot().commands.duplicates, 1);
+    }
+
+    #[tokio::test]
+    async fn an_id_reused_for_a_different_write_is_refused() {
+        // Given a write that was carried out
+        let f = fixture(Driver::Ok, None);
+        handle(&f, "write", r#"{"id":"w1","device":"plc","tag":"flow","value":312.5}"#).await;
+        // When another write comes with the same id
+        let out = handle(&f, "write", r#"{"id":"w1","device":"plc","tag":"flow","value":315}"#).await;
+        // Then it is refused, named, and never reaches the PLC
+        assert_eq!(out.reply["ok"], false);
+        assert!(out.reply["error"].as_str().unwrap().contains("already used by a different command"), "{}", out.reply);
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
+        assert_eq!(f.seen.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -488,8 +560,8 @@ tag = "pump"
             let out = handle(&f, "write", payload).await;
             assert_eq!(out.reply["ok"], false);
             assert!(out.reply["error"].as_str().unwrap().contains(needle), "{payload}: {}", out.reply);
-            assert_eq!(out.event.kind, "command_rejected");
-            assert_eq!(out.event.details["reason"], out.reply["error"]);
+            assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
+            assert_eq!(out.event.as_ref().unwrap().details["reason"], out.reply["error"]);
         }
         assert!(f.seen.lock().unwrap().is_empty());
     }
@@ -498,14 +570,14 @@ tag = "pump"
     async fn a_disconnected_device_is_a_rejection_and_an_exception_a_failure() {
         let f = fixture(Driver::NotConnected, None);
         let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
-        assert_eq!(out.event.kind, "command_rejected");
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
         assert_eq!(out.reply["error"], "plc/pump: the device is not connected");
 
         let f = fixture(Driver::Exception, None);
         let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
-        assert_eq!(out.event.kind, "command_executed");
-        assert_eq!(out.event.severity, "warning");
-        assert_eq!(out.event.details["ok"], false);
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().severity, "warning");
+        assert_eq!(out.event.as_ref().unwrap().details["ok"], false);
         assert!(out.reply["error"].as_str().unwrap().contains("modbus exception"), "{}", out.reply);
         assert_eq!(f.handler.counters.failed.load(Ordering::Relaxed), 1);
     }
@@ -517,7 +589,7 @@ tag = "pump"
         let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(out.reply["error"].as_str().unwrap().contains("no answer from device plc within 200ms"), "{}", out.reply);
-        assert_eq!(out.event.kind, "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
     }
 
     #[tokio::test]
@@ -540,7 +612,7 @@ tag = "pump"
         let error = out.reply["error"].as_str().unwrap();
         assert!(error.contains("plant.toml:5: gateway.bogus: unknown key"), "{error}");
         assert!(out.restart.is_none());
-        assert_eq!(out.event.kind, "command_rejected");
+        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
 
         std::fs::write(&file, config_text(dir.path(), false)).unwrap();
         let out = handle(&f, "reload", r#"{"id":"r2"}"#).await;

@@ -171,6 +171,7 @@ async fn run_once(
         restart: restart_tx,
         counters: Arc::default(),
         stored: stored.clone(),
+        recent: Default::default(),
     };
     let handler_cancel = CancellationToken::new();
     let mut handler = tokio::spawn(handler.run(commands_rx, handler_cancel.clone()));

@@ -128,12 +128,18 @@ const UPLINK_IN_FLIGHT: Family = gauge(
     "Published messages waiting for their acknowledgement.",
 );
 
+const COMMANDS: Family = counter(
+    "commands_total",
+    "Commands from the ERP by result: accepted (done), rejected (refused, nothing done), failed (sent, the device refused or did not answer), duplicate (same id again: answered, not run again).",
+);
+
 /// Renders every metric of `s`, one family after the other, ending with a newline.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
     render_devices(&mut out, s);
     render_store(&mut out, s);
     render_uplink(&mut out, s);
+    render_commands(&mut out, s);
     out
 }
 
@@ -176,6 +182,15 @@ fn render_uplink(out: &mut String, s: &Snapshot) {
     UPLINK_COMMANDS_DROPPED.scalar(out, up.commands_dropped);
 }
 
+fn render_commands(out: &mut String, s: &Snapshot) {
+    let c = &s.commands;
+    COMMANDS.labelled(
+        out,
+        "result",
+        &[("accepted", c.accepted), ("rejected", c.rejected), ("failed", c.failed), ("duplicate", c.duplicates)],
+    );
+}
+
 // Writing into a String cannot fail: the `fmt::Result`s below are always Ok.
 impl Family {
     fn header(&self, out: &mut String) {
@@ -191,6 +206,14 @@ impl Family {
     fn scalar(&self, out: &mut String, value: u64) {
         self.header(out);
         let _ = writeln!(out, "edge_agent_{} {value}", self.name);
+    }
+
+    /// One sample per value of one label (fixed label values: no escaping needed).
+    fn labelled(&self, out: &mut String, label: &str, values: &[(&str, u64)]) {
+        self.header(out);
+        for (key, value) in values {
+            let _ = writeln!(out, "edge_agent_{}{{{label}=\"{key}\"}} {value}", self.name);
+        }
     }
 
     /// One sample per device, labelled `device`, in the devices' name order.
@@ -353,6 +376,25 @@ mod tests {
     }
 
     #[test]
+    fn renders_command_counts_by_result() {
+        // Given a snapshot after commands of every outcome
+        let mut s = two_devices();
+        s.commands = crate::live::CommandsView { accepted: 7, rejected: 3, failed: 1, duplicates: 2 };
+        // When it is rendered
+        let text = render(&s);
+        // Then each result is one labelled sample of one counter family
+        for expected in [
+            "# TYPE edge_agent_commands_total counter",
+            "edge_agent_commands_total{result=\"accepted\"} 7",
+            "edge_agent_commands_total{result=\"rejected\"} 3",
+            "edge_agent_commands_total{result=\"failed\"} 1",
+            "edge_agent_commands_total{result=\"duplicate\"} 2",
+        ] {
+            assert!(lines(&text).contains(&expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn every_family_has_one_help_and_one_type_line_before_its_samples() {
         // Given any snapshot
         let text = render(&two_devices());
@@ -378,7 +420,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 26);
+        assert_eq!(declared.len(), 27);
         assert!(text.ends_with('\n'));
     }
 
