@@ -113,8 +113,8 @@ impl Live {
             .map(|d| {
                 let view = DeviceView {
                     name: d.name.clone(),
-                    protocol: "modbus-tcp".into(),
-                    address: d.address.clone(),
+                    protocol: d.protocol.as_str().into(),
+                    address: d.endpoint(),
                     tags: d
                         .tags
                         .iter()

@@ -7,6 +7,7 @@
 //! - [`write`]: engineering value → write request (inverse scaling, encoding), and the
 //!   write queue of a device task.
 
+pub mod config;
 pub mod decode;
 pub mod plan;
 pub mod poller;

@@ -25,7 +25,7 @@ pub fn plan_requests(device: &DeviceConfig) -> Vec<ReadRequest> {
         .tags
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.table, t.address.saturating_sub(base), t.data_type().register_count(), i))
+        .filter_map(|(i, t)| Some((t.table?, t.address?.saturating_sub(base), t.register_count(), i)))
         .collect();
     items.sort_by_key(|&(table, addr, _, i)| (table, addr, i));
 
@@ -57,7 +57,7 @@ mod tests {
         DeviceConfig {
             name: "d".into(),
             protocol: Protocol::ModbusTcp,
-            address: "127.0.0.1:502".into(),
+            address: Some("127.0.0.1:502".into()),
             unit_id: 1,
             address_base: 0,
             poll_interval: std::time::Duration::from_secs(1),
@@ -68,16 +68,18 @@ mod tests {
                 .enumerate()
                 .map(|(i, &(table, address, dt))| TagConfig {
                     name: format!("t{i}"),
-                    table,
-                    address,
+                    table: Some(table),
+                    address: Some(address),
                     data_type: Some(dt),
                     byte_order: ByteOrder::ABCD,
                     scale: 1.0,
                     offset: 0.0,
                     unit: None,
                     description: None,
+                    ..TagConfig::default()
                 })
                 .collect(),
+            ..DeviceConfig::default()
         }
     }
 

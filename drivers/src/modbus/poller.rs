@@ -71,9 +71,9 @@ pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport
     let mut writes = Writes { rx: &mut queue, open: true };
     let plan = plan_requests(&device);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let Ok(addr) = device.address.parse::<SocketAddr>() else {
+    let Some(Ok(addr)) = device.address.as_deref().map(str::parse::<SocketAddr>) else {
         // validate() rejects this before a driver is ever started.
-        warn!(device = %device.name, address = %device.address, "invalid address; driver not started");
+        warn!(device = %device.name, address = ?device.address, "invalid address; driver not started");
         return;
     };
     let mut was_connected = true; // so that a first failed connect is reported once
@@ -281,14 +281,15 @@ mod tests {
     fn tag(name: &str, table: Table, address: u16, data_type: DataType, byte_order: ByteOrder, scale: f64) -> TagConfig {
         TagConfig {
             name: name.into(),
-            table,
-            address,
+            table: Some(table),
+            address: Some(address),
             data_type: Some(data_type),
             byte_order,
             scale,
             offset: 0.0,
             unit: None,
             description: None,
+            ..TagConfig::default()
         }
     }
 
@@ -296,7 +297,7 @@ mod tests {
         DeviceConfig {
             name: "plc".into(),
             protocol: Protocol::ModbusTcp,
-            address: addr.to_string(),
+            address: Some(addr.to_string()),
             unit_id: 1,
             address_base: 0,
             poll_interval: Duration::from_millis(50),
@@ -309,6 +310,7 @@ mod tests {
                 tag("unmapped", Table::Holding, 40, DataType::U16, ByteOrder::ABCD, 1.0),
                 tag("level", Table::Input, 0, DataType::U16, ByteOrder::ABCD, 1.0),
             ],
+            ..DeviceConfig::default()
         }
     }
 
