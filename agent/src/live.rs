@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use edge_drivers::{DeviceConfig, Quality, Sample, Value};
+use edge_drivers::{DeviceConfig, DriverStats, Quality, Sample, Value};
 use serde::Serialize;
 
 /// Shared handle to the live state.
@@ -45,6 +45,8 @@ pub struct DeviceView {
     /// When `connected` last changed.
     pub since: Option<DateTime<Utc>>,
     pub polls: u64,
+    /// The driver's counters (requests, errors by kind, reconnects, latency).
+    pub counters: Option<DriverStats>,
     /// Tags in config order.
     pub tags: Vec<TagView>,
 }
@@ -166,6 +168,14 @@ impl Live {
                 Quality::Bad(r) => Some(r.clone()),
                 _ => None,
             });
+        });
+    }
+
+    pub fn record_stats(&self, device: &str, stats: DriverStats) {
+        self.update(|s| {
+            if let Some(d) = s.devices.get_mut(device) {
+                d.counters = Some(stats);
+            }
         });
     }
 

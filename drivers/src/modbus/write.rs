@@ -3,8 +3,10 @@
 //!
 //! The device task owns the connection, so writes travel to it over a channel
 //! ([`write_channel`]) and are executed between two polls. Only holding registers
-//! (function code 6 for one register, 16 for two) and coils (function code 5) can be
-//! written.
+//! (function code 6 for one register, 16 for several) and coils (function code 5) can be
+//! written; `write_multiple_only` devices get 15/16 always. A bit of a register is
+//! written by read-modify-write. Every write is then read back and compared, so "done"
+//! means the device holds the value.
 //!
 //! **Inverse scaling.** A tag reads as `engineering = raw × scale + offset`, so a write
 //! sends `raw = (engineering − offset) / scale`. For integer types the raw value must be
@@ -24,7 +26,7 @@ use tracing::{info, warn};
 use crate::config::{DeviceConfig, TagConfig};
 use crate::modbus::decode::{encode_registers, encode_string, from_big_endian};
 use crate::modbus::types::{DataType, Table};
-use crate::sample::Value;
+use crate::sample::{DriverStats, Value};
 
 /// Largest distance of a raw integer from a whole number still taken as that number,
 /// relative to its size.
@@ -54,6 +56,10 @@ pub enum WriteError {
     /// The connection failed during the write; the connection is rebuilt.
     #[error("the connection failed during the write: {0}")]
     Transport(String),
+    /// The write was accepted but reading the value back gave something else (the PLC
+    /// may override it, or the register is not what the config says).
+    #[error("the write was not confirmed: {0}")]
+    NotConfirmed(String),
     /// The device has no tag by that name.
     #[error("the device has no tag {0:?}")]
     UnknownTag(String),
@@ -220,9 +226,10 @@ pub(crate) enum WriteEnd {
     Transport(String),
 }
 
-/// Executes `req` on the connection `ctx` of `device` and answers it. Each call is
-/// bounded by the device's `timeout`.
-pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: WriteRequest) -> WriteEnd {
+/// Executes `req` on the connection `ctx` of `device` and answers it: the write, then a
+/// read of the same registers (or coil) to confirm the device holds what was written.
+/// Each call is bounded by the device's `timeout`; `stats` counts every request.
+pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: WriteRequest, stats: &mut DriverStats) -> WriteEnd {
     if req.reply.is_closed() {
         // Whoever asked gave up waiting (and told the ERP so): a late write would surprise.
         warn!(device = %device.name, tag = %req.tag, "write dropped: its requester stopped waiting");
@@ -239,45 +246,115 @@ pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: Write
             return WriteEnd::Done;
         }
     };
-    let call = async {
-        match &op {
-            WriteOp::Coil { address, value } => ctx.write_single_coil(*address, *value).await,
-            WriteOp::Register { address, word } => ctx.write_single_register(*address, *word).await,
-            WriteOp::Registers { address, words } => ctx.write_multiple_registers(*address, words).await,
-            WriteOp::Bit { address, bit, value } => {
-                // Read-modify-write: the other 15 bits are written back as read.
-                let mask = 1u16.checked_shl(u32::from(*bit)).unwrap_or(0);
-                match ctx.read_holding_registers(*address, 1).await {
-                    Ok(Ok(words)) => {
-                        let old = words.first().copied().unwrap_or(0);
-                        let new = if *value { old | mask } else { old & !mask };
-                        ctx.write_single_register(*address, new).await
+    let limit = device.timeout;
+    let multiple = device.write_multiple_only;
+    let written = match &op {
+        WriteOp::Coil { address, value } if multiple => call(stats, limit, ctx.write_multiple_coils(*address, &[*value])).await,
+        WriteOp::Coil { address, value } => call(stats, limit, ctx.write_single_coil(*address, *value)).await,
+        WriteOp::Register { address, word } if multiple => call(stats, limit, ctx.write_multiple_registers(*address, &[*word])).await,
+        WriteOp::Register { address, word } => call(stats, limit, ctx.write_single_register(*address, *word)).await,
+        WriteOp::Registers { address, words } => call(stats, limit, ctx.write_multiple_registers(*address, words)).await,
+        WriteOp::Bit { address, bit, value } => {
+            // Read-modify-write: the other 15 bits are written back as read.
+            let mask = 1u16.checked_shl(u32::from(*bit)).unwrap_or(0);
+            match call(stats, limit, ctx.read_holding_registers(*address, 1)).await {
+                Ok(words) => {
+                    let old = words.first().copied().unwrap_or(0);
+                    let new = if *value { old | mask } else { old & !mask };
+                    if multiple {
+                        call(stats, limit, ctx.write_multiple_registers(*address, &[new])).await
+                    } else {
+                        call(stats, limit, ctx.write_single_register(*address, new)).await
                     }
-                    Ok(Err(exception)) => Ok(Err(exception)),
-                    Err(e) => Err(e),
                 }
+                Err(e) => Err(e),
             }
         }
     };
-    let (result, end) = match timeout(device.timeout, call).await {
-        Ok(Ok(Ok(()))) => {
-            info!(device = %device.name, tag = %tag.name, value = ?req.value, ?op, "write done");
+    let confirmed = match written {
+        Ok(()) => confirm(ctx, &op, stats, limit).await,
+        Err(e) => Err(e),
+    };
+    let (result, end) = match confirmed {
+        Ok(()) => {
+            info!(device = %device.name, tag = %tag.name, value = ?req.value, ?op, "write done and read back");
             (Ok(()), WriteEnd::Done)
         }
-        Ok(Ok(Err(exception))) => {
-            warn!(device = %device.name, tag = %tag.name, %exception, "device refused a write");
-            (Err(WriteError::Exception(exception)), WriteEnd::Done)
+        Err(e @ (WriteError::Exception(_) | WriteError::NotConfirmed(_))) => {
+            warn!(device = %device.name, tag = %tag.name, error = %e, "write failed");
+            (Err(e), WriteEnd::Done)
         }
-        Ok(Err(e)) => {
-            let reason = e.to_string();
-            (Err(WriteError::Transport(reason.clone())), WriteEnd::Transport(format!("write failed: {reason}")))
-        }
-        Err(_) => {
-            (Err(WriteError::Timeout(device.timeout)), WriteEnd::Transport(format!("no reply to a write within {:?}", device.timeout)))
+        Err(e) => {
+            let reason = format!("write failed: {e}");
+            (Err(e), WriteEnd::Transport(reason))
         }
     };
     let _ = req.reply.send(result);
     end
+}
+
+/// Reads back what `op` wrote and compares.
+async fn confirm(ctx: &mut Context, op: &WriteOp, stats: &mut DriverStats, limit: Duration) -> Result<(), WriteError> {
+    match op {
+        WriteOp::Coil { address, value } => {
+            let bits = call(stats, limit, ctx.read_coils(*address, 1)).await?;
+            match bits.first() {
+                Some(b) if b == value => Ok(()),
+                other => Err(WriteError::NotConfirmed(format!("wrote coil {address} = {value}, read back {other:?}"))),
+            }
+        }
+        WriteOp::Register { address, word } => compare(*address, &[*word], call(stats, limit, ctx.read_holding_registers(*address, 1)).await?),
+        WriteOp::Registers { address, words } => {
+            let n = u16::try_from(words.len()).unwrap_or(u16::MAX);
+            compare(*address, words, call(stats, limit, ctx.read_holding_registers(*address, n)).await?)
+        }
+        WriteOp::Bit { address, bit, value } => {
+            let words = call(stats, limit, ctx.read_holding_registers(*address, 1)).await?;
+            let got = words.first().map(|w| (w >> bit) & 1 == 1);
+            if got == Some(*value) {
+                Ok(())
+            } else {
+                Err(WriteError::NotConfirmed(format!("wrote bit {bit} of register {address} = {value}, read back {got:?}")))
+            }
+        }
+    }
+}
+
+fn compare(address: u16, wrote: &[u16], read: Vec<u16>) -> Result<(), WriteError> {
+    if read == wrote {
+        Ok(())
+    } else {
+        Err(WriteError::NotConfirmed(format!("wrote registers {address}.. = {wrote:04X?}, read back {read:04X?}")))
+    }
+}
+
+/// One request under the time limit, counted; exceptions and transport failures told
+/// apart.
+async fn call<T>(
+    stats: &mut DriverStats,
+    limit: Duration,
+    fut: impl std::future::Future<Output = tokio_modbus::Result<T>>,
+) -> Result<T, WriteError> {
+    stats.requests += 1;
+    let started = std::time::Instant::now();
+    match timeout(limit, fut).await {
+        Ok(Ok(Ok(v))) => {
+            stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            Ok(v)
+        }
+        Ok(Ok(Err(exception))) => {
+            stats.exceptions += 1;
+            Err(WriteError::Exception(exception))
+        }
+        Ok(Err(e)) => {
+            stats.transport_errors += 1;
+            Err(WriteError::Transport(e.to_string()))
+        }
+        Err(_) => {
+            stats.timeouts += 1;
+            Err(WriteError::Timeout(limit))
+        }
+    }
 }
 
 /// Answers `req` with [`WriteError::NotConnected`] (the task is between connections).
