@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use edge_drivers::{DeviceConfig, Quality, Sample, Value};
+use edge_drivers::{DeviceConfig, DriverStats, Quality, Sample, Value};
 use serde::Serialize;
 
 /// Shared handle to the live state.
@@ -46,6 +46,8 @@ pub struct DeviceView {
     /// When `connected` last changed.
     pub since: Option<DateTime<Utc>>,
     pub polls: u64,
+    /// The driver's counters (requests, errors by kind, reconnects, latency).
+    pub counters: Option<DriverStats>,
     /// Tags in config order.
     pub tags: Vec<TagView>,
 }
@@ -127,8 +129,8 @@ impl Live {
             .map(|d| {
                 let view = DeviceView {
                     name: d.name.clone(),
-                    protocol: "modbus-tcp".into(),
-                    address: d.address.clone(),
+                    protocol: d.protocol.as_str().into(),
+                    address: d.endpoint(),
                     tags: d
                         .tags
                         .iter()
@@ -180,6 +182,14 @@ impl Live {
                 Quality::Bad(r) => Some(r.clone()),
                 _ => None,
             });
+        });
+    }
+
+    pub fn record_stats(&self, device: &str, stats: DriverStats) {
+        self.update(|s| {
+            if let Some(d) = s.devices.get_mut(device) {
+                d.counters = Some(stats);
+            }
         });
     }
 

@@ -12,4 +12,4 @@ pub mod sim;
 pub mod validate;
 
 pub use config::{DeviceConfig, Protocol, TagConfig};
-pub use sample::{DeviceReport, Quality, ReportKind, Sample, Value};
+pub use sample::{DeviceReport, DriverStats, Quality, ReportKind, Sample, Value};

@@ -74,4 +74,34 @@ pub enum ReportKind {
     Connected,
     /// The connection was lost or could not be made; the reason says why.
     Disconnected(String),
+    /// The driver's counters for the device, sent at most about once a second.
+    Stats(DriverStats),
+}
+
+/// A driver's counters for one device, sent now and then as [`ReportKind::Stats`] and
+/// shown on the status page and `/metrics`. Counters only grow (a restarted driver task
+/// starts again from zero).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DriverStats {
+    /// Requests sent to the device (reads, writes, read-backs, probes).
+    pub requests: u64,
+    /// Requests the device did not answer in time.
+    pub timeouts: u64,
+    /// Requests answered with a protocol exception (illegal address, device busy…).
+    pub exceptions: u64,
+    /// Requests lost to the connection (closed, reset, garbled frame).
+    pub transport_errors: u64,
+    /// Readings that could not be decoded (NaN, wrong length).
+    pub decode_errors: u64,
+    /// Connections made (or serial ports opened) for this device after the first.
+    pub reconnects: u64,
+    /// Round-trip time of the last answered request, in milliseconds.
+    pub last_latency_ms: Option<f64>,
+    /// Whether the device is backed off after repeated failures (polled only by a
+    /// periodic probe until it answers again).
+    pub backed_off: bool,
+    /// Times the device was backed off.
+    pub backoffs: u64,
+    /// Merged requests split because the device refused them.
+    pub splits: u64,
 }

@@ -128,17 +128,22 @@ impl WritableTag {
             issues.push(format!("{path}.tag"), format!("device {:?} has no tag named {:?}", self.device, self.tag));
             return;
         };
-        match tag.table {
+        let Some(table) = tag.table else {
+            issues.push(format!("{path}.tag"), format!("{}/{} is not a Modbus register or coil: only those can be written", self.device, self.tag));
+            return;
+        };
+        let is_bool = tag.data_type() == edge_drivers::modbus::DataType::Bool;
+        match table {
             Table::Input | Table::Discrete => issues.push(
                 format!("{path}.tag"),
                 format!(
                     "{}/{} is in the {} table, which is read-only: only holding registers and coils can be written",
                     self.device,
                     self.tag,
-                    tag.table.as_str()
+                    table.as_str()
                 ),
             ),
-            Table::Coil => {
+            Table::Coil | Table::Holding if is_bool || table == Table::Coil => {
                 for (key, value) in [("min", self.min), ("max", self.max), ("max_step", self.max_step)] {
                     if value.is_some() {
                         issues.push(
@@ -148,7 +153,7 @@ impl WritableTag {
                     }
                 }
             }
-            Table::Holding => {
+            Table::Coil | Table::Holding => {
                 for (key, value) in [("min", self.min), ("max", self.max)] {
                     if value.is_none() {
                         issues.push(
@@ -179,19 +184,20 @@ mod tests {
     fn devices() -> Vec<DeviceConfig> {
         let tag = |name: &str, table, data_type| TagConfig {
             name: name.into(),
-            table,
-            address: 0,
+            table: Some(table),
+            address: Some(0),
             data_type: Some(data_type),
             byte_order: ByteOrder::ABCD,
             scale: 1.0,
             offset: 0.0,
             unit: None,
             description: None,
+            ..TagConfig::default()
         };
         vec![DeviceConfig {
             name: "plc".into(),
             protocol: Protocol::ModbusTcp,
-            address: "127.0.0.1:502".into(),
+            address: Some("127.0.0.1:502".into()),
             unit_id: 1,
             address_base: 0,
             poll_interval: Duration::from_secs(1),
@@ -203,6 +209,7 @@ mod tests {
                 tag("level", Table::Input, DataType::U16),
                 tag("trip", Table::Discrete, DataType::Bool),
             ],
+            ..DeviceConfig::default()
         }]
     }
 

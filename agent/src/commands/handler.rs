@@ -222,7 +222,9 @@ impl Handler {
                 match e {
                     // Nothing was sent.
                     WriteError::NotConnected | WriteError::UnknownTag(_) | WriteError::Encode(_) => Verdict::Rejected(reason),
-                    WriteError::Exception(_) | WriteError::Timeout(_) | WriteError::Transport(_) => Verdict::Failed(reason),
+                    WriteError::Exception(_) | WriteError::Timeout(_) | WriteError::Transport(_) | WriteError::NotConfirmed(_) => {
+                        Verdict::Failed(reason)
+                    }
                 }
             }
         }

@@ -40,9 +40,10 @@ pub fn check_write(
     else {
         return Err(format!("{target} is not a configured tag"));
     };
-    let number = match (tag.table, &write.value) {
-        (Table::Coil, Value::Bool(_)) => None,
-        (Table::Coil, other) => return Err(format!("{target} is a coil: the value must be true or false, not {}", show(other))),
+    let is_bool = tag.table == Some(Table::Coil) || tag.data_type() == edge_drivers::modbus::DataType::Bool;
+    let number = match (is_bool, &write.value) {
+        (true, Value::Bool(_)) => None,
+        (true, other) => return Err(format!("{target} is a coil: the value must be true or false, not {}", show(other))),
         (_, Value::Int(i)) => Some(*i as f64),
         (_, Value::Float(f)) => Some(*f),
         (_, other) => {
@@ -102,19 +103,20 @@ mod tests {
     fn devices() -> Vec<DeviceConfig> {
         let tag = |name: &str, table, data_type, scale| TagConfig {
             name: name.into(),
-            table,
-            address: 1,
+            table: Some(table),
+            address: Some(1),
             data_type: Some(data_type),
             byte_order: ByteOrder::ABCD,
             scale,
             offset: 0.0,
             unit: None,
             description: None,
+            ..TagConfig::default()
         };
         vec![DeviceConfig {
             name: "plc".into(),
             protocol: Protocol::ModbusTcp,
-            address: "127.0.0.1:502".into(),
+            address: Some("127.0.0.1:502".into()),
             unit_id: 1,
             address_base: 0,
             poll_interval: Duration::from_secs(1),
@@ -126,6 +128,7 @@ mod tests {
                 tag("pump", Table::Coil, DataType::Bool, 1.0),
                 tag("level", Table::Holding, DataType::I16, 1.0),
             ],
+            ..DeviceConfig::default()
         }]
     }
 

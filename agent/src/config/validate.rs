@@ -46,5 +46,6 @@ impl Config {
             }
             device.validate(&path, issues);
         }
+        edge_drivers::config::validate_devices(&self.devices, issues);
     }
 }

@@ -39,9 +39,9 @@ pub fn demo_config(opts: &DemoOptions) -> anyhow::Result<Config> {
     }
     if let Some(port) = opts.modbus_port {
         for device in &mut config.devices {
-            let mut addr: SocketAddr = device.address.parse().context("demo device address")?;
+            let mut addr: SocketAddr = device.address.as_deref().unwrap_or_default().parse().context("demo device address")?;
             addr.set_port(port);
-            device.address = addr.to_string();
+            device.address = Some(addr.to_string());
         }
     }
     let issues = config.validate();

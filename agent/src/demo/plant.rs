@@ -14,7 +14,7 @@ use crate::config::Config;
 
 /// Starts one simulated mill per distinct device address; returns the addresses served.
 pub async fn start(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
-    let addrs: BTreeSet<SocketAddr> = config.devices.iter().filter_map(|d| d.address.parse().ok()).collect();
+    let addrs: BTreeSet<SocketAddr> = config.devices.iter().filter_map(|d| d.address.as_deref()?.parse().ok()).collect();
     let cancel = CancellationToken::new(); // the plant lives as long as the demo process
     let mut served = Vec::new();
     for (i, addr) in addrs.into_iter().enumerate() {

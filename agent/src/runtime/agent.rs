@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use edge_drivers::modbus::{run_device, write_channel};
+use edge_drivers::modbus::{group_by_bus, run_bus, write_channel};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -135,14 +135,20 @@ async fn run_once(
     let driver_cancel = CancellationToken::new();
     let mut drivers = Vec::new();
     let mut writers = HashMap::new();
-    for device in &config.devices {
-        let (write_tx, inbox) = write_channel(16);
-        writers.insert(device.name.clone(), write_tx);
-        let (device, tx, cancel) = (device.clone(), reports_tx.clone(), driver_cancel.clone());
-        drivers.push(supervise(format!("device {}", device.name), driver_cancel.clone(), move || {
-            let (device, tx, inbox, cancel) = (device.clone(), tx.clone(), inbox.clone(), cancel.clone());
+    // Devices sharing a serial bus or a converter share one connection and one task.
+    for bus in group_by_bus(&config.devices) {
+        let mut members = Vec::new();
+        for device in bus {
+            let (write_tx, inbox) = write_channel(16);
+            writers.insert(device.name.clone(), write_tx);
+            members.push((device, inbox));
+        }
+        let name = members.iter().map(|(d, _)| d.name.as_str()).collect::<Vec<_>>().join(", ");
+        let (tx, cancel) = (reports_tx.clone(), driver_cancel.clone());
+        drivers.push(supervise(format!("device {name}"), driver_cancel.clone(), move || {
+            let (members, tx, cancel) = (members.clone(), tx.clone(), cancel.clone());
             async move {
-                run_device(device, tx, inbox, cancel).await;
+                run_bus(members, tx, cancel).await;
                 Ok(())
             }
         }));

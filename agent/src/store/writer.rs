@@ -121,6 +121,10 @@ impl Writer {
                 gathered.events.push(self.event("device_connected", &device, "info", serde_json::json!({})));
                 false
             }
+            ReportKind::Stats(stats) => {
+                self.live.record_stats(&device, stats);
+                false
+            }
             ReportKind::Disconnected(reason) => {
                 self.live.record_connection(&device, false, Some(reason.clone()));
                 gathered.events.push(self.event("device_lost", &device, "warning", serde_json::json!({ "reason": reason })));

@@ -48,6 +48,15 @@ const DEVICE_POLLS: Family = counter(
     "device_polls_total",
     "Polls of the device completed since the agent started.",
 );
+const DEVICE_REQUESTS: Family = counter("device_requests_total", "Requests the driver sent to the device.");
+const DEVICE_TIMEOUTS: Family = counter("device_timeouts_total", "Requests the device did not answer in time.");
+const DEVICE_EXCEPTIONS: Family = counter("device_exceptions_total", "Requests the device refused with a protocol exception.");
+const DEVICE_TRANSPORT_ERRORS: Family =
+    counter("device_transport_errors_total", "Requests lost to the connection (closed, reset, garbled frame).");
+const DEVICE_DECODE_ERRORS: Family = counter("device_decode_errors_total", "Readings of the device that could not be decoded.");
+const DEVICE_RECONNECTS: Family = counter("device_reconnects_total", "Connections rebuilt for the device after the first.");
+const DEVICE_LATENCY: Family = gauge("device_last_latency_microseconds", "Round-trip time of the last answered request.");
+const DEVICE_BACKED_OFF: Family = gauge("device_backed_off", "1 while the device is backed off after repeated failures.");
 const TAG_QUALITY_GOOD: Family = gauge(
     "tag_quality_good",
     "Number of the device's tags whose last reading is of good quality.",
@@ -146,6 +155,15 @@ pub fn render(s: &Snapshot) -> String {
 fn render_devices(out: &mut String, s: &Snapshot) {
     DEVICE_CONNECTED.per_device(out, s, |d| u64::from(d.connected));
     DEVICE_POLLS.per_device(out, s, |d| d.polls);
+    let c = |d: &DeviceView| d.counters.clone().unwrap_or_default();
+    DEVICE_REQUESTS.per_device(out, s, |d| c(d).requests);
+    DEVICE_TIMEOUTS.per_device(out, s, |d| c(d).timeouts);
+    DEVICE_EXCEPTIONS.per_device(out, s, |d| c(d).exceptions);
+    DEVICE_TRANSPORT_ERRORS.per_device(out, s, |d| c(d).transport_errors);
+    DEVICE_DECODE_ERRORS.per_device(out, s, |d| c(d).decode_errors);
+    DEVICE_RECONNECTS.per_device(out, s, |d| c(d).reconnects);
+    DEVICE_LATENCY.per_device(out, s, |d| c(d).last_latency_ms.map_or(0, |ms| (ms * 1000.0) as u64));
+    DEVICE_BACKED_OFF.per_device(out, s, |d| u64::from(c(d).backed_off));
     TAG_QUALITY_GOOD.per_device(out, s, |d| {
         d.tags.iter().filter(|t| t.quality == "good").count() as u64
     });
@@ -420,7 +438,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 27);
+        assert_eq!(declared.len(), 35);
         assert!(text.ends_with('\n'));
     }
 

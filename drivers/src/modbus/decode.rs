@@ -1,87 +1,199 @@
-//! Turning raw registers into engineering values. Pure functions, no I/O.
+//! Turning raw registers into engineering values, and back. Pure functions, no I/O.
+//!
+//! **Byte orders.** A value of `n` registers is turned into big-endian bytes by two
+//! independent steps, each its own inverse: orders whose registers come least
+//! significant first (`CDAB`, `DCBA`) reverse the registers, and orders whose bytes are
+//! swapped inside a register (`BADC`, `DCBA`) swap the two bytes of each. The same rule
+//! gives the 16-bit (`AB`/`BA`) and the 64-bit orders (`ABCDEFGH`, `GHEFCDAB`,
+//! `BADCFEHG`, `HGFEDCBA`).
 
 use crate::config::TagConfig;
 use crate::modbus::types::{ByteOrder, DataType};
 use crate::sample::Value;
 
-/// Reorders the wire bytes of a 32-bit value into big-endian `[A, B, C, D]`.
-///
-/// `wire` holds the bytes as they arrive: high byte of the first register first.
-pub fn to_big_endian_4(wire: [u8; 4], order: ByteOrder) -> [u8; 4] {
-    let [w0, w1, w2, w3] = wire;
-    match order {
-        ByteOrder::ABCD => [w0, w1, w2, w3],
-        ByteOrder::CDAB => [w2, w3, w0, w1],
-        ByteOrder::BADC => [w1, w0, w3, w2],
-        ByteOrder::DCBA => [w3, w2, w1, w0],
+/// The big-endian bytes of a numeric value laid out in `regs` with `order`.
+pub fn to_big_endian(regs: &[u16], order: ByteOrder) -> Vec<u8> {
+    let mut words: Vec<u16> = regs.to_vec();
+    if order.words_reversed() {
+        words.reverse();
     }
+    words
+        .into_iter()
+        .flat_map(|w| if order.bytes_swapped() { w.swap_bytes() } else { w }.to_be_bytes())
+        .collect()
+}
+
+/// The registers that hold the big-endian bytes `be` (an even number of them) in `order`.
+pub fn from_big_endian(be: &[u8], order: ByteOrder) -> Vec<u16> {
+    let mut words: Vec<u16> = be
+        .chunks(2)
+        .map(|c| {
+            let w = u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]);
+            if order.bytes_swapped() {
+                w.swap_bytes()
+            } else {
+                w
+            }
+        })
+        .collect();
+    if order.words_reversed() {
+        words.reverse();
+    }
+    words
+}
+
+/// Reorders the wire bytes of a 32-bit value into big-endian `[A, B, C, D]`.
+pub fn to_big_endian_4(wire: [u8; 4], order: ByteOrder) -> [u8; 4] {
+    let regs = [u16::from_be_bytes([wire[0], wire[1]]), u16::from_be_bytes([wire[2], wire[3]])];
+    let be = to_big_endian(&regs, order);
+    [be[0], be[1], be[2], be[3]]
 }
 
 /// Reorders the wire bytes of a 16-bit value: orders whose first letter pair is `BA`
 /// (`BADC`, `DCBA`) swap the two bytes.
 pub fn to_big_endian_2(wire: [u8; 2], order: ByteOrder) -> [u8; 2] {
-    match order {
-        ByteOrder::ABCD | ByteOrder::CDAB => wire,
-        ByteOrder::BADC | ByteOrder::DCBA => [wire[1], wire[0]],
+    if order.bytes_swapped() {
+        [wire[1], wire[0]]
+    } else {
+        wire
     }
 }
 
-/// The inverse of decoding: the registers a device holds for `value` (used by the
-/// simulated plants and the tests to lay out register maps).
+/// The inverse of decoding: the registers a device holds for the raw (unscaled) `value`
+/// (used by the simulated plants and the tests to lay out register maps). Integers are
+/// rounded and saturated to the type; a `bool` is one register holding 0 or 1; a string
+/// cannot be given as a number and encodes as one zero register.
 pub fn encode_registers(value: f64, data_type: DataType, order: ByteOrder) -> Vec<u16> {
-    let words = |be: [u8; 4]| {
-        // Decoding maps wire → big-endian with a permutation that is its own inverse.
-        let wire = to_big_endian_4(be, order);
-        vec![u16::from_be_bytes([wire[0], wire[1]]), u16::from_be_bytes([wire[2], wire[3]])]
-    };
     match data_type {
         DataType::Bool => vec![u16::from(value != 0.0)],
-        DataType::U16 => vec![u16::from_be_bytes(to_big_endian_2((value as u16).to_be_bytes(), order))],
-        DataType::I16 => vec![u16::from_be_bytes(to_big_endian_2((value as i16).to_be_bytes(), order))],
-        DataType::U32 => words((value as u32).to_be_bytes()),
-        DataType::I32 => words((value as i32).to_be_bytes()),
-        DataType::F32 => words((value as f32).to_be_bytes()),
+        DataType::U16 => from_big_endian(&(value.round() as u16).to_be_bytes(), order),
+        DataType::I16 => from_big_endian(&(value.round() as i16).to_be_bytes(), order),
+        DataType::U32 => from_big_endian(&(value.round() as u32).to_be_bytes(), order),
+        DataType::I32 => from_big_endian(&(value.round() as i32).to_be_bytes(), order),
+        DataType::U64 => from_big_endian(&(value.round() as u64).to_be_bytes(), order),
+        DataType::I64 => from_big_endian(&(value.round() as i64).to_be_bytes(), order),
+        DataType::F32 => from_big_endian(&(value as f32).to_be_bytes(), order),
+        DataType::F64 => from_big_endian(&value.to_be_bytes(), order),
+        DataType::String => vec![0],
     }
 }
 
-/// Decodes the raw registers of one tag (exactly `data_type.register_count()` of them)
-/// and applies its scaling.
-///
-/// Unscaled integers stay integers; anything scaled becomes a float. An `f32` is widened
-/// through its shortest decimal form so that `3.14` on the PLC reads `3.14`, not
-/// `3.140000104904175`.
+/// The registers holding the text `text` in `length` registers: two ASCII characters
+/// per register, first character in the high byte (low byte with `byte_swap`), padded
+/// with NUL. Longer text is cut.
+pub fn encode_string(text: &str, length: u16, byte_swap: bool) -> Vec<u16> {
+    let mut bytes: Vec<u8> = text.bytes().take(usize::from(length) * 2).collect();
+    bytes.resize(usize::from(length) * 2, 0);
+    bytes
+        .chunks(2)
+        .map(|c| {
+            let w = u16::from_be_bytes([c[0], c[1]]);
+            if byte_swap {
+                w.swap_bytes()
+            } else {
+                w
+            }
+        })
+        .collect()
+}
+
+/// The text held in `regs` (see [`encode_string`]): up to the first NUL, trailing spaces
+/// removed; bytes that are not ASCII show as U+FFFD.
+pub fn decode_string(regs: &[u16], byte_swap: bool) -> String {
+    let bytes: Vec<u8> = regs
+        .iter()
+        .flat_map(|w| if byte_swap { w.swap_bytes() } else { *w }.to_be_bytes())
+        .take_while(|b| *b != 0)
+        .collect();
+    let text: String = bytes.iter().map(|&b| if b.is_ascii() { char::from(b) } else { '\u{FFFD}' }).collect();
+    text.trim_end().to_string()
+}
+
+/// A decoded reading, and whether clamping changed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub value: Value,
+    /// The engineering value before clamping, when `clamp_min`/`clamp_max` changed it.
+    pub clamped_from: Option<f64>,
+}
+
+/// Decodes the raw registers of one tag (exactly `tag.register_count()` of them)
+/// and applies its scaling and clamping (a clamped value is returned clamped; see
+/// [`decode_tag`] to know whether it was).
 pub fn decode_registers(regs: &[u16], tag: &TagConfig) -> Result<Value, DecodeError> {
+    decode_tag(regs, tag).map(|d| d.value)
+}
+
+/// Decodes the raw registers of one tag: type, byte order, bit, scaling, clamping.
+///
+/// Unscaled integers stay integers (a `u64` above the `i64` range becomes a float);
+/// anything scaled becomes a float. An `f32` is widened through its shortest decimal
+/// form so that `3.14` on the PLC reads `3.14`, not `3.140000104904175`.
+pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError> {
     let data_type = tag.data_type();
-    let needed = usize::from(data_type.register_count());
+    let needed = usize::from(tag.register_count());
     if regs.len() != needed {
         return Err(DecodeError::WrongLength { needed, got: regs.len() });
     }
+    let plain = |value| Ok(Decoded { value, clamped_from: None });
     let raw = match data_type {
-        DataType::Bool => return Ok(Value::Bool(regs[0] != 0)),
-        DataType::U16 => Raw::Int(i64::from(u16::from_be_bytes(to_big_endian_2(regs[0].to_be_bytes(), tag.byte_order)))),
-        DataType::I16 => Raw::Int(i64::from(i16::from_be_bytes(to_big_endian_2(regs[0].to_be_bytes(), tag.byte_order)))),
-        DataType::U32 | DataType::I32 | DataType::F32 => {
-            let [a, b] = regs[0].to_be_bytes();
-            let [c, d] = regs[1].to_be_bytes();
-            let be = to_big_endian_4([a, b, c, d], tag.byte_order);
+        DataType::Bool => {
+            let bit = tag.bit.map_or(regs[0] != 0, |b| (regs[0] >> b.min(15)) & 1 == 1);
+            return plain(Value::Bool(bit));
+        }
+        DataType::String => return plain(Value::Text(decode_string(regs, tag.byte_swap))),
+        _ => {
+            let be = to_big_endian(regs, tag.byte_order);
             match data_type {
-                DataType::U32 => Raw::Int(i64::from(u32::from_be_bytes(be))),
-                DataType::I32 => Raw::Int(i64::from(i32::from_be_bytes(be))),
-                _ => {
-                    let f = f32::from_be_bytes(be);
+                DataType::U16 => Raw::Int(i128::from(u16::from_be_bytes([be[0], be[1]]))),
+                DataType::I16 => Raw::Int(i128::from(i16::from_be_bytes([be[0], be[1]]))),
+                DataType::U32 => Raw::Int(i128::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+                DataType::I32 => Raw::Int(i128::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+                DataType::U64 => Raw::Int(i128::from(u64::from_be_bytes(eight(&be)))),
+                DataType::I64 => Raw::Int(i128::from(i64::from_be_bytes(eight(&be)))),
+                DataType::F32 => {
+                    let f = f32::from_be_bytes([be[0], be[1], be[2], be[3]]);
                     if !f.is_finite() {
                         return Err(DecodeError::NotFinite);
                     }
                     Raw::Float(widen_f32(f))
                 }
+                _ => {
+                    let f = f64::from_be_bytes(eight(&be));
+                    if !f.is_finite() {
+                        return Err(DecodeError::NotFinite);
+                    }
+                    Raw::Float(f)
+                }
             }
         }
     };
-    match scale(raw, tag) {
+    let value = scale(raw, tag);
+    let number = match value {
         // A huge scale can overflow a finite reading; JSON has no infinity.
-        Value::Float(f) if !f.is_finite() => Err(DecodeError::NotFinite),
-        value => Ok(value),
+        Value::Float(f) if !f.is_finite() => return Err(DecodeError::NotFinite),
+        Value::Float(f) => f,
+        Value::Int(i) => i as f64,
+        _ => return plain(value),
+    };
+    let (lo, hi) = (tag.clamp_min.unwrap_or(f64::NEG_INFINITY), tag.clamp_max.unwrap_or(f64::INFINITY));
+    if number < lo || number > hi {
+        let limit = number.clamp(lo, hi);
+        let value = match value {
+            Value::Int(_) if limit.fract() == 0.0 => Value::Int(limit as i64),
+            _ => Value::Float(limit),
+        };
+        return Ok(Decoded { value, clamped_from: Some(number) });
     }
+    plain(value)
+}
+
+fn eight(be: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (o, b) in out.iter_mut().zip(be) {
+        *o = *b;
+    }
+    out
 }
 
 /// Decodes one bit of a coil or discrete table.
@@ -90,13 +202,16 @@ pub fn decode_bit(bit: bool) -> Value {
 }
 
 enum Raw {
-    Int(i64),
+    Int(i128),
     Float(f64),
 }
 
 fn scale(raw: Raw, tag: &TagConfig) -> Value {
     match raw {
-        Raw::Int(i) if tag.is_unscaled() => Value::Int(i),
+        Raw::Int(i) if tag.is_unscaled() => match i64::try_from(i) {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::Float(i as f64),
+        },
         Raw::Int(i) => Value::Float(round_significant(i as f64 * tag.scale + tag.offset)),
         Raw::Float(f) if tag.is_unscaled() => Value::Float(f),
         Raw::Float(f) => Value::Float(round_significant(f * tag.scale + tag.offset)),
@@ -104,8 +219,8 @@ fn scale(raw: Raw, tag: &TagConfig) -> Value {
 }
 
 /// Rounds to 12 significant digits, removing binary noise from scaling
-/// (`3084 × 0.1` reads `308.4`, not `308.40000000000003`). Register values carry at most
-/// 10 significant digits, so nothing real is lost.
+/// (`3084 × 0.1` reads `308.4`, not `308.40000000000003`). 16- and 32-bit registers
+/// carry at most 10 significant digits, so nothing real is lost for them.
 fn round_significant(x: f64) -> f64 {
     format!("{x:.11e}").parse().unwrap_or(x)
 }
@@ -130,17 +245,7 @@ mod tests {
     use crate::modbus::types::Table;
 
     fn tag(data_type: DataType, byte_order: ByteOrder) -> TagConfig {
-        TagConfig {
-            name: "t".into(),
-            table: Table::Holding,
-            address: 0,
-            data_type: Some(data_type),
-            byte_order,
-            scale: 1.0,
-            offset: 0.0,
-            unit: None,
-            description: None,
-        }
+        TagConfig { name: "t".into(), table: Some(Table::Holding), data_type: Some(data_type), byte_order, ..TagConfig::default() }
     }
 
     // 0x12345678 laid out by each byte order, as a device manual would show it.

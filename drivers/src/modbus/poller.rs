@@ -1,40 +1,61 @@
-//! The task that owns one Modbus TCP device: connect, poll on a fixed interval,
-//! decode, report, and rebuild the connection after any transport failure.
+//! The task that owns one Modbus connection (a TCP device, a serial bus, or a
+//! serial-to-Ethernet converter) and every device reached over it: connect, poll each
+//! device's poll groups on their own intervals, decode, report, write, and rebuild the
+//! connection after any transport failure.
 //!
 //! Two kinds of failure are kept apart, as tokio-modbus does:
 //! - a **device exception** (illegal address, device busy…) marks the tags of that one
-//!   request bad; the connection is fine and stays up;
-//! - a **transport failure** (timeout, reset, garbled frame) marks every tag bad and drops
-//!   the connection, because a late reply would otherwise be taken for the answer to the
-//!   next request. The next attempt waits a jittered, growing delay.
+//!   request bad with the code named; the connection is fine and stays up. An
+//!   illegal-address (or illegal-value) answer to a request merged over several tags
+//!   splits it in two, for good (see [`super::plan::split`]);
+//! - a **transport failure** (timeout, reset, garbled frame) marks the tags of the poll
+//!   bad and drops the connection, because a late reply would otherwise be taken for the
+//!   answer to the next request (RTU frames carry no transaction id at all). The next
+//!   request opens a new one.
 //!
-//! Writes (see [`super::write`]) arrive on the device's write queue and are executed
-//! between two polls, on the same connection; a poll follows each write at once, so the
-//! new value is read back. While there is no connection, writes are answered
-//! `NotConnected` at once.
+//! **One dead device never stalls the others.** Devices on one connection are polled in
+//! turn, earliest due first. A device that fails `backoff_after_failures` polls in a row
+//! is backed off (see [`super::breaker`]): it is then only probed, one request at a
+//! growing jittered interval, so the others keep their rate.
+//!
+//! **No drift.** Each poll group is due at fixed multiples of its interval from its
+//! start; a late poll does not push the next ones back, and polls missed while the
+//! device was unreachable are skipped, not caught up in a burst.
+//!
+//! Writes (see [`super::write`]) arrive on each device's write queue and are executed
+//! between two polls, on the same connection; the device's poll groups are polled at once
+//! after a write. While there is no connection, or the device is backed off, writes are
+//! answered `NotConnected` at once.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
-use tokio::time::{timeout, MissedTickBehavior};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
 use tokio_modbus::client::{Context, Reader};
-use tokio_modbus::Slave;
+use tokio_modbus::slave::SlaveContext;
+use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::DeviceConfig;
-use crate::modbus::decode::{decode_bit, decode_registers};
-use crate::modbus::plan::{plan_requests, ReadRequest};
+use crate::modbus::breaker::{Breaker, Change};
+use crate::modbus::deadband::Deadbands;
+use crate::modbus::decode::decode_tag;
+use crate::modbus::plan::{items_of_group, plan_items, split, Limits, ReadRequest};
+use crate::modbus::transport::Link;
 use crate::modbus::types::Table;
 use crate::modbus::write::{self, WriteEnd, WriteInbox, WriteRequest};
-use crate::sample::{DeviceReport, Quality, ReportKind, Sample, Value};
+use crate::sample::{DeviceReport, DriverStats, Quality, ReportKind, Sample, Value};
 
-/// Why a poll could not complete: the connection must be rebuilt.
+/// How often a device's counters are reported at most.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// Why a request got no usable answer: the connection must be rebuilt.
 #[derive(Debug, thiserror::Error)]
-enum TransportFailure {
+pub(crate) enum TransportFailure {
     #[error("no reply within {0:?}")]
     Timeout(Duration),
     #[error("the device closed the connection")]
@@ -59,160 +80,478 @@ impl From<tokio_modbus::Error> for TransportFailure {
     }
 }
 
-/// Polls `device` until `cancel` fires, sending every result to `reports` and executing
-/// the writes that arrive on `writes`. Returns when cancelled or when the receiving side
-/// is gone.
+/// Polls `device` alone on its own connection until `cancel` fires (see [`run_bus`]).
 pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport>, writes: WriteInbox, cancel: CancellationToken) {
-    // A restarted task takes the queue over from the one that ended.
-    let mut queue = tokio::select! {
-        () = cancel.cancelled() => return,
-        q = writes.receiver().lock() => q,
+    run_bus(vec![(device, writes)], reports, cancel).await;
+}
+
+/// Polls every device of one connection (devices that share a serial port or a
+/// converter; see [`super::config::group_by_bus`]) until `cancel` fires, sending every
+/// result to `reports` and executing the writes that arrive on each device's inbox.
+/// Returns when cancelled or when the receiving side is gone.
+pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Sender<DeviceReport>, cancel: CancellationToken) {
+    let Some((first, _)) = devices.first() else { return };
+    let link = match Link::of(first) {
+        Ok(link) => link,
+        Err(e) => {
+            // validate() rejects this before a driver is ever started.
+            warn!(device = %first.name, error = %e, "invalid connection settings; driver not started");
+            return;
+        }
     };
-    let mut writes = Writes { rx: &mut queue, open: true };
-    let plan = plan_requests(&device);
+    // Each device's write queue is forwarded into one queue of the bus. The forwarders
+    // hold the queues (a restarted task takes them over) and end with this task.
+    let (bus_tx, mut bus_writes) = mpsc::channel::<(usize, WriteRequest)>(16);
+    let mut forwarders = JoinSet::new();
+    for (i, (_, inbox)) in devices.iter().enumerate() {
+        let (inbox, tx, cancel) = (inbox.clone(), bus_tx.clone(), cancel.clone());
+        forwarders.spawn(async move {
+            let mut rx = tokio::select! {
+                () = cancel.cancelled() => return,
+                q = inbox.receiver().lock() => q,
+            };
+            loop {
+                let req = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    r = rx.recv() => r,
+                };
+                let Some(req) = req else { return };
+                if tx.send((i, req)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(bus_tx);
+
+    let mut bus = Bus {
+        frame_gap: link.frame_gap(),
+        last_frame: None,
+        units: devices.into_iter().map(|(d, _)| Unit::new(d)).collect(),
+        reports,
+    };
+    let connect_limit = bus.units.iter().map(|u| u.cfg.timeout).max().unwrap_or(Duration::from_secs(1));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-    let Ok(addr) = device.address.parse::<SocketAddr>() else {
-        // validate() rejects this before a driver is ever started.
-        warn!(device = %device.name, address = %device.address, "invalid address; driver not started");
-        return;
-    };
-    let mut was_connected = true; // so that a first failed connect is reported once
-    info!(device = %device.name, %addr, requests = plan.len(), tags = device.tags.len(), "modbus device starting");
+    let mut connected_before = false;
+    let mut writes_open = true;
+    info!(link = %link.describe(), devices = bus.units.len(), "modbus connection starting");
 
     loop {
-        let connect = timeout(device.timeout, tokio_modbus::client::tcp::connect_slave(addr, Slave(device.unit_id)));
+        // 1. A connection.
+        let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit);
         tokio::pin!(connect);
         let outcome = loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 r = &mut connect => break r,
-                req = writes.next() => write::refuse_not_connected(req),
+                w = next_write(&mut bus_writes, &mut writes_open) => write::refuse_not_connected(w.1),
             }
         };
-        let failure = match outcome {
-            Ok(Ok(ctx)) => {
-                info!(device = %device.name, %addr, "connected");
-                backoff.reset();
-                was_connected = true;
-                if !send(&reports, &device.name, ReportKind::Connected).await {
-                    return;
+        let mut ctx = match outcome {
+            Ok(ctx) => ctx,
+            Err(reason) => {
+                warn_once(&bus, &link, &reason);
+                for i in 0..bus.units.len() {
+                    if !bus.lose(i, &reason).await {
+                        return;
+                    }
                 }
-                match poll_until_failure(&device, &plan, ctx, &reports, &mut writes, &cancel).await {
-                    PollEnd::Cancelled | PollEnd::ReceiverGone => return,
-                    PollEnd::Transport(reason) => reason,
+                let sleep = tokio::time::sleep(backoff.next_delay());
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = &mut sleep => break,
+                        w = next_write(&mut bus_writes, &mut writes_open) => write::refuse_not_connected(w.1),
+                    }
                 }
+                continue;
             }
-            Ok(Err(e)) => format!("connect failed: {e}"),
-            Err(_) => format!("connect timed out after {:?}", device.timeout),
         };
-        if was_connected {
-            warn!(device = %device.name, %addr, reason = %failure, "device lost");
-            let bad = bad_samples(&device, &failure);
-            if !send(&reports, &device.name, ReportKind::Samples(bad)).await
-                || !send(&reports, &device.name, ReportKind::Disconnected(failure)).await
-            {
-                return;
+        backoff.reset();
+        if connected_before {
+            for u in &mut bus.units {
+                u.stats.reconnects += 1;
             }
-            was_connected = false;
-        } else {
-            debug!(device = %device.name, reason = %failure, "still unreachable");
         }
-        let sleep = tokio::time::sleep(backoff.next_delay());
-        tokio::pin!(sleep);
-        loop {
+        connected_before = true;
+        debug!(link = %link.describe(), "connected");
+
+        // 2. Poll and write until the connection fails.
+        let reason = loop {
+            let (at, job) = bus.next_job();
             tokio::select! {
                 () = cancel.cancelled() => return,
-                () = &mut sleep => break,
-                req = writes.next() => write::refuse_not_connected(req),
+                () = sleep_until(at) => {}
+                w = next_write(&mut bus_writes, &mut writes_open) => {
+                    match bus.write(&mut ctx, w).await {
+                        Ok(()) => continue,
+                        Err(reason) => break reason,
+                    }
+                }
             }
-        }
+            let outcome = tokio::select! {
+                () = cancel.cancelled() => return,
+                o = bus.run(&mut ctx, job) => o,
+            };
+            match outcome {
+                Outcome::Ok => {}
+                Outcome::ReceiverGone => return,
+                Outcome::Transport(reason) => break reason,
+            }
+        };
+        // Drop the context: its replies can no longer be trusted to match its requests.
+        drop(ctx);
+        debug!(link = %link.describe(), %reason, "connection dropped; opening a new one");
     }
 }
 
-/// The device's write queue, as the task sees it.
-struct Writes<'a> {
-    rx: &'a mut mpsc::Receiver<WriteRequest>,
-    /// False once every sender is gone: the queue is then never polled again.
-    open: bool,
-}
-
-impl Writes<'_> {
-    /// The next write; pending forever once the queue is closed. Cancel-safe.
-    async fn next(&mut self) -> WriteRequest {
-        if self.open {
-            match self.rx.recv().await {
-                Some(req) => return req,
-                None => self.open = false,
-            }
-        }
-        std::future::pending().await
+fn warn_once(bus: &Bus, link: &Link, reason: &str) {
+    if bus.units.iter().any(|u| u.online != Some(false)) {
+        warn!(link = %link.describe(), %reason, "cannot connect");
+    } else {
+        debug!(link = %link.describe(), %reason, "still cannot connect");
     }
 }
 
-enum PollEnd {
-    Cancelled,
+/// The next write of any device on the bus; pending forever once every queue is closed.
+async fn next_write(rx: &mut mpsc::Receiver<(usize, WriteRequest)>, open: &mut bool) -> (usize, WriteRequest) {
+    if *open {
+        match rx.recv().await {
+            Some(w) => return w,
+            None => *open = false,
+        }
+    }
+    std::future::pending().await
+}
+
+/// What to do next on the bus.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// Poll group `group` of unit `unit`.
+    Poll { unit: usize, group: usize },
+    /// Send one request to the backed-off unit `unit` to see whether it is back.
+    Probe { unit: usize },
+}
+
+enum Outcome {
+    Ok,
     ReceiverGone,
     Transport(String),
 }
 
-async fn poll_until_failure(
-    device: &DeviceConfig,
-    plan: &[ReadRequest],
-    mut ctx: Context,
-    reports: &mpsc::Sender<DeviceReport>,
-    writes: &mut Writes<'_>,
-    cancel: &CancellationToken,
-) -> PollEnd {
-    let mut ticker = tokio::time::interval(device.poll_interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return PollEnd::Cancelled,
-            _ = ticker.tick() => {}
-            req = writes.next() => {
-                if let WriteEnd::Transport(reason) = write::execute(&mut ctx, device, req).await {
-                    // Drop the context, as after a failed read.
-                    drop(ctx);
-                    return PollEnd::Transport(reason);
-                }
-                // Read the new value back at once.
-                ticker.reset_immediately();
-                continue;
-            }
-        }
-        let mut samples = Vec::with_capacity(device.tags.len());
-        for req in plan {
-            let read = tokio::select! {
-                () = cancel.cancelled() => return PollEnd::Cancelled,
-                r = read_request(&mut ctx, req, device.timeout) => r,
-            };
-            match read {
-                Ok(Ok(words)) => decode_request(device, req, &words, &mut samples),
-                Ok(Err(exception)) => {
-                    let reason = format!("modbus exception {exception} reading {} {}+{}", req.table.as_str(), req.start, req.count);
-                    warn!(device = %device.name, %reason, "device refused a read");
-                    for &(i, _) in &req.tags {
-                        samples.push(bad_sample(&device.tags[i].name, &reason));
-                    }
-                }
-                Err(failure) => {
-                    // Drop the context: its transaction ids can no longer be trusted.
-                    drop(ctx);
-                    return PollEnd::Transport(failure.to_string());
-                }
-            }
-        }
-        if !send(reports, &device.name, ReportKind::Samples(samples)).await {
-            return PollEnd::ReceiverGone;
-        }
+/// One device on the bus.
+struct Unit {
+    cfg: DeviceConfig,
+    groups: Vec<Group>,
+    breaker: Breaker,
+    deadbands: Deadbands,
+    stats: DriverStats,
+    stats_sent: Option<(Instant, DriverStats)>,
+    /// `Some(true)` once reported connected, `Some(false)` once reported lost.
+    online: Option<bool>,
+}
+
+struct Group {
+    interval: Duration,
+    plan: Vec<ReadRequest>,
+    due: Instant,
+}
+
+impl Unit {
+    fn new(cfg: DeviceConfig) -> Self {
+        let limits = Limits::of(&cfg);
+        let now = Instant::now();
+        let mut names: Vec<Option<String>> = vec![None];
+        names.extend(cfg.poll_groups.keys().cloned().map(Some));
+        let groups = names
+            .into_iter()
+            .map(|name| {
+                let plan = plan_items(&items_of_group(&cfg, name.as_deref()), limits);
+                Group { interval: cfg.group_interval(name.as_deref()), plan, due: now }
+            })
+            .filter(|g| !g.plan.is_empty())
+            .collect();
+        let breaker = Breaker::new(
+            cfg.backoff_after_failures.unwrap_or(3),
+            cfg.poll_interval.max(Duration::from_secs(1)),
+            cfg.backoff_max.unwrap_or(Duration::from_secs(60)),
+        );
+        let deadbands = Deadbands::new(cfg.tags.len());
+        Self { cfg, groups, breaker, deadbands, stats: DriverStats::default(), stats_sent: None, online: None }
     }
 }
 
+struct Bus {
+    frame_gap: Option<Duration>,
+    /// When the last frame on a serial line ended.
+    last_frame: Option<Instant>,
+    units: Vec<Unit>,
+    reports: mpsc::Sender<DeviceReport>,
+}
+
+impl Bus {
+    /// The job due first, and when.
+    fn next_job(&self) -> (Instant, Job) {
+        let mut best: Option<(Instant, Job)> = None;
+        for (u, unit) in self.units.iter().enumerate() {
+            let candidates: Vec<(Instant, Job)> = match unit.breaker.next_probe() {
+                Some(at) => vec![(at, Job::Probe { unit: u })],
+                None => unit.groups.iter().enumerate().map(|(g, grp)| (grp.due, Job::Poll { unit: u, group: g })).collect(),
+            };
+            for c in candidates {
+                if best.as_ref().is_none_or(|b| c.0 < b.0) {
+                    best = Some(c);
+                }
+            }
+        }
+        // A device always has a group (validation requires a tag); stay total anyway.
+        best.unwrap_or((Instant::now() + Duration::from_secs(3600), Job::Probe { unit: 0 }))
+    }
+
+    async fn run(&mut self, ctx: &mut Context, job: Job) -> Outcome {
+        match job {
+            Job::Poll { unit, group } => self.poll(ctx, unit, group).await,
+            Job::Probe { unit } => self.probe(ctx, unit).await,
+        }
+    }
+
+    /// Reads every request of one poll group of one unit.
+    async fn poll(&mut self, ctx: &mut Context, u: usize, g: usize) -> Outcome {
+        ctx.set_slave(Slave(self.units[u].cfg.unit_id));
+        let mut samples = Vec::new();
+        let mut failure = None;
+        let mut i = 0;
+        while i < self.units[u].groups[g].plan.len() {
+            let req = self.units[u].groups[g].plan[i].clone();
+            match self.read(ctx, u, &req).await {
+                Ok(Ok(words)) => {
+                    let unit = &mut self.units[u];
+                    decode_request(&unit.cfg, &req, &words, &mut samples, &mut unit.stats);
+                    i += 1;
+                }
+                Ok(Err(exception)) => {
+                    let unit = &mut self.units[u];
+                    if matches!(exception, ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue) {
+                        let tags = &unit.cfg.tags;
+                        if let Some((a, b)) = split(&req, |t| tags[t].register_count()) {
+                            info!(device = %unit.cfg.name, %exception, table = req.table.as_str(), start = req.start, count = req.count,
+                                "device refused a merged read; splitting it for good");
+                            unit.stats.splits += 1;
+                            unit.groups[g].plan.splice(i..=i, [a, b]);
+                            continue;
+                        }
+                    }
+                    let reason = format!(
+                        "modbus exception {exception} (0x{:02X}) reading {} {}+{}",
+                        u8::from(exception),
+                        req.table.as_str(),
+                        req.start,
+                        req.count
+                    );
+                    warn!(device = %unit.cfg.name, %reason, "device refused a read");
+                    for &(t, _) in &req.tags {
+                        samples.push(bad_sample(&unit.cfg.tags[t].name, &reason));
+                    }
+                    i += 1;
+                }
+                Err(f) => {
+                    // The rest of the group is not read on this connection.
+                    let reason = f.to_string();
+                    let unit = &self.units[u];
+                    for r in &unit.groups[g].plan[i..] {
+                        for &(t, _) in &r.tags {
+                            samples.push(bad_sample(&unit.cfg.tags[t].name, &reason));
+                        }
+                    }
+                    failure = Some(reason);
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        let group = &mut self.units[u].groups[g];
+        group.due = next_due(group.due, group.interval, now);
+        if let Some(reason) = failure {
+            return self.failed(u, samples, reason).await;
+        }
+        self.answered(u, samples).await
+    }
+
+    /// One request to a backed-off unit: the first of its first group.
+    async fn probe(&mut self, ctx: &mut Context, u: usize) -> Outcome {
+        ctx.set_slave(Slave(self.units[u].cfg.unit_id));
+        let Some(req) = self.units[u].groups.first().and_then(|g| g.plan.first()).cloned() else {
+            return Outcome::Ok;
+        };
+        debug!(device = %self.units[u].cfg.name, "probing a backed-off device");
+        match self.read(ctx, u, &req).await {
+            Ok(_) => {
+                // Back: poll every group now.
+                let now = Instant::now();
+                for g in &mut self.units[u].groups {
+                    g.due = now;
+                }
+                self.answered(u, Vec::new()).await
+            }
+            Err(f) => self.failed(u, Vec::new(), f.to_string()).await,
+        }
+    }
+
+    /// One read under the device's timeout, keeping the silence a serial line needs.
+    async fn read(&mut self, ctx: &mut Context, u: usize, req: &ReadRequest) -> ReadResult {
+        if let (Some(gap), Some(last)) = (self.frame_gap, self.last_frame) {
+            sleep_until(last + gap).await;
+        }
+        let unit = &mut self.units[u];
+        unit.stats.requests += 1;
+        let started = Instant::now();
+        let result = read_request(ctx, req, unit.cfg.timeout).await;
+        self.last_frame = Some(Instant::now());
+        match &result {
+            Ok(Ok(_)) => unit.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0),
+            Ok(Err(_)) => {
+                unit.stats.exceptions += 1;
+                unit.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            Err(TransportFailure::Timeout(_)) => unit.stats.timeouts += 1,
+            Err(_) => unit.stats.transport_errors += 1,
+        }
+        result
+    }
+
+    /// The unit answered: close its breaker, say it is connected, send its readings.
+    async fn answered(&mut self, u: usize, samples: Vec<Sample>) -> Outcome {
+        let unit = &mut self.units[u];
+        if unit.breaker.on_success() == Change::Closed {
+            info!(device = %unit.cfg.name, "device answers again; no longer backed off");
+        }
+        unit.stats.backed_off = false;
+        if unit.online != Some(true) {
+            unit.online = Some(true);
+            info!(device = %unit.cfg.name, "connected");
+            if !self.send(u, ReportKind::Connected).await {
+                return Outcome::ReceiverGone;
+            }
+        }
+        self.deliver(u, samples).await
+    }
+
+    /// The unit did not answer: its readings so far are sent bad; the breaker counts it;
+    /// the connection is to be rebuilt.
+    async fn failed(&mut self, u: usize, samples: Vec<Sample>, reason: String) -> Outcome {
+        let unit = &mut self.units[u];
+        let change = unit.breaker.on_failure(Instant::now());
+        if change == Change::Opened {
+            unit.stats.backoffs += 1;
+            unit.stats.backed_off = true;
+            let wait = unit.breaker.next_probe().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default();
+            warn!(device = %unit.cfg.name, %reason, failures = unit.breaker.failures(), next_probe = ?wait, "device backed off");
+            let reason = format!("{reason}; backed off after {} failed polls", unit.breaker.failures());
+            if !self.lose(u, &reason).await {
+                return Outcome::ReceiverGone;
+            }
+        } else if !samples.is_empty() {
+            warn!(device = %unit.cfg.name, %reason, "poll failed");
+            if let Outcome::ReceiverGone = self.deliver(u, samples).await {
+                return Outcome::ReceiverGone;
+            }
+        }
+        Outcome::Transport(reason)
+    }
+
+    /// Reports `u` lost (every tag bad, then `Disconnected`), once per loss.
+    async fn lose(&mut self, u: usize, reason: &str) -> bool {
+        let unit = &mut self.units[u];
+        if unit.online == Some(false) {
+            return true;
+        }
+        unit.online = Some(false);
+        warn!(device = %unit.cfg.name, %reason, "device lost");
+        let bad: Vec<Sample> = unit.cfg.tags.iter().map(|t| bad_sample(&t.name, reason)).collect();
+        let now = Instant::now();
+        let mut pass = Vec::with_capacity(bad.len());
+        for (i, s) in bad.into_iter().enumerate() {
+            if unit.deadbands.pass(i, &unit.cfg.tags[i], &s, now) {
+                pass.push(s);
+            }
+        }
+        self.send(u, ReportKind::Samples(pass)).await && self.send(u, ReportKind::Disconnected(reason.to_string())).await
+    }
+
+    /// Sends the readings that pass their deadband, and the counters when due.
+    async fn deliver(&mut self, u: usize, samples: Vec<Sample>) -> Outcome {
+        let unit = &mut self.units[u];
+        let now = Instant::now();
+        let samples: Vec<Sample> = samples
+            .into_iter()
+            .filter(|s| match unit.cfg.tags.iter().position(|t| t.name == s.tag) {
+                Some(i) => unit.deadbands.pass(i, &unit.cfg.tags[i], s, now),
+                None => true,
+            })
+            .collect();
+        if !samples.is_empty() && !self.send(u, ReportKind::Samples(samples)).await {
+            return Outcome::ReceiverGone;
+        }
+        let unit = &mut self.units[u];
+        let due = unit.stats_sent.as_ref().is_none_or(|(at, last)| now.duration_since(*at) >= STATS_EVERY && *last != unit.stats);
+        if due {
+            let stats = unit.stats.clone();
+            unit.stats_sent = Some((now, stats.clone()));
+            if !self.send(u, ReportKind::Stats(stats)).await {
+                return Outcome::ReceiverGone;
+            }
+        }
+        Outcome::Ok
+    }
+
+    /// Executes one write for unit `u`; `Err` when the connection must be rebuilt.
+    async fn write(&mut self, ctx: &mut Context, (u, req): (usize, WriteRequest)) -> Result<(), String> {
+        let Some(unit) = self.units.get_mut(u) else { return Ok(()) };
+        if unit.breaker.is_open() {
+            write::refuse_not_connected(req);
+            return Ok(());
+        }
+        ctx.set_slave(Slave(unit.cfg.unit_id));
+        if let (Some(gap), Some(last)) = (self.frame_gap, self.last_frame) {
+            sleep_until(last + gap).await;
+        }
+        let end = write::execute(ctx, &unit.cfg, req, &mut unit.stats).await;
+        self.last_frame = Some(Instant::now());
+        // Read the new value back at once.
+        let now = Instant::now();
+        for g in &mut unit.groups {
+            g.due = now;
+        }
+        match end {
+            WriteEnd::Done => Ok(()),
+            WriteEnd::Transport(reason) => Err(reason),
+        }
+    }
+
+    async fn send(&self, u: usize, kind: ReportKind) -> bool {
+        self.reports.send(DeviceReport { device: self.units[u].cfg.name.clone(), kind }).await.is_ok()
+    }
+}
+
+/// The next time a group is due: one interval after the last due time, skipping the
+/// polls missed while it was late (no drift, no burst).
+fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
+    let next = due + interval;
+    if next > now {
+        return next;
+    }
+    let behind = now.duration_since(next).as_nanos();
+    let step = interval.as_nanos().max(1);
+    let skipped = u32::try_from(behind / step + 1).unwrap_or(u32::MAX);
+    next + interval.saturating_mul(skipped)
+}
+
 /// Registers as words (bits as 0/1), or the device's exception.
-type ReadResult = Result<Result<Vec<u16>, tokio_modbus::ExceptionCode>, TransportFailure>;
+type ReadResult = Result<Result<Vec<u16>, ExceptionCode>, TransportFailure>;
 
 async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> ReadResult {
-    let bits = |r: Result<Vec<bool>, tokio_modbus::ExceptionCode>| r.map(|v| v.into_iter().map(u16::from).collect());
+    let bits = |r: Result<Vec<bool>, ExceptionCode>| r.map(|v| v.into_iter().map(u16::from).collect());
     let call = async {
         Ok::<_, tokio_modbus::Error>(match req.table {
             Table::Holding => ctx.read_holding_registers(req.start, req.count).await?,
@@ -228,21 +567,33 @@ async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> 
     }
 }
 
-fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Sample>) {
+fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Sample>, stats: &mut DriverStats) {
     for &(i, offset) in &req.tags {
         let tag = &device.tags[i];
         let start = usize::from(offset);
-        let end = start + usize::from(tag.data_type().register_count());
+        let end = start + usize::from(tag.register_count());
         let decoded = match words.get(start..end) {
             None => Err(format!("reply held {} items, expected at least {end}", words.len())),
-            Some(regs) if matches!(req.table, Table::Coil | Table::Discrete) => Ok(decode_bit(regs[0] != 0)),
-            Some(regs) => decode_registers(regs, tag).map_err(|e| e.to_string()),
+            Some(regs) if matches!(req.table, Table::Coil | Table::Discrete) => Ok((Value::Bool(regs[0] != 0), None)),
+            Some(regs) => decode_tag(regs, tag).map(|d| (d.value, d.clamped_from)).map_err(|e| e.to_string()),
         };
         out.push(match decoded {
-            Ok(value) => good_sample(&tag.name, value),
-            Err(reason) => bad_sample(&tag.name, &reason),
+            Ok((value, None)) => good_sample(&tag.name, value),
+            Ok((value, Some(raw))) => {
+                let now = Utc::now();
+                let reason = format!("clamped: read {raw}, outside [{}, {}]", show_limit(tag.clamp_min), show_limit(tag.clamp_max));
+                Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Uncertain(reason), source_ts: now, agent_ts: now }
+            }
+            Err(reason) => {
+                stats.decode_errors += 1;
+                bad_sample(&tag.name, &reason)
+            }
         });
     }
+}
+
+fn show_limit(l: Option<f64>) -> String {
+    l.map_or_else(|| "none".into(), |v| v.to_string())
 }
 
 fn good_sample(tag: &str, value: Value) -> Sample {
@@ -253,14 +604,6 @@ fn good_sample(tag: &str, value: Value) -> Sample {
 fn bad_sample(tag: &str, reason: &str) -> Sample {
     let now = Utc::now();
     Sample { tag: tag.to_string(), value: None, quality: Quality::Bad(reason.to_string()), source_ts: now, agent_ts: now }
-}
-
-fn bad_samples(device: &DeviceConfig, reason: &str) -> Vec<Sample> {
-    device.tags.iter().map(|t| bad_sample(&t.name, reason)).collect()
-}
-
-async fn send(reports: &mpsc::Sender<DeviceReport>, device: &str, kind: ReportKind) -> bool {
-    reports.send(DeviceReport { device: device.to_string(), kind }).await.is_ok()
 }
 
 #[cfg(test)]
@@ -281,14 +624,15 @@ mod tests {
     fn tag(name: &str, table: Table, address: u16, data_type: DataType, byte_order: ByteOrder, scale: f64) -> TagConfig {
         TagConfig {
             name: name.into(),
-            table,
-            address,
+            table: Some(table),
+            address: Some(address),
             data_type: Some(data_type),
             byte_order,
             scale,
             offset: 0.0,
             unit: None,
             description: None,
+            ..TagConfig::default()
         }
     }
 
@@ -296,7 +640,7 @@ mod tests {
         DeviceConfig {
             name: "plc".into(),
             protocol: Protocol::ModbusTcp,
-            address: addr.to_string(),
+            address: Some(addr.to_string()),
             unit_id: 1,
             address_base: 0,
             poll_interval: Duration::from_millis(50),
@@ -309,6 +653,7 @@ mod tests {
                 tag("unmapped", Table::Holding, 40, DataType::U16, ByteOrder::ABCD, 1.0),
                 tag("level", Table::Input, 0, DataType::U16, ByteOrder::ABCD, 1.0),
             ],
+            ..DeviceConfig::default()
         }
     }
 

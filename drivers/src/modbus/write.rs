@@ -3,8 +3,10 @@
 //!
 //! The device task owns the connection, so writes travel to it over a channel
 //! ([`write_channel`]) and are executed between two polls. Only holding registers
-//! (function code 6 for one register, 16 for two) and coils (function code 5) can be
-//! written.
+//! (function code 6 for one register, 16 for several) and coils (function code 5) can be
+//! written; `write_multiple_only` devices get 15/16 always. A bit of a register is
+//! written by read-modify-write. Every write is then read back and compared, so "done"
+//! means the device holds the value.
 //!
 //! **Inverse scaling.** A tag reads as `engineering = raw × scale + offset`, so a write
 //! sends `raw = (engineering − offset) / scale`. For integer types the raw value must be
@@ -17,14 +19,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio::time::timeout;
-use tokio_modbus::client::{Context, Writer};
+use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::ExceptionCode;
 use tracing::{info, warn};
 
 use crate::config::{DeviceConfig, TagConfig};
-use crate::modbus::decode::encode_registers;
+use crate::modbus::decode::{encode_registers, encode_string, from_big_endian};
 use crate::modbus::types::{DataType, Table};
-use crate::sample::Value;
+use crate::sample::{DriverStats, Value};
 
 /// Largest distance of a raw integer from a whole number still taken as that number,
 /// relative to its size.
@@ -54,6 +56,10 @@ pub enum WriteError {
     /// The connection failed during the write; the connection is rebuilt.
     #[error("the connection failed during the write: {0}")]
     Transport(String),
+    /// The write was accepted but reading the value back gave something else (the PLC
+    /// may override it, or the register is not what the config says).
+    #[error("the write was not confirmed: {0}")]
+    NotConfirmed(String),
     /// The device has no tag by that name.
     #[error("the device has no tag {0:?}")]
     UnknownTag(String),
@@ -65,12 +71,20 @@ pub enum WriteError {
 /// Why an engineering value cannot be turned into a write for a tag.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EncodeError {
+    #[error("the tag has no Modbus table and address")]
+    NotModbus,
     #[error("{0} tags are read-only: only holding registers and coils can be written")]
     ReadOnly(&'static str),
     #[error("the tag is a bool: the value must be true or false")]
     ExpectedBool,
     #[error("the tag is numeric ({0}): the value must be a number")]
     ExpectedNumber(&'static str),
+    #[error("the tag is a string: the value must be text")]
+    ExpectedText,
+    #[error("the text is {len} characters long; the tag holds at most {max}")]
+    TextTooLong { len: usize, max: usize },
+    #[error("the text holds characters other than ASCII")]
+    NotAscii,
     #[error("the value is not a finite number")]
     NotFinite,
     #[error("raw value {} ((value - offset) / scale) is not a whole number, but the tag is {data_type}", readable(*.raw))]
@@ -94,6 +108,9 @@ pub enum WriteOp {
     Register { address: u16, word: u16 },
     /// Function code 16: write multiple registers.
     Registers { address: u16, words: Vec<u16> },
+    /// One bit of a holding register: the register is read (function code 3), the bit
+    /// changed, and the register written back (function code 6).
+    Bit { address: u16, bit: u8, value: bool },
 }
 
 /// The raw value of `tag` for the engineering value `value`: inverse scaling, checked
@@ -106,17 +123,21 @@ pub fn inverse_scale(tag: &TagConfig, value: f64) -> Result<f64, EncodeError> {
     let raw = if tag.is_unscaled() { value } else { (value - tag.offset) / tag.scale };
     let (min, max) = match data_type {
         DataType::Bool => return Err(EncodeError::ExpectedBool),
+        DataType::String => return Err(EncodeError::ExpectedText),
         DataType::U16 => (0.0, f64::from(u16::MAX)),
         DataType::I16 => (f64::from(i16::MIN), f64::from(i16::MAX)),
         DataType::U32 => (0.0, f64::from(u32::MAX)),
         DataType::I32 => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        DataType::U64 => (0.0, u64::MAX as f64),
+        DataType::I64 => (i64::MIN as f64, i64::MAX as f64),
         DataType::F32 => (-f64::from(f32::MAX), f64::from(f32::MAX)),
+        DataType::F64 => (-f64::MAX, f64::MAX),
     };
     let name = data_type.as_str();
     if !raw.is_finite() {
         return Err(EncodeError::OutOfRange { raw, data_type: name, min, max });
     }
-    let raw = if data_type == DataType::F32 {
+    let raw = if matches!(data_type, DataType::F32 | DataType::F64) {
         raw
     } else {
         let whole = raw.round();
@@ -134,22 +155,41 @@ pub fn inverse_scale(tag: &TagConfig, value: f64) -> Result<f64, EncodeError> {
 /// The request that writes `value` (engineering units) into `tag` of a device whose
 /// addresses count from `address_base`.
 pub fn encode_write(tag: &TagConfig, address_base: u8, value: &Value) -> Result<WriteOp, EncodeError> {
-    let address = tag.address.saturating_sub(u16::from(address_base));
+    let address = tag.protocol_address(address_base);
     let data_type = tag.data_type();
     match tag.table {
-        Table::Input | Table::Discrete => Err(EncodeError::ReadOnly(tag.table.as_str())),
-        Table::Coil => match value {
+        None => Err(EncodeError::NotModbus),
+        Some(table @ (Table::Input | Table::Discrete)) => Err(EncodeError::ReadOnly(table.as_str())),
+        Some(Table::Coil) => match value {
             Value::Bool(b) => Ok(WriteOp::Coil { address, value: *b }),
             _ => Err(EncodeError::ExpectedBool),
         },
-        Table::Holding => {
-            let number = match value {
-                Value::Int(i) => *i as f64,
-                Value::Float(f) => *f,
-                Value::Bool(_) | Value::Text(_) => return Err(EncodeError::ExpectedNumber(data_type.as_str())),
+        Some(Table::Holding) => {
+            let words = match (data_type, value) {
+                (DataType::Bool, Value::Bool(b)) => {
+                    return Ok(WriteOp::Bit { address, bit: tag.bit.unwrap_or(0), value: *b });
+                }
+                (DataType::Bool, _) => return Err(EncodeError::ExpectedBool),
+                (DataType::String, Value::Text(text)) => {
+                    let max = usize::from(tag.register_count()) * 2;
+                    if !text.is_ascii() {
+                        return Err(EncodeError::NotAscii);
+                    }
+                    if text.len() > max {
+                        return Err(EncodeError::TextTooLong { len: text.len(), max });
+                    }
+                    encode_string(text, tag.register_count(), tag.byte_swap)
+                }
+                (DataType::String, _) => return Err(EncodeError::ExpectedText),
+                // 64-bit integers are exact when written unscaled as integers.
+                (DataType::I64, Value::Int(i)) if tag.is_unscaled() => from_big_endian(&i.to_be_bytes(), tag.byte_order),
+                (DataType::U64, Value::Int(i)) if tag.is_unscaled() && *i >= 0 => {
+                    from_big_endian(&(*i as u64).to_be_bytes(), tag.byte_order)
+                }
+                (_, Value::Int(i)) => encode_registers(inverse_scale(tag, *i as f64)?, data_type, tag.byte_order),
+                (_, Value::Float(f)) => encode_registers(inverse_scale(tag, *f)?, data_type, tag.byte_order),
+                (_, Value::Bool(_) | Value::Text(_)) => return Err(EncodeError::ExpectedNumber(data_type.as_str())),
             };
-            let raw = inverse_scale(tag, number)?;
-            let words = encode_registers(raw, data_type, tag.byte_order);
             Ok(match words.as_slice() {
                 [word] => WriteOp::Register { address, word: *word },
                 _ => WriteOp::Registers { address, words },
@@ -186,9 +226,10 @@ pub(crate) enum WriteEnd {
     Transport(String),
 }
 
-/// Executes `req` on the connection `ctx` of `device` and answers it. Each call is
-/// bounded by the device's `timeout`.
-pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: WriteRequest) -> WriteEnd {
+/// Executes `req` on the connection `ctx` of `device` and answers it: the write, then a
+/// read of the same registers (or coil) to confirm the device holds what was written.
+/// Each call is bounded by the device's `timeout`; `stats` counts every request.
+pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: WriteRequest, stats: &mut DriverStats) -> WriteEnd {
     if req.reply.is_closed() {
         // Whoever asked gave up waiting (and told the ERP so): a late write would surprise.
         warn!(device = %device.name, tag = %req.tag, "write dropped: its requester stopped waiting");
@@ -205,32 +246,115 @@ pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: Write
             return WriteEnd::Done;
         }
     };
-    let call = async {
-        match &op {
-            WriteOp::Coil { address, value } => ctx.write_single_coil(*address, *value).await,
-            WriteOp::Register { address, word } => ctx.write_single_register(*address, *word).await,
-            WriteOp::Registers { address, words } => ctx.write_multiple_registers(*address, words).await,
+    let limit = device.timeout;
+    let multiple = device.write_multiple_only;
+    let written = match &op {
+        WriteOp::Coil { address, value } if multiple => call(stats, limit, ctx.write_multiple_coils(*address, &[*value])).await,
+        WriteOp::Coil { address, value } => call(stats, limit, ctx.write_single_coil(*address, *value)).await,
+        WriteOp::Register { address, word } if multiple => call(stats, limit, ctx.write_multiple_registers(*address, &[*word])).await,
+        WriteOp::Register { address, word } => call(stats, limit, ctx.write_single_register(*address, *word)).await,
+        WriteOp::Registers { address, words } => call(stats, limit, ctx.write_multiple_registers(*address, words)).await,
+        WriteOp::Bit { address, bit, value } => {
+            // Read-modify-write: the other 15 bits are written back as read.
+            let mask = 1u16.checked_shl(u32::from(*bit)).unwrap_or(0);
+            match call(stats, limit, ctx.read_holding_registers(*address, 1)).await {
+                Ok(words) => {
+                    let old = words.first().copied().unwrap_or(0);
+                    let new = if *value { old | mask } else { old & !mask };
+                    if multiple {
+                        call(stats, limit, ctx.write_multiple_registers(*address, &[new])).await
+                    } else {
+                        call(stats, limit, ctx.write_single_register(*address, new)).await
+                    }
+                }
+                Err(e) => Err(e),
+            }
         }
     };
-    let (result, end) = match timeout(device.timeout, call).await {
-        Ok(Ok(Ok(()))) => {
-            info!(device = %device.name, tag = %tag.name, value = ?req.value, ?op, "write done");
+    let confirmed = match written {
+        Ok(()) => confirm(ctx, &op, stats, limit).await,
+        Err(e) => Err(e),
+    };
+    let (result, end) = match confirmed {
+        Ok(()) => {
+            info!(device = %device.name, tag = %tag.name, value = ?req.value, ?op, "write done and read back");
             (Ok(()), WriteEnd::Done)
         }
-        Ok(Ok(Err(exception))) => {
-            warn!(device = %device.name, tag = %tag.name, %exception, "device refused a write");
-            (Err(WriteError::Exception(exception)), WriteEnd::Done)
+        Err(e @ (WriteError::Exception(_) | WriteError::NotConfirmed(_))) => {
+            warn!(device = %device.name, tag = %tag.name, error = %e, "write failed");
+            (Err(e), WriteEnd::Done)
         }
-        Ok(Err(e)) => {
-            let reason = e.to_string();
-            (Err(WriteError::Transport(reason.clone())), WriteEnd::Transport(format!("write failed: {reason}")))
-        }
-        Err(_) => {
-            (Err(WriteError::Timeout(device.timeout)), WriteEnd::Transport(format!("no reply to a write within {:?}", device.timeout)))
+        Err(e) => {
+            let reason = format!("write failed: {e}");
+            (Err(e), WriteEnd::Transport(reason))
         }
     };
     let _ = req.reply.send(result);
     end
+}
+
+/// Reads back what `op` wrote and compares.
+async fn confirm(ctx: &mut Context, op: &WriteOp, stats: &mut DriverStats, limit: Duration) -> Result<(), WriteError> {
+    match op {
+        WriteOp::Coil { address, value } => {
+            let bits = call(stats, limit, ctx.read_coils(*address, 1)).await?;
+            match bits.first() {
+                Some(b) if b == value => Ok(()),
+                other => Err(WriteError::NotConfirmed(format!("wrote coil {address} = {value}, read back {other:?}"))),
+            }
+        }
+        WriteOp::Register { address, word } => compare(*address, &[*word], call(stats, limit, ctx.read_holding_registers(*address, 1)).await?),
+        WriteOp::Registers { address, words } => {
+            let n = u16::try_from(words.len()).unwrap_or(u16::MAX);
+            compare(*address, words, call(stats, limit, ctx.read_holding_registers(*address, n)).await?)
+        }
+        WriteOp::Bit { address, bit, value } => {
+            let words = call(stats, limit, ctx.read_holding_registers(*address, 1)).await?;
+            let got = words.first().map(|w| (w >> bit) & 1 == 1);
+            if got == Some(*value) {
+                Ok(())
+            } else {
+                Err(WriteError::NotConfirmed(format!("wrote bit {bit} of register {address} = {value}, read back {got:?}")))
+            }
+        }
+    }
+}
+
+fn compare(address: u16, wrote: &[u16], read: Vec<u16>) -> Result<(), WriteError> {
+    if read == wrote {
+        Ok(())
+    } else {
+        Err(WriteError::NotConfirmed(format!("wrote registers {address}.. = {wrote:04X?}, read back {read:04X?}")))
+    }
+}
+
+/// One request under the time limit, counted; exceptions and transport failures told
+/// apart.
+async fn call<T>(
+    stats: &mut DriverStats,
+    limit: Duration,
+    fut: impl std::future::Future<Output = tokio_modbus::Result<T>>,
+) -> Result<T, WriteError> {
+    stats.requests += 1;
+    let started = std::time::Instant::now();
+    match timeout(limit, fut).await {
+        Ok(Ok(Ok(v))) => {
+            stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+            Ok(v)
+        }
+        Ok(Ok(Err(exception))) => {
+            stats.exceptions += 1;
+            Err(WriteError::Exception(exception))
+        }
+        Ok(Err(e)) => {
+            stats.transport_errors += 1;
+            Err(WriteError::Transport(e.to_string()))
+        }
+        Err(_) => {
+            stats.timeouts += 1;
+            Err(WriteError::Timeout(limit))
+        }
+    }
 }
 
 /// Answers `req` with [`WriteError::NotConnected`] (the task is between connections).
@@ -247,14 +371,15 @@ mod tests {
     fn tag(table: Table, data_type: DataType, scale: f64, offset: f64) -> TagConfig {
         TagConfig {
             name: "t".into(),
-            table,
-            address: 10,
+            table: Some(table),
+            address: Some(10),
             data_type: Some(data_type),
             byte_order: ByteOrder::ABCD,
             scale,
             offset,
             unit: None,
             description: None,
+            ..TagConfig::default()
         }
     }
 

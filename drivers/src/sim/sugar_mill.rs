@@ -687,8 +687,9 @@ mod tests {
         // And every tag agrees with the map, is present in the bank and decodes into its range
         for tag in tags {
             let p = point_of(&tag.name);
-            assert_eq!(tag.table, p.table, "{}: table", tag.name);
-            assert_eq!(tag.address, p.address, "{}: address", tag.name);
+            let (table, address) = (tag.table.expect("a table"), tag.address.expect("an address"));
+            assert_eq!(table, p.table, "{}: table", tag.name);
+            assert_eq!(address, p.address, "{}: address", tag.name);
             assert_eq!(tag.data_type(), p.data_type, "{}: type", tag.name);
             assert_eq!(tag.scale, p.scale, "{}: scale", tag.name);
             assert_eq!(tag.offset, 0.0, "{}: offset", tag.name);
@@ -696,10 +697,10 @@ mod tests {
             if p.data_type != DataType::Bool {
                 assert_eq!(tag.byte_order, p.byte_order, "{}: byte order", tag.name);
             }
-            let value = match tag.table {
+            let value = match table {
                 Table::Coil | Table::Discrete => {
-                    let bits = if tag.table == Table::Coil { &bank.coils } else { &bank.discrete };
-                    let bit = bits.get(&tag.address).copied().unwrap_or_else(|| panic!("{}: bit missing", tag.name));
+                    let bits = if table == Table::Coil { &bank.coils } else { &bank.discrete };
+                    let bit = bits.get(&address).copied().unwrap_or_else(|| panic!("{}: bit missing", tag.name));
                     if bit {
                         1.0
                     } else {
@@ -707,13 +708,13 @@ mod tests {
                     }
                 }
                 Table::Holding | Table::Input => {
-                    let words = if tag.table == Table::Holding { &bank.holding } else { &bank.input };
+                    let words = if table == Table::Holding { &bank.holding } else { &bank.input };
                     let regs: Vec<u16> = (0..tag.data_type().register_count())
                         .map(|i| {
                             words
-                                .get(&(tag.address + i))
+                                .get(&(address + i))
                                 .copied()
-                                .unwrap_or_else(|| panic!("{}: register {} missing", tag.name, tag.address + i))
+                                .unwrap_or_else(|| panic!("{}: register {} missing", tag.name, address + i))
                         })
                         .collect();
                     match decode_registers(&regs, tag).unwrap_or_else(|e| panic!("{}: {e}", tag.name)) {
@@ -744,14 +745,15 @@ mod tests {
             let regs: Vec<u16> = (0..p.data_type.register_count()).map(|i| words[&(p.address + i)]).collect();
             let tag = crate::TagConfig {
                 name: p.tag.into(),
-                table: p.table,
-                address: p.address,
+                table: Some(p.table),
+                address: Some(p.address),
                 data_type: Some(p.data_type),
                 byte_order: p.byte_order,
                 scale: p.scale,
                 offset: 0.0,
                 unit: None,
                 description: None,
+                ..crate::TagConfig::default()
             };
             let got = match decode_registers(&regs, &tag).unwrap() {
                 Value::Int(i) => i as f64,

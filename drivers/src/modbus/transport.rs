@@ -1,0 +1,104 @@
+//! The three ways to reach a Modbus device, each giving a tokio-modbus [`Context`]:
+//! TCP (MBAP framing, transaction ids), RTU over a serial port, and RTU frames over a
+//! TCP socket (serial-to-Ethernet converters).
+//!
+//! tokio-modbus has no timeouts of its own: every connect here is bounded by the caller's
+//! limit, and every request by the poller.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_modbus::client::Context;
+use tokio_modbus::Slave;
+use tokio_serial::SerialPortBuilderExt;
+
+use crate::config::{DeviceConfig, Protocol};
+use crate::modbus::config::{Parity, SerialConfig};
+
+/// Where a bus is, and how frames are carried.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Link {
+    Tcp(SocketAddr),
+    RtuOverTcp(SocketAddr),
+    Serial(SerialConfig),
+}
+
+impl Link {
+    /// The link of `device`; an error names what is missing (validation prevents it).
+    pub fn of(device: &DeviceConfig) -> Result<Self, String> {
+        let addr = || -> Result<SocketAddr, String> {
+            let a = device.address.as_deref().ok_or("no address")?;
+            a.parse().map_err(|_| format!("{a:?} is not an IP address and port"))
+        };
+        match device.protocol {
+            Protocol::ModbusTcp => Ok(Link::Tcp(addr()?)),
+            Protocol::ModbusRtuOverTcp => Ok(Link::RtuOverTcp(addr()?)),
+            Protocol::ModbusRtu => device.serial.clone().map(Link::Serial).ok_or_else(|| "no [devices.serial] settings".into()),
+        }
+    }
+
+    /// Silence to keep between two frames: only a serial line needs one (a converter
+    /// times its own line).
+    pub fn frame_gap(&self) -> Option<Duration> {
+        match self {
+            Link::Serial(s) => Some(s.frame_gap()),
+            _ => None,
+        }
+    }
+
+    /// Whether every unit on this link sees every frame (a late reply can arrive during
+    /// the next request even when that request goes to another unit).
+    pub fn is_shared_line(&self) -> bool {
+        !matches!(self, Link::Tcp(_))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Link::Tcp(a) => format!("tcp {a}"),
+            Link::RtuOverTcp(a) => format!("rtu over tcp {a}"),
+            Link::Serial(s) => format!("rtu {}", s.describe()),
+        }
+    }
+
+    /// Opens the connection, addressed to `unit` until told otherwise (`set_slave`).
+    pub async fn connect(&self, unit: u8, limit: Duration) -> Result<Context, String> {
+        match self {
+            Link::Tcp(addr) => match timeout(limit, tokio_modbus::client::tcp::connect_slave(*addr, Slave(unit))).await {
+                Ok(Ok(ctx)) => Ok(ctx),
+                Ok(Err(e)) => Err(format!("connect failed: {e}")),
+                Err(_) => Err(format!("connect timed out after {limit:?}")),
+            },
+            Link::RtuOverTcp(addr) => match timeout(limit, TcpStream::connect(*addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(unit)))
+                }
+                Ok(Err(e)) => Err(format!("connect failed: {e}")),
+                Err(_) => Err(format!("connect timed out after {limit:?}")),
+            },
+            Link::Serial(s) => {
+                let stream = open_serial(s).map_err(|e| format!("cannot open serial port {}: {e}", s.port))?;
+                Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(unit)))
+            }
+        }
+    }
+}
+
+/// Opens a serial port with the line settings of `s`, no flow control.
+pub fn open_serial(s: &SerialConfig) -> tokio_serial::Result<tokio_serial::SerialStream> {
+    let parity = match s.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    let data_bits = if s.data_bits == 7 { tokio_serial::DataBits::Seven } else { tokio_serial::DataBits::Eight };
+    let stop_bits = if s.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
+    tokio_serial::new(s.port.as_str(), s.baud_rate)
+        .parity(parity)
+        .data_bits(data_bits)
+        .stop_bits(stop_bits)
+        .flow_control(tokio_serial::FlowControl::None)
+        .open_native_async()
+}
