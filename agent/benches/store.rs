@@ -95,6 +95,18 @@ async fn churn() {
         if round % 50 == 0 {
             max_disk = max_disk.max(dir_bytes(dir.path()));
         }
+        // Progress every tenth of the run, so a long run shows whether the disk use levels
+        // off or keeps creeping up.
+        let tenth = (total_mib << 20) / 10;
+        if tenth > 0 && written % tenth < record_bytes {
+            println!(
+                "churn progress: {} MiB written, {:.0} s, disk now {:.1} MiB, max so far {:.1} MiB",
+                written >> 20,
+                start.elapsed().as_secs_f64(),
+                dir_bytes(dir.path()) as f64 / (1u64 << 20) as f64,
+                max_disk as f64 / (1u64 << 20) as f64
+            );
+        }
     }
     outbox.flush().await.expect("flush");
     let final_disk = dir_bytes(dir.path());
