@@ -117,7 +117,12 @@ pub enum ByteOrder {
 }
 
 impl ByteOrder {
-    pub const ALL: [ByteOrder; 4] = [ByteOrder::ABCD, ByteOrder::CDAB, ByteOrder::BADC, ByteOrder::DCBA];
+    pub const ALL: [ByteOrder; 4] = [
+        ByteOrder::ABCD,
+        ByteOrder::CDAB,
+        ByteOrder::BADC,
+        ByteOrder::DCBA,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
