@@ -16,11 +16,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, cap: Duration) -> Self {
-        Self {
-            base,
-            cap,
-            attempt: 0,
-        }
+        Self { base, cap, attempt: 0 }
     }
 
     /// The delay before the next attempt; each call doubles the ceiling up to the cap.
@@ -50,8 +46,7 @@ mod tests {
     fn delays_stay_under_a_doubling_ceiling_and_the_cap() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         for attempt in 0..10u32 {
-            let ceiling =
-                Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_secs(2));
+            let ceiling = Duration::from_millis(100 * 2u64.pow(attempt)).min(Duration::from_secs(2));
             let d = b.next_delay();
             assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
         }
@@ -64,11 +59,7 @@ mod tests {
             let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(1));
             seen.insert(b.next_delay());
         }
-        assert!(
-            seen.len() > 10,
-            "full jitter should give many different delays, got {}",
-            seen.len()
-        );
+        assert!(seen.len() > 10, "full jitter should give many different delays, got {}", seen.len());
     }
 
     #[test]

@@ -51,10 +51,7 @@ impl Protocol {
 
     /// Whether the Modbus driver serves this protocol.
     pub fn is_modbus(self) -> bool {
-        matches!(
-            self,
-            Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp
-        )
+        matches!(self, Protocol::ModbusTcp | Protocol::ModbusRtu | Protocol::ModbusRtuOverTcp)
     }
 }
 
@@ -282,9 +279,7 @@ impl TagConfig {
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl DeviceConfig {
@@ -299,9 +294,7 @@ impl DeviceConfig {
 
     /// The interval of the poll group `group` (`None`: the device's `poll_interval`).
     pub fn group_interval(&self, group: Option<&str>) -> Duration {
-        group
-            .and_then(|g| self.poll_groups.get(g))
-            .map_or(self.poll_interval, |i| i.0)
+        group.and_then(|g| self.poll_groups.get(g)).map_or(self.poll_interval, |i| i.0)
     }
 
     /// Checks this device, appending every problem under `path` (e.g. `devices[2]`).
@@ -309,10 +302,7 @@ impl DeviceConfig {
         if !is_valid_name(&self.name) {
             issues.push(
                 format!("{path}.name"),
-                format!(
-                    "{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'",
-                    self.name
-                ),
+                format!("{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'", self.name),
             );
         }
         if self.poll_interval < Duration::from_millis(10) {
@@ -320,16 +310,10 @@ impl DeviceConfig {
         }
         for (group, interval) in &self.poll_groups {
             if !is_valid_name(group) {
-                issues.push(
-                    format!("{path}.poll_groups.{group}"),
-                    "a group name uses 1–64 letters, digits, '-' or '_'",
-                );
+                issues.push(format!("{path}.poll_groups.{group}"), "a group name uses 1–64 letters, digits, '-' or '_'");
             }
             if interval.0 < Duration::from_millis(10) {
-                issues.push(
-                    format!("{path}.poll_groups.{group}"),
-                    "must be at least 10ms",
-                );
+                issues.push(format!("{path}.poll_groups.{group}"), "must be at least 10ms");
             }
         }
         if self.timeout.is_zero() {
@@ -342,10 +326,7 @@ impl DeviceConfig {
         for (i, tag) in self.tags.iter().enumerate() {
             let tag_path = format!("{path}.tags[{i}]");
             if !names.insert(tag.name.as_str()) {
-                issues.push(
-                    format!("{tag_path}.name"),
-                    format!("duplicate tag name {:?} in this device", tag.name),
-                );
+                issues.push(format!("{tag_path}.name"), format!("duplicate tag name {:?} in this device", tag.name));
             }
             tag.validate_common(&tag_path, self, issues);
         }
@@ -367,17 +348,11 @@ impl TagConfig {
         if !is_valid_name(&self.name) {
             issues.push(
                 format!("{path}.name"),
-                format!(
-                    "{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'",
-                    self.name
-                ),
+                format!("{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'", self.name),
             );
         }
         if !self.scale.is_finite() || self.scale == 0.0 {
-            issues.push(
-                format!("{path}.scale"),
-                "must be a finite number other than 0",
-            );
+            issues.push(format!("{path}.scale"), "must be a finite number other than 0");
         }
         if !self.offset.is_finite() {
             issues.push(format!("{path}.offset"), "must be a finite number");
@@ -389,32 +364,17 @@ impl TagConfig {
         }
         if let (Some(lo), Some(hi)) = (self.clamp_min, self.clamp_max) {
             if lo > hi {
-                issues.push(
-                    format!("{path}.clamp_min"),
-                    format!("clamp_min ({lo}) is greater than clamp_max ({hi})"),
-                );
+                issues.push(format!("{path}.clamp_min"), format!("clamp_min ({lo}) is greater than clamp_max ({hi})"));
             }
         }
         if self.deadband.is_some_and(|d| !d.is_finite() || d < 0.0) {
-            issues.push(
-                format!("{path}.deadband"),
-                "must be a finite number, 0 or more",
-            );
+            issues.push(format!("{path}.deadband"), "must be a finite number, 0 or more");
         }
-        if self
-            .deadband_percent
-            .is_some_and(|d| !d.is_finite() || d < 0.0)
-        {
-            issues.push(
-                format!("{path}.deadband_percent"),
-                "must be a finite number, 0 or more",
-            );
+        if self.deadband_percent.is_some_and(|d| !d.is_finite() || d < 0.0) {
+            issues.push(format!("{path}.deadband_percent"), "must be a finite number, 0 or more");
         }
         if self.heartbeat.is_some() && !self.has_deadband() {
-            issues.push(
-                format!("{path}.heartbeat"),
-                "only applies with a deadband or deadband_percent",
-            );
+            issues.push(format!("{path}.heartbeat"), "only applies with a deadband or deadband_percent");
         }
         if self.heartbeat.is_some_and(|h| h < Duration::from_secs(1)) {
             issues.push(format!("{path}.heartbeat"), "must be at least 1s");
@@ -426,11 +386,7 @@ impl TagConfig {
                     format!("{path}.poll_group"),
                     format!(
                         "no poll group {group:?} in this device (poll_groups: {})",
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
                     ),
                 );
             }

@@ -22,10 +22,7 @@ pub struct Issues(pub Vec<ConfigIssue>);
 
 impl Issues {
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigIssue {
-            path: path.into(),
-            message: message.into(),
-        });
+        self.0.push(ConfigIssue { path: path.into(), message: message.into() });
     }
 
     pub fn is_empty(&self) -> bool {

@@ -33,14 +33,7 @@ pub enum Change {
 
 impl Breaker {
     pub fn new(threshold: u32, base: Duration, cap: Duration) -> Self {
-        Self {
-            threshold: threshold.max(1),
-            base: base.max(Duration::from_millis(10)),
-            cap: cap.max(base),
-            failures: 0,
-            probes: 0,
-            next_probe: None,
-        }
+        Self { threshold: threshold.max(1), base: base.max(Duration::from_millis(10)), cap: cap.max(base), failures: 0, probes: 0, next_probe: None }
     }
 
     pub fn is_open(&self) -> bool {
@@ -105,10 +98,7 @@ mod tests {
         assert!(!b.is_open());
         assert_eq!(b.on_failure(now), Change::Opened);
         let first = b.next_probe().unwrap() - now;
-        assert!(
-            first >= Duration::from_millis(500) && first <= Duration::from_secs(1),
-            "{first:?}"
-        );
+        assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1), "{first:?}");
         assert_eq!(b.on_success(), Change::Closed);
         assert!(!b.is_open());
         assert_eq!(b.failures(), 0);
@@ -125,10 +115,7 @@ mod tests {
         }
         for (i, d) in delays.iter().enumerate() {
             let ceiling = Duration::from_secs(1 << i.min(3));
-            assert!(
-                *d >= ceiling / 2 && *d <= ceiling,
-                "probe {i}: {d:?} vs ceiling {ceiling:?}"
-            );
+            assert!(*d >= ceiling / 2 && *d <= ceiling, "probe {i}: {d:?} vs ceiling {ceiling:?}");
         }
     }
 }

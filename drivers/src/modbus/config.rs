@@ -61,10 +61,7 @@ impl SerialConfig {
             Parity::Even => 'E',
             Parity::Odd => 'O',
         };
-        format!(
-            "{} {} {}{}{}",
-            self.port, self.baud_rate, self.data_bits, parity, self.stop_bits
-        )
+        format!("{} {} {}{}{}", self.port, self.baud_rate, self.data_bits, parity, self.stop_bits)
     }
 
     /// The silence between two frames (see `inter_frame_delay`).
@@ -93,9 +90,7 @@ impl TagConfig {
     /// The protocol (0-based) address of the tag's first register on a device counting
     /// from `address_base`.
     pub fn protocol_address(&self, address_base: u8) -> u16 {
-        self.address
-            .unwrap_or(0)
-            .saturating_sub(u16::from(address_base))
+        self.address.unwrap_or(0).saturating_sub(u16::from(address_base))
     }
 }
 
@@ -115,16 +110,8 @@ pub enum BusKey {
 pub fn bus_key(device: &DeviceConfig) -> BusKey {
     match device.protocol {
         Protocol::ModbusTcp => BusKey::Tcp(device.name.clone()),
-        Protocol::ModbusRtuOverTcp => {
-            BusKey::RtuOverTcp(device.address.clone().unwrap_or_default())
-        }
-        Protocol::ModbusRtu => BusKey::Serial(
-            device
-                .serial
-                .as_ref()
-                .map(|s| s.port.clone())
-                .unwrap_or_default(),
-        ),
+        Protocol::ModbusRtuOverTcp => BusKey::RtuOverTcp(device.address.clone().unwrap_or_default()),
+        Protocol::ModbusRtu => BusKey::Serial(device.serial.as_ref().map(|s| s.port.clone()).unwrap_or_default()),
     }
 }
 
@@ -139,10 +126,7 @@ pub fn group_by_bus(devices: &[DeviceConfig]) -> Vec<Vec<DeviceConfig>> {
         }
         groups.entry(key).or_default().push(d.clone());
     }
-    order
-        .into_iter()
-        .filter_map(|k| groups.remove(&k))
-        .collect()
+    order.into_iter().filter_map(|k| groups.remove(&k)).collect()
 }
 
 /// The Modbus checks of one device (the shared ones are in [`DeviceConfig::validate`]).
@@ -150,13 +134,7 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
     match device.protocol {
         Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => {
             match &device.address {
-                None => issues.push(
-                    format!("{path}.address"),
-                    format!(
-                        "is required for {}: \"host:port\", e.g. \"192.168.1.10:502\"",
-                        device.protocol.as_str()
-                    ),
-                ),
+                None => issues.push(format!("{path}.address"), format!("is required for {}: \"host:port\", e.g. \"192.168.1.10:502\"", device.protocol.as_str())),
                 Some(a) if a.parse::<SocketAddr>().is_err() => issues.push(
                     format!("{path}.address"),
                     format!("{a:?} is not an IP address and port, e.g. \"192.168.1.10:502\""),
@@ -164,21 +142,12 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
                 Some(_) => {}
             }
             if device.serial.is_some() {
-                issues.push(
-                    format!("{path}.serial"),
-                    format!(
-                        "only applies to modbus-rtu, not {}",
-                        device.protocol.as_str()
-                    ),
-                );
+                issues.push(format!("{path}.serial"), format!("only applies to modbus-rtu, not {}", device.protocol.as_str()));
             }
         }
         Protocol::ModbusRtu => {
             if device.address.is_some() {
-                issues.push(
-                    format!("{path}.address"),
-                    "a modbus-rtu device is on a serial port: set [devices.serial] port instead",
-                );
+                issues.push(format!("{path}.address"), "a modbus-rtu device is on a serial port: set [devices.serial] port instead");
             }
             match &device.serial {
                 None => issues.push(format!("{path}.serial"), "is required for modbus-rtu: [devices.serial] with at least port = \"/dev/ttyUSB0\""),
@@ -187,10 +156,7 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
         }
     }
     if device.protocol != Protocol::ModbusTcp && !(1..=247).contains(&device.unit_id) {
-        issues.push(
-            format!("{path}.unit_id"),
-            "must be 1–247 on a serial bus (0 is broadcast, 248–255 are reserved)",
-        );
+        issues.push(format!("{path}.unit_id"), "must be 1–247 on a serial bus (0 is broadcast, 248–255 are reserved)");
     }
     if device.address_base > 1 {
         issues.push(format!("{path}.address_base"), "expected 0 or 1");
@@ -198,48 +164,27 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
     if device.max_gap > 100 {
         issues.push(format!("{path}.max_gap"), "must be at most 100 registers");
     }
-    if device
-        .max_registers_per_request
-        .is_some_and(|n| !(1..=125).contains(&n))
-    {
+    if device.max_registers_per_request.is_some_and(|n| !(1..=125).contains(&n)) {
         issues.push(format!("{path}.max_registers_per_request"), "must be 1–125");
     }
-    if device
-        .max_bits_per_request
-        .is_some_and(|n| !(1..=2000).contains(&n))
-    {
+    if device.max_bits_per_request.is_some_and(|n| !(1..=2000).contains(&n)) {
         issues.push(format!("{path}.max_bits_per_request"), "must be 1–2000");
     }
     if device.backoff_after_failures == Some(0) {
-        issues.push(
-            format!("{path}.backoff_after_failures"),
-            "must be at least 1",
-        );
+        issues.push(format!("{path}.backoff_after_failures"), "must be at least 1");
     }
-    if device
-        .backoff_max
-        .is_some_and(|d| d < Duration::from_secs(1))
-    {
+    if device.backoff_max.is_some_and(|d| d < Duration::from_secs(1)) {
         issues.push(format!("{path}.backoff_max"), "must be at least 1s");
     }
     let max_regs = device.max_registers_per_request.unwrap_or(125);
     for (i, tag) in device.tags.iter().enumerate() {
-        validate_tag(
-            tag,
-            &format!("{path}.tags[{i}]"),
-            device.address_base,
-            max_regs,
-            issues,
-        );
+        validate_tag(tag, &format!("{path}.tags[{i}]"), device.address_base, max_regs, issues);
     }
 }
 
 fn validate_serial(s: &SerialConfig, path: &str, issues: &mut Issues) {
     if s.port.trim().is_empty() {
-        issues.push(
-            format!("{path}.port"),
-            "must name the serial device, e.g. \"/dev/ttyUSB0\"",
-        );
+        issues.push(format!("{path}.port"), "must name the serial device, e.g. \"/dev/ttyUSB0\"");
     }
     if !(300..=921_600).contains(&s.baud_rate) {
         issues.push(format!("{path}.baud_rate"), "must be 300–921600");
@@ -250,9 +195,7 @@ fn validate_serial(s: &SerialConfig, path: &str, issues: &mut Issues) {
     if !(1..=2).contains(&s.stop_bits) {
         issues.push(format!("{path}.stop_bits"), "expected 1 or 2");
     }
-    if s.inter_frame_delay
-        .is_some_and(|d| d > Duration::from_secs(1))
-    {
+    if s.inter_frame_delay.is_some_and(|d| d > Duration::from_secs(1)) {
         issues.push(format!("{path}.inter_frame_delay"), "must be at most 1s");
     }
 }
@@ -260,37 +203,22 @@ fn validate_serial(s: &SerialConfig, path: &str, issues: &mut Issues) {
 fn validate_tag(tag: &TagConfig, path: &str, address_base: u8, max_regs: u16, issues: &mut Issues) {
     let (Some(table), Some(address)) = (tag.table, tag.address) else {
         // Worded like serde's own message for a missing key, which users know.
-        for (key, missing) in [
-            ("table", tag.table.is_none()),
-            ("address", tag.address.is_none()),
-        ] {
+        for (key, missing) in [("table", tag.table.is_none()), ("address", tag.address.is_none())] {
             if missing {
-                issues.push(
-                    path,
-                    format!(
-                        "missing field `{key}`: a Modbus tag needs its table and register address"
-                    ),
-                );
+                issues.push(path, format!("missing field `{key}`: a Modbus tag needs its table and register address"));
             }
         }
         return;
     };
     if address_base == 1 && address == 0 {
-        issues.push(
-            format!("{path}.address"),
-            "is 0 but the device counts addresses from 1",
-        );
+        issues.push(format!("{path}.address"), "is 0 but the device counts addresses from 1");
     }
     let data_type = tag.data_type();
     let bit_table = matches!(table, Table::Coil | Table::Discrete);
     if bit_table && data_type != DataType::Bool {
         issues.push(
             format!("{path}.type"),
-            format!(
-                "{} tables hold single bits: the type must be bool, not {}",
-                table.as_str(),
-                data_type.as_str()
-            ),
+            format!("{} tables hold single bits: the type must be bool, not {}", table.as_str(), data_type.as_str()),
         );
     }
     if !bit_table && data_type == DataType::Bool && tag.bit.is_none() {
@@ -300,50 +228,31 @@ fn validate_tag(tag: &TagConfig, path: &str, address_base: u8, max_regs: u16, is
         );
     }
     match tag.bit {
-        Some(_) if bit_table || data_type != DataType::Bool => issues.push(
-            format!("{path}.bit"),
-            "only applies to type = \"bool\" in a holding or input register",
-        ),
+        Some(_) if bit_table || data_type != DataType::Bool => {
+            issues.push(format!("{path}.bit"), "only applies to type = \"bool\" in a holding or input register")
+        }
         Some(b) if b > 15 => issues.push(format!("{path}.bit"), "must be 0–15"),
         _ => {}
     }
     match (data_type, tag.length) {
-        (DataType::String, None) => issues.push(
-            format!("{path}.length"),
-            "is required for a string: the number of registers",
-        ),
-        (DataType::String, Some(n)) if n == 0 || n > max_regs => issues.push(
-            format!("{path}.length"),
-            format!("must be 1–{max_regs} registers"),
-        ),
+        (DataType::String, None) => issues.push(format!("{path}.length"), "is required for a string: the number of registers"),
+        (DataType::String, Some(n)) if n == 0 || n > max_regs => {
+            issues.push(format!("{path}.length"), format!("must be 1–{max_regs} registers"))
+        }
         (DataType::String, _) => {}
-        (_, Some(_)) => issues.push(
-            format!("{path}.length"),
-            "only applies to type = \"string\"",
-        ),
+        (_, Some(_)) => issues.push(format!("{path}.length"), "only applies to type = \"string\""),
         _ => {}
     }
     if tag.byte_swap && data_type != DataType::String {
-        issues.push(
-            format!("{path}.byte_swap"),
-            "only applies to type = \"string\"; numbers use byte_order",
-        );
+        issues.push(format!("{path}.byte_swap"), "only applies to type = \"string\"; numbers use byte_order");
     }
-    let last = u32::from(address.saturating_sub(u16::from(address_base)))
-        + u32::from(tag.register_count())
-        - 1;
+    let last = u32::from(address.saturating_sub(u16::from(address_base))) + u32::from(tag.register_count()) - 1;
     if last > u32::from(u16::MAX) {
-        issues.push(
-            format!("{path}.address"),
-            format!("the value runs past the last register (65535): it ends at {last}"),
-        );
+        issues.push(format!("{path}.address"), format!("the value runs past the last register (65535): it ends at {last}"));
     }
     if !data_type.is_numeric() {
         if !tag.is_unscaled() {
-            issues.push(
-                format!("{path}.scale"),
-                format!("a {} cannot be scaled", data_type.as_str()),
-            );
+            issues.push(format!("{path}.scale"), format!("a {} cannot be scaled", data_type.as_str()));
         }
         for (key, set) in [
             ("clamp_min", tag.clamp_min.is_some()),
@@ -352,10 +261,7 @@ fn validate_tag(tag: &TagConfig, path: &str, address_base: u8, max_regs: u16, is
             ("deadband_percent", tag.deadband_percent.is_some()),
         ] {
             if set {
-                issues.push(
-                    format!("{path}.{key}"),
-                    format!("only applies to numbers, not {}", data_type.as_str()),
-                );
+                issues.push(format!("{path}.{key}"), format!("only applies to numbers, not {}", data_type.as_str()));
             }
         }
     }
@@ -366,11 +272,7 @@ fn validate_tag(tag: &TagConfig, path: &str, address_base: u8, max_regs: u16, is
 pub(crate) fn validate_buses(devices: &[DeviceConfig], issues: &mut Issues) {
     let mut first_on_bus: HashMap<BusKey, usize> = HashMap::new();
     let mut units: HashMap<(BusKey, u8), usize> = HashMap::new();
-    for (i, d) in devices
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| d.protocol.is_modbus())
-    {
+    for (i, d) in devices.iter().enumerate().filter(|(_, d)| d.protocol.is_modbus()) {
         let key = bus_key(d);
         if matches!(key, BusKey::Tcp(_)) {
             continue;
@@ -392,10 +294,7 @@ pub(crate) fn validate_buses(devices: &[DeviceConfig], issues: &mut Issues) {
         if let Some(&other) = units.get(&(key.clone(), d.unit_id)) {
             issues.push(
                 format!("devices[{i}].unit_id"),
-                format!(
-                    "unit id {} is already used by device {:?} on the same bus",
-                    d.unit_id, devices[other].name
-                ),
+                format!("unit id {} is already used by device {:?} on the same bus", d.unit_id, devices[other].name),
             );
         } else {
             units.insert((key, d.unit_id), i);

@@ -27,16 +27,12 @@ struct Sent {
 
 impl Deadbands {
     pub fn new(tags: usize) -> Self {
-        Self {
-            sent: vec![None; tags],
-        }
+        Self { sent: vec![None; tags] }
     }
 
     /// Whether `sample` of tag `index` is to be sent; if so it is remembered as sent.
     pub fn pass(&mut self, index: usize, tag: &TagConfig, sample: &Sample, now: Instant) -> bool {
-        let Some(slot) = self.sent.get_mut(index) else {
-            return true;
-        };
+        let Some(slot) = self.sent.get_mut(index) else { return true };
         let send = match (&*slot, tag.has_deadband()) {
             (_, false) | (None, true) => true,
             (Some(last), true) => {
@@ -46,11 +42,7 @@ impl Deadbands {
             }
         };
         if send {
-            *slot = Some(Sent {
-                value: sample.value.clone(),
-                quality: sample.quality.code(),
-                at: now,
-            });
+            *slot = Some(Sent { value: sample.value.clone(), quality: sample.quality.code(), at: now });
         }
         send
     }
@@ -67,14 +59,10 @@ fn number(v: Option<&Value>) -> Option<f64> {
 /// Whether the value left the deadband around the last value sent (either band, when
 /// both are set).
 fn moved(last: Option<&Value>, now: Option<&Value>, tag: &TagConfig) -> bool {
-    let (Some(a), Some(b)) = (number(last), number(now)) else {
-        return last != now;
-    };
+    let (Some(a), Some(b)) = (number(last), number(now)) else { return last != now };
     let change = (b - a).abs();
     let abs = tag.deadband.is_some_and(|d| change > d);
-    let pct = tag
-        .deadband_percent
-        .is_some_and(|p| change > a.abs() * p / 100.0);
+    let pct = tag.deadband_percent.is_some_and(|p| change > a.abs() * p / 100.0);
     abs || pct
 }
 
@@ -89,11 +77,7 @@ mod tests {
         Sample {
             tag: "t".into(),
             value: good.then_some(Value::Float(v)),
-            quality: if good {
-                Quality::Good
-            } else {
-                Quality::Bad("timeout".into())
-            },
+            quality: if good { Quality::Good } else { Quality::Bad("timeout".into()) },
             source_ts: now,
             agent_ts: now,
         }
@@ -101,40 +85,21 @@ mod tests {
 
     #[test]
     fn small_moves_are_held_back_until_the_band_or_the_heartbeat_is_crossed() {
-        let tag = TagConfig {
-            deadband: Some(0.5),
-            heartbeat: Some(Duration::from_secs(10)),
-            ..TagConfig::default()
-        };
+        let tag = TagConfig { deadband: Some(0.5), heartbeat: Some(Duration::from_secs(10)), ..TagConfig::default() };
         let mut d = Deadbands::new(1);
         let t0 = Instant::now();
-        assert!(
-            d.pass(0, &tag, &sample(10.0, true), t0),
-            "the first reading is sent"
-        );
+        assert!(d.pass(0, &tag, &sample(10.0, true), t0), "the first reading is sent");
         assert!(!d.pass(0, &tag, &sample(10.4, true), t0 + Duration::from_secs(1)));
-        assert!(
-            !d.pass(0, &tag, &sample(9.6, true), t0 + Duration::from_secs(2)),
-            "measured from the last sent, not the last read"
-        );
+        assert!(!d.pass(0, &tag, &sample(9.6, true), t0 + Duration::from_secs(2)), "measured from the last sent, not the last read");
         assert!(d.pass(0, &tag, &sample(10.6, true), t0 + Duration::from_secs(3)));
         assert!(!d.pass(0, &tag, &sample(10.6, true), t0 + Duration::from_secs(12)));
-        assert!(
-            d.pass(0, &tag, &sample(10.6, true), t0 + Duration::from_secs(13)),
-            "heartbeat 10s after the last sent"
-        );
-        assert!(
-            d.pass(0, &tag, &sample(0.0, false), t0 + Duration::from_secs(14)),
-            "a quality change is always sent"
-        );
+        assert!(d.pass(0, &tag, &sample(10.6, true), t0 + Duration::from_secs(13)), "heartbeat 10s after the last sent");
+        assert!(d.pass(0, &tag, &sample(0.0, false), t0 + Duration::from_secs(14)), "a quality change is always sent");
     }
 
     #[test]
     fn a_percent_band_scales_with_the_value() {
-        let tag = TagConfig {
-            deadband_percent: Some(1.0),
-            ..TagConfig::default()
-        };
+        let tag = TagConfig { deadband_percent: Some(1.0), ..TagConfig::default() };
         let mut d = Deadbands::new(1);
         let t0 = Instant::now();
         assert!(d.pass(0, &tag, &sample(1000.0, true), t0));

@@ -19,14 +19,7 @@ pub fn to_big_endian(regs: &[u16], order: ByteOrder) -> Vec<u8> {
     }
     words
         .into_iter()
-        .flat_map(|w| {
-            if order.bytes_swapped() {
-                w.swap_bytes()
-            } else {
-                w
-            }
-            .to_be_bytes()
-        })
+        .flat_map(|w| if order.bytes_swapped() { w.swap_bytes() } else { w }.to_be_bytes())
         .collect()
 }
 
@@ -51,10 +44,7 @@ pub fn from_big_endian(be: &[u8], order: ByteOrder) -> Vec<u16> {
 
 /// Reorders the wire bytes of a 32-bit value into big-endian `[A, B, C, D]`.
 pub fn to_big_endian_4(wire: [u8; 4], order: ByteOrder) -> [u8; 4] {
-    let regs = [
-        u16::from_be_bytes([wire[0], wire[1]]),
-        u16::from_be_bytes([wire[2], wire[3]]),
-    ];
+    let regs = [u16::from_be_bytes([wire[0], wire[1]]), u16::from_be_bytes([wire[2], wire[3]])];
     let be = to_big_endian(&regs, order);
     [be[0], be[1], be[2], be[3]]
 }
@@ -115,16 +105,7 @@ pub fn decode_string(regs: &[u16], byte_swap: bool) -> String {
         .flat_map(|w| if byte_swap { w.swap_bytes() } else { *w }.to_be_bytes())
         .take_while(|b| *b != 0)
         .collect();
-    let text: String = bytes
-        .iter()
-        .map(|&b| {
-            if b.is_ascii() {
-                char::from(b)
-            } else {
-                '\u{FFFD}'
-            }
-        })
-        .collect();
+    let text: String = bytes.iter().map(|&b| if b.is_ascii() { char::from(b) } else { '\u{FFFD}' }).collect();
     text.trim_end().to_string()
 }
 
@@ -152,22 +133,12 @@ pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError>
     let data_type = tag.data_type();
     let needed = usize::from(tag.register_count());
     if regs.len() != needed {
-        return Err(DecodeError::WrongLength {
-            needed,
-            got: regs.len(),
-        });
+        return Err(DecodeError::WrongLength { needed, got: regs.len() });
     }
-    let plain = |value| {
-        Ok(Decoded {
-            value,
-            clamped_from: None,
-        })
-    };
+    let plain = |value| Ok(Decoded { value, clamped_from: None });
     let raw = match data_type {
         DataType::Bool => {
-            let bit = tag
-                .bit
-                .map_or(regs[0] != 0, |b| (regs[0] >> b.min(15)) & 1 == 1);
+            let bit = tag.bit.map_or(regs[0] != 0, |b| (regs[0] >> b.min(15)) & 1 == 1);
             return plain(Value::Bool(bit));
         }
         DataType::String => return plain(Value::Text(decode_string(regs, tag.byte_swap))),
@@ -176,12 +147,8 @@ pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError>
             match data_type {
                 DataType::U16 => Raw::Int(i128::from(u16::from_be_bytes([be[0], be[1]]))),
                 DataType::I16 => Raw::Int(i128::from(i16::from_be_bytes([be[0], be[1]]))),
-                DataType::U32 => {
-                    Raw::Int(i128::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]])))
-                }
-                DataType::I32 => {
-                    Raw::Int(i128::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]])))
-                }
+                DataType::U32 => Raw::Int(i128::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
+                DataType::I32 => Raw::Int(i128::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
                 DataType::U64 => Raw::Int(i128::from(u64::from_be_bytes(eight(&be)))),
                 DataType::I64 => Raw::Int(i128::from(i64::from_be_bytes(eight(&be)))),
                 DataType::F32 => {
@@ -209,20 +176,14 @@ pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError>
         Value::Int(i) => i as f64,
         _ => return plain(value),
     };
-    let (lo, hi) = (
-        tag.clamp_min.unwrap_or(f64::NEG_INFINITY),
-        tag.clamp_max.unwrap_or(f64::INFINITY),
-    );
+    let (lo, hi) = (tag.clamp_min.unwrap_or(f64::NEG_INFINITY), tag.clamp_max.unwrap_or(f64::INFINITY));
     if number < lo || number > hi {
         let limit = number.clamp(lo, hi);
         let value = match value {
             Value::Int(_) if limit.fract() == 0.0 => Value::Int(limit as i64),
             _ => Value::Float(limit),
         };
-        return Ok(Decoded {
-            value,
-            clamped_from: Some(number),
-        });
+        return Ok(Decoded { value, clamped_from: Some(number) });
     }
     plain(value)
 }
@@ -284,13 +245,7 @@ mod tests {
     use crate::modbus::types::Table;
 
     fn tag(data_type: DataType, byte_order: ByteOrder) -> TagConfig {
-        TagConfig {
-            name: "t".into(),
-            table: Some(Table::Holding),
-            data_type: Some(data_type),
-            byte_order,
-            ..TagConfig::default()
-        }
+        TagConfig { name: "t".into(), table: Some(Table::Holding), data_type: Some(data_type), byte_order, ..TagConfig::default() }
     }
 
     // 0x12345678 laid out by each byte order, as a device manual would show it.
@@ -311,12 +266,7 @@ mod tests {
 
     #[test]
     fn i32_keeps_its_sign_in_every_byte_order() {
-        for order in [
-            ByteOrder::ABCD,
-            ByteOrder::CDAB,
-            ByteOrder::BADC,
-            ByteOrder::DCBA,
-        ] {
+        for order in [ByteOrder::ABCD, ByteOrder::CDAB, ByteOrder::BADC, ByteOrder::DCBA] {
             let regs = encode_registers(-123_456.0, DataType::I32, order);
             let v = decode_registers(&regs, &tag(DataType::I32, order)).unwrap();
             assert_eq!(v, Value::Int(-123_456), "byte order {order:?}");
@@ -340,26 +290,11 @@ mod tests {
 
     #[test]
     fn sixteen_bit_values_swap_bytes_only_for_ba_orders() {
-        assert_eq!(
-            decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::ABCD)).unwrap(),
-            Value::Int(0x0102)
-        );
-        assert_eq!(
-            decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::CDAB)).unwrap(),
-            Value::Int(0x0102)
-        );
-        assert_eq!(
-            decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::BADC)).unwrap(),
-            Value::Int(0x0201)
-        );
-        assert_eq!(
-            decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::DCBA)).unwrap(),
-            Value::Int(0x0201)
-        );
-        assert_eq!(
-            decode_registers(&[0xFFFE], &tag(DataType::I16, ByteOrder::ABCD)).unwrap(),
-            Value::Int(-2)
-        );
+        assert_eq!(decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::ABCD)).unwrap(), Value::Int(0x0102));
+        assert_eq!(decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::CDAB)).unwrap(), Value::Int(0x0102));
+        assert_eq!(decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::BADC)).unwrap(), Value::Int(0x0201));
+        assert_eq!(decode_registers(&[0x0102], &tag(DataType::U16, ByteOrder::DCBA)).unwrap(), Value::Int(0x0201));
+        assert_eq!(decode_registers(&[0xFFFE], &tag(DataType::I16, ByteOrder::ABCD)).unwrap(), Value::Int(-2));
     }
 
     #[test]
@@ -367,10 +302,7 @@ mod tests {
         let mut t = tag(DataType::I16, ByteOrder::ABCD);
         t.scale = 0.5;
         t.offset = -10.0;
-        assert_eq!(
-            decode_registers(&[0xFF9C], &t).unwrap(),
-            Value::Float(-60.0)
-        ); // -100 * 0.5 - 10
+        assert_eq!(decode_registers(&[0xFF9C], &t).unwrap(), Value::Float(-60.0)); // -100 * 0.5 - 10
     }
 
     #[test]
@@ -407,27 +339,13 @@ mod tests {
 
     #[test]
     fn encode_then_decode_round_trips_for_every_type_and_order() {
-        let values = [
-            (DataType::U16, 65_000.0),
-            (DataType::I16, -32_000.0),
-            (DataType::U32, 4_000_000_000.0),
-            (DataType::I32, -2_000_000_000.0),
-            (DataType::F32, -1234.5),
-        ];
-        for order in [
-            ByteOrder::ABCD,
-            ByteOrder::CDAB,
-            ByteOrder::BADC,
-            ByteOrder::DCBA,
-        ] {
+        let values = [(DataType::U16, 65_000.0), (DataType::I16, -32_000.0), (DataType::U32, 4_000_000_000.0),
+            (DataType::I32, -2_000_000_000.0), (DataType::F32, -1234.5)];
+        for order in [ByteOrder::ABCD, ByteOrder::CDAB, ByteOrder::BADC, ByteOrder::DCBA] {
             for (dt, v) in values {
                 let regs = encode_registers(v, dt, order);
                 let got = decode_registers(&regs, &tag(dt, order)).unwrap();
-                let got = match got {
-                    Value::Int(i) => i as f64,
-                    Value::Float(f) => f,
-                    other => panic!("{other:?}"),
-                };
+                let got = match got { Value::Int(i) => i as f64, Value::Float(f) => f, other => panic!("{other:?}") };
                 assert_eq!(got, v, "{dt:?} {order:?}");
             }
         }

@@ -35,10 +35,7 @@ pub struct Limits {
 impl Limits {
     pub fn of(device: &DeviceConfig) -> Self {
         Self {
-            max_registers: device
-                .max_registers_per_request
-                .unwrap_or(125)
-                .clamp(1, 125),
+            max_registers: device.max_registers_per_request.unwrap_or(125).clamp(1, 125),
             max_bits: device.max_bits_per_request.unwrap_or(2000).clamp(1, 2000),
             max_gap: device.max_gap,
         }
@@ -73,21 +70,13 @@ pub fn plan_items(items: &[Item], limits: Limits) -> Vec<ReadRequest> {
             let req_end = u32::from(req.start) + u32::from(req.count);
             let close_enough = u32::from(it.start) <= req_end + u32::from(limits.max_gap);
             let new_count = end.max(req_end) - u32::from(req.start);
-            if req.table == it.table
-                && close_enough
-                && new_count <= u32::from(limits.max_per_request(it.table))
-            {
+            if req.table == it.table && close_enough && new_count <= u32::from(limits.max_per_request(it.table)) {
                 req.count = new_count as u16; // bounded by max_per_request above
                 req.tags.push((it.index, it.start - req.start));
                 continue;
             }
         }
-        requests.push(ReadRequest {
-            table: it.table,
-            start: it.start,
-            count: it.len,
-            tags: vec![(it.index, 0)],
-        });
+        requests.push(ReadRequest { table: it.table, start: it.start, count: it.len, tags: vec![(it.index, 0)] });
     }
     requests
 }
@@ -100,14 +89,7 @@ pub fn items_of_group(device: &DeviceConfig, group: Option<&str>) -> Vec<Item> {
         .iter()
         .enumerate()
         .filter(|(_, t)| t.poll_group.as_deref() == group)
-        .filter_map(|(index, t)| {
-            Some(Item {
-                index,
-                table: t.table?,
-                start: t.protocol_address(base),
-                len: t.register_count(),
-            })
-        })
+        .filter_map(|(index, t)| Some(Item { index, table: t.table?, start: t.protocol_address(base), len: t.register_count() }))
         .collect()
 }
 
@@ -118,35 +100,21 @@ pub fn plan_requests(device: &DeviceConfig) -> Vec<ReadRequest> {
         .tags
         .iter()
         .enumerate()
-        .filter_map(|(index, t)| {
-            Some(Item {
-                index,
-                table: t.table?,
-                start: t.protocol_address(base),
-                len: t.register_count(),
-            })
-        })
+        .filter_map(|(index, t)| Some(Item { index, table: t.table?, start: t.protocol_address(base), len: t.register_count() }))
         .collect();
     plan_items(&items, Limits::of(device))
 }
 
 /// Splits a request serving several tags into two, each reading only the span of its
 /// own tags; `None` for a request serving one tag. `widths[i]` is the width of tag `i`.
-pub fn split(
-    req: &ReadRequest,
-    width: impl Fn(usize) -> u16,
-) -> Option<(ReadRequest, ReadRequest)> {
+pub fn split(req: &ReadRequest, width: impl Fn(usize) -> u16) -> Option<(ReadRequest, ReadRequest)> {
     if req.tags.len() < 2 {
         return None;
     }
     let mid = req.tags.len() / 2;
     let part = |tags: &[(usize, u16)]| {
         let first = tags.iter().map(|&(_, off)| off).min().unwrap_or(0);
-        let last = tags
-            .iter()
-            .map(|&(i, off)| u32::from(off) + u32::from(width(i)))
-            .max()
-            .unwrap_or(1);
+        let last = tags.iter().map(|&(i, off)| u32::from(off) + u32::from(width(i))).max().unwrap_or(1);
         ReadRequest {
             table: req.table,
             start: req.start + first,
@@ -188,36 +156,14 @@ mod tests {
 
     #[test]
     fn neighbouring_tags_share_one_request() {
-        let d = device(
-            &[
-                (Table::Holding, 10, DataType::U16),
-                (Table::Holding, 11, DataType::F32),
-                (Table::Holding, 13, DataType::U16),
-            ],
-            0,
-        );
+        let d = device(&[(Table::Holding, 10, DataType::U16), (Table::Holding, 11, DataType::F32), (Table::Holding, 13, DataType::U16)], 0);
         let plan = plan_requests(&d);
-        assert_eq!(
-            plan,
-            vec![ReadRequest {
-                table: Table::Holding,
-                start: 10,
-                count: 4,
-                tags: vec![(0, 0), (1, 1), (2, 3)]
-            }]
-        );
+        assert_eq!(plan, vec![ReadRequest { table: Table::Holding, start: 10, count: 4, tags: vec![(0, 0), (1, 1), (2, 3)] }]);
     }
 
     #[test]
     fn a_gap_wider_than_max_gap_splits_the_request() {
-        let d = device(
-            &[
-                (Table::Holding, 0, DataType::U16),
-                (Table::Holding, 5, DataType::U16),
-                (Table::Holding, 20, DataType::U16),
-            ],
-            4,
-        );
+        let d = device(&[(Table::Holding, 0, DataType::U16), (Table::Holding, 5, DataType::U16), (Table::Holding, 20, DataType::U16)], 4);
         let plan = plan_requests(&d);
         assert_eq!(plan.len(), 2);
         assert_eq!((plan[0].start, plan[0].count), (0, 6));
@@ -226,23 +172,14 @@ mod tests {
 
     #[test]
     fn tables_are_never_mixed() {
-        let d = device(
-            &[
-                (Table::Holding, 0, DataType::U16),
-                (Table::Input, 1, DataType::U16),
-                (Table::Coil, 2, DataType::Bool),
-            ],
-            10,
-        );
+        let d = device(&[(Table::Holding, 0, DataType::U16), (Table::Input, 1, DataType::U16), (Table::Coil, 2, DataType::Bool)], 10);
         let tables: Vec<Table> = plan_requests(&d).iter().map(|r| r.table).collect();
         assert_eq!(tables, vec![Table::Coil, Table::Holding, Table::Input]);
     }
 
     #[test]
     fn no_request_exceeds_125_registers() {
-        let tags: Vec<(Table, u16, DataType)> = (0..200)
-            .map(|i| (Table::Input, i * 2, DataType::U32))
-            .collect();
+        let tags: Vec<(Table, u16, DataType)> = (0..200).map(|i| (Table::Input, i * 2, DataType::U32)).collect();
         let plan = plan_requests(&device(&tags, 0));
         assert!(plan.iter().all(|r| r.count <= 125), "{plan:?}");
         let served: usize = plan.iter().map(|r| r.tags.len()).sum();
@@ -251,9 +188,7 @@ mod tests {
 
     #[test]
     fn a_device_limit_below_125_is_respected() {
-        let tags: Vec<(Table, u16, DataType)> = (0..100)
-            .map(|i| (Table::Holding, i, DataType::U16))
-            .collect();
+        let tags: Vec<(Table, u16, DataType)> = (0..100).map(|i| (Table::Holding, i, DataType::U16)).collect();
         let mut d = device(&tags, 0);
         d.max_registers_per_request = Some(32);
         let counts: Vec<u16> = plan_requests(&d).iter().map(|r| r.count).collect();
@@ -271,76 +206,31 @@ mod tests {
     fn a_split_reads_only_the_span_of_each_half() {
         // Tags at 0 (u16), 1 (f32), 10 (u16), 20 (u32) merged over gaps.
         let d = device(
-            &[
-                (Table::Holding, 0, DataType::U16),
-                (Table::Holding, 1, DataType::F32),
-                (Table::Holding, 10, DataType::U16),
-                (Table::Holding, 20, DataType::U32),
-            ],
+            &[(Table::Holding, 0, DataType::U16), (Table::Holding, 1, DataType::F32), (Table::Holding, 10, DataType::U16), (Table::Holding, 20, DataType::U32)],
             20,
         );
         let plan = plan_requests(&d);
         assert_eq!(plan.len(), 1);
         let (a, b) = split(&plan[0], |i| d.tags[i].register_count()).unwrap();
-        assert_eq!(
-            (a.start, a.count, a.tags.clone()),
-            (0, 3, vec![(0, 0), (1, 1)])
-        );
-        assert_eq!(
-            (b.start, b.count, b.tags.clone()),
-            (10, 12, vec![(2, 0), (3, 10)])
-        );
-        assert_eq!(
-            split(
-                &ReadRequest {
-                    table: Table::Holding,
-                    start: 0,
-                    count: 1,
-                    tags: vec![(0, 0)]
-                },
-                |_| 1
-            ),
-            None
-        );
+        assert_eq!((a.start, a.count, a.tags.clone()), (0, 3, vec![(0, 0), (1, 1)]));
+        assert_eq!((b.start, b.count, b.tags.clone()), (10, 12, vec![(2, 0), (3, 10)]));
+        assert_eq!(split(&ReadRequest { table: Table::Holding, start: 0, count: 1, tags: vec![(0, 0)] }, |_| 1), None);
     }
 
     fn arb_items() -> impl Strategy<Value = (Vec<Item>, Limits)> {
         let item = (0..4u8, 0u16..400, 1u16..=8);
-        (
-            prop::collection::vec(item, 1..60),
-            1u16..=125,
-            1u16..=2000,
-            0u16..=20,
-        )
-            .prop_map(|(raw, max_registers, max_bits, max_gap)| {
-                let items = raw
-                    .into_iter()
-                    .enumerate()
-                    .map(|(index, (t, start, len))| {
-                        let table = [Table::Coil, Table::Discrete, Table::Holding, Table::Input]
-                            [usize::from(t)];
-                        let len = if matches!(table, Table::Coil | Table::Discrete) {
-                            1
-                        } else {
-                            len.min(max_registers)
-                        };
-                        Item {
-                            index,
-                            table,
-                            start,
-                            len,
-                        }
-                    })
-                    .collect();
-                (
-                    items,
-                    Limits {
-                        max_registers,
-                        max_bits,
-                        max_gap,
-                    },
-                )
-            })
+        (prop::collection::vec(item, 1..60), 1u16..=125, 1u16..=2000, 0u16..=20).prop_map(|(raw, max_registers, max_bits, max_gap)| {
+            let items = raw
+                .into_iter()
+                .enumerate()
+                .map(|(index, (t, start, len))| {
+                    let table = [Table::Coil, Table::Discrete, Table::Holding, Table::Input][usize::from(t)];
+                    let len = if matches!(table, Table::Coil | Table::Discrete) { 1 } else { len.min(max_registers) };
+                    Item { index, table, start, len }
+                })
+                .collect();
+            (items, Limits { max_registers, max_bits, max_gap })
+        })
     }
 
     proptest! {

@@ -71,12 +71,7 @@ impl From<tokio_modbus::Error> for TransportFailure {
         match &e {
             tokio_modbus::Error::Transport(io)
                 if io.raw_os_error() == Some(0)
-                    || matches!(
-                        io.kind(),
-                        std::io::ErrorKind::UnexpectedEof
-                            | std::io::ErrorKind::ConnectionReset
-                            | std::io::ErrorKind::BrokenPipe
-                    ) =>
+                    || matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
             {
                 TransportFailure::Closed
             }
@@ -86,12 +81,7 @@ impl From<tokio_modbus::Error> for TransportFailure {
 }
 
 /// Polls `device` alone on its own connection until `cancel` fires (see [`run_bus`]).
-pub async fn run_device(
-    device: DeviceConfig,
-    reports: mpsc::Sender<DeviceReport>,
-    writes: WriteInbox,
-    cancel: CancellationToken,
-) {
+pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport>, writes: WriteInbox, cancel: CancellationToken) {
     run_bus(vec![(device, writes)], reports, cancel).await;
 }
 
@@ -99,14 +89,8 @@ pub async fn run_device(
 /// converter; see [`super::config::group_by_bus`]) until `cancel` fires, sending every
 /// result to `reports` and executing the writes that arrive on each device's inbox.
 /// Returns when cancelled or when the receiving side is gone.
-pub async fn run_bus(
-    devices: Vec<(DeviceConfig, WriteInbox)>,
-    reports: mpsc::Sender<DeviceReport>,
-    cancel: CancellationToken,
-) {
-    let Some((first, _)) = devices.first() else {
-        return;
-    };
+pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Sender<DeviceReport>, cancel: CancellationToken) {
+    let Some((first, _)) = devices.first() else { return };
     let link = match Link::of(first) {
         Ok(link) => link,
         Err(e) => {
@@ -146,12 +130,7 @@ pub async fn run_bus(
         units: devices.into_iter().map(|(d, _)| Unit::new(d)).collect(),
         reports,
     };
-    let connect_limit = bus
-        .units
-        .iter()
-        .map(|u| u.cfg.timeout)
-        .max()
-        .unwrap_or(Duration::from_secs(1));
+    let connect_limit = bus.units.iter().map(|u| u.cfg.timeout).max().unwrap_or(Duration::from_secs(1));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut connected_before = false;
     let mut writes_open = true;
@@ -236,10 +215,7 @@ fn warn_once(bus: &Bus, link: &Link, reason: &str) {
 }
 
 /// The next write of any device on the bus; pending forever once every queue is closed.
-async fn next_write(
-    rx: &mut mpsc::Receiver<(usize, WriteRequest)>,
-    open: &mut bool,
-) -> (usize, WriteRequest) {
+async fn next_write(rx: &mut mpsc::Receiver<(usize, WriteRequest)>, open: &mut bool) -> (usize, WriteRequest) {
     if *open {
         match rx.recv().await {
             Some(w) => return w,
@@ -292,11 +268,7 @@ impl Unit {
             .into_iter()
             .map(|name| {
                 let plan = plan_items(&items_of_group(&cfg, name.as_deref()), limits);
-                Group {
-                    interval: cfg.group_interval(name.as_deref()),
-                    plan,
-                    due: now,
-                }
+                Group { interval: cfg.group_interval(name.as_deref()), plan, due: now }
             })
             .filter(|g| !g.plan.is_empty())
             .collect();
@@ -306,15 +278,7 @@ impl Unit {
             cfg.backoff_max.unwrap_or(Duration::from_secs(60)),
         );
         let deadbands = Deadbands::new(cfg.tags.len());
-        Self {
-            cfg,
-            groups,
-            breaker,
-            deadbands,
-            stats: DriverStats::default(),
-            stats_sent: None,
-            online: None,
-        }
+        Self { cfg, groups, breaker, deadbands, stats: DriverStats::default(), stats_sent: None, online: None }
     }
 }
 
@@ -333,12 +297,7 @@ impl Bus {
         for (u, unit) in self.units.iter().enumerate() {
             let candidates: Vec<(Instant, Job)> = match unit.breaker.next_probe() {
                 Some(at) => vec![(at, Job::Probe { unit: u })],
-                None => unit
-                    .groups
-                    .iter()
-                    .enumerate()
-                    .map(|(g, grp)| (grp.due, Job::Poll { unit: u, group: g }))
-                    .collect(),
+                None => unit.groups.iter().enumerate().map(|(g, grp)| (grp.due, Job::Poll { unit: u, group: g })).collect(),
             };
             for c in candidates {
                 if best.as_ref().is_none_or(|b| c.0 < b.0) {
@@ -347,10 +306,7 @@ impl Bus {
             }
         }
         // A device always has a group (validation requires a tag); stay total anyway.
-        best.unwrap_or((
-            Instant::now() + Duration::from_secs(3600),
-            Job::Probe { unit: 0 },
-        ))
+        best.unwrap_or((Instant::now() + Duration::from_secs(3600), Job::Probe { unit: 0 }))
     }
 
     async fn run(&mut self, ctx: &mut Context, job: Job) -> Outcome {
@@ -376,10 +332,7 @@ impl Bus {
                 }
                 Ok(Err(exception)) => {
                     let unit = &mut self.units[u];
-                    if matches!(
-                        exception,
-                        ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue
-                    ) {
+                    if matches!(exception, ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue) {
                         let tags = &unit.cfg.tags;
                         if let Some((a, b)) = split(&req, |t| tags[t].register_count()) {
                             info!(device = %unit.cfg.name, %exception, table = req.table.as_str(), start = req.start, count = req.count,
@@ -428,12 +381,7 @@ impl Bus {
     /// One request to a backed-off unit: the first of its first group.
     async fn probe(&mut self, ctx: &mut Context, u: usize) -> Outcome {
         ctx.set_slave(Slave(self.units[u].cfg.unit_id));
-        let Some(req) = self.units[u]
-            .groups
-            .first()
-            .and_then(|g| g.plan.first())
-            .cloned()
-        else {
+        let Some(req) = self.units[u].groups.first().and_then(|g| g.plan.first()).cloned() else {
             return Outcome::Ok;
         };
         debug!(device = %self.units[u].cfg.name, "probing a backed-off device");
@@ -461,9 +409,7 @@ impl Bus {
         let result = read_request(ctx, req, unit.cfg.timeout).await;
         self.last_frame = Some(Instant::now());
         match &result {
-            Ok(Ok(_)) => {
-                unit.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0)
-            }
+            Ok(Ok(_)) => unit.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0),
             Ok(Err(_)) => {
                 unit.stats.exceptions += 1;
                 unit.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
@@ -499,16 +445,9 @@ impl Bus {
         if change == Change::Opened {
             unit.stats.backoffs += 1;
             unit.stats.backed_off = true;
-            let wait = unit
-                .breaker
-                .next_probe()
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or_default();
+            let wait = unit.breaker.next_probe().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default();
             warn!(device = %unit.cfg.name, %reason, failures = unit.breaker.failures(), next_probe = ?wait, "device backed off");
-            let reason = format!(
-                "{reason}; backed off after {} failed polls",
-                unit.breaker.failures()
-            );
+            let reason = format!("{reason}; backed off after {} failed polls", unit.breaker.failures());
             if !self.lose(u, &reason).await {
                 return Outcome::ReceiverGone;
             }
@@ -529,12 +468,7 @@ impl Bus {
         }
         unit.online = Some(false);
         warn!(device = %unit.cfg.name, %reason, "device lost");
-        let bad: Vec<Sample> = unit
-            .cfg
-            .tags
-            .iter()
-            .map(|t| bad_sample(&t.name, reason))
-            .collect();
+        let bad: Vec<Sample> = unit.cfg.tags.iter().map(|t| bad_sample(&t.name, reason)).collect();
         let now = Instant::now();
         let mut pass = Vec::with_capacity(bad.len());
         for (i, s) in bad.into_iter().enumerate() {
@@ -542,10 +476,7 @@ impl Bus {
                 pass.push(s);
             }
         }
-        self.send(u, ReportKind::Samples(pass)).await
-            && self
-                .send(u, ReportKind::Disconnected(reason.to_string()))
-                .await
+        self.send(u, ReportKind::Samples(pass)).await && self.send(u, ReportKind::Disconnected(reason.to_string())).await
     }
 
     /// Sends the readings that pass their deadband, and the counters when due.
@@ -554,21 +485,16 @@ impl Bus {
         let now = Instant::now();
         let samples: Vec<Sample> = samples
             .into_iter()
-            .filter(
-                |s| match unit.cfg.tags.iter().position(|t| t.name == s.tag) {
-                    Some(i) => unit.deadbands.pass(i, &unit.cfg.tags[i], s, now),
-                    None => true,
-                },
-            )
+            .filter(|s| match unit.cfg.tags.iter().position(|t| t.name == s.tag) {
+                Some(i) => unit.deadbands.pass(i, &unit.cfg.tags[i], s, now),
+                None => true,
+            })
             .collect();
         if !samples.is_empty() && !self.send(u, ReportKind::Samples(samples)).await {
             return Outcome::ReceiverGone;
         }
         let unit = &mut self.units[u];
-        let due = unit
-            .stats_sent
-            .as_ref()
-            .is_none_or(|(at, last)| now.duration_since(*at) >= STATS_EVERY && *last != unit.stats);
+        let due = unit.stats_sent.as_ref().is_none_or(|(at, last)| now.duration_since(*at) >= STATS_EVERY && *last != unit.stats);
         if due {
             let stats = unit.stats.clone();
             unit.stats_sent = Some((now, stats.clone()));
@@ -580,14 +506,8 @@ impl Bus {
     }
 
     /// Executes one write for unit `u`; `Err` when the connection must be rebuilt.
-    async fn write(
-        &mut self,
-        ctx: &mut Context,
-        (u, req): (usize, WriteRequest),
-    ) -> Result<(), String> {
-        let Some(unit) = self.units.get_mut(u) else {
-            return Ok(());
-        };
+    async fn write(&mut self, ctx: &mut Context, (u, req): (usize, WriteRequest)) -> Result<(), String> {
+        let Some(unit) = self.units.get_mut(u) else { return Ok(()) };
         if unit.breaker.is_open() {
             write::refuse_not_connected(req);
             return Ok(());
@@ -610,13 +530,7 @@ impl Bus {
     }
 
     async fn send(&self, u: usize, kind: ReportKind) -> bool {
-        self.reports
-            .send(DeviceReport {
-                device: self.units[u].cfg.name.clone(),
-                kind,
-            })
-            .await
-            .is_ok()
+        self.reports.send(DeviceReport { device: self.units[u].cfg.name.clone(), kind }).await.is_ok()
     }
 }
 
@@ -637,8 +551,7 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
 type ReadResult = Result<Result<Vec<u16>, ExceptionCode>, TransportFailure>;
 
 async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> ReadResult {
-    let bits =
-        |r: Result<Vec<bool>, ExceptionCode>| r.map(|v| v.into_iter().map(u16::from).collect());
+    let bits = |r: Result<Vec<bool>, ExceptionCode>| r.map(|v| v.into_iter().map(u16::from).collect());
     let call = async {
         Ok::<_, tokio_modbus::Error>(match req.table {
             Table::Holding => ctx.read_holding_registers(req.start, req.count).await?,
@@ -654,45 +567,22 @@ async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> 
     }
 }
 
-fn decode_request(
-    device: &DeviceConfig,
-    req: &ReadRequest,
-    words: &[u16],
-    out: &mut Vec<Sample>,
-    stats: &mut DriverStats,
-) {
+fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Sample>, stats: &mut DriverStats) {
     for &(i, offset) in &req.tags {
         let tag = &device.tags[i];
         let start = usize::from(offset);
         let end = start + usize::from(tag.register_count());
         let decoded = match words.get(start..end) {
-            None => Err(format!(
-                "reply held {} items, expected at least {end}",
-                words.len()
-            )),
-            Some(regs) if matches!(req.table, Table::Coil | Table::Discrete) => {
-                Ok((Value::Bool(regs[0] != 0), None))
-            }
-            Some(regs) => decode_tag(regs, tag)
-                .map(|d| (d.value, d.clamped_from))
-                .map_err(|e| e.to_string()),
+            None => Err(format!("reply held {} items, expected at least {end}", words.len())),
+            Some(regs) if matches!(req.table, Table::Coil | Table::Discrete) => Ok((Value::Bool(regs[0] != 0), None)),
+            Some(regs) => decode_tag(regs, tag).map(|d| (d.value, d.clamped_from)).map_err(|e| e.to_string()),
         };
         out.push(match decoded {
             Ok((value, None)) => good_sample(&tag.name, value),
             Ok((value, Some(raw))) => {
                 let now = Utc::now();
-                let reason = format!(
-                    "clamped: read {raw}, outside [{}, {}]",
-                    show_limit(tag.clamp_min),
-                    show_limit(tag.clamp_max)
-                );
-                Sample {
-                    tag: tag.name.clone(),
-                    value: Some(value),
-                    quality: Quality::Uncertain(reason),
-                    source_ts: now,
-                    agent_ts: now,
-                }
+                let reason = format!("clamped: read {raw}, outside [{}, {}]", show_limit(tag.clamp_min), show_limit(tag.clamp_max));
+                Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Uncertain(reason), source_ts: now, agent_ts: now }
             }
             Err(reason) => {
                 stats.decode_errors += 1;
@@ -708,24 +598,12 @@ fn show_limit(l: Option<f64>) -> String {
 
 fn good_sample(tag: &str, value: Value) -> Sample {
     let now = Utc::now();
-    Sample {
-        tag: tag.to_string(),
-        value: Some(value),
-        quality: Quality::Good,
-        source_ts: now,
-        agent_ts: now,
-    }
+    Sample { tag: tag.to_string(), value: Some(value), quality: Quality::Good, source_ts: now, agent_ts: now }
 }
 
 fn bad_sample(tag: &str, reason: &str) -> Sample {
     let now = Utc::now();
-    Sample {
-        tag: tag.to_string(),
-        value: None,
-        quality: Quality::Bad(reason.to_string()),
-        source_ts: now,
-        agent_ts: now,
-    }
+    Sample { tag: tag.to_string(), value: None, quality: Quality::Bad(reason.to_string()), source_ts: now, agent_ts: now }
 }
 
 #[cfg(test)]
@@ -743,14 +621,7 @@ mod tests {
     use crate::sample::{ReportKind, Value};
     use crate::sim::register_server::{self, RegisterBank, SharedBank};
 
-    fn tag(
-        name: &str,
-        table: Table,
-        address: u16,
-        data_type: DataType,
-        byte_order: ByteOrder,
-        scale: f64,
-    ) -> TagConfig {
+    fn tag(name: &str, table: Table, address: u16, data_type: DataType, byte_order: ByteOrder, scale: f64) -> TagConfig {
         TagConfig {
             name: name.into(),
             table: Some(table),
@@ -776,61 +647,20 @@ mod tests {
             timeout: Duration::from_millis(500),
             max_gap: 0,
             tags: vec![
-                tag(
-                    "flow",
-                    Table::Holding,
-                    0,
-                    DataType::U16,
-                    ByteOrder::ABCD,
-                    0.1,
-                ),
-                tag(
-                    "setpoint",
-                    Table::Holding,
-                    2,
-                    DataType::F32,
-                    ByteOrder::CDAB,
-                    1.0,
-                ),
+                tag("flow", Table::Holding, 0, DataType::U16, ByteOrder::ABCD, 0.1),
+                tag("setpoint", Table::Holding, 2, DataType::F32, ByteOrder::CDAB, 1.0),
                 tag("pump", Table::Coil, 5, DataType::Bool, ByteOrder::ABCD, 1.0),
-                tag(
-                    "unmapped",
-                    Table::Holding,
-                    40,
-                    DataType::U16,
-                    ByteOrder::ABCD,
-                    1.0,
-                ),
-                tag(
-                    "level",
-                    Table::Input,
-                    0,
-                    DataType::U16,
-                    ByteOrder::ABCD,
-                    1.0,
-                ),
+                tag("unmapped", Table::Holding, 40, DataType::U16, ByteOrder::ABCD, 1.0),
+                tag("level", Table::Input, 0, DataType::U16, ByteOrder::ABCD, 1.0),
             ],
             ..DeviceConfig::default()
         }
     }
 
-    async fn write(
-        tx: &mpsc::Sender<WriteRequest>,
-        tag: &str,
-        value: Value,
-    ) -> Result<(), WriteError> {
+    async fn write(tx: &mpsc::Sender<WriteRequest>, tag: &str, value: Value) -> Result<(), WriteError> {
         let (reply, answer) = oneshot::channel();
-        tx.send(WriteRequest {
-            tag: tag.into(),
-            value,
-            reply,
-        })
-        .await
-        .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), answer)
-            .await
-            .unwrap()
-            .unwrap()
+        tx.send(WriteRequest { tag: tag.into(), value, reply }).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), answer).await.unwrap().unwrap()
     }
 
     async fn server(cancel: &CancellationToken) -> (SocketAddr, SharedBank) {
@@ -839,14 +669,8 @@ mod tests {
         bank.coils.insert(5, false);
         bank.set_input(0, &[7]);
         let bank = bank.shared();
-        let (listener, addr) = register_server::bind(([127, 0, 0, 1], 0).into())
-            .await
-            .unwrap();
-        tokio::spawn(register_server::serve(
-            listener,
-            bank.clone(),
-            cancel.clone(),
-        ));
+        let (listener, addr) = register_server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+        tokio::spawn(register_server::serve(listener, bank.clone(), cancel.clone()));
         (addr, bank)
     }
 
@@ -859,12 +683,7 @@ mod tests {
         tokio::spawn(run_device(device(addr), reports_tx, inbox, cancel.clone()));
         // Wait for the connection.
         loop {
-            match tokio::time::timeout(Duration::from_secs(5), reports.recv())
-                .await
-                .unwrap()
-                .unwrap()
-                .kind
-            {
+            match tokio::time::timeout(Duration::from_secs(5), reports.recv()).await.unwrap().unwrap().kind {
                 ReportKind::Connected => break,
                 _ => continue,
             }
@@ -883,21 +702,12 @@ mod tests {
 
         // A device exception is returned and the connection stays.
         let e = write(&tx, "unmapped", Value::Int(1)).await.unwrap_err();
+        assert_eq!(e, WriteError::Exception(tokio_modbus::ExceptionCode::IllegalDataAddress));
         assert_eq!(
-            e,
-            WriteError::Exception(tokio_modbus::ExceptionCode::IllegalDataAddress)
-        );
-        assert_eq!(
-            write(&tx, "level", Value::Int(1))
-                .await
-                .unwrap_err()
-                .to_string(),
+            write(&tx, "level", Value::Int(1)).await.unwrap_err().to_string(),
             "input tags are read-only: only holding registers and coils can be written"
         );
-        assert!(matches!(
-            write(&tx, "nope", Value::Int(1)).await,
-            Err(WriteError::UnknownTag(_))
-        ));
+        assert!(matches!(write(&tx, "nope", Value::Int(1)).await, Err(WriteError::UnknownTag(_))));
         write(&tx, "flow", Value::Int(5)).await.unwrap();
         assert_eq!(bank.read().unwrap().holding[&0], 50);
         cancel.cancel();
@@ -906,10 +716,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_connection_a_write_is_refused_at_once() {
         // A port nobody listens on.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let cancel = CancellationToken::new();
         let (reports_tx, mut reports) = mpsc::channel(256);
         let (tx, inbox) = write_channel(4);
@@ -917,10 +724,7 @@ mod tests {
         tokio::spawn(async move { while reports.recv().await.is_some() {} });
         for _ in 0..3 {
             let started = std::time::Instant::now();
-            assert_eq!(
-                write(&tx, "flow", Value::Int(1)).await,
-                Err(WriteError::NotConnected)
-            );
+            assert_eq!(write(&tx, "flow", Value::Int(1)).await, Err(WriteError::NotConnected));
             assert!(started.elapsed() < Duration::from_secs(1));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

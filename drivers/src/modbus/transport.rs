@@ -30,17 +30,12 @@ impl Link {
     pub fn of(device: &DeviceConfig) -> Result<Self, String> {
         let addr = || -> Result<SocketAddr, String> {
             let a = device.address.as_deref().ok_or("no address")?;
-            a.parse()
-                .map_err(|_| format!("{a:?} is not an IP address and port"))
+            a.parse().map_err(|_| format!("{a:?} is not an IP address and port"))
         };
         match device.protocol {
             Protocol::ModbusTcp => Ok(Link::Tcp(addr()?)),
             Protocol::ModbusRtuOverTcp => Ok(Link::RtuOverTcp(addr()?)),
-            Protocol::ModbusRtu => device
-                .serial
-                .clone()
-                .map(Link::Serial)
-                .ok_or_else(|| "no [devices.serial] settings".into()),
+            Protocol::ModbusRtu => device.serial.clone().map(Link::Serial).ok_or_else(|| "no [devices.serial] settings".into()),
         }
     }
 
@@ -70,12 +65,7 @@ impl Link {
     /// Opens the connection, addressed to `unit` until told otherwise (`set_slave`).
     pub async fn connect(&self, unit: u8, limit: Duration) -> Result<Context, String> {
         match self {
-            Link::Tcp(addr) => match timeout(
-                limit,
-                tokio_modbus::client::tcp::connect_slave(*addr, Slave(unit)),
-            )
-            .await
-            {
+            Link::Tcp(addr) => match timeout(limit, tokio_modbus::client::tcp::connect_slave(*addr, Slave(unit))).await {
                 Ok(Ok(ctx)) => Ok(ctx),
                 Ok(Err(e)) => Err(format!("connect failed: {e}")),
                 Err(_) => Err(format!("connect timed out after {limit:?}")),
@@ -89,8 +79,7 @@ impl Link {
                 Err(_) => Err(format!("connect timed out after {limit:?}")),
             },
             Link::Serial(s) => {
-                let stream = open_serial(s)
-                    .map_err(|e| format!("cannot open serial port {}: {e}", s.port))?;
+                let stream = open_serial(s).map_err(|e| format!("cannot open serial port {}: {e}", s.port))?;
                 Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(unit)))
             }
         }
@@ -104,16 +93,8 @@ pub fn open_serial(s: &SerialConfig) -> tokio_serial::Result<tokio_serial::Seria
         Parity::Even => tokio_serial::Parity::Even,
         Parity::Odd => tokio_serial::Parity::Odd,
     };
-    let data_bits = if s.data_bits == 7 {
-        tokio_serial::DataBits::Seven
-    } else {
-        tokio_serial::DataBits::Eight
-    };
-    let stop_bits = if s.stop_bits == 2 {
-        tokio_serial::StopBits::Two
-    } else {
-        tokio_serial::StopBits::One
-    };
+    let data_bits = if s.data_bits == 7 { tokio_serial::DataBits::Seven } else { tokio_serial::DataBits::Eight };
+    let stop_bits = if s.stop_bits == 2 { tokio_serial::StopBits::Two } else { tokio_serial::StopBits::One };
     tokio_serial::new(s.port.as_str(), s.baud_rate)
         .parity(parity)
         .data_bits(data_bits)

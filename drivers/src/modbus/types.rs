@@ -117,12 +117,7 @@ pub enum ByteOrder {
 }
 
 impl ByteOrder {
-    pub const ALL: [ByteOrder; 4] = [
-        ByteOrder::ABCD,
-        ByteOrder::CDAB,
-        ByteOrder::BADC,
-        ByteOrder::DCBA,
-    ];
+    pub const ALL: [ByteOrder; 4] = [ByteOrder::ABCD, ByteOrder::CDAB, ByteOrder::BADC, ByteOrder::DCBA];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -90,12 +90,7 @@ pub enum EncodeError {
     #[error("raw value {} ((value - offset) / scale) is not a whole number, but the tag is {data_type}", readable(*.raw))]
     NotInteger { raw: f64, data_type: &'static str },
     #[error("raw value {} ((value - offset) / scale) is outside the range of {data_type} ({min} to {max})", readable(*.raw))]
-    OutOfRange {
-        raw: f64,
-        data_type: &'static str,
-        min: f64,
-        max: f64,
-    },
+    OutOfRange { raw: f64, data_type: &'static str, min: f64, max: f64 },
 }
 
 /// `x` to 12 significant digits, without the binary noise of the division
@@ -125,11 +120,7 @@ pub fn inverse_scale(tag: &TagConfig, value: f64) -> Result<f64, EncodeError> {
     if !value.is_finite() {
         return Err(EncodeError::NotFinite);
     }
-    let raw = if tag.is_unscaled() {
-        value
-    } else {
-        (value - tag.offset) / tag.scale
-    };
+    let raw = if tag.is_unscaled() { value } else { (value - tag.offset) / tag.scale };
     let (min, max) = match data_type {
         DataType::Bool => return Err(EncodeError::ExpectedBool),
         DataType::String => return Err(EncodeError::ExpectedText),
@@ -144,50 +135,31 @@ pub fn inverse_scale(tag: &TagConfig, value: f64) -> Result<f64, EncodeError> {
     };
     let name = data_type.as_str();
     if !raw.is_finite() {
-        return Err(EncodeError::OutOfRange {
-            raw,
-            data_type: name,
-            min,
-            max,
-        });
+        return Err(EncodeError::OutOfRange { raw, data_type: name, min, max });
     }
     let raw = if matches!(data_type, DataType::F32 | DataType::F64) {
         raw
     } else {
         let whole = raw.round();
         if (raw - whole).abs() > INTEGER_TOLERANCE * whole.abs().max(1.0) {
-            return Err(EncodeError::NotInteger {
-                raw,
-                data_type: name,
-            });
+            return Err(EncodeError::NotInteger { raw, data_type: name });
         }
         whole
     };
     if raw < min || raw > max {
-        return Err(EncodeError::OutOfRange {
-            raw,
-            data_type: name,
-            min,
-            max,
-        });
+        return Err(EncodeError::OutOfRange { raw, data_type: name, min, max });
     }
     Ok(raw)
 }
 
 /// The request that writes `value` (engineering units) into `tag` of a device whose
 /// addresses count from `address_base`.
-pub fn encode_write(
-    tag: &TagConfig,
-    address_base: u8,
-    value: &Value,
-) -> Result<WriteOp, EncodeError> {
+pub fn encode_write(tag: &TagConfig, address_base: u8, value: &Value) -> Result<WriteOp, EncodeError> {
     let address = tag.protocol_address(address_base);
     let data_type = tag.data_type();
     match tag.table {
         None => Err(EncodeError::NotModbus),
-        Some(table @ (Table::Input | Table::Discrete)) => {
-            Err(EncodeError::ReadOnly(table.as_str()))
-        }
+        Some(table @ (Table::Input | Table::Discrete)) => Err(EncodeError::ReadOnly(table.as_str())),
         Some(Table::Coil) => match value {
             Value::Bool(b) => Ok(WriteOp::Coil { address, value: *b }),
             _ => Err(EncodeError::ExpectedBool),
@@ -195,11 +167,7 @@ pub fn encode_write(
         Some(Table::Holding) => {
             let words = match (data_type, value) {
                 (DataType::Bool, Value::Bool(b)) => {
-                    return Ok(WriteOp::Bit {
-                        address,
-                        bit: tag.bit.unwrap_or(0),
-                        value: *b,
-                    });
+                    return Ok(WriteOp::Bit { address, bit: tag.bit.unwrap_or(0), value: *b });
                 }
                 (DataType::Bool, _) => return Err(EncodeError::ExpectedBool),
                 (DataType::String, Value::Text(text)) => {
@@ -208,36 +176,22 @@ pub fn encode_write(
                         return Err(EncodeError::NotAscii);
                     }
                     if text.len() > max {
-                        return Err(EncodeError::TextTooLong {
-                            len: text.len(),
-                            max,
-                        });
+                        return Err(EncodeError::TextTooLong { len: text.len(), max });
                     }
                     encode_string(text, tag.register_count(), tag.byte_swap)
                 }
                 (DataType::String, _) => return Err(EncodeError::ExpectedText),
                 // 64-bit integers are exact when written unscaled as integers.
-                (DataType::I64, Value::Int(i)) if tag.is_unscaled() => {
-                    from_big_endian(&i.to_be_bytes(), tag.byte_order)
-                }
+                (DataType::I64, Value::Int(i)) if tag.is_unscaled() => from_big_endian(&i.to_be_bytes(), tag.byte_order),
                 (DataType::U64, Value::Int(i)) if tag.is_unscaled() && *i >= 0 => {
                     from_big_endian(&(*i as u64).to_be_bytes(), tag.byte_order)
                 }
-                (_, Value::Int(i)) => {
-                    encode_registers(inverse_scale(tag, *i as f64)?, data_type, tag.byte_order)
-                }
-                (_, Value::Float(f)) => {
-                    encode_registers(inverse_scale(tag, *f)?, data_type, tag.byte_order)
-                }
-                (_, Value::Bool(_) | Value::Text(_)) => {
-                    return Err(EncodeError::ExpectedNumber(data_type.as_str()))
-                }
+                (_, Value::Int(i)) => encode_registers(inverse_scale(tag, *i as f64)?, data_type, tag.byte_order),
+                (_, Value::Float(f)) => encode_registers(inverse_scale(tag, *f)?, data_type, tag.byte_order),
+                (_, Value::Bool(_) | Value::Text(_)) => return Err(EncodeError::ExpectedNumber(data_type.as_str())),
             };
             Ok(match words.as_slice() {
-                [word] => WriteOp::Register {
-                    address,
-                    word: *word,
-                },
+                [word] => WriteOp::Register { address, word: *word },
                 _ => WriteOp::Registers { address, words },
             })
         }
@@ -275,12 +229,7 @@ pub(crate) enum WriteEnd {
 /// Executes `req` on the connection `ctx` of `device` and answers it: the write, then a
 /// read of the same registers (or coil) to confirm the device holds what was written.
 /// Each call is bounded by the device's `timeout`; `stats` counts every request.
-pub(crate) async fn execute(
-    ctx: &mut Context,
-    device: &DeviceConfig,
-    req: WriteRequest,
-    stats: &mut DriverStats,
-) -> WriteEnd {
+pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: WriteRequest, stats: &mut DriverStats) -> WriteEnd {
     if req.reply.is_closed() {
         // Whoever asked gave up waiting (and told the ERP so): a late write would surprise.
         warn!(device = %device.name, tag = %req.tag, "write dropped: its requester stopped waiting");
@@ -300,31 +249,12 @@ pub(crate) async fn execute(
     let limit = device.timeout;
     let multiple = device.write_multiple_only;
     let written = match &op {
-        WriteOp::Coil { address, value } if multiple => {
-            call(stats, limit, ctx.write_multiple_coils(*address, &[*value])).await
-        }
-        WriteOp::Coil { address, value } => {
-            call(stats, limit, ctx.write_single_coil(*address, *value)).await
-        }
-        WriteOp::Register { address, word } if multiple => {
-            call(
-                stats,
-                limit,
-                ctx.write_multiple_registers(*address, &[*word]),
-            )
-            .await
-        }
-        WriteOp::Register { address, word } => {
-            call(stats, limit, ctx.write_single_register(*address, *word)).await
-        }
-        WriteOp::Registers { address, words } => {
-            call(stats, limit, ctx.write_multiple_registers(*address, words)).await
-        }
-        WriteOp::Bit {
-            address,
-            bit,
-            value,
-        } => {
+        WriteOp::Coil { address, value } if multiple => call(stats, limit, ctx.write_multiple_coils(*address, &[*value])).await,
+        WriteOp::Coil { address, value } => call(stats, limit, ctx.write_single_coil(*address, *value)).await,
+        WriteOp::Register { address, word } if multiple => call(stats, limit, ctx.write_multiple_registers(*address, &[*word])).await,
+        WriteOp::Register { address, word } => call(stats, limit, ctx.write_single_register(*address, *word)).await,
+        WriteOp::Registers { address, words } => call(stats, limit, ctx.write_multiple_registers(*address, words)).await,
+        WriteOp::Bit { address, bit, value } => {
             // Read-modify-write: the other 15 bits are written back as read.
             let mask = 1u16.checked_shl(u32::from(*bit)).unwrap_or(0);
             match call(stats, limit, ctx.read_holding_registers(*address, 1)).await {
@@ -364,48 +294,27 @@ pub(crate) async fn execute(
 }
 
 /// Reads back what `op` wrote and compares.
-async fn confirm(
-    ctx: &mut Context,
-    op: &WriteOp,
-    stats: &mut DriverStats,
-    limit: Duration,
-) -> Result<(), WriteError> {
+async fn confirm(ctx: &mut Context, op: &WriteOp, stats: &mut DriverStats, limit: Duration) -> Result<(), WriteError> {
     match op {
         WriteOp::Coil { address, value } => {
             let bits = call(stats, limit, ctx.read_coils(*address, 1)).await?;
             match bits.first() {
                 Some(b) if b == value => Ok(()),
-                other => Err(WriteError::NotConfirmed(format!(
-                    "wrote coil {address} = {value}, read back {other:?}"
-                ))),
+                other => Err(WriteError::NotConfirmed(format!("wrote coil {address} = {value}, read back {other:?}"))),
             }
         }
-        WriteOp::Register { address, word } => compare(
-            *address,
-            &[*word],
-            call(stats, limit, ctx.read_holding_registers(*address, 1)).await?,
-        ),
+        WriteOp::Register { address, word } => compare(*address, &[*word], call(stats, limit, ctx.read_holding_registers(*address, 1)).await?),
         WriteOp::Registers { address, words } => {
             let n = u16::try_from(words.len()).unwrap_or(u16::MAX);
-            compare(
-                *address,
-                words,
-                call(stats, limit, ctx.read_holding_registers(*address, n)).await?,
-            )
+            compare(*address, words, call(stats, limit, ctx.read_holding_registers(*address, n)).await?)
         }
-        WriteOp::Bit {
-            address,
-            bit,
-            value,
-        } => {
+        WriteOp::Bit { address, bit, value } => {
             let words = call(stats, limit, ctx.read_holding_registers(*address, 1)).await?;
             let got = words.first().map(|w| (w >> bit) & 1 == 1);
             if got == Some(*value) {
                 Ok(())
             } else {
-                Err(WriteError::NotConfirmed(format!(
-                    "wrote bit {bit} of register {address} = {value}, read back {got:?}"
-                )))
+                Err(WriteError::NotConfirmed(format!("wrote bit {bit} of register {address} = {value}, read back {got:?}")))
             }
         }
     }
@@ -415,9 +324,7 @@ fn compare(address: u16, wrote: &[u16], read: Vec<u16>) -> Result<(), WriteError
     if read == wrote {
         Ok(())
     } else {
-        Err(WriteError::NotConfirmed(format!(
-            "wrote registers {address}.. = {wrote:04X?}, read back {read:04X?}"
-        )))
+        Err(WriteError::NotConfirmed(format!("wrote registers {address}.. = {wrote:04X?}, read back {read:04X?}")))
     }
 }
 
@@ -480,13 +387,7 @@ mod tests {
     fn a_scaled_u16_is_written_as_the_raw_register_a_read_would_decode() {
         let t = tag(Table::Holding, DataType::U16, 0.1, 0.0);
         let op = encode_write(&t, 0, &Value::Float(308.4)).unwrap();
-        assert_eq!(
-            op,
-            WriteOp::Register {
-                address: 10,
-                word: 3084
-            }
-        );
+        assert_eq!(op, WriteOp::Register { address: 10, word: 3084 });
         assert_eq!(decode_registers(&[3084], &t).unwrap(), Value::Float(308.4));
     }
 
@@ -496,13 +397,7 @@ mod tests {
         // -60 = raw × 0.5 − 10 → raw = -100
         assert_eq!(inverse_scale(&t, -60.0).unwrap(), -100.0);
         let op = encode_write(&t, 0, &Value::Int(-60)).unwrap();
-        assert_eq!(
-            op,
-            WriteOp::Register {
-                address: 10,
-                word: 0xFF9C
-            }
-        );
+        assert_eq!(op, WriteOp::Register { address: 10, word: 0xFF9C });
     }
 
     #[test]
@@ -511,23 +406,11 @@ mod tests {
         t.byte_order = ByteOrder::CDAB;
         // 1234.5f32 = 0x449A5000; CDAB puts the low word first.
         let op = encode_write(&t, 0, &Value::Float(1234.5)).unwrap();
-        assert_eq!(
-            op,
-            WriteOp::Registers {
-                address: 10,
-                words: vec![0x5000, 0x449A]
-            }
-        );
+        assert_eq!(op, WriteOp::Registers { address: 10, words: vec![0x5000, 0x449A] });
         t.data_type = Some(DataType::U32);
         t.byte_order = ByteOrder::BADC;
         let op = encode_write(&t, 0, &Value::Int(0x1234_5678)).unwrap();
-        assert_eq!(
-            op,
-            WriteOp::Registers {
-                address: 10,
-                words: vec![0x3412, 0x7856]
-            }
-        );
+        assert_eq!(op, WriteOp::Registers { address: 10, words: vec![0x3412, 0x7856] });
     }
 
     #[test]
@@ -539,12 +422,7 @@ mod tests {
             (DataType::I32, 2.0, 100.0, -2_000_000.0),
             (DataType::F32, 1.0, 0.0, -1234.5),
         ];
-        for order in [
-            ByteOrder::ABCD,
-            ByteOrder::CDAB,
-            ByteOrder::BADC,
-            ByteOrder::DCBA,
-        ] {
+        for order in [ByteOrder::ABCD, ByteOrder::CDAB, ByteOrder::BADC, ByteOrder::DCBA] {
             for (dt, scale, offset, value) in cases {
                 let mut t = tag(Table::Holding, dt, scale, offset);
                 t.byte_order = order;
@@ -566,91 +444,49 @@ mod tests {
     #[test]
     fn a_coil_takes_a_bool_and_function_5() {
         let t = tag(Table::Coil, DataType::Bool, 1.0, 0.0);
-        assert_eq!(
-            encode_write(&t, 1, &Value::Bool(true)).unwrap(),
-            WriteOp::Coil {
-                address: 9,
-                value: true
-            }
-        );
-        assert_eq!(
-            encode_write(&t, 0, &Value::Int(1)),
-            Err(EncodeError::ExpectedBool)
-        );
+        assert_eq!(encode_write(&t, 1, &Value::Bool(true)).unwrap(), WriteOp::Coil { address: 9, value: true });
+        assert_eq!(encode_write(&t, 0, &Value::Int(1)), Err(EncodeError::ExpectedBool));
     }
 
     #[test]
     fn read_only_tables_cannot_be_written() {
         let t = tag(Table::Input, DataType::U16, 1.0, 0.0);
-        assert_eq!(
-            encode_write(&t, 0, &Value::Int(1)),
-            Err(EncodeError::ReadOnly("input"))
-        );
+        assert_eq!(encode_write(&t, 0, &Value::Int(1)), Err(EncodeError::ReadOnly("input")));
         let t = tag(Table::Discrete, DataType::Bool, 1.0, 0.0);
-        assert_eq!(
-            encode_write(&t, 0, &Value::Bool(true)),
-            Err(EncodeError::ReadOnly("discrete"))
-        );
+        assert_eq!(encode_write(&t, 0, &Value::Bool(true)), Err(EncodeError::ReadOnly("discrete")));
     }
 
     #[test]
     fn a_register_refuses_a_bool_or_text() {
         let t = tag(Table::Holding, DataType::U16, 1.0, 0.0);
-        assert_eq!(
-            encode_write(&t, 0, &Value::Bool(true)),
-            Err(EncodeError::ExpectedNumber("u16"))
-        );
-        assert_eq!(
-            encode_write(&t, 0, &Value::Text("1".into())),
-            Err(EncodeError::ExpectedNumber("u16"))
-        );
+        assert_eq!(encode_write(&t, 0, &Value::Bool(true)), Err(EncodeError::ExpectedNumber("u16")));
+        assert_eq!(encode_write(&t, 0, &Value::Text("1".into())), Err(EncodeError::ExpectedNumber("u16")));
     }
 
     #[test]
     fn values_outside_the_type_are_refused_not_wrapped() {
         let u16_tag = tag(Table::Holding, DataType::U16, 1.0, 0.0);
-        assert!(matches!(
-            inverse_scale(&u16_tag, 65_536.0),
-            Err(EncodeError::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            inverse_scale(&u16_tag, -1.0),
-            Err(EncodeError::OutOfRange { .. })
-        ));
+        assert!(matches!(inverse_scale(&u16_tag, 65_536.0), Err(EncodeError::OutOfRange { .. })));
+        assert!(matches!(inverse_scale(&u16_tag, -1.0), Err(EncodeError::OutOfRange { .. })));
         assert_eq!(inverse_scale(&u16_tag, 65_535.0).unwrap(), 65_535.0);
         let i16_tag = tag(Table::Holding, DataType::I16, 1.0, 0.0);
-        assert!(matches!(
-            inverse_scale(&i16_tag, 32_768.0),
-            Err(EncodeError::OutOfRange { .. })
-        ));
+        assert!(matches!(inverse_scale(&i16_tag, 32_768.0), Err(EncodeError::OutOfRange { .. })));
         assert_eq!(inverse_scale(&i16_tag, -32_768.0).unwrap(), -32_768.0);
         // Scaling moves the limits: 0.1 × 65535 = 6553.5 is the largest u16 at scale 0.1.
         let tenths = tag(Table::Holding, DataType::U16, 0.1, 0.0);
         assert!(inverse_scale(&tenths, 6553.5).is_ok());
-        assert!(matches!(
-            inverse_scale(&tenths, 6553.6),
-            Err(EncodeError::OutOfRange { .. })
-        ));
+        assert!(matches!(inverse_scale(&tenths, 6553.6), Err(EncodeError::OutOfRange { .. })));
         let f = tag(Table::Holding, DataType::F32, 1.0, 0.0);
-        assert!(matches!(
-            inverse_scale(&f, 1e39),
-            Err(EncodeError::OutOfRange { .. })
-        ));
+        assert!(matches!(inverse_scale(&f, 1e39), Err(EncodeError::OutOfRange { .. })));
         assert_eq!(inverse_scale(&f, f64::NAN), Err(EncodeError::NotFinite));
     }
 
     #[test]
     fn a_value_between_two_raw_steps_is_refused() {
         let tenths = tag(Table::Holding, DataType::U16, 0.1, 0.0);
-        assert!(matches!(
-            inverse_scale(&tenths, 308.45),
-            Err(EncodeError::NotInteger { .. })
-        ));
+        assert!(matches!(inverse_scale(&tenths, 308.45), Err(EncodeError::NotInteger { .. })));
         let plain = tag(Table::Holding, DataType::I32, 1.0, 0.0);
-        assert!(matches!(
-            inverse_scale(&plain, 1.5),
-            Err(EncodeError::NotInteger { .. })
-        ));
+        assert!(matches!(inverse_scale(&plain, 1.5), Err(EncodeError::NotInteger { .. })));
         // Binary noise of the division is not a fraction.
         assert_eq!(inverse_scale(&tenths, 0.3).unwrap(), 3.0);
     }
@@ -659,10 +495,7 @@ mod tests {
     fn error_messages_name_the_raw_value_and_the_type() {
         let tenths = tag(Table::Holding, DataType::U16, 0.1, 0.0);
         let msg = inverse_scale(&tenths, 7000.0).unwrap_err().to_string();
-        assert!(
-            msg.contains("70000") && msg.contains("u16") && msg.contains("65535"),
-            "{msg}"
-        );
+        assert!(msg.contains("70000") && msg.contains("u16") && msg.contains("65535"), "{msg}");
         let e = WriteError::Exception(ExceptionCode::IllegalDataAddress).to_string();
         assert!(e.contains("0x02"), "{e}");
     }

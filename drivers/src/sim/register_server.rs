@@ -46,33 +46,15 @@ impl RegisterBank {
     }
 }
 
-fn read_words(
-    table: &HashMap<u16, u16>,
-    start: u16,
-    count: u16,
-) -> Result<Vec<u16>, ExceptionCode> {
+fn read_words(table: &HashMap<u16, u16>, start: u16, count: u16) -> Result<Vec<u16>, ExceptionCode> {
     (0..count)
-        .map(|i| {
-            table
-                .get(&start.wrapping_add(i))
-                .copied()
-                .ok_or(ExceptionCode::IllegalDataAddress)
-        })
+        .map(|i| table.get(&start.wrapping_add(i)).copied().ok_or(ExceptionCode::IllegalDataAddress))
         .collect()
 }
 
-fn read_bits(
-    table: &HashMap<u16, bool>,
-    start: u16,
-    count: u16,
-) -> Result<Vec<bool>, ExceptionCode> {
+fn read_bits(table: &HashMap<u16, bool>, start: u16, count: u16) -> Result<Vec<bool>, ExceptionCode> {
     (0..count)
-        .map(|i| {
-            table
-                .get(&start.wrapping_add(i))
-                .copied()
-                .ok_or(ExceptionCode::IllegalDataAddress)
-        })
+        .map(|i| table.get(&start.wrapping_add(i)).copied().ok_or(ExceptionCode::IllegalDataAddress))
         .collect()
 }
 
@@ -95,38 +77,23 @@ impl BankService {
     fn answer(&self, req: Request<'static>) -> Result<Response, ExceptionCode> {
         match req {
             Request::ReadHoldingRegisters(a, n) => {
-                let bank = self
-                    .bank
-                    .read()
-                    .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+                let bank = self.bank.read().map_err(|_| ExceptionCode::ServerDeviceFailure)?;
                 read_words(&bank.holding, a, n).map(Response::ReadHoldingRegisters)
             }
             Request::ReadInputRegisters(a, n) => {
-                let bank = self
-                    .bank
-                    .read()
-                    .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+                let bank = self.bank.read().map_err(|_| ExceptionCode::ServerDeviceFailure)?;
                 read_words(&bank.input, a, n).map(Response::ReadInputRegisters)
             }
             Request::ReadCoils(a, n) => {
-                let bank = self
-                    .bank
-                    .read()
-                    .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+                let bank = self.bank.read().map_err(|_| ExceptionCode::ServerDeviceFailure)?;
                 read_bits(&bank.coils, a, n).map(Response::ReadCoils)
             }
             Request::ReadDiscreteInputs(a, n) => {
-                let bank = self
-                    .bank
-                    .read()
-                    .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+                let bank = self.bank.read().map_err(|_| ExceptionCode::ServerDeviceFailure)?;
                 read_bits(&bank.discrete, a, n).map(Response::ReadDiscreteInputs)
             }
             Request::WriteSingleRegister(a, w) => {
-                let mut bank = self
-                    .bank
-                    .write()
-                    .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+                let mut bank = self.bank.write().map_err(|_| ExceptionCode::ServerDeviceFailure)?;
                 if !bank.holding.contains_key(&a) {
                     return Err(ExceptionCode::IllegalDataAddress);
                 }
@@ -134,10 +101,7 @@ impl BankService {
                 Ok(Response::WriteSingleRegister(a, w))
             }
             Request::WriteMultipleRegisters(a, words) => {
-                let mut bank = self
-                    .bank
-                    .write()
-                    .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+                let mut bank = self.bank.write().map_err(|_| ExceptionCode::ServerDeviceFailure)?;
                 let n = words.len() as u16;
                 if (0..n).any(|i| !bank.holding.contains_key(&a.wrapping_add(i))) {
                     return Err(ExceptionCode::IllegalDataAddress);
@@ -146,10 +110,7 @@ impl BankService {
                 Ok(Response::WriteMultipleRegisters(a, n))
             }
             Request::WriteSingleCoil(a, c) => {
-                let mut bank = self
-                    .bank
-                    .write()
-                    .map_err(|_| ExceptionCode::ServerDeviceFailure)?;
+                let mut bank = self.bank.write().map_err(|_| ExceptionCode::ServerDeviceFailure)?;
                 if !bank.coils.contains_key(&a) {
                     return Err(ExceptionCode::IllegalDataAddress);
                 }
@@ -169,26 +130,16 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 }
 
 /// Serves `bank` on `listener` until `cancel` fires.
-pub async fn serve(
-    listener: TcpListener,
-    bank: SharedBank,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve(listener: TcpListener, bank: SharedBank, cancel: CancellationToken) -> std::io::Result<()> {
     let server = Server::new(listener);
     let on_connected = |stream, socket_addr| {
         let bank = bank.clone();
         async move {
             debug!(%socket_addr, "modbus client connected to simulated device");
-            accept_tcp_connection(stream, socket_addr, move |_| {
-                Ok(Some(BankService { bank: bank.clone() }))
-            })
+            accept_tcp_connection(stream, socket_addr, move |_| Ok(Some(BankService { bank: bank.clone() })))
         }
     };
-    let on_process_error =
-        |err| warn!(error = %err, "simulated modbus server connection ended with an error");
+    let on_process_error = |err| warn!(error = %err, "simulated modbus server connection ended with an error");
     let abort = async move { cancel.cancelled().await };
-    server
-        .serve_until(&on_connected, on_process_error, abort)
-        .await
-        .map(|_| ())
+    server.serve_until(&on_connected, on_process_error, abort).await.map(|_| ())
 }

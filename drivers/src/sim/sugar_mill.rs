@@ -44,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::modbus::decode::encode_registers;
-use crate::modbus::types::{ByteOrder, DataType, Table};
 pub use crate::sim::mill_condition::Fault;
 use crate::sim::mill_condition::{Condition, ConditionReadings, ProcessInputs};
+use crate::modbus::types::{ByteOrder, DataType, Table};
 use crate::sim::register_server::{RegisterBank, SharedBank};
 
 /// Where and how one tag of the simulated PLC is held.
@@ -79,16 +79,7 @@ const fn point(
     unit: &'static str,
     range: (f64, f64),
 ) -> RegisterPoint {
-    RegisterPoint {
-        tag,
-        table,
-        address,
-        data_type,
-        byte_order,
-        scale,
-        unit,
-        range,
-    }
+    RegisterPoint { tag, table, address, data_type, byte_order, scale, unit, range }
 }
 
 use ByteOrder::{ABCD, BADC, CDAB, DCBA};
@@ -176,13 +167,7 @@ struct Disturbance {
 
 impl Disturbance {
     fn new(mean_interval_s: f64, duration_s: (f64, f64), magnitude: (f64, f64)) -> Self {
-        Self {
-            mean_interval_s,
-            duration_s,
-            magnitude,
-            remaining_s: 0.0,
-            active_magnitude: 0.0,
-        }
+        Self { mean_interval_s, duration_s, magnitude, remaining_s: 0.0, active_magnitude: 0.0 }
     }
 
     /// Counts down an active upset, or maybe starts one.
@@ -518,25 +503,10 @@ impl SugarMill {
         self.feed_trend = self.feed_trend.clamp(265.0, 335.0);
         let feed_target = self.feed_trend * (1.0 - self.cane_gap.level());
         lag(&mut self.cane_feed, feed_target, 45.0, h);
-        lag(
-            &mut self.mill_speed,
-            mill_speed_for(self.cane_feed),
-            15.0,
-            h,
-        );
+        lag(&mut self.mill_speed, mill_speed_for(self.cane_feed), 15.0, h);
         ou(&mut self.fibre, 1.0, 1200.0, 0.02, h, rng);
-        lag(
-            &mut self.motor_current,
-            motor_current_for(self.cane_feed, self.fibre),
-            5.0,
-            h,
-        );
-        lag(
-            &mut self.juice_flow,
-            JUICE_PER_CANE * self.cane_feed,
-            120.0,
-            h,
-        );
+        lag(&mut self.motor_current, motor_current_for(self.cane_feed, self.fibre), 5.0, h);
+        lag(&mut self.juice_flow, JUICE_PER_CANE * self.cane_feed, 120.0, h);
         lag(&mut self.juice_flow_slow, self.juice_flow, 900.0, h);
         ou(&mut self.moisture_base, 50.0, 1800.0, 0.5, h, rng);
         // Faster feed leaves less time in the nip: the bagasse comes out wetter.
@@ -546,8 +516,7 @@ impl SugarMill {
         // --- Juice heater --------------------------------------------------------------
         ou(&mut self.juice_in_base, 35.0, 3600.0, 1.0, h, rng);
         lag(&mut self.juice_in_temp, self.juice_in_base, 60.0, h);
-        self.fouling +=
-            FOULING_PER_HOUR / 3600.0 * (self.juice_flow / (JUICE_PER_CANE * FEED_NOMINAL)) * h;
+        self.fouling += FOULING_PER_HOUR / 3600.0 * (self.juice_flow / (JUICE_PER_CANE * FEED_NOMINAL)) * h;
         if self.fouling >= FOULING_CLEANING_LIMIT {
             self.fouling = FOULING_AFTER_CLEANING;
             self.heater_cleanings += 1;
@@ -557,30 +526,15 @@ impl SugarMill {
         let needed = heater_required_pressure(self.juice_in_temp, self.juice_flow, self.fouling);
         let given = (needed - self.condition.steam_drop()).max(1.0);
         lag(&mut self.steam_pressure, given, 40.0, h);
-        let outlet = heater_outlet_for(
-            self.steam_pressure,
-            self.juice_in_temp,
-            self.juice_flow,
-            self.fouling,
-        );
+        let outlet = heater_outlet_for(self.steam_pressure, self.juice_in_temp, self.juice_flow, self.fouling);
         lag(&mut self.juice_out_temp, outlet, 30.0, h);
 
         // --- Evaporator ----------------------------------------------------------------
         ou(&mut self.brix_in, 15.0, 2400.0, 0.35, h, rng);
         ou(&mut self.vacuum_base, 16.0, 900.0, 0.4, h, rng);
-        lag(
-            &mut self.vacuum,
-            self.vacuum_base + self.vacuum_loss.level(),
-            60.0,
-            h,
-        );
+        lag(&mut self.vacuum, self.vacuum_base + self.vacuum_loss.level(), 60.0, h);
         ou(&mut self.syrup_offset, 0.0, 1200.0, 0.5, h, rng);
-        let syrup = syrup_brix_for(
-            self.brix_in,
-            self.juice_flow,
-            self.vacuum,
-            self.syrup_offset,
-        );
+        let syrup = syrup_brix_for(self.brix_in, self.juice_flow, self.vacuum, self.syrup_offset);
         lag(&mut self.brix_out, syrup, 600.0, h);
         ou(&mut self.evap_level_dev, 0.0, 180.0, 3.0, h, rng);
 
@@ -625,8 +579,7 @@ impl SugarMill {
         let mut noisy = |x: f64, sigma: f64| x + sigma * normal(rng);
         let level_swing = 0.15 * (self.juice_flow - self.juice_flow_slow);
         // Air control lags the fuel: O₂ dips while firing rises; wet bagasse wants more air.
-        let o2 =
-            self.o2_base - 0.08 * (self.firing - self.steam_flow) + 0.4 * self.wet_cane.level();
+        let o2 = self.o2_base - 0.08 * (self.firing - self.steam_flow) + 0.4 * self.wet_cane.level();
         self.readings = Readings {
             mill_cane_feed: noisy(self.cane_feed, 2.0).max(0.0),
             mill_speed: noisy(self.mill_speed, 0.02).max(0.0),
@@ -641,15 +594,11 @@ impl SugarMill {
             evap_brix_in: noisy(self.brix_in, 0.05).max(0.0),
             evap_brix_out: noisy(self.brix_out, 0.1).max(0.0),
             evap_vacuum: noisy(self.vacuum, 0.1).max(0.0),
-            evap_last_effect_level: noisy(
-                EVAP_LEVEL_SETPOINT + self.evap_level_dev + level_swing,
-                0.5,
-            )
-            .clamp(0.0, 100.0),
+            evap_last_effect_level: noisy(EVAP_LEVEL_SETPOINT + self.evap_level_dev + level_swing, 0.5)
+                .clamp(0.0, 100.0),
             boiler_drum_pressure: noisy(self.drum_pressure, 0.05),
             boiler_steam_flow: noisy(self.steam_flow, 1.5).max(0.0),
-            boiler_drum_level: noisy(DRUM_LEVEL_SETPOINT + self.drum_level_dev + self.swell, 0.6)
-                .clamp(0.0, 100.0),
+            boiler_drum_level: noisy(DRUM_LEVEL_SETPOINT + self.drum_level_dev + self.swell, 0.6).clamp(0.0, 100.0),
             boiler_flue_o2: noisy(o2, 0.08).clamp(0.0, 21.0),
             boiler_feed_water_temp: noisy(self.feed_water_temp, 0.2),
             boiler_trip: false,
@@ -768,10 +717,7 @@ fn heater_outlet_for(steam_pressure: f64, juice_in: f64, juice_flow: f64, foulin
 
 /// Syrup brix: richer juice gives richer syrup; more juice or a poorer vacuum leaves it thinner.
 fn syrup_brix_for(brix_in: f64, juice_flow: f64, vacuum: f64, offset: f64) -> f64 {
-    63.0 + 0.8 * (brix_in - 15.0)
-        - 0.02 * (juice_flow - JUICE_PER_CANE * FEED_NOMINAL)
-        - 0.4 * (vacuum - 16.0)
-        + offset
+    63.0 + 0.8 * (brix_in - 15.0) - 0.02 * (juice_flow - JUICE_PER_CANE * FEED_NOMINAL) - 0.4 * (vacuum - 16.0) + offset
 }
 
 /// Steam the boiler must raise (t/h): mill turbines and process follow the crush.
@@ -847,16 +793,11 @@ mod tests {
     }
 
     fn demo_devices() -> Vec<DeviceConfig> {
-        toml::from_str::<DemoFile>(DEMO_CONFIG)
-            .expect("the demo config parses")
-            .devices
+        toml::from_str::<DemoFile>(DEMO_CONFIG).expect("the demo config parses").devices
     }
 
     fn point_of(tag: &str) -> &'static RegisterPoint {
-        REGISTER_MAP
-            .iter()
-            .find(|p| p.tag == tag)
-            .unwrap_or_else(|| panic!("{tag} is not in REGISTER_MAP"))
+        REGISTER_MAP.iter().find(|p| p.tag == tag).unwrap_or_else(|| panic!("{tag} is not in REGISTER_MAP"))
     }
 
     fn in_range(p: &RegisterPoint, v: f64) -> bool {
@@ -894,43 +835,25 @@ mod tests {
         assert_eq!(names, mapped);
         assert_eq!(tags.len(), REGISTER_MAP.len());
         for device in &devices {
-            assert_eq!(
-                device.address_base, 0,
-                "the register map uses protocol addresses"
-            );
+            assert_eq!(device.address_base, 0, "the register map uses protocol addresses");
         }
         // And every tag agrees with the map, is present in the bank and decodes into its range
         for tag in tags {
             let p = point_of(&tag.name);
-            let (table, address) = (
-                tag.table.expect("a table"),
-                tag.address.expect("an address"),
-            );
+            let (table, address) = (tag.table.expect("a table"), tag.address.expect("an address"));
             assert_eq!(table, p.table, "{}: table", tag.name);
             assert_eq!(address, p.address, "{}: address", tag.name);
             assert_eq!(tag.data_type(), p.data_type, "{}: type", tag.name);
             assert_eq!(tag.scale, p.scale, "{}: scale", tag.name);
             assert_eq!(tag.offset, 0.0, "{}: offset", tag.name);
-            assert_eq!(
-                tag.unit.as_deref().unwrap_or(""),
-                p.unit,
-                "{}: unit",
-                tag.name
-            );
+            assert_eq!(tag.unit.as_deref().unwrap_or(""), p.unit, "{}: unit", tag.name);
             if p.data_type != DataType::Bool {
                 assert_eq!(tag.byte_order, p.byte_order, "{}: byte order", tag.name);
             }
             let value = match table {
                 Table::Coil | Table::Discrete => {
-                    let bits = if table == Table::Coil {
-                        &bank.coils
-                    } else {
-                        &bank.discrete
-                    };
-                    let bit = bits
-                        .get(&address)
-                        .copied()
-                        .unwrap_or_else(|| panic!("{}: bit missing", tag.name));
+                    let bits = if table == Table::Coil { &bank.coils } else { &bank.discrete };
+                    let bit = bits.get(&address).copied().unwrap_or_else(|| panic!("{}: bit missing", tag.name));
                     if bit {
                         1.0
                     } else {
@@ -938,34 +861,23 @@ mod tests {
                     }
                 }
                 Table::Holding | Table::Input => {
-                    let words = if table == Table::Holding {
-                        &bank.holding
-                    } else {
-                        &bank.input
-                    };
+                    let words = if table == Table::Holding { &bank.holding } else { &bank.input };
                     let regs: Vec<u16> = (0..tag.data_type().register_count())
                         .map(|i| {
-                            words.get(&(address + i)).copied().unwrap_or_else(|| {
-                                panic!("{}: register {} missing", tag.name, address + i)
-                            })
+                            words
+                                .get(&(address + i))
+                                .copied()
+                                .unwrap_or_else(|| panic!("{}: register {} missing", tag.name, address + i))
                         })
                         .collect();
-                    match decode_registers(&regs, tag)
-                        .unwrap_or_else(|e| panic!("{}: {e}", tag.name))
-                    {
+                    match decode_registers(&regs, tag).unwrap_or_else(|e| panic!("{}: {e}", tag.name)) {
                         Value::Int(i) => i as f64,
                         Value::Float(f) => f,
                         other => panic!("{}: unexpected {other:?}", tag.name),
                     }
                 }
             };
-            assert!(
-                in_range(p, value),
-                "{} = {value} {} is outside {:?}",
-                tag.name,
-                p.unit,
-                p.range
-            );
+            assert!(in_range(p, value), "{} = {value} {} is outside {:?}", tag.name, p.unit, p.range);
         }
     }
 
@@ -981,18 +893,9 @@ mod tests {
         let bank = initial_bank(&mill);
 
         // Then decoding each register gives the model's value, to the register's resolution
-        for p in REGISTER_MAP
-            .iter()
-            .filter(|p| matches!(p.table, Table::Holding | Table::Input))
-        {
-            let words = if p.table == Table::Holding {
-                &bank.holding
-            } else {
-                &bank.input
-            };
-            let regs: Vec<u16> = (0..p.data_type.register_count())
-                .map(|i| words[&(p.address + i)])
-                .collect();
+        for p in REGISTER_MAP.iter().filter(|p| matches!(p.table, Table::Holding | Table::Input)) {
+            let words = if p.table == Table::Holding { &bank.holding } else { &bank.input };
+            let regs: Vec<u16> = (0..p.data_type.register_count()).map(|i| words[&(p.address + i)]).collect();
             let tag = crate::TagConfig {
                 name: p.tag.into(),
                 table: Some(p.table),
@@ -1011,16 +914,8 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             let want = mill.value(p.tag).unwrap();
-            let tolerance = if p.data_type == DataType::F32 {
-                1e-3 * want.abs().max(1.0)
-            } else {
-                p.scale * 0.51
-            };
-            assert!(
-                (got - want).abs() <= tolerance,
-                "{}: bank has {got}, model has {want}",
-                p.tag
-            );
+            let tolerance = if p.data_type == DataType::F32 { 1e-3 * want.abs().max(1.0) } else { p.scale * 0.51 };
+            assert!((got - want).abs() <= tolerance, "{}: bank has {got}, model has {want}", p.tag);
         }
     }
 
@@ -1028,19 +923,12 @@ mod tests {
     fn the_process_stays_within_physical_bounds_over_ten_hours() {
         // Given a mill and its plausible range for every tag
         // When it runs for ten simulated hours in one-second steps
-        let mut worst: Vec<(f64, f64)> =
-            vec![(f64::INFINITY, f64::NEG_INFINITY); REGISTER_MAP.len()];
+        let mut worst: Vec<(f64, f64)> = vec![(f64::INFINITY, f64::NEG_INFINITY); REGISTER_MAP.len()];
         simulate(11, 10, |mill| {
             for (p, w) in REGISTER_MAP.iter().zip(worst.iter_mut()) {
                 let v = mill.value(p.tag).unwrap();
                 // Then no reading ever leaves its range
-                assert!(
-                    in_range(p, v),
-                    "{} = {v} left {:?} at {:?}",
-                    p.tag,
-                    p.range,
-                    mill.elapsed()
-                );
+                assert!(in_range(p, v), "{} = {v} left {:?} at {:?}", p.tag, p.range, mill.elapsed());
                 *w = (w.0.min(v), w.1.max(v));
             }
         });
@@ -1072,25 +960,14 @@ mod tests {
         });
 
         // Then the heater has fouled without being cleaned
-        assert!(
-            mill.heater_fouling() > 0.1,
-            "fouling {}",
-            mill.heater_fouling()
-        );
+        assert!(mill.heater_fouling() > 0.1, "fouling {}", mill.heater_fouling());
         assert_eq!(mill.heater_cleanings(), 0);
         // And the steam pressure it needs is clearly higher at the end than at the start
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let (start, end) = (mean(&first_hour), mean(&sixth_hour));
-        assert!(
-            end > start + 0.05,
-            "steam pressure went from {start:.3} to {end:.3} bar"
-        );
+        assert!(end > start + 0.05, "steam pressure went from {start:.3} to {end:.3} bar");
         // While the juice still leaves the heater at its setpoint
-        assert!(
-            (mean(&out_temps) - HEATER_OUT_SETPOINT).abs() < 0.5,
-            "outlet {}",
-            mean(&out_temps)
-        );
+        assert!((mean(&out_temps) - HEATER_OUT_SETPOINT).abs() < 0.5, "outlet {}", mean(&out_temps));
     }
 
     #[test]
@@ -1147,9 +1024,7 @@ mod tests {
         // When it runs ten hours
         // Then the cane feed dips below its normal band at least once (a cane-carrier gap)
         let mut lowest = f64::INFINITY;
-        simulate(9, 10, |mill| {
-            lowest = lowest.min(mill.value("mill_cane_feed").unwrap())
-        });
+        simulate(9, 10, |mill| lowest = lowest.min(mill.value("mill_cane_feed").unwrap()));
         assert!(lowest < 250.0, "lowest feed {lowest}");
     }
 
@@ -1347,12 +1222,7 @@ mod tests {
         // Given an empty shared bank and a mill
         let bank = RegisterBank::default().shared();
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            bank.clone(),
-            SugarMill::new(2),
-            Duration::from_millis(10),
-            cancel.clone(),
-        ));
+        let task = tokio::spawn(run(bank.clone(), SugarMill::new(2), Duration::from_millis(10), cancel.clone()));
 
         // When the simulation runs for a few ticks
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -1377,9 +1247,6 @@ mod tests {
             };
             assert!(present, "{} missing", p.tag);
         }
-        tokio::time::timeout(Duration::from_secs(2), task)
-            .await
-            .expect("run ends when cancelled")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task).await.expect("run ends when cancelled").unwrap();
     }
 }
