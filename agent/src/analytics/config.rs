@@ -100,6 +100,11 @@ pub struct ModelConfig {
     /// corrects the prediction's bias. Lab values can also come over MQTT (`cmd/lab`).
     #[serde(default)]
     pub lab_tag: Option<String>,
+    /// Quality: how much of the gap between a lab value and the prediction goes into the
+    /// bias (`bias += lab_gain × (lab − prediction − bias)`); 1 trusts each lab value fully,
+    /// less smooths out the lab's own scatter. 0 < lab_gain ≤ 1.
+    #[serde(default = "default_lab_gain")]
+    pub lab_gain: f64,
     /// RUL: how long the maintenance takes.
     #[serde(default = "default_maintenance_duration", with = "humantime_serde")]
     pub maintenance_duration: Duration,
@@ -126,6 +131,9 @@ fn default_off() -> f32 {
 }
 fn default_top_tags() -> usize {
     3
+}
+fn default_lab_gain() -> f64 {
+    0.3
 }
 fn default_maintenance_duration() -> Duration {
     Duration::from_secs(8 * 3600)
@@ -290,6 +298,9 @@ impl ModelConfig {
                 if !(self.hysteresis.is_finite() && self.hysteresis >= 0.0) {
                     issues.push(format!("{path}.hysteresis"), "must be 0 or more");
                 }
+                if !(self.lab_gain > 0.0 && self.lab_gain <= 1.0) {
+                    issues.push(format!("{path}.lab_gain"), "must be greater than 0 and at most 1");
+                }
                 if let Some(lab) = &self.lab_tag {
                     check_tag_ref(&format!("{path}.lab_tag"), lab, devices, issues);
                 }
@@ -320,6 +331,7 @@ impl ModelConfig {
             only("band_outside_spec", self.band_outside_spec, "quality", issues);
             only("hysteresis", self.hysteresis != 0.0, "quality", issues);
             only("lab_tag", self.lab_tag.is_some(), "quality", issues);
+            only("lab_gain", self.lab_gain != default_lab_gain(), "quality", issues);
         }
         if self.kind != ModelKind::Rul {
             only("maintenance_duration", self.maintenance_duration != default_maintenance_duration(), "rul", issues);

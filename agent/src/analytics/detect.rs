@@ -118,8 +118,10 @@ pub struct QualityDetector {
     spec_max: Option<f64>,
     band: bool,
     hysteresis: f64,
+    gain: f64,
     hold: Hold,
-    /// Added to every raw prediction: the last lab value minus the raw prediction then.
+    /// Added to every raw prediction; each lab value moves it by `lab_gain` of the way
+    /// to (lab value − the raw prediction then).
     pub bias: f64,
     pub last_lab: Option<LabValue>,
     /// A lab value that came before the first prediction, applied at the first one.
@@ -144,6 +146,7 @@ impl QualityDetector {
             spec_max: cfg.spec_max,
             band: cfg.band_outside_spec,
             hysteresis: cfg.hysteresis,
+            gain: cfg.lab_gain,
             hold: Hold::new(cfg.min_duration),
             bias: 0.0,
             last_lab: None,
@@ -158,10 +161,10 @@ impl QualityDetector {
         self.hold.active()
     }
 
-    /// A new lab value: the bias becomes lab − the latest raw prediction.
+    /// A new lab value: the bias moves `lab_gain` of the way to lab − the latest raw prediction.
     pub fn lab(&mut self, lab: LabValue) {
         match self.last_raw {
-            Some(raw) => self.bias = lab.value - raw,
+            Some(raw) => self.bias += self.gain * (lab.value - raw - self.bias),
             None => self.pending_lab = true,
         }
         self.last_lab = Some(lab);
@@ -177,7 +180,7 @@ impl QualityDetector {
         if self.pending_lab {
             self.pending_lab = false;
             if let Some(lab) = &self.last_lab {
-                self.bias = lab.value - value;
+                self.bias += self.gain * (lab.value - value - self.bias);
             }
         }
         let c = Corrected { value: value + self.bias, lower: lower + self.bias, upper: upper + self.bias };
@@ -349,7 +352,7 @@ mod tests {
 
     #[test]
     fn the_last_lab_value_corrects_the_prediction_and_a_deviation_is_raised_then_restored() {
-        let mut d = QualityDetector::new(&cfg("quality", "spec_min = 85.0\nhysteresis = 0.2"));
+        let mut d = QualityDetector::new(&cfg("quality", "spec_min = 85.0\nhysteresis = 0.2\nlab_gain = 1.0"));
         let t0 = Instant::now();
         let wall = Utc::now();
         let (c, e) = d.update(86.0, 85.5, 86.5, t0, wall);
