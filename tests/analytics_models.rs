@@ -224,7 +224,7 @@ async fn a_degrading_bearing_raises_maintenance_due_with_a_window_in_the_planned
 }
 
 #[tokio::test]
-async fn a_missing_or_mismatched_model_raises_model_failed_while_the_others_keep_running() {
+async fn a_missing_or_mismatched_model_raises_model_failed_while_the_others_keep_running_and_reload_loads_it_once_fixed() {
     // Given the pump model as shipped, the purity model pointing at no artifact, and the
     // bearing model given two inputs where its artifact reads three
     let rig = start(600.0, 34, &["juice-pump-anomaly", "syrup-purity", "mill-bearing-rul"], |doc| {
@@ -271,4 +271,19 @@ async fn a_missing_or_mismatched_model_raises_model_failed_while_the_others_keep
         assert!(metrics.lines().any(|l| l == line), "missing {line:?}");
     }
     assert!(rig.agent.log_text().contains("model not loaded"));
+
+    // When the purity model's artifact is fixed in the config and the ERP sends reload
+    let path = rig.dir.path().join("agent.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace("/nonexistent/syrup-purity", "embedded:syrup-purity");
+    std::fs::write(&path, text).unwrap();
+    let reply = rig.erp.ask("reload", "reload-1", json!({ "id": "reload-1" })).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    // Then the purity model is loaded and runs, and the pump model is loaded again
+    rig.event("model_loaded", "syrup-purity", LONG).await;
+    wait_for("the pump model loaded again", LONG, || {
+        (rig.erp.events().iter().filter(|e| e["kind"] == "model_loaded" && e["details"]["model"] == "juice-pump-anomaly").count() == 2).then_some(())
+    })
+    .await;
+    wait_for("purity predictions", LONG, || (!rig.predictions("syrup-purity_value").is_empty()).then_some(())).await;
 }
