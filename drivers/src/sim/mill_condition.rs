@@ -183,7 +183,7 @@ pub(crate) struct Condition {
 impl Condition {
     pub fn new(seed: u64, inputs: ProcessInputs) -> Self {
         // Its own stream: the rest of the mill draws exactly as it did before this part existed.
-        let mut rng = StdRng::seed_from_u64(seed ^ 0xC0DE_0F_BEA1);
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x00C0_DE0F_BEA1);
         let wear = rng.gen_range(0.0..0.5);
         let wear_rate = 1.0 + 0.05 * normal(&mut rng);
         let purity = purity_target(&inputs, 0.0);

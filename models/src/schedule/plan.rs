@@ -78,12 +78,7 @@ pub fn propose(jobs: &[Job], calendar: &Calendar, opts: &PlanOptions) -> Vec<Pro
 fn propose_one(job: &Job, cal: &Calendar, opts: &PlanOptions) -> Proposal {
     let candidates = candidates(job, cal, opts);
     let acceptable = |w: &&Window| w.failure_risk <= opts.max_risk;
-    let (chosen, reason) = if let Some(w) = candidates
-        .iter()
-        .filter(|w| w.planned_stop.is_some())
-        .filter(acceptable)
-        .last()
-    {
+    let (chosen, reason) = if let Some(w) = candidates.iter().rfind(|w| w.planned_stop.is_some() && acceptable(w)) {
         (
             Some(w.clone()),
             format!(
@@ -91,7 +86,7 @@ fn propose_one(job: &Job, cal: &Calendar, opts: &PlanOptions) -> Proposal {
                 opts.max_risk * 100.0
             ),
         )
-    } else if let Some(w) = candidates.iter().filter(acceptable).last() {
+    } else if let Some(w) = candidates.iter().rfind(acceptable) {
         (Some(w.clone()), format!("no planned stop fits before the risk of failure exceeds {:.0} %: the last shift that does", opts.max_risk * 100.0))
     } else if let Some(w) = candidates.first() {
         (
