@@ -130,6 +130,12 @@ async fn an_injected_cavitation_raises_anomaly_started_then_anomaly_ended_naming
     // And an hour of normal operation, scored all along, with no anomaly
     wait_for("an hour of scores", LONG, || (rig.predictions("juice-pump-anomaly_score").len() >= 60).then_some(())).await;
     assert_eq!(rig.count("anomaly_started"), 0, "normal operation raised an anomaly: {:#?}", rig.erp.events());
+    // (the predictions arrive as telemetry of the device "analytics", valid like any batch)
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/telemetry.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let telemetry = jsonschema::draft202012::options().build(&schema).unwrap();
+    let batch = rig.erp.telemetry("analytics").remove(0);
+    assert!(telemetry.is_valid(&batch), "{batch:#}");
 
     // When the pump cavitates (30 plant minutes)
     rig.faults.send(Fault::Cavitation).unwrap();

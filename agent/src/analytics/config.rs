@@ -224,8 +224,11 @@ impl ModelConfig {
     }
 
     fn validate(&self, path: &str, devices: &[DeviceConfig], issues: &mut Issues) {
-        if !is_valid_name(&self.name) {
-            issues.push(format!("{path}.name"), format!("{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'", self.name));
+        if !is_valid_name(&self.name) || self.name.len() > 56 {
+            issues.push(
+                format!("{path}.name"),
+                format!("{:?} is not a valid model name: use 1–56 letters, digits, '-' or '_' (its telemetry tags add a suffix such as _upper)", self.name),
+            );
         }
         if let Some(asset) = &self.asset {
             if !is_valid_name(asset) {
