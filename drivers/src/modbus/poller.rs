@@ -33,9 +33,9 @@ use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::slave::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -58,6 +58,10 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 pub(crate) enum TransportFailure {
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// A reply of another size than asked for: on an RTU line, most likely the late
+    /// reply to an earlier request.
+    #[error("the reply held {got} items where {asked} were asked for")]
+    Mismatch { asked: u16, got: usize },
     #[error("the device closed the connection")]
     Closed,
     #[error("{0}")]
@@ -127,6 +131,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
     let mut bus = Bus {
         frame_gap: link.frame_gap(),
         last_frame: None,
+        drain: None,
         units: devices.into_iter().map(|(d, _)| Unit::new(d)).collect(),
         reports,
     };
@@ -138,7 +143,8 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
 
     loop {
         // 1. A connection.
-        let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit);
+        let drain = bus.drain.take().filter(|_| link.is_shared_line());
+        let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit, drain);
         tokio::pin!(connect);
         let outcome = loop {
             tokio::select! {
@@ -286,6 +292,9 @@ struct Bus {
     frame_gap: Option<Duration>,
     /// When the last frame on a serial line ended.
     last_frame: Option<Instant>,
+    /// After a transport failure: how long the line must be silent before the next
+    /// connection is used (the failed device's timeout; see [`Link::connect`]).
+    drain: Option<Duration>,
     units: Vec<Unit>,
     reports: mpsc::Sender<DeviceReport>,
 }
@@ -417,6 +426,9 @@ impl Bus {
             Err(TransportFailure::Timeout(_)) => unit.stats.timeouts += 1,
             Err(_) => unit.stats.transport_errors += 1,
         }
+        if result.is_err() {
+            self.drain = Some(unit.cfg.timeout);
+        }
         result
     }
 
@@ -457,6 +469,9 @@ impl Bus {
                 return Outcome::ReceiverGone;
             }
         }
+        if !self.send_stats(u, Instant::now()).await {
+            return Outcome::ReceiverGone;
+        }
         Outcome::Transport(reason)
     }
 
@@ -493,16 +508,26 @@ impl Bus {
         if !samples.is_empty() && !self.send(u, ReportKind::Samples(samples)).await {
             return Outcome::ReceiverGone;
         }
-        let unit = &mut self.units[u];
-        let due = unit.stats_sent.as_ref().is_none_or(|(at, last)| now.duration_since(*at) >= STATS_EVERY && *last != unit.stats);
-        if due {
-            let stats = unit.stats.clone();
-            unit.stats_sent = Some((now, stats.clone()));
-            if !self.send(u, ReportKind::Stats(stats)).await {
-                return Outcome::ReceiverGone;
-            }
+        if !self.send_stats(u, now).await {
+            return Outcome::ReceiverGone;
         }
         Outcome::Ok
+    }
+
+    /// Sends the counters of `u` when they changed and the last ones are a second old, or
+    /// at once when the device was backed off or came back. Failing devices report too:
+    /// their counters are the news.
+    async fn send_stats(&mut self, u: usize, now: Instant) -> bool {
+        let unit = &mut self.units[u];
+        let due = unit.stats_sent.as_ref().is_none_or(|(at, last)| {
+            *last != unit.stats && (now.duration_since(*at) >= STATS_EVERY || last.backed_off != unit.stats.backed_off)
+        });
+        if !due {
+            return true;
+        }
+        let stats = unit.stats.clone();
+        unit.stats_sent = Some((now, stats.clone()));
+        self.send(u, ReportKind::Stats(stats)).await
     }
 
     /// Executes one write for unit `u`; `Err` when the connection must be rebuilt.
@@ -518,6 +543,9 @@ impl Bus {
         }
         let end = write::execute(ctx, &unit.cfg, req, &mut unit.stats).await;
         self.last_frame = Some(Instant::now());
+        if matches!(end, WriteEnd::Transport(_)) {
+            self.drain = Some(unit.cfg.timeout);
+        }
         // Read the new value back at once.
         let now = Instant::now();
         for g in &mut unit.groups {
@@ -550,20 +578,36 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
 /// Registers as words (bits as 0/1), or the device's exception.
 type ReadResult = Result<Result<Vec<u16>, ExceptionCode>, TransportFailure>;
 
+/// One read under `limit`. The reply must hold exactly what was asked for (bits come
+/// padded to whole bytes): RTU frames carry no transaction id, so a reply of another size
+/// is taken for a late answer to an earlier request, and the connection is rebuilt.
+///
+/// Goes through `Client::call` rather than the `Reader` helpers, which assume the reply
+/// has the right size (a debug assertion for coils) instead of checking it.
 async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> ReadResult {
-    let bits = |r: Result<Vec<bool>, ExceptionCode>| r.map(|v| v.into_iter().map(u16::from).collect());
-    let call = async {
-        Ok::<_, tokio_modbus::Error>(match req.table {
-            Table::Holding => ctx.read_holding_registers(req.start, req.count).await?,
-            Table::Input => ctx.read_input_registers(req.start, req.count).await?,
-            Table::Coil => bits(ctx.read_coils(req.start, req.count).await?),
-            Table::Discrete => bits(ctx.read_discrete_inputs(req.start, req.count).await?),
-        })
+    let request = match req.table {
+        Table::Holding => Request::ReadHoldingRegisters(req.start, req.count),
+        Table::Input => Request::ReadInputRegisters(req.start, req.count),
+        Table::Coil => Request::ReadCoils(req.start, req.count),
+        Table::Discrete => Request::ReadDiscreteInputs(req.start, req.count),
     };
-    match timeout(limit, call).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(TransportFailure::from(e)),
-        Err(_) => Err(TransportFailure::Timeout(limit)),
+    let reply = match timeout(limit, ctx.call(request)).await {
+        Ok(Ok(Ok(reply))) => reply,
+        Ok(Ok(Err(exception))) => return Ok(Err(exception)),
+        Ok(Err(e)) => return Err(TransportFailure::from(e)),
+        Err(_) => return Err(TransportFailure::Timeout(limit)),
+    };
+    let asked = usize::from(req.count);
+    let mismatch = |got| TransportFailure::Mismatch { asked: req.count, got };
+    match reply {
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) if words.len() == asked => Ok(Ok(words)),
+        Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) if bits.len() >= asked && bits.len() < asked + 8 => {
+            Ok(Ok(bits.into_iter().take(asked).map(u16::from).collect()))
+        }
+        Response::ReadHoldingRegisters(v) | Response::ReadInputRegisters(v) => Err(mismatch(v.len())),
+        Response::ReadCoils(v) | Response::ReadDiscreteInputs(v) => Err(mismatch(v.len())),
+        // call() checks the function code of the reply against the request.
+        _ => Err(mismatch(0)),
     }
 }
 
