@@ -58,6 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: usize,
     },
+    /// Commissioning tools for Modbus devices: read registers with every decoding, scan a bus.
+    Modbus(edge_agent::cli::modbus::ModbusArgs),
 }
 
 fn init_logging() {
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
                 demo::run(demo::DemoOptions { data_dir, web_listen, mqtt_port, modbus_port }).await.map(|()| None)
             }
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
+            Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
             Command::CheckConfig { .. } => Ok(None), // handled above
         }
     });
