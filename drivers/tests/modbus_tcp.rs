@@ -274,3 +274,28 @@ async fn a_late_reply_is_never_taken_for_the_answer_to_a_later_request() {
     assert!(good >= 20, "only {good} good readings");
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn regression_polls_are_counted_when_a_deadband_holds_back_every_reading() {
+    // Given flat values behind a deadband (heartbeat one minute away)
+    let mut bank = RegisterBank::default();
+    bank.set_holding(0, &[5, 6]);
+    let cancel = CancellationToken::new();
+    let addr = serve_tcp(Peer::default().with_unit(1, bank), cancel.clone()).await;
+    let tags = vec![
+        TagConfig { deadband: Some(1.0), ..tag("a", Table::Holding, 0, DataType::U16, ByteOrder::ABCD) },
+        TagConfig { deadband_percent: Some(5.0), ..tag("b", Table::Holding, 1, DataType::U16, ByteOrder::ABCD) },
+    ];
+    let mut d = device("plc", addr, 1, tags);
+    d.poll_interval = Duration::from_millis(20);
+    // When it is polled many times
+    let mut driver = Driver::start(vec![d]);
+    assert!(
+        driver.until(Duration::from_secs(5), |d| d.stats.get("plc").is_some_and(|s| s.polls >= 10)).await,
+        "polls not counted: {:?}",
+        driver.stats.get("plc")
+    );
+    // Then only the first readings were sent, yet every poll was counted
+    assert_eq!(driver.samples["plc"].len(), 2);
+    cancel.cancel();
+}

@@ -186,14 +186,24 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
         // 2. Poll and write until the connection fails.
         let reason = loop {
             let (at, job) = bus.next_job();
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = sleep_until(at) => {}
-                w = next_write(&mut bus_writes, &mut writes_open) => {
-                    match bus.write(&mut ctx, w).await {
-                        Ok(()) => continue,
-                        Err(reason) => break reason,
-                    }
+            let write = if at > Instant::now() {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = sleep_until(at) => None,
+                    w = next_write(&mut bus_writes, &mut writes_open) => Some(w),
+                }
+            } else if cancel.is_cancelled() {
+                return;
+            } else {
+                // Already due (a busy bus): no timer, even an expired one, which would
+                // wait for the runtime's next timer tick (up to a millisecond) before
+                // every poll. A waiting write still goes first.
+                bus_writes.try_recv().ok()
+            };
+            if let Some(w) = write {
+                match bus.write(&mut ctx, w).await {
+                    Ok(()) => continue,
+                    Err(reason) => break reason,
                 }
             }
             let outcome = tokio::select! {
@@ -360,7 +370,7 @@ impl Bus {
                     );
                     warn!(device = %unit.cfg.name, %reason, "device refused a read");
                     for &(t, _) in &req.tags {
-                        samples.push(bad_sample(&unit.cfg.tags[t].name, &reason));
+                        samples.push((t, bad_sample(&unit.cfg.tags[t].name, &reason)));
                     }
                     i += 1;
                 }
@@ -370,7 +380,7 @@ impl Bus {
                     let unit = &self.units[u];
                     for r in &unit.groups[g].plan[i..] {
                         for &(t, _) in &r.tags {
-                            samples.push(bad_sample(&unit.cfg.tags[t].name, &reason));
+                            samples.push((t, bad_sample(&unit.cfg.tags[t].name, &reason)));
                         }
                     }
                     failure = Some(reason);
@@ -379,6 +389,7 @@ impl Bus {
             }
         }
         let now = Instant::now();
+        self.units[u].stats.polls += 1;
         let group = &mut self.units[u].groups[g];
         group.due = next_due(group.due, group.interval, now);
         if let Some(reason) = failure {
@@ -433,7 +444,7 @@ impl Bus {
     }
 
     /// The unit answered: close its breaker, say it is connected, send its readings.
-    async fn answered(&mut self, u: usize, samples: Vec<Sample>) -> Outcome {
+    async fn answered(&mut self, u: usize, samples: Vec<Tagged>) -> Outcome {
         let unit = &mut self.units[u];
         if unit.breaker.on_success() == Change::Closed {
             info!(device = %unit.cfg.name, "device answers again; no longer backed off");
@@ -451,7 +462,7 @@ impl Bus {
 
     /// The unit did not answer: its readings so far are sent bad; the breaker counts it;
     /// the connection is to be rebuilt.
-    async fn failed(&mut self, u: usize, samples: Vec<Sample>, reason: String) -> Outcome {
+    async fn failed(&mut self, u: usize, samples: Vec<Tagged>, reason: String) -> Outcome {
         let unit = &mut self.units[u];
         let change = unit.breaker.on_failure(Instant::now());
         if change == Change::Opened {
@@ -495,15 +506,13 @@ impl Bus {
     }
 
     /// Sends the readings that pass their deadband, and the counters when due.
-    async fn deliver(&mut self, u: usize, samples: Vec<Sample>) -> Outcome {
+    async fn deliver(&mut self, u: usize, samples: Vec<Tagged>) -> Outcome {
         let unit = &mut self.units[u];
         let now = Instant::now();
         let samples: Vec<Sample> = samples
             .into_iter()
-            .filter(|s| match unit.cfg.tags.iter().position(|t| t.name == s.tag) {
-                Some(i) => unit.deadbands.pass(i, &unit.cfg.tags[i], s, now),
-                None => true,
-            })
+            .filter(|(i, s)| unit.cfg.tags.get(*i).is_none_or(|tag| unit.deadbands.pass(*i, tag, s, now)))
+            .map(|(_, s)| s)
             .collect();
         if !samples.is_empty() && !self.send(u, ReportKind::Samples(samples)).await {
             return Outcome::ReceiverGone;
@@ -611,7 +620,13 @@ async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> 
     }
 }
 
-fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Sample>, stats: &mut DriverStats) {
+/// A reading and the index of its tag in the device's config.
+type Tagged = (usize, Sample);
+
+/// Decodes the reply to `req` into one reading per tag, all stamped with the same time
+/// (the reply's).
+fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Tagged>, stats: &mut DriverStats) {
+    let now = Utc::now();
     for &(i, offset) in &req.tags {
         let tag = &device.tags[i];
         let start = usize::from(offset);
@@ -621,10 +636,9 @@ fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: 
             Some(regs) if matches!(req.table, Table::Coil | Table::Discrete) => Ok((Value::Bool(regs[0] != 0), None)),
             Some(regs) => decode_tag(regs, tag).map(|d| (d.value, d.clamped_from)).map_err(|e| e.to_string()),
         };
-        out.push(match decoded {
-            Ok((value, None)) => good_sample(&tag.name, value),
+        out.push((i, match decoded {
+            Ok((value, None)) => Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Good, source_ts: now, agent_ts: now },
             Ok((value, Some(raw))) => {
-                let now = Utc::now();
                 let reason = format!("clamped: read {raw}, outside [{}, {}]", show_limit(tag.clamp_min), show_limit(tag.clamp_max));
                 Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Uncertain(reason), source_ts: now, agent_ts: now }
             }
@@ -632,17 +646,12 @@ fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: 
                 stats.decode_errors += 1;
                 bad_sample(&tag.name, &reason)
             }
-        });
+        }));
     }
 }
 
 fn show_limit(l: Option<f64>) -> String {
     l.map_or_else(|| "none".into(), |v| v.to_string())
-}
-
-fn good_sample(tag: &str, value: Value) -> Sample {
-    let now = Utc::now();
-    Sample { tag: tag.to_string(), value: Some(value), quality: Quality::Good, source_ts: now, agent_ts: now }
 }
 
 fn bad_sample(tag: &str, reason: &str) -> Sample {
