@@ -224,7 +224,7 @@ async fn read(args: &LinkArgs, unit: u8, addr: u16, count: u16, kind: Kind, base
         bail!("--addr {addr} --count {count} runs past the last address (65535)");
     }
     let link = args.link()?;
-    let mut ctx = link.connect(unit, args.timeout, None).await.map_err(anyhow::Error::msg).with_context(|| format!("{}", link.describe()))?;
+    let mut ctx = link.connect(unit, args.timeout, None).await.map_err(anyhow::Error::msg).with_context(|| link.describe())?;
     let started = Instant::now();
     let reply = ask(&mut ctx, kind, start, count, args.timeout).await.with_context(|| format!("unit {unit} at {}", link.describe()))?;
     let took = started.elapsed();

@@ -57,6 +57,8 @@ const DEVICE_DECODE_ERRORS: Family = counter("device_decode_errors_total", "Read
 const DEVICE_RECONNECTS: Family = counter("device_reconnects_total", "Connections rebuilt for the device after the first.");
 const DEVICE_LATENCY: Family = gauge("device_last_latency_microseconds", "Round-trip time of the last answered request.");
 const DEVICE_BACKED_OFF: Family = gauge("device_backed_off", "1 while the device is backed off after repeated failures.");
+const DEVICE_BACKOFFS: Family = counter("device_backoffs_total", "Times the device was backed off after repeated failures.");
+const DEVICE_SPLITS: Family = counter("device_request_splits_total", "Merged read requests split because the device refused them.");
 const TAG_QUALITY_GOOD: Family = gauge(
     "tag_quality_good",
     "Number of the device's tags whose last reading is of good quality.",
@@ -164,6 +166,8 @@ fn render_devices(out: &mut String, s: &Snapshot) {
     DEVICE_RECONNECTS.per_device(out, s, |d| c(d).reconnects);
     DEVICE_LATENCY.per_device(out, s, |d| c(d).last_latency_ms.map_or(0, |ms| (ms * 1000.0) as u64));
     DEVICE_BACKED_OFF.per_device(out, s, |d| u64::from(c(d).backed_off));
+    DEVICE_BACKOFFS.per_device(out, s, |d| c(d).backoffs);
+    DEVICE_SPLITS.per_device(out, s, |d| c(d).splits);
     TAG_QUALITY_GOOD.per_device(out, s, |d| {
         d.tags.iter().filter(|t| t.quality == "good").count() as u64
     });
@@ -438,7 +442,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 35);
+        assert_eq!(declared.len(), 37);
         assert!(text.ends_with('\n'));
     }
 

@@ -339,10 +339,13 @@ pub fn lay_out(be: &[u8], order: ByteOrder) -> Vec<u16> {
     regs
 }
 
+/// A tag's name, the value it must read, and the quality code it must have.
+pub type Expected = (String, edge_drivers::Value, &'static str);
+
 /// A register map with every data type in every byte order, plus bits, strings, scaling,
 /// clamping: the bank to serve, the tags to read it with, and for each tag the exact value
 /// and quality code the driver must report.
-pub fn every_type_map() -> (RegisterBank, Vec<TagConfig>, Vec<(String, edge_drivers::Value, &'static str)>) {
+pub fn every_type_map() -> (RegisterBank, Vec<TagConfig>, Vec<Expected>) {
     use edge_drivers::Value;
     let mut bank = RegisterBank::default();
     let mut tags = Vec::new();
@@ -420,7 +423,7 @@ pub fn every_type_map() -> (RegisterBank, Vec<TagConfig>, Vec<(String, edge_driv
 }
 
 /// Checks every expected value against the latest samples of `device`.
-pub fn assert_values(driver: &Driver, device: &str, expected: &[(String, edge_drivers::Value, &'static str)]) {
+pub fn assert_values(driver: &Driver, device: &str, expected: &[Expected]) {
     let latest = driver.latest(device);
     let mut wrong = Vec::new();
     for (name, value, quality) in expected {
