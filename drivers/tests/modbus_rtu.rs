@@ -143,13 +143,14 @@ async fn a_dead_slave_is_backed_off_without_slowing_the_others_and_recovers() {
 
 #[tokio::test]
 async fn a_late_reply_on_the_bus_is_never_taken_for_the_answer_to_a_later_request() {
-    // Given a slave that answers every third request 100 ms after the driver gave up,
-    // and two slaves whose registers each hold their own unit and address
+    // Given a slave that answers every third request 50 ms after the driver gave up (a
+    // reply within the silence the driver waits for after a timeout: as long again), and
+    // two slaves whose registers each hold their own unit and address
     let pty = PtyPair::new();
     let cancel = CancellationToken::new();
     let peer = Peer::default().with_unit(1, bank_of(1, 40)).with_unit(2, bank_of(2, 40));
     peer.unit(1, |u| {
-        u.delay = Some(Duration::from_millis(200));
+        u.delay = Some(Duration::from_millis(150));
         u.late_every = 3;
     });
     serve_rtu(peer.clone(), &pty.server_end, cancel.clone());

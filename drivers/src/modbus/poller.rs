@@ -145,7 +145,9 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
 
     loop {
         // 1. A connection.
-        let drain = bus.drain.take().filter(|_| link.is_shared_line());
+        // Kept until a connection is made: a line that would not fall silent is drained
+        // again on the next try.
+        let drain = bus.drain.filter(|_| link.is_shared_line());
         let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit, drain);
         tokio::pin!(connect);
         let outcome = loop {
@@ -177,6 +179,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
             }
         };
         backoff.reset();
+        bus.drain = None;
         if connected_before {
             for u in &mut bus.units {
                 u.stats.reconnects += 1;
