@@ -12,7 +12,7 @@ use edge_drivers::modbus::config::{Parity, SerialConfig};
 use edge_drivers::modbus::{ByteOrder, DataType, Table};
 use edge_drivers::sim::register_server::RegisterBank;
 use edge_drivers::{DeviceConfig, Protocol, TagConfig, Value};
-use support::{assert_values, every_type_map, serve_rtu, tag, Driver, Peer, PtyPair, Seen};
+use support::{assert_values, every_type_map, serve_converter, serve_rtu, tag, Driver, Peer, PtyPair, Seen};
 use tokio_util::sync::CancellationToken;
 
 fn serial(port: &str) -> SerialConfig {
@@ -206,5 +206,32 @@ async fn an_exception_from_one_slave_leaves_the_bus_and_the_other_slaves_alone()
     assert!(driver.until(Duration::from_secs(3), |d| d.latest("busy")["r5"].quality.is_good()).await);
     assert_eq!(driver.latest("busy")["r5"].value, Some(Value::Int(1005)));
     assert!(driver.until(Duration::from_secs(3), |d| d.stats.get("busy").is_some_and(|s| s.reconnects == 0 && s.exceptions >= 1)).await);
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn slaves_behind_a_serial_to_ethernet_converter_read_exactly_over_rtu_over_tcp() {
+    // Given two RTU slaves on a line behind a converter (TCP on one side, the pty on the
+    // other)
+    let pty = PtyPair::new();
+    let cancel = CancellationToken::new();
+    let (bank, tags, expected) = every_type_map();
+    let peer = Peer::default().with_unit(4, bank).with_unit(9, bank_of(9, 10));
+    serve_rtu(peer.clone(), &pty.server_end, cancel.clone());
+    let converter = serve_converter(&pty.client_end, cancel.clone()).await;
+    let over_tcp = |name: &str, unit, tags| DeviceConfig {
+        protocol: Protocol::ModbusRtuOverTcp,
+        address: Some(converter.to_string()),
+        serial: None,
+        ..device(name, "", unit, tags)
+    };
+    // When the driver polls both through it
+    let all = expected.len();
+    let mut driver = Driver::start(vec![over_tcp("panel", 4, tags), over_tcp("drive", 9, u16_tags(&[2, 7]))]);
+    assert!(driver.until(Duration::from_secs(5), |d| d.latest("panel").len() == all && d.latest("drive").len() == 2).await);
+    // Then every value is exact, each from its own unit
+    assert_values(&driver, "panel", &expected);
+    assert_eq!(driver.latest("drive")["r7"].value, Some(Value::Int(9007)));
+    assert!(peer.seen().iter().all(|s| s.unit == 4 || s.unit == 9));
     cancel.cancel();
 }

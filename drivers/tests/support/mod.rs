@@ -434,3 +434,28 @@ pub fn assert_values(driver: &Driver, device: &str, expected: &[Expected]) {
     }
     assert!(wrong.is_empty(), "{} of {} tags wrong:\n{}", wrong.len(), expected.len(), wrong.join("\n"));
 }
+
+/// A serial-to-Ethernet converter in software: accepts TCP connections on a free loopback
+/// port and copies bytes both ways between each and the serial port `path` (one
+/// connection at a time, as most converters do), until `cancel` fires.
+pub async fn serve_converter(path: &str, cancel: CancellationToken) -> SocketAddr {
+    use tokio_serial::SerialPortBuilderExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let path = path.to_string();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let Ok((mut tcp, _)) = accepted else { return };
+            let mut serial = tokio_serial::new(&path, 19_200).open_native_async().expect("open the converter's serial end");
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tokio::io::copy_bidirectional(&mut tcp, &mut serial) => {}
+            }
+        }
+    });
+    addr
+}
