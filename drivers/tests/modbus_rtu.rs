@@ -235,3 +235,71 @@ async fn slaves_behind_a_serial_to_ethernet_converter_read_exactly_over_rtu_over
     assert!(peer.seen().iter().all(|s| s.unit == 4 || s.unit == 9));
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn writes_reach_only_their_own_slave_on_a_shared_bus_and_are_read_back() {
+    // Given two slaves on one bus with the same register map; the second takes only
+    // "write multiple" function codes
+    let pty = PtyPair::new();
+    let cancel = CancellationToken::new();
+    let with_coils = |unit| {
+        let mut bank = bank_of(unit, 10);
+        bank.coils.insert(4, false);
+        bank
+    };
+    let peer = Peer::default().with_unit(1, with_coils(1)).with_unit(2, with_coils(2));
+    serve_rtu(peer.clone(), &pty.server_end, cancel.clone());
+    let tags = || {
+        vec![
+            TagConfig { scale: 0.1, ..tag("setpoint", Table::Holding, 2, DataType::U16, ByteOrder::ABCD) },
+            tag("limit", Table::Holding, 6, DataType::F32, ByteOrder::CDAB),
+            tag("pump", Table::Coil, 4, DataType::Bool, ByteOrder::ABCD),
+        ]
+    };
+    let mut second = device("second", &pty.client_end, 2, tags());
+    second.write_multiple_only = true;
+    let mut driver = Driver::start(vec![device("first", &pty.client_end, 1, tags()), second]);
+    assert!(driver.until(Duration::from_secs(5), |d| d.connected.len() == 2).await);
+
+    // When each is written
+    driver.write("first", "setpoint", Value::Float(12.3)).await.unwrap();
+    driver.write("first", "pump", Value::Bool(true)).await.unwrap();
+    driver.write("second", "setpoint", Value::Float(45.6)).await.unwrap();
+    driver.write("second", "limit", Value::Float(-2.5)).await.unwrap();
+    driver.write("second", "pump", Value::Bool(true)).await.unwrap();
+
+    // Then each slave holds its own values, in the tag's encoding
+    peer.unit(1, |u| {
+        assert_eq!(u.bank.holding[&2], 123);
+        assert!(u.bank.coils[&4]);
+        assert_eq!((u.bank.holding[&6], u.bank.holding[&7]), (1006, 1007), "untouched");
+    });
+    peer.unit(2, |u| {
+        assert_eq!(u.bank.holding[&2], 456);
+        // -2.5f32 is 0xC0200000; CDAB puts the low word first.
+        assert_eq!((u.bank.holding[&6], u.bank.holding[&7]), (0x0000, 0xC020));
+        assert!(u.bank.coils[&4]);
+    });
+    // And every write used the function codes the slave takes, and was read back
+    let seen = peer.seen();
+    let codes = |unit| {
+        let mut c: Vec<u8> = seen.iter().filter(|s| s.unit == unit && s.function >= 5).map(|s| s.function).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    assert_eq!(codes(1), vec![5, 6]);
+    assert_eq!(codes(2), vec![15, 16]);
+    // (the request right after each write, to the same slave, reads the same address)
+    for unit in [1, 2] {
+        let mine: Vec<&Seen> = seen.iter().filter(|s| s.unit == unit).collect();
+        for (k, w) in mine.iter().enumerate().filter(|(_, s)| s.function >= 5) {
+            let next = mine.get(k + 1).unwrap_or_else(|| panic!("no read-back after {w:?}"));
+            let read_fc = if matches!(w.function, 5 | 15) { 1 } else { 3 };
+            assert_eq!((next.function, next.start, next.count), (read_fc, w.start, w.count), "read-back of {w:?}");
+        }
+    }
+    // And the new values are read by the next polls
+    assert!(driver.until(Duration::from_secs(3), |d| d.latest("second").get("limit").is_some_and(|s| s.value == Some(Value::Float(-2.5)))).await);
+    cancel.cancel();
+}

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edge_drivers::modbus::write::write_channel;
+use edge_drivers::modbus::write::{write_channel, WriteError, WriteRequest};
 use edge_drivers::modbus::{run_bus, ByteOrder, DataType, Table};
 use edge_drivers::sim::register_server::RegisterBank;
 use edge_drivers::{DeviceConfig, DeviceReport, DriverStats, ReportKind, Sample, TagConfig};
@@ -109,7 +109,16 @@ impl Peer {
                 bank.coils.insert(a, c);
                 Ok(Response::WriteSingleCoil(a, c))
             }
-            Request::WriteSingleRegister(..) | Request::WriteMultipleRegisters(..) | Request::WriteSingleCoil(..) => {
+            Request::WriteMultipleCoils(a, cs) if (0..cs.len() as u16).all(|i| bank.coils.contains_key(&(a + i))) => {
+                for (i, c) in cs.iter().enumerate() {
+                    bank.coils.insert(a + i as u16, *c);
+                }
+                Ok(Response::WriteMultipleCoils(a, cs.len() as u16))
+            }
+            Request::WriteSingleRegister(..)
+            | Request::WriteMultipleRegisters(..)
+            | Request::WriteSingleCoil(..)
+            | Request::WriteMultipleCoils(..) => {
                 Err(ExceptionCode::IllegalDataAddress)
             }
             _ => Err(ExceptionCode::IllegalFunction),
@@ -247,6 +256,8 @@ pub struct Driver {
     pub stats: BTreeMap<String, DriverStats>,
     pub connected: BTreeMap<String, u32>,
     pub disconnected: BTreeMap<String, Vec<String>>,
+    /// The write queue of each device, by name.
+    pub writes: BTreeMap<String, mpsc::Sender<WriteRequest>>,
 }
 
 impl Driver {
@@ -254,7 +265,15 @@ impl Driver {
     pub fn start(devices: Vec<DeviceConfig>) -> Self {
         let (tx, rx) = mpsc::channel(1024);
         let cancel = CancellationToken::new();
-        let devices = devices.into_iter().map(|d| (d, write_channel(4).1)).collect();
+        let mut writes = BTreeMap::new();
+        let devices = devices
+            .into_iter()
+            .map(|d| {
+                let (sender, inbox) = write_channel(4);
+                writes.insert(d.name.clone(), sender);
+                (d, inbox)
+            })
+            .collect();
         tokio::spawn(run_bus(devices, tx, cancel.clone()));
         Self {
             rx,
@@ -263,6 +282,22 @@ impl Driver {
             stats: BTreeMap::new(),
             connected: BTreeMap::new(),
             disconnected: BTreeMap::new(),
+            writes,
+        }
+    }
+
+    /// Writes `value` to `device`'s tag `tag` and waits for the answer, taking in reports
+    /// meanwhile (the poller must not block on a full report channel).
+    pub async fn write(&mut self, device: &str, tag: &str, value: edge_drivers::Value) -> Result<(), WriteError> {
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.writes[device].send(WriteRequest { tag: tag.into(), value, reply }).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            tokio::select! {
+                a = &mut answer => return a.expect("the driver answers every write"),
+                r = self.rx.recv() => self.take(r.expect("the driver ended")),
+                () = tokio::time::sleep_until(deadline) => panic!("no answer to the write within 5 s"),
+            }
         }
     }
 
