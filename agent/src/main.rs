@@ -58,6 +58,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: usize,
     },
+    /// Model training and evaluation (`train`, `eval`).
+    #[command(flatten)]
+    Models(edge_agent::cli::models::ModelsCommand),
 }
 
 fn init_logging() {
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
                 demo::run(demo::DemoOptions { data_dir, web_listen, mqtt_port, modbus_port }).await.map(|()| None)
             }
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
+            Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
             Command::CheckConfig { .. } => Ok(None), // handled above
         }
     });

@@ -222,3 +222,21 @@ fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure(
     let Prediction::Rul { value, lower, upper } = model.infer(&window).unwrap() else { panic!() };
     assert!(lower <= value && value <= upper, "{lower} {value} {upper}");
 }
+
+#[test]
+fn the_run_scorer_counts_flags_against_labels_with_and_without_the_alarm_filter() {
+    let art = train(ModelKind::Anomaly, &table(plant(600, 15)), &TrainOptions { architecture: Some("pca".into()), threshold_margin: 1.2, ..Default::default() }).unwrap();
+    let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
+    // Given a run whose second half is a labelled fault
+    let mut run = table(plant(400, 16));
+    for row in &mut run.rows[200..] {
+        row[2] += 1.5;
+    }
+    run.target = Some((0..400).map(|i| if i >= 200 { 1.0 } else { 0.0 }).collect());
+    let alarm = edge_models::alarm::AlarmOptions { smoothing: 0.5, on: 1.0, off: 0.8, min_on: 3, min_off: 3 };
+    let r = edge_models::eval::score_run(&model, &run, alarm, 0, true).unwrap();
+    // Then the fault is found, with few false alarms, and the alarm filter costs only its delay.
+    assert!(r.raw.f1() > 0.9 && r.raw.far() < 0.1, "{:?}", r.raw);
+    assert!(r.alarm.far() <= r.raw.far(), "{:?} vs {:?}", r.alarm, r.raw);
+    assert!(r.alarm.tp + 10 >= r.raw.tp && r.alarm.tp + r.alarm.fn_ == 200, "{:?}", r.alarm);
+}
