@@ -60,6 +60,9 @@ enum Command {
     },
     /// Commissioning tools for Modbus devices: read registers with every decoding, scan a bus.
     Modbus(edge_agent::cli::modbus::ModbusArgs),
+    /// Model training and evaluation (`train`, `eval`).
+    #[command(flatten)]
+    Models(edge_agent::cli::models::ModelsCommand),
 }
 
 fn init_logging() {
@@ -113,6 +116,7 @@ fn main() -> ExitCode {
             }
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
             Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
+            Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
             Command::CheckConfig { .. } => Ok(None), // handled above
         }
     });

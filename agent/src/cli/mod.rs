@@ -3,3 +3,4 @@
 //! only parses the arguments and calls the `run` function of the matching file.
 
 pub mod modbus;
+pub mod models;
