@@ -1,0 +1,146 @@
+//! OPC-UA PLC to ERP, end to end: a real async-opcua server on loopback, the real agent
+//! binary, Debian's mosquitto, and a subscriber in the ERP's place.
+
+mod support;
+
+use std::time::Duration;
+
+use edge_drivers::sim::opcua_server::{OpcuaSim, SimOptions};
+use serde_json::{json, Value};
+use support::agent::AgentProcess;
+use support::broker::Mosquitto;
+use support::subscriber::Subscriber;
+use support::{free_port, http_get, wait_for};
+
+fn config(data_dir: &std::path::Path, mqtt_port: u16, web_port: u16, endpoint: &str) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-test"
+site = "test-site"
+data_dir = "{data_dir}"
+shutdown_timeout = "5s"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+keep_alive = "5s"
+start_delay_max = "0s"
+
+[store]
+flush_interval = "200ms"
+
+[web]
+listen = "127.0.0.1:{web_port}"
+
+[[devices]]
+name = "press"
+protocol = "opcua"
+timeout = "2s"
+[devices.opcua]
+endpoint = "{endpoint}"
+publishing_interval = "100ms"
+reconnect_min = "200ms"
+reconnect_max = "2s"
+[[devices.tags]]
+name = "speed"
+node_id = "ns=2;s=Speed"
+unit = "rpm"
+[[devices.tags]]
+name = "count"
+browse_path = "/2:Plant/2:Count"
+[[devices.tags]]
+name = "running"
+node_id = "ns=2;s=Running"
+[[devices.tags]]
+name = "recipe"
+node_id = "ns=2;s=Recipe"
+"#,
+        data_dir = data_dir.display()
+    )
+}
+
+/// Every sample of `tag` the ERP received, in order.
+fn samples_of(erp: &Subscriber, tag: &str) -> Vec<Value> {
+    erp.telemetry()
+        .iter()
+        .filter(|b| b["device"] == "press")
+        .flat_map(|b| b["samples"].as_array().cloned().unwrap_or_default())
+        .filter(|s| s["tag"] == tag)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opcua_values_reach_the_erp_and_resume_after_a_server_restart() {
+    // Given an OPC-UA server, a broker, and the agent configured for both
+    let dir = tempfile::tempdir().unwrap();
+    let mut plc = OpcuaSim::start(SimOptions {
+        pki_dir: dir.path().join("server-pki"),
+        secure: false,
+        user: None,
+        nodes: vec![
+            ("Speed".into(), 1480.5f64.into()),
+            ("Count".into(), 7i32.into()),
+            ("Running".into(), true.into()),
+            ("Recipe".into(), "R-12".into()),
+        ],
+    })
+    .unwrap();
+    let broker = Mosquitto::start().await;
+    let erp = Subscriber::start(broker.port, "plant/#").await;
+    let cfg = dir.path().join("agent.toml");
+    let web = free_port();
+    std::fs::write(&cfg, config(&dir.path().join("data"), broker.port, web, &plc.endpoint())).unwrap();
+
+    // When the agent runs
+    let mut agent = AgentProcess::start(&cfg, dir.path().join("agent.log"));
+
+    // Then every tag arrives at the ERP with the server's value, good
+    for (tag, value) in [("speed", json!(1480.5)), ("count", json!(7)), ("running", json!(true)), ("recipe", json!("R-12"))] {
+        let s = wait_for(&format!("{tag} at the ERP"), Duration::from_secs(30), || samples_of(&erp, tag).into_iter().find(|s| s["q"] == "good")).await;
+        assert_eq!(s["v"], value, "{tag}: {s}");
+    }
+    // And a change on the server follows
+    plc.set("Speed", 1500.0).unwrap();
+    wait_for("the new speed", Duration::from_secs(10), || samples_of(&erp, "speed").into_iter().find(|s| s["v"] == json!(1500.0))).await;
+
+    // When the server restarts (all sessions gone), then the agent reports the gap as bad
+    // and resumes by itself
+    plc.stop();
+    wait_for("speed bad after the server stopped", Duration::from_secs(15), || {
+        samples_of(&erp, "speed").into_iter().rev().find(|s| s["q"] == "bad")
+    })
+    .await;
+    plc.nodes_mut()[0].1 = 1200.0f64.into();
+    plc.start_again().unwrap();
+    wait_for("speed after the restart", Duration::from_secs(30), || {
+        samples_of(&erp, "speed").into_iter().find(|s| s["v"] == json!(1200.0) && s["q"] == "good")
+    })
+    .await;
+
+    // And the status page shows the device connected with its OPC-UA counters
+    let status: Value = serde_json::from_str(&http_get(web, "/api/status").await).unwrap();
+    let press = &status["devices"]["press"];
+    assert_eq!(press["protocol"], "opcua");
+    assert_eq!(press["address"], plc.endpoint());
+    wait_for("the counters to show the rebuild", Duration::from_secs(10), || {
+        let s: Value = serde_json::from_str(&status_now(web)).ok()?;
+        let c = &s["devices"]["press"]["counters"];
+        (s["devices"]["press"]["connected"] == true && c["session_attempts"].as_u64()? >= 2 && c["subscriptions_rebuilt"].as_u64()? >= 1).then_some(())
+    })
+    .await;
+    let metrics = http_get(web, "/metrics").await;
+    assert!(metrics.contains("edge_agent_device_opcua_subscriptions_rebuilt_total{device=\"press\"}"), "{metrics}");
+    assert!(agent.terminate(Duration::from_secs(10)), "agent did not exit cleanly on SIGTERM");
+}
+
+/// A blocking GET of `/api/status` for use inside `wait_for`'s closure.
+fn status_now(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = s.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+}
