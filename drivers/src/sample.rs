@@ -117,4 +117,9 @@ pub struct DriverStats {
     /// OPC-UA: data-change notifications received.
     #[serde(default)]
     pub notifications: u64,
+    /// Standing problems of the device's setup that an operator must see (OPC-UA: a
+    /// rejected server certificate waiting for `edge-agent opcua trust`; certificates
+    /// trusted without an operator).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }

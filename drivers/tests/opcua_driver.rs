@@ -341,3 +341,43 @@ async fn a_write_is_read_back_and_a_wrong_value_is_refused_before_sending() {
     assert!(matches!(d.write("nope", Value::Int(1)).await, Err(WriteError::UnknownTag(_))));
     d.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_server_certificate_is_refused_and_listed_until_an_operator_trusts_it() {
+    // Given a server offering Basic256Sha256 SignAndEncrypt, never seen by the agent
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcuaSim::start(SimOptions {
+        pki_dir: dir.path().join("server-pki"),
+        secure: true,
+        user: None,
+        nodes: vec![("Speed".into(), Variant::Double(42.0))],
+    })
+    .unwrap();
+    let mut dev = device(&sim.endpoint(), vec![ua_tag("speed", "ns=2;s=Speed")]);
+    let ua = dev.opcua.as_mut().unwrap();
+    ua.security_policy = edge_drivers::opcua::config::SecurityPolicy::Basic256Sha256;
+    ua.security_mode = edge_drivers::opcua::config::SecurityMode::SignAndEncrypt;
+    let pki = edge_drivers::opcua::pki_dir(dir.path());
+    let mut d = Driver::start(dev, &dir);
+
+    // When the driver connects, then the session is refused: the certificate is untrusted
+    d.until(Duration::from_secs(30), "the refusal", |d| d.disconnects.iter().any(|m| m.contains("not trusted"))).await;
+    assert!(d.samples.iter().all(|(_, s)| !s.quality.is_good()), "no value over an untrusted channel");
+    // And the certificate is listed as rejected, and the agent's own one was created
+    let certs = edge_drivers::opcua::pki::list(&pki).unwrap();
+    let rejected: Vec<_> = certs.iter().filter(|c| c.state == edge_drivers::opcua::pki::CertState::Rejected).collect();
+    assert_eq!(rejected.len(), 1, "{certs:?}");
+    assert!(certs.iter().any(|c| c.state == edge_drivers::opcua::pki::CertState::Own));
+    d.until(Duration::from_secs(10), "the warning on the page", |d| d.stats.warnings.iter().any(|w| w.contains("opcua trust"))).await;
+
+    // When the operator trusts it by thumbprint
+    let thumb: String = rejected[0].thumbprint.chars().take(10).collect();
+    let trusted = edge_drivers::opcua::pki::trust(&pki, &thumb).unwrap();
+    assert!(trusted.file.starts_with(pki.join("trusted")));
+
+    // Then the next attempt succeeds over the encrypted channel and values arrive
+    d.until(Duration::from_secs(30), "the value over SignAndEncrypt", |d| d.has_good("speed", &Value::Float(42.0))).await;
+    sim.set("Speed", 43.0).unwrap();
+    d.until(Duration::from_secs(10), "a change", |d| d.has_good("speed", &Value::Float(43.0))).await;
+    d.stop().await;
+}

@@ -44,6 +44,10 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
         return;
     };
     let mut out = Reporter { device: device.name.clone(), reports, stats: DriverStats::default(), sent: None };
+    if ua.auto_trust_server_certificate {
+        warn!(device = %device.name, "auto_trust_server_certificate is on: the server's certificate is trusted without an operator");
+    }
+    out.stats.warnings = standing_warnings(&ua, &pki);
     let (ua2, pki2, t) = (ua.clone(), pki.clone(), device.timeout);
     // Creating the client creates the agent's key pair on first run: seconds of CPU.
     let mut client = match tokio::task::spawn_blocking(move || build_client(&ua2, &pki2, t)).await {
@@ -69,6 +73,7 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
             None => return,
             Some(Err(message)) => {
                 out.stats.transport_errors += 1;
+                out.stats.warnings = standing_warnings(&ua, &pki);
                 if last_error.as_deref() != Some(message.as_str()) {
                     warn!(device = %device.name, endpoint = %ua.endpoint, error = %message, "OPC-UA connection failed");
                     last_error = Some(message.clone());
@@ -111,6 +116,21 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
             return;
         }
     }
+}
+
+/// What the status page must say about the device's security setup.
+fn standing_warnings(ua: &OpcuaConfig, pki: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if ua.auto_trust_server_certificate {
+        out.push("auto_trust_server_certificate is on: any server certificate is trusted without an operator".to_string());
+    }
+    if ua.security_policy != super::config::SecurityPolicy::None {
+        for c in super::pki::rejected(pki) {
+            let short: String = c.thumbprint.chars().take(12).collect();
+            out.push(format!("rejected server certificate {} [{}]: trust it with `edge-agent opcua trust {short}`", c.subject, c.thumbprint));
+        }
+    }
+    out
 }
 
 /// One session attempt under the endpoint's gate. `None`: cancelled.

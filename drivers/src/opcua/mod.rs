@@ -1,6 +1,7 @@
 //! OPC-UA client driver (async-opcua, pure-Rust crypto).
 //!
 //! - [`config`]: the `[devices.opcua]` table and the OPC-UA checks of tags.
+//! - [`pki`]: the agent's certificate directory: list, trust.
 //! - [`session`]: the client with the agent's PKI, one connection attempt, the endpoint gate.
 //! - [`subscription`]: groups, browse-path resolution, subscriptions and monitored items.
 //! - [`driver`]: the device task: reports, writes, recovery after a lost session.
@@ -9,6 +10,7 @@
 
 pub mod config;
 pub mod driver;
+pub mod pki;
 pub mod reconnect;
 pub mod session;
 pub mod subscription;
