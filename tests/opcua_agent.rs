@@ -144,3 +144,56 @@ fn status_now(port: u16) -> String {
     let _ = s.read_to_string(&mut raw);
     raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
 }
+
+/// Runs `edge-agent opcua ARGS…`; returns (exit code, stdout, stderr).
+fn opcua_cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent")).arg("opcua").args(args).output().expect("run edge-agent opcua");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn an_operator_browses_a_secure_server_after_trusting_its_certificate_with_the_cli() {
+    // Given a server offering only what a plant should: Basic256Sha256 SignAndEncrypt (and None)
+    let dir = tempfile::tempdir().unwrap();
+    let plc = OpcuaSim::start(SimOptions {
+        pki_dir: dir.path().join("server-pki"),
+        secure: true,
+        user: None,
+        nodes: vec![("Speed".into(), 1480.5f64.into()), ("Recipe".into(), "R-12".into())],
+    })
+    .unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    let endpoint = plc.endpoint();
+    let secure = ["browse", "--endpoint", &endpoint, "--security-policy", "Basic256Sha256", "--security-mode", "SignAndEncrypt", "--data-dir", data_s];
+
+    // When the operator browses it for the first time, then it is refused: certificate untrusted
+    // (The server runs on its own thread: a blocking call here does not hold it up.)
+    let (code, _, err) = opcua_cli(&secure);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("opcua trust"), "{err}");
+
+    // And `opcua certs` lists the agent's own certificate and the rejected one
+    let (code, certs, err) = opcua_cli(&["certs", "--data-dir", data_s]);
+    assert_eq!(code, 0, "{err}");
+    assert!(certs.contains("own") && certs.contains("REJECTED"), "{certs}");
+    let rejected_line = certs.lines().find(|l| l.trim_start().starts_with("REJECTED")).unwrap();
+    let thumbprint = rejected_line.split_whitespace().nth(1).unwrap().to_string();
+
+    // When the operator trusts it by thumbprint
+    let (code, out, err) = opcua_cli(&["trust", "--data-dir", data_s, &thumbprint[..12]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("trusted"), "{out}");
+    let (_, certs, _) = opcua_cli(&["certs", "--data-dir", data_s]);
+    assert!(certs.contains("trusted") && !certs.contains("REJECTED"), "{certs}");
+
+    // Then browsing over the encrypted channel prints the tree with types and values,
+    // and a config snippet for the variables
+    let args: Vec<String> = secure.iter().map(|s| s.to_string()).chain(["--snippet".to_string()]).collect();
+    let (code, tree, err) = opcua_cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    assert!(tree.contains("2:Plant [Object]"), "{tree}");
+    assert!(tree.contains("2:Speed [Variable] ns=2;s=Speed  Double = 1480.5"), "{tree}");
+    assert!(tree.contains("name = \"speed\"\nnode_id = \"ns=2;s=Speed\""), "{tree}");
+    assert!(tree.contains("node_id = \"ns=2;s=Recipe\""), "{tree}");
+}
