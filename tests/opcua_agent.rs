@@ -78,6 +78,7 @@ async fn opcua_values_reach_the_erp_and_resume_after_a_server_restart() {
         pki_dir: dir.path().join("server-pki"),
         secure: false,
         user: None,
+        x509_user: None,
         nodes: vec![
             ("Speed".into(), 1480.5f64.into()),
             ("Count".into(), 7i32.into()),
@@ -159,6 +160,7 @@ fn an_operator_browses_a_secure_server_after_trusting_its_certificate_with_the_c
         pki_dir: dir.path().join("server-pki"),
         secure: true,
         user: None,
+        x509_user: None,
         nodes: vec![("Speed".into(), 1480.5f64.into()), ("Recipe".into(), "R-12".into())],
     })
     .unwrap();

@@ -42,7 +42,8 @@ fn device(endpoint: &str, tags: Vec<TagConfig>) -> DeviceConfig {
 
 fn sim(nodes: Vec<(String, Variant)>) -> (OpcuaSim, TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let sim = OpcuaSim::start(SimOptions { pki_dir: dir.path().join("server-pki"), secure: false, user: None, nodes }).unwrap();
+    let sim = OpcuaSim::start(SimOptions { pki_dir: dir.path().join("server-pki"), secure: false, user: None,
+        x509_user: None, nodes }).unwrap();
     (sim, dir)
 }
 
@@ -350,6 +351,7 @@ async fn an_untrusted_server_certificate_is_refused_and_listed_until_an_operator
         pki_dir: dir.path().join("server-pki"),
         secure: true,
         user: None,
+        x509_user: None,
         nodes: vec![("Speed".into(), Variant::Double(42.0))],
     })
     .unwrap();
@@ -380,4 +382,83 @@ async fn an_untrusted_server_certificate_is_refused_and_listed_until_an_operator
     sim.set("Speed", 43.0).unwrap();
     d.until(Duration::from_secs(10), "a change", |d| d.has_good("speed", &Value::Float(43.0))).await;
     d.stop().await;
+}
+
+/// Runs a driver with `ua` until `done` or a limit; returns what it saw.
+async fn run_until(dev: DeviceConfig, data: &TempDir, what: &str, done: impl Fn(&Driver) -> bool) -> Driver {
+    let mut d = Driver::start(dev, data);
+    d.until(Duration::from_secs(30), what, done).await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_security_policy_and_mode_and_each_user_identity_work_once_the_server_is_trusted() {
+    use edge_drivers::opcua::config::{IdentityKind, SecurityMode, SecurityPolicy};
+    // Given a secure server with a password user and an X.509 user (certificate made with openssl)
+    let dir = tempfile::tempdir().unwrap();
+    let (user_cert, user_key) = (dir.path().join("user-cert.der"), dir.path().join("user-key.pem"));
+    let openssl = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=operator-x509", "-outform", "DER"])
+        .arg("-keyout")
+        .arg(&user_key)
+        .arg("-out")
+        .arg(&user_cert)
+        .output()
+        .expect("openssl must be installed (the README's apt line names it)");
+    assert!(openssl.status.success(), "{}", String::from_utf8_lossy(&openssl.stderr));
+    let sim = OpcuaSim::start(SimOptions {
+        pki_dir: dir.path().join("server-pki"),
+        secure: true,
+        user: Some(("operator".into(), "s3cret".into())),
+        x509_user: Some(user_cert.clone()),
+        nodes: vec![("Speed".into(), Variant::Double(42.0))],
+    })
+    .unwrap();
+    let secure = |policy, mode| {
+        let mut dev = device(&sim.endpoint(), vec![ua_tag("speed", "ns=2;s=Speed")]);
+        let ua = dev.opcua.as_mut().unwrap();
+        ua.security_policy = policy;
+        ua.security_mode = mode;
+        dev
+    };
+    // (the operator trusts the server once)
+    let d = run_until(secure(SecurityPolicy::Basic256Sha256, SecurityMode::Sign), &dir, "the refusal", |d| !d.disconnects.is_empty()).await;
+    d.stop().await;
+    let pki = edge_drivers::opcua::pki_dir(dir.path());
+    let rejected = edge_drivers::opcua::pki::list(&pki).unwrap().into_iter().find(|c| c.state == edge_drivers::opcua::pki::CertState::Rejected).unwrap();
+    edge_drivers::opcua::pki::trust(&pki, &rejected.thumbprint).unwrap();
+
+    // Then every policy in both modes carries values
+    for policy in [SecurityPolicy::Basic256Sha256, SecurityPolicy::Aes128Sha256RsaOaep, SecurityPolicy::Aes256Sha256RsaPss] {
+        for mode in [SecurityMode::Sign, SecurityMode::SignAndEncrypt] {
+            let d = run_until(secure(policy, mode), &dir, &format!("a value over {policy:?} {mode:?}"), |d| d.has_good("speed", &Value::Float(42.0))).await;
+            d.stop().await;
+        }
+    }
+
+    // And a user with the right password (from a file) gets in
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let mut dev = secure(SecurityPolicy::Basic256Sha256, SecurityMode::SignAndEncrypt);
+    let ua = dev.opcua.as_mut().unwrap();
+    ua.identity = IdentityKind::Username;
+    ua.username = Some("operator".into());
+    ua.password_file = Some(password.clone());
+    run_until(dev.clone(), &dir, "a value as the password user", |d| d.has_good("speed", &Value::Float(42.0))).await.stop().await;
+
+    // And a wrong password is refused, named, and the password is not in the message
+    std::fs::write(&password, "wrong-pass\n").unwrap();
+    let d = run_until(dev, &dir, "the refusal of the wrong password", |d| !d.disconnects.is_empty()).await;
+    assert!(d.samples.iter().all(|(_, s)| !s.quality.is_good()));
+    assert!(d.disconnects.iter().all(|m| !m.contains("wrong-pass")), "{:?}", d.disconnects);
+    assert!(d.disconnects.iter().any(|m| m.contains("Bad")), "the refusal names the status: {:?}", d.disconnects);
+    d.stop().await;
+
+    // And the X.509 user identity gets in
+    let mut dev = secure(SecurityPolicy::Basic256Sha256, SecurityMode::SignAndEncrypt);
+    let ua = dev.opcua.as_mut().unwrap();
+    ua.identity = IdentityKind::Certificate;
+    ua.user_certificate = Some(user_cert);
+    ua.user_private_key = Some(user_key);
+    run_until(dev, &dir, "a value as the X.509 user", |d| d.has_good("speed", &Value::Float(42.0))).await.stop().await;
 }

@@ -37,6 +37,8 @@ pub struct SimOptions {
     pub secure: bool,
     /// A user that may log in with a password, besides anonymous.
     pub user: Option<(String, String)>,
+    /// A user that logs in with this X.509 certificate (DER file), besides anonymous.
+    pub x509_user: Option<PathBuf>,
     /// Nodes created at start: (name, initial value).
     pub nodes: Vec<(String, Variant)>,
 }
@@ -251,6 +253,13 @@ async fn serve(options: SimOptions, port: u16) -> Result<Parts, String> {
     if let Some((user, pass)) = &options.user {
         builder = builder.add_user_token("user", ServerUserToken { user: user.clone(), pass: Some(pass.clone()), ..Default::default() });
         tokens.push("user".into());
+    }
+    if let Some(cert) = &options.x509_user {
+        builder = builder.add_user_token(
+            "x509",
+            ServerUserToken { user: "x509".into(), x509: Some(cert.display().to_string()), ..Default::default() },
+        );
+        tokens.push("x509".into());
     }
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
     builder = builder.add_endpoint("none", ("/", SecurityPolicy::None, MessageSecurityMode::None, &tokens[..]));
