@@ -66,6 +66,10 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
     let mut delay = Reconnect::new(ua.reconnect_min, ua.reconnect_max);
     let mut generation = 0u64;
     let mut last_error: Option<String> = None;
+    // Whether the current loss was reported (every tag bad, then `Disconnected`, which the
+    // agent turns into one `device_lost` event): once per loss, as for Modbus devices,
+    // and again only for a refusal an operator must act on (certificate, login).
+    let mut loss_reported = false;
     loop {
         generation += 1;
         let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
@@ -74,19 +78,24 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
             Some(Err(message)) => {
                 out.stats.transport_errors += 1;
                 out.stats.warnings = standing_warnings(&ua, &pki);
-                if last_error.as_deref() != Some(message.as_str()) {
+                let changed = last_error.as_deref() != Some(message.as_str());
+                if changed {
                     warn!(device = %device.name, endpoint = %ua.endpoint, error = %message, "OPC-UA connection failed");
                     last_error = Some(message.clone());
                 }
-                if !out.send(ReportKind::Disconnected(message)).await {
-                    return;
+                if !loss_reported || (changed && needs_operator(&message)) {
+                    let now = Utc::now();
+                    let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &message, now)).collect();
+                    if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(message)).await {
+                        return;
+                    }
+                    loss_reported = true;
                 }
             }
             Some(Ok(connected)) => {
                 if generation > 1 && out.stats.session_attempts > 1 {
                     out.stats.reconnects += 1;
                 }
-                last_error = None;
                 info!(device = %device.name, endpoint = %ua.endpoint, "OPC-UA session up");
                 if !out.send(ReportKind::Connected).await {
                     return;
@@ -99,9 +108,11 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
                         warn!(device = %device.name, endpoint = %ua.endpoint, reason = %reason, "OPC-UA session lost; rebuilding");
                         let now = Utc::now();
                         let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &reason, now)).collect();
-                        if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(reason)).await {
+                        if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(reason.clone())).await {
                             return;
                         }
+                        loss_reported = true;
+                        last_error = Some(reason);
                     }
                 }
                 // A session that stayed up a while: the next failure starts small again.
@@ -116,6 +127,12 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
             return;
         }
     }
+}
+
+/// Whether a connection failure needs an operator (a certificate to trust, a login to fix)
+/// rather than time.
+fn needs_operator(message: &str) -> bool {
+    ["not trusted", "Certificate", "BadUserAccessDenied", "BadIdentityToken", "password", "user_"].iter().any(|k| message.contains(k))
 }
 
 /// What the status page must say about the device's security setup.

@@ -18,6 +18,11 @@ use tokio::sync::mpsc;
 use super::config::{tag_address, Address, OpcuaConfig};
 use crate::config::{DeviceConfig, TagConfig};
 
+/// Most notifications the server may put in one Publish response. Without a limit a server
+/// packs everything queued into one message; with a thousand items that overruns the
+/// message size (≈ 320 KB by default on both sides) and the server sends nothing at all.
+pub const MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 1000;
+
 /// What the library's callbacks forward to the driver task.
 #[derive(Debug)]
 pub enum Event {
@@ -139,7 +144,7 @@ pub async fn create_subscription(
     let keep_alive = (5_000 / interval_ms).clamp(3, 1000) as u32;
     let lifetime = ((ua.session_timeout.as_millis() as u64 / interval_ms) as u32).max(keep_alive * 3);
     session
-        .create_subscription(group.interval, lifetime, keep_alive, 0, 0, true, callbacks)
+        .create_subscription(group.interval, lifetime, keep_alive, MAX_NOTIFICATIONS_PER_PUBLISH, 0, true, callbacks)
         .await
         .map_err(|e| e.status())
 }
