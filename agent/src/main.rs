@@ -46,6 +46,11 @@ enum Command {
         #[arg(long)]
         modbus_port: Option<u16>,
     },
+    /// OPC-UA commissioning: browse a server, list and trust certificates.
+    Opcua {
+        #[command(subcommand)]
+        command: edge_agent::cli::opcua::OpcuaCommand,
+    },
     /// Print the messages arriving on an MQTT broker (topic, then payload).
     Watch {
         #[arg(long, default_value = "127.0.0.1")]
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
             Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
             Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
+            Command::Opcua { command } => edge_agent::cli::opcua::run(command).await,
             Command::CheckConfig { .. } => Ok(None), // handled above
         }
     });

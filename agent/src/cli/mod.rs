@@ -4,3 +4,4 @@
 
 pub mod modbus;
 pub mod models;
+pub mod opcua;

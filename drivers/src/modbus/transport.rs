@@ -39,6 +39,7 @@ impl Link {
             Protocol::ModbusTcp => Ok(Link::Tcp(addr()?)),
             Protocol::ModbusRtuOverTcp => Ok(Link::RtuOverTcp(addr()?)),
             Protocol::ModbusRtu => device.serial.clone().map(Link::Serial).ok_or_else(|| "no [devices.serial] settings".into()),
+            Protocol::Opcua => Err("an OPC-UA device has no Modbus link".into()),
         }
     }
 
