@@ -196,7 +196,7 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], rul: &[f32], groups: &[std:
             Ok(sum / n.max(1) as f64)
         };
         let fit_opts = FitOptions {
-            epochs: opts.epochs.unwrap_or(40),
+            epochs: opts.epochs.unwrap_or(30),
             batch: 16,
             lr: 3e-3,
             weight_decay: 1e-4,
