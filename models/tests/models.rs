@@ -202,7 +202,7 @@ fn fleet(units: usize, seed: u64) -> Dataset {
 
 #[test]
 fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure() {
-    let opts = TrainOptions { window: Some(16), epochs: Some(12), members: Some(2), hidden: Some(16), regime_columns: vec!["regime".into()], regimes: 2, rul_cap: 60.0, unit: Some("cycles".into()), max_examples_per_epoch: 4096, ..Default::default() };
+    let opts = TrainOptions { epochs: Some(15), members: Some(2), hidden: Some(16), regime_columns: vec!["regime".into()], regimes: 2, rul_cap: 60.0, unit: Some("cycles".into()), ..Default::default() };
     let art = train(ModelKind::Rul, &fleet(30, 13), &opts).unwrap();
     // The flat column is dropped, the regime column kept for the normalisation.
     assert_eq!(art.manifest.inputs, vec!["regime", "wear", "temp"]);
@@ -218,7 +218,7 @@ fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure(
     let rmse = edge_models::eval::rmse(&values, &truth);
     assert!(rmse < 15.0, "rmse {rmse}: {values:?} vs {truth:?}");
     assert!(values.first() > values.last(), "{values:?}");
-    let window = rows[n - 16..].to_vec();
+    let window = rows[n - model.manifest().window..].to_vec();
     let Prediction::Rul { value, lower, upper } = model.infer(&window).unwrap() else { panic!() };
     assert!(lower <= value && value <= upper, "{lower} {value} {upper}");
 }
