@@ -234,11 +234,28 @@ fn add_node(manager: &InMemoryNodeManager<SimpleNodeManagerImpl>, ns: u16, name:
         .insert(&mut *manager.address_space().write())
 }
 
+/// Binds `addr`, retrying for a few seconds while it is in use: after `stop` the old
+/// server's listener may close a moment later (its runtime shuts down in the background), and
+/// a client socket elsewhere on the machine can hold the same port as its ephemeral port for a
+/// short while. A restart on the same port must not fail on either (it made a test flaky).
+async fn bind_when_free(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+}
+
 type Parts = (ServerHandle, Arc<InMemoryNodeManager<SimpleNodeManagerImpl>>, u16);
 
 async fn serve(options: SimOptions, port: u16) -> Result<Parts, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = bind_when_free(addr).await?;
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let mut tokens = vec![ANONYMOUS_USER_TOKEN_ID.to_string()];
     let mut builder = ServerBuilder::new()
