@@ -34,6 +34,11 @@ enum Command {
     /// Run a simulated sugar mill, an embedded MQTT broker and the agent with its models,
     /// all on loopback; or export simulated history, or rebuild the demo's models.
     Demo(edge_agent::cli::demo::DemoArgs),
+    /// OPC-UA commissioning: browse a server, list and trust certificates.
+    Opcua {
+        #[command(subcommand)]
+        command: edge_agent::cli::opcua::OpcuaCommand,
+    },
     /// Print the messages arriving on an MQTT broker (topic, then payload).
     Watch {
         #[arg(long, default_value = "127.0.0.1")]
@@ -46,6 +51,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: usize,
     },
+    /// Commissioning tools for Modbus devices: read registers with every decoding, scan a bus.
+    Modbus(edge_agent::cli::modbus::ModbusArgs),
+    /// Model training and evaluation (`train`, `eval`).
+    #[command(flatten)]
+    Models(edge_agent::cli::models::ModelsCommand),
 }
 
 fn init_logging() {
@@ -96,6 +106,9 @@ fn main() -> ExitCode {
             }
             Command::Demo(args) => edge_agent::cli::demo::run(args).await.map(|()| None),
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
+            Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
+            Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
+            Command::Opcua { command } => edge_agent::cli::opcua::run(command).await,
             Command::CheckConfig { .. } => Ok(None), // handled above
         }
     });

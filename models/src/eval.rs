@@ -96,3 +96,41 @@ mod tests {
         assert!((nasa_score(&[20.0, 0.0], &[10.0, 13.0]) - 2.0 * e1).abs() < 1e-9);
     }
 }
+
+/// Result of scoring one labelled run with an anomaly model.
+#[derive(Debug, Clone, Default)]
+pub struct RunResult {
+    /// Point-wise, raw threshold (score ≥ 1).
+    pub raw: Confusion,
+    /// Point-wise, after the alarm's smoothing, hysteresis and minimum durations.
+    pub alarm: Confusion,
+}
+
+/// Scores every row of a labelled run (`data.target`: 1 anomalous, 0 normal) with `model`
+/// and compares the flags with the labels. Rows before the first full window count as
+/// "not flagged". With `skip` > 0, the first `skip` rows (used for training) are scored too
+/// but left out of the counts if `count_skipped` is false.
+pub fn score_run(model: &crate::Model, data: &crate::dataset::Dataset, alarm: crate::alarm::AlarmOptions, skip: usize, count_skipped: bool) -> Result<RunResult, crate::ModelError> {
+    let w = model.manifest().window;
+    let labels = data.target.clone().unwrap_or_else(|| vec![0.0; data.len()]);
+    let ends: Vec<usize> = (w.saturating_sub(1)..data.len()).collect();
+    let preds = model.infer_many(&data.rows, &ends)?;
+    let mut scores = vec![f32::NAN; data.len()];
+    for (e, p) in ends.iter().zip(&preds) {
+        if let crate::Prediction::Anomaly { score, .. } = p {
+            scores[*e] = *score;
+        }
+    }
+    let mut out = RunResult::default();
+    let mut state = crate::alarm::Alarm::new(alarm);
+    for (i, s) in scores.iter().enumerate() {
+        state.update(*s);
+        if i < skip && !count_skipped {
+            continue;
+        }
+        let actual = labels[i] >= 0.5;
+        out.raw.add(s.is_finite() && *s >= 1.0, actual);
+        out.alarm.add(state.active(), actual);
+    }
+    Ok(out)
+}

@@ -26,7 +26,14 @@ pub enum ModelError {
     #[error("input {input} is not a finite number")]
     NonFinite { input: String },
     #[error("model computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+// Not `#[from]`: the Candle error would also be the source and print twice in a chain.
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Candle(e)
+    }
 }
 
 /// A loaded, checked model. `Send`; inference is single-threaded.

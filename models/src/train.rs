@@ -86,9 +86,17 @@ pub enum TrainError {
     #[error("a value in row {row}, column {column:?} is not a finite number")]
     NonFinite { row: usize, column: String },
     #[error("training computation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     #[error("cannot serialise the weights: {0}")]
     Serialise(String),
+}
+
+// Not `#[from]`: that would make the Candle error the source too, and error chains would
+// print its text twice.
+impl From<candle_core::Error> for TrainError {
+    fn from(e: candle_core::Error) -> Self {
+        TrainError::Candle(e)
+    }
 }
 
 /// A manifest with empty fields (filled in by the caller).

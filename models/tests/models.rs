@@ -202,7 +202,7 @@ fn fleet(units: usize, seed: u64) -> Dataset {
 
 #[test]
 fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure() {
-    let opts = TrainOptions { window: Some(16), epochs: Some(12), members: Some(2), hidden: Some(16), regime_columns: vec!["regime".into()], regimes: 2, rul_cap: 60.0, unit: Some("cycles".into()), max_examples_per_epoch: 4096, ..Default::default() };
+    let opts = TrainOptions { epochs: Some(15), members: Some(2), hidden: Some(16), regime_columns: vec!["regime".into()], regimes: 2, rul_cap: 60.0, unit: Some("cycles".into()), ..Default::default() };
     let art = train(ModelKind::Rul, &fleet(30, 13), &opts).unwrap();
     // The flat column is dropped, the regime column kept for the normalisation.
     assert_eq!(art.manifest.inputs, vec!["regime", "wear", "temp"]);
@@ -218,7 +218,25 @@ fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure(
     let rmse = edge_models::eval::rmse(&values, &truth);
     assert!(rmse < 15.0, "rmse {rmse}: {values:?} vs {truth:?}");
     assert!(values.first() > values.last(), "{values:?}");
-    let window = rows[n - 16..].to_vec();
+    let window = rows[n - model.manifest().window..].to_vec();
     let Prediction::Rul { value, lower, upper } = model.infer(&window).unwrap() else { panic!() };
     assert!(lower <= value && value <= upper, "{lower} {value} {upper}");
+}
+
+#[test]
+fn the_run_scorer_counts_flags_against_labels_with_and_without_the_alarm_filter() {
+    let art = train(ModelKind::Anomaly, &table(plant(600, 15)), &TrainOptions { architecture: Some("pca".into()), threshold_margin: 1.2, ..Default::default() }).unwrap();
+    let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
+    // Given a run whose second half is a labelled fault
+    let mut run = table(plant(400, 16));
+    for row in &mut run.rows[200..] {
+        row[2] += 1.5;
+    }
+    run.target = Some((0..400).map(|i| if i >= 200 { 1.0 } else { 0.0 }).collect());
+    let alarm = edge_models::alarm::AlarmOptions { smoothing: 0.5, on: 1.0, off: 0.8, min_on: 3, min_off: 3 };
+    let r = edge_models::eval::score_run(&model, &run, alarm, 0, true).unwrap();
+    // Then the fault is found, with few false alarms, and the alarm filter costs only its delay.
+    assert!(r.raw.f1() > 0.9 && r.raw.far() < 0.1, "{:?}", r.raw);
+    assert!(r.alarm.far() <= r.raw.far(), "{:?} vs {:?}", r.alarm, r.raw);
+    assert!(r.alarm.tp + 10 >= r.raw.tp && r.alarm.tp + r.alarm.fn_ == 200, "{:?}", r.alarm);
 }

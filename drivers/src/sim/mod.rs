@@ -8,5 +8,6 @@
 
 pub mod history;
 pub mod mill_condition;
+pub mod opcua_server;
 pub mod register_server;
 pub mod sugar_mill;
