@@ -215,18 +215,13 @@ async fn a_degrading_bearing_raises_maintenance_due_with_a_window_in_the_planned
     assert!(d["window"]["failure_risk"].as_f64().unwrap() < 0.1, "{d:#}");
     assert!(d["rul_h"].as_f64().unwrap() > 12.0 && d["rul_h"].as_f64().unwrap() < 100.0, "{d:#}");
     assert_eq!(due["asset"], "mill-bearing");
-
-    // And the RUL estimate falls as the bearing wears on (a plant hour per second)
-    let first = wait_for("three RUL predictions", LONG, || {
-        let p = rig.predictions("mill-bearing-rul_value");
-        (p.len() >= 3).then_some(p)
+    // And the estimate is published as telemetry of the analytics device, with its band
+    // (that it falls with the true life is checked over whole plant days in analytics_sim.rs)
+    let (value, lower, upper) = wait_for("a RUL prediction with its band", LONG, || {
+        Some((*rig.predictions("mill-bearing-rul_value").last()?, *rig.predictions("mill-bearing-rul_lower").last()?, *rig.predictions("mill-bearing-rul_upper").last()?))
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let later = rig.predictions("mill-bearing-rul_value");
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (a, b) = (mean(&first[first.len().saturating_sub(3)..]), mean(&later[later.len() - 3..]));
-    assert!(b < a - 2.0, "RUL went from {a:.1} h to {b:.1} h over six plant hours");
+    assert!(lower <= value && value <= upper, "{lower} {value} {upper}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
 use edge_drivers::{DeviceReport, Quality, ReportKind, Sample, Value};
@@ -344,6 +344,3 @@ impl Worker {
         });
     }
 }
-
-/// A short pause between two attempts elsewhere; here only to keep one constant visible.
-pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
