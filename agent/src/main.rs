@@ -46,6 +46,11 @@ enum Command {
         #[arg(long)]
         modbus_port: Option<u16>,
     },
+    /// OPC-UA commissioning: browse a server, list and trust certificates.
+    Opcua {
+        #[command(subcommand)]
+        command: edge_agent::cli::opcua::OpcuaCommand,
+    },
     /// Print the messages arriving on an MQTT broker (topic, then payload).
     Watch {
         #[arg(long, default_value = "127.0.0.1")]
@@ -58,6 +63,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: usize,
     },
+    /// Commissioning tools for Modbus devices: read registers with every decoding, scan a bus.
+    Modbus(edge_agent::cli::modbus::ModbusArgs),
     /// Model training and evaluation (`train`, `eval`).
     #[command(flatten)]
     Models(edge_agent::cli::models::ModelsCommand),
@@ -113,7 +120,9 @@ fn main() -> ExitCode {
                 demo::run(demo::DemoOptions { data_dir, web_listen, mqtt_port, modbus_port }).await.map(|()| None)
             }
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
+            Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
             Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
+            Command::Opcua { command } => edge_agent::cli::opcua::run(command).await,
             Command::CheckConfig { .. } => Ok(None), // handled above
         }
     });

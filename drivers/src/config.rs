@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::modbus::config::SerialConfig;
 use crate::modbus::{ByteOrder, DataType, Table};
+use crate::opcua::config::OpcuaConfig;
 use crate::validate::Issues;
 
 /// How the agent talks to a device.
@@ -37,6 +38,8 @@ pub enum Protocol {
     /// Modbus RTU frames over a TCP socket, as serial-to-Ethernet converters speak it;
     /// `address = "host:port"` of the converter.
     ModbusRtuOverTcp,
+    /// OPC-UA over TCP (`opc.tcp://`); settings in `[devices.opcua]`.
+    Opcua,
 }
 
 impl Protocol {
@@ -46,6 +49,7 @@ impl Protocol {
             Protocol::ModbusTcp => "modbus-tcp",
             Protocol::ModbusRtu => "modbus-rtu",
             Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            Protocol::Opcua => "opcua",
         }
     }
 
@@ -61,7 +65,7 @@ pub struct DeviceConfig {
     /// Unique name; used in MQTT topics (`…/telemetry/{name}`) and on the status page.
     /// Letters, digits, `-` and `_` only.
     pub name: String,
-    /// Wire protocol: `modbus-tcp`, `modbus-rtu` or `modbus-rtu-over-tcp`.
+    /// Wire protocol: `modbus-tcp`, `modbus-rtu`, `modbus-rtu-over-tcp` or `opcua`.
     pub protocol: Protocol,
     /// `host:port` of the device (`modbus-tcp`) or of the serial-to-Ethernet converter
     /// (`modbus-rtu-over-tcp`). An IP address: names are not resolved on a plant network.
@@ -71,6 +75,10 @@ pub struct DeviceConfig {
     /// `port` share the bus and are polled in turn.
     #[serde(default)]
     pub serial: Option<SerialConfig>,
+    /// `[devices.opcua]`: endpoint, security and subscription settings of an `opcua`
+    /// device.
+    #[serde(default)]
+    pub opcua: Option<OpcuaConfig>,
     /// Modbus unit (slave) id, 0–255 (1–247 on a shared RS-485 bus). Most TCP devices
     /// ignore it; RTU devices and gateways to RS-485 need it.
     #[serde(default = "default_unit_id")]
@@ -180,6 +188,21 @@ pub struct TagConfig {
     /// flat value is still seen to be alive.
     #[serde(default, with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
+    /// OPC-UA: the node, e.g. `ns=2;s=Line1.Speed` or `ns=2;i=1001`. Or `browse_path`.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// OPC-UA: the node by browse names from the Objects folder, e.g.
+    /// `/2:Line1/2:Speed`; resolved again on every reconnect (survives a PLC download
+    /// that renumbers nodes).
+    #[serde(default)]
+    pub browse_path: Option<String>,
+    /// OPC-UA: how often the server samples this value (default: the device's
+    /// `sampling_interval`).
+    #[serde(default, with = "humantime_serde")]
+    pub sampling_interval: Option<Duration>,
+    /// OPC-UA: changes the server queues for this value between publishes.
+    #[serde(default)]
+    pub queue_size: Option<u32>,
     /// Engineering unit shown on the status page (`t/h`, `°C`, `bar`…).
     #[serde(default)]
     pub unit: Option<String>,
@@ -197,6 +220,7 @@ impl Default for DeviceConfig {
             protocol: Protocol::ModbusTcp,
             address: None,
             serial: None,
+            opcua: None,
             unit_id: default_unit_id(),
             address_base: 0,
             poll_interval: default_poll_interval(),
@@ -233,6 +257,10 @@ impl Default for TagConfig {
             deadband: None,
             deadband_percent: None,
             heartbeat: None,
+            node_id: None,
+            browse_path: None,
+            sampling_interval: None,
+            queue_size: None,
             unit: None,
             description: None,
         }
@@ -288,7 +316,7 @@ impl DeviceConfig {
         match (&self.address, &self.serial) {
             (_, Some(serial)) if self.protocol == Protocol::ModbusRtu => serial.describe(),
             (Some(address), _) => address.clone(),
-            _ => String::new(),
+            _ => self.opcua.as_ref().map(|ua| ua.endpoint.clone()).unwrap_or_default(),
         }
     }
 
@@ -332,6 +360,10 @@ impl DeviceConfig {
         }
         if self.protocol.is_modbus() {
             crate::modbus::config::validate_device(self, path, issues);
+            crate::opcua::config::reject_on_other_protocol(self, path, issues);
+        }
+        if self.protocol == Protocol::Opcua {
+            crate::opcua::config::validate_device(self, path, issues);
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod config;
 pub mod modbus;
+pub mod opcua;
 pub mod sample;
 pub mod sim;
 pub mod validate;

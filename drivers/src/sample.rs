@@ -83,6 +83,10 @@ pub enum ReportKind {
 /// starts again from zero).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DriverStats {
+    /// Polls made (one round of reads of one poll group, whatever its outcome), counted
+    /// by the driver: a poll whose readings a deadband held back still counts.
+    #[serde(default)]
+    pub polls: u64,
     /// Requests sent to the device (reads, writes, read-backs, probes).
     pub requests: u64,
     /// Requests the device did not answer in time.
@@ -104,4 +108,22 @@ pub struct DriverStats {
     pub backoffs: u64,
     /// Merged requests split because the device refused them.
     pub splits: u64,
+    /// OPC-UA: sessions attempted (each one secure channel and session), first included.
+    #[serde(default)]
+    pub session_attempts: u64,
+    /// OPC-UA: subscriptions created again after a reconnect or a lost subscription.
+    #[serde(default)]
+    pub subscriptions_rebuilt: u64,
+    /// OPC-UA: items the server refused or lost (unknown node, bad browse path), counted
+    /// each time; they are tried again on the next rebuild.
+    #[serde(default)]
+    pub bad_items: u64,
+    /// OPC-UA: data-change notifications received.
+    #[serde(default)]
+    pub notifications: u64,
+    /// Standing problems of the device's setup that an operator must see (OPC-UA: a
+    /// rejected server certificate waiting for `edge-agent opcua trust`; certificates
+    /// trusted without an operator).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }

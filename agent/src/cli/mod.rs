@@ -1,4 +1,7 @@
 //! Subcommands beyond `run`, `demo`, `check-config` and `watch`: one file per subcommand
 //! family (commissioning tools for each protocol, model training and evaluation). `main.rs`
 //! only parses the arguments and calls the `run` function of the matching file.
+
+pub mod modbus;
 pub mod models;
+pub mod opcua;

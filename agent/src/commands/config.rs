@@ -128,6 +128,11 @@ impl WritableTag {
             issues.push(format!("{path}.tag"), format!("device {:?} has no tag named {:?}", self.device, self.tag));
             return;
         };
+        if device.protocol == edge_drivers::Protocol::Opcua {
+            // The node's type is the server's: min and max, when given, limit numbers
+            // (and a number without both is refused at write time).
+            return;
+        }
         let Some(table) = tag.table else {
             issues.push(format!("{path}.tag"), format!("{}/{} is not a Modbus register or coil: only those can be written", self.device, self.tag));
             return;

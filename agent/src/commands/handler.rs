@@ -221,8 +221,8 @@ impl Handler {
                 let reason = format!("{}/{}: {e}", w.device, w.tag);
                 match e {
                     // Nothing was sent.
-                    WriteError::NotConnected | WriteError::UnknownTag(_) | WriteError::Encode(_) => Verdict::Rejected(reason),
-                    WriteError::Exception(_) | WriteError::Timeout(_) | WriteError::Transport(_) | WriteError::NotConfirmed(_) => {
+                    WriteError::NotConnected | WriteError::UnknownTag(_) | WriteError::Encode(_) | WriteError::NotSent(_) => Verdict::Rejected(reason),
+                    WriteError::Exception(_) | WriteError::Refused(_) | WriteError::Timeout(_) | WriteError::Transport(_) | WriteError::NotConfirmed(_) => {
                         Verdict::Failed(reason)
                     }
                 }

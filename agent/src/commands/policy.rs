@@ -5,7 +5,8 @@
 //! 2. the device/tag is in the allowlist (`[[commands.writable]]`);
 //! 3. the value has the tag's type (`true`/`false` for a coil, a number for a register);
 //! 4. it lies in `[min, max]`;
-//! 5. it can be represented in the tag's type after inverse scaling;
+//! 5. it can be represented in the tag's type after inverse scaling (Modbus; an OPC-UA
+//!    node's type is only known to the server, so the driver checks it before sending);
 //! 6. it is at most `max_step` away from the tag's last good reading.
 
 use edge_drivers::modbus::write::encode_write;
@@ -40,8 +41,16 @@ pub fn check_write(
     else {
         return Err(format!("{target} is not a configured tag"));
     };
-    let is_bool = tag.table == Some(Table::Coil) || tag.data_type() == edge_drivers::modbus::DataType::Bool;
+    let opcua = device.protocol == edge_drivers::Protocol::Opcua;
+    let is_bool = !opcua && (tag.table == Some(Table::Coil) || tag.data_type() == edge_drivers::modbus::DataType::Bool);
     let number = match (is_bool, &write.value) {
+        // An OPC-UA node's type is the server's: the driver converts to it (or refuses);
+        // numbers still need the allowlist's limits.
+        _ if opcua => match &write.value {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Bool(_) | Value::Text(_) => None,
+        },
         (true, Value::Bool(_)) => None,
         (true, other) => return Err(format!("{target} is a coil: the value must be true or false, not {}", show(other))),
         (_, Value::Int(i)) => Some(*i as f64),
@@ -50,14 +59,19 @@ pub fn check_write(
             return Err(format!("{target} is a {} register: the value must be a number, not {}", tag.data_type().as_str(), show(other)))
         }
     };
+    if number.is_some() && opcua && (entry.min.is_none() || entry.max.is_none()) {
+        return Err(format!("{target} is an OPC-UA tag without min and max in commands.writable: numbers cannot be written to it"));
+    }
     if let Some(v) = number {
         let (min, max) = (entry.min.unwrap_or(f64::NEG_INFINITY), entry.max.unwrap_or(f64::INFINITY));
         if !(min..=max).contains(&v) {
             return Err(format!("value {v} is out of the allowed range [{min}, {max}] for {target}"));
         }
     }
-    encode_write(tag, device.address_base, &write.value)
-        .map_err(|e| format!("value {} cannot be written to {target}: {e}", show(&write.value)))?;
+    if !opcua {
+        encode_write(tag, device.address_base, &write.value)
+            .map_err(|e| format!("value {} cannot be written to {target}: {e}", show(&write.value)))?;
+    }
     if let (Some(v), Some(step)) = (number, entry.max_step) {
         let last = match last_good {
             Some(Value::Int(i)) => *i as f64,
@@ -158,6 +172,28 @@ mod tests {
         assert_eq!(check("flow", Value::Float(313.4), Some(Value::Float(308.4))), Ok(()));
         assert_eq!(check("count", Value::Int(42), None), Ok(()));
         assert_eq!(check("pump", Value::Bool(true), None), Ok(()));
+    }
+
+    #[test]
+    fn an_opcua_tag_takes_any_kind_of_value_but_numbers_need_limits() {
+        // Given an OPC-UA device with two allowlisted tags, one with limits
+        let ua_tag = |name: &str| TagConfig { name: name.into(), table: None, address: None, node_id: Some(format!("ns=2;s={name}")), ..TagConfig::default() };
+        let devices = vec![DeviceConfig {
+            name: "press".into(),
+            protocol: Protocol::Opcua,
+            tags: vec![ua_tag("speed"), ua_tag("mode")],
+            ..DeviceConfig::default()
+        }];
+        let entry = |tag: &str, min, max| WritableTag { device: "press".into(), tag: tag.into(), min, max, max_step: None };
+        let c = CommandsConfig { writes_enabled: true, writable: vec![entry("speed", Some(0.0), Some(100.0)), entry("mode", None, None)], ..Default::default() };
+        let w = |tag: &str, value| WriteCommand { id: "1".into(), device: "press".into(), tag: tag.into(), value };
+        // Then numbers are checked against the limits, text and booleans go to the driver
+        assert_eq!(check_write(&c, &devices, None, &w("speed", Value::Float(50.0))), Ok(()));
+        assert!(check_write(&c, &devices, None, &w("speed", Value::Float(150.0))).unwrap_err().contains("out of the allowed range"));
+        assert_eq!(check_write(&c, &devices, None, &w("mode", Value::Text("manual".into()))), Ok(()));
+        assert_eq!(check_write(&c, &devices, None, &w("mode", Value::Bool(true))), Ok(()));
+        // And a number to a tag without limits is refused
+        assert!(check_write(&c, &devices, None, &w("mode", Value::Int(3))).unwrap_err().contains("without min and max"));
     }
 
     #[test]

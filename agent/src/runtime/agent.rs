@@ -153,6 +153,20 @@ async fn run_once(
             }
         }));
     }
+    // OPC-UA devices: one task and one session each.
+    for device in config.devices.iter().filter(|d| d.protocol == edge_drivers::Protocol::Opcua) {
+        let (write_tx, inbox) = write_channel(16);
+        writers.insert(device.name.clone(), write_tx);
+        let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
+        let (device, tx, cancel) = (device.clone(), reports_tx.clone(), driver_cancel.clone());
+        drivers.push(supervise(format!("device {}", device.name), driver_cancel.clone(), move || {
+            let (device, pki, tx, cancel, inbox) = (device.clone(), pki.clone(), tx.clone(), cancel.clone(), inbox.clone());
+            async move {
+                edge_drivers::opcua::run_device(device, pki, tx, inbox, cancel).await;
+                Ok(())
+            }
+        }));
+    }
     drop(reports_tx);
 
     let stored = Arc::new(Notify::new());

@@ -56,7 +56,17 @@ const DEVICE_TRANSPORT_ERRORS: Family =
 const DEVICE_DECODE_ERRORS: Family = counter("device_decode_errors_total", "Readings of the device that could not be decoded.");
 const DEVICE_RECONNECTS: Family = counter("device_reconnects_total", "Connections rebuilt for the device after the first.");
 const DEVICE_LATENCY: Family = gauge("device_last_latency_microseconds", "Round-trip time of the last answered request.");
+// OPC-UA devices (zero for the others).
+const OPCUA_SESSION_ATTEMPTS: Family =
+    counter("device_opcua_session_attempts_total", "OPC-UA sessions attempted (secure channel and session), the first included.");
+const OPCUA_SUBSCRIPTIONS_REBUILT: Family =
+    counter("device_opcua_subscriptions_rebuilt_total", "OPC-UA subscriptions created again after a reconnect or a lost subscription.");
+const OPCUA_BAD_ITEMS: Family =
+    counter("device_opcua_bad_items_total", "OPC-UA items refused or lost (unknown node, unresolved browse path), counted each time.");
+const OPCUA_NOTIFICATIONS: Family = counter("device_opcua_notifications_total", "OPC-UA data-change notifications received.");
 const DEVICE_BACKED_OFF: Family = gauge("device_backed_off", "1 while the device is backed off after repeated failures.");
+const DEVICE_BACKOFFS: Family = counter("device_backoffs_total", "Times the device was backed off after repeated failures.");
+const DEVICE_SPLITS: Family = counter("device_request_splits_total", "Merged read requests split because the device refused them.");
 const TAG_QUALITY_GOOD: Family = gauge(
     "tag_quality_good",
     "Number of the device's tags whose last reading is of good quality.",
@@ -164,6 +174,12 @@ fn render_devices(out: &mut String, s: &Snapshot) {
     DEVICE_RECONNECTS.per_device(out, s, |d| c(d).reconnects);
     DEVICE_LATENCY.per_device(out, s, |d| c(d).last_latency_ms.map_or(0, |ms| (ms * 1000.0) as u64));
     DEVICE_BACKED_OFF.per_device(out, s, |d| u64::from(c(d).backed_off));
+    DEVICE_BACKOFFS.per_device(out, s, |d| c(d).backoffs);
+    DEVICE_SPLITS.per_device(out, s, |d| c(d).splits);
+    OPCUA_SESSION_ATTEMPTS.per_device(out, s, |d| c(d).session_attempts);
+    OPCUA_SUBSCRIPTIONS_REBUILT.per_device(out, s, |d| c(d).subscriptions_rebuilt);
+    OPCUA_BAD_ITEMS.per_device(out, s, |d| c(d).bad_items);
+    OPCUA_NOTIFICATIONS.per_device(out, s, |d| c(d).notifications);
     TAG_QUALITY_GOOD.per_device(out, s, |d| {
         d.tags.iter().filter(|t| t.quality == "good").count() as u64
     });
@@ -438,7 +454,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 35);
+        assert_eq!(declared.len(), 41);
         assert!(text.ends_with('\n'));
     }
 

@@ -112,6 +112,8 @@ pub fn bus_key(device: &DeviceConfig) -> BusKey {
         Protocol::ModbusTcp => BusKey::Tcp(device.name.clone()),
         Protocol::ModbusRtuOverTcp => BusKey::RtuOverTcp(device.address.clone().unwrap_or_default()),
         Protocol::ModbusRtu => BusKey::Serial(device.serial.as_ref().map(|s| s.port.clone()).unwrap_or_default()),
+        // Not a Modbus device: never grouped (callers filter on is_modbus()).
+        Protocol::Opcua => BusKey::Tcp(device.name.clone()),
     }
 }
 
@@ -154,6 +156,7 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
                 Some(s) => validate_serial(s, &format!("{path}.serial"), issues),
             }
         }
+        Protocol::Opcua => {}
     }
     if device.protocol != Protocol::ModbusTcp && !(1..=247).contains(&device.unit_id) {
         issues.push(format!("{path}.unit_id"), "must be 1–247 on a serial bus (0 is broadcast, 248–255 are reserved)");

@@ -60,6 +60,14 @@ pub enum WriteError {
     /// may override it, or the register is not what the config says).
     #[error("the write was not confirmed: {0}")]
     NotConfirmed(String),
+    /// The device refused the write with the status it names (OPC-UA `BadNotWritable`,
+    /// `BadTypeMismatch`, `BadUserAccessDenied`…); the connection stays up.
+    #[error("the device refused the write: {0}")]
+    Refused(String),
+    /// The value cannot be written to that node (wrong kind, out of range, node not
+    /// resolved); nothing was sent.
+    #[error("{0}")]
+    NotSent(String),
     /// The device has no tag by that name.
     #[error("the device has no tag {0:?}")]
     UnknownTag(String),

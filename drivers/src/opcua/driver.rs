@@ -1,0 +1,560 @@
+//! The task of one OPC-UA device: connect, build every subscription and polled group,
+//! report what arrives, carry out writes, and rebuild everything when the session is lost.
+//!
+//! **Recovery.** A lost session (server restart, network cut, keep-alive failures) ends
+//! [`run_session`]: every tag is reported bad at once ("connection lost: …"), so that no
+//! value from before the loss stands as good, and a new session is built after a
+//! jittered, growing wait ([`super::reconnect`]) — new subscriptions, monitored items and
+//! browse paths resolved again. Items the server refuses (`BadNodeIdUnknown` after a PLC
+//! download, a browse path that does not resolve yet) are reported bad and retried
+//! every `reconnect_min`–`reconnect_max` until the node is back. A subscription the
+//! server drops (status change `BadTimeout`) is created again in the same session.
+//! Notifications of an older session are dropped, never reported.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use opcua::client::{Client, Session};
+use opcua::types::{AttributeId, DataValue, NodeId, NumericRange, StatusCode, WriteValue};
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::config::OpcuaConfig;
+use super::reconnect::Reconnect;
+use super::session::{build_client, connect, endpoint_gate, identity, Connected};
+use super::subscription::{self, Event, Group};
+use super::value::{bad_sample, to_sample, to_variant};
+use crate::config::DeviceConfig;
+use crate::modbus::write::{WriteError, WriteInbox, WriteRequest};
+use crate::sample::{DeviceReport, DriverStats, ReportKind, Sample, Value};
+
+/// Most samples sent to the agent in one report.
+const MAX_BATCH: usize = 5_000;
+
+/// Runs device `device` until `cancel` fires or the agent stops listening. `pki` is the
+/// agent's OPC-UA PKI directory ([`super::session::pki_dir`]).
+pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sender<DeviceReport>, writes: WriteInbox, cancel: CancellationToken) {
+    let Some(ua) = device.opcua.clone() else {
+        warn!(device = %device.name, "no [devices.opcua] settings; driver not started");
+        return;
+    };
+    let mut out = Reporter { device: device.name.clone(), reports, stats: DriverStats::default(), sent: None };
+    if ua.auto_trust_server_certificate {
+        warn!(device = %device.name, "auto_trust_server_certificate is on: the server's certificate is trusted without an operator");
+    }
+    out.stats.warnings = standing_warnings(&ua, &pki);
+    let (ua2, pki2, t) = (ua.clone(), pki.clone(), device.timeout);
+    // Creating the client creates the agent's key pair on first run: seconds of CPU.
+    let mut client = match tokio::task::spawn_blocking(move || build_client(&ua2, &pki2, t)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            out.send(ReportKind::Disconnected(format!("cannot set up the OPC-UA client (PKI {}): {e}", pki.display()))).await;
+            return;
+        }
+        Err(e) => {
+            out.send(ReportKind::Disconnected(format!("cannot set up the OPC-UA client: {e}"))).await;
+            return;
+        }
+    };
+    let inbox = writes.receiver();
+    let mut writes = inbox.lock().await;
+    let mut delay = Reconnect::new(ua.reconnect_min, ua.reconnect_max);
+    let mut generation = 0u64;
+    let mut last_error: Option<String> = None;
+    // Whether the current loss was reported (every tag bad, then `Disconnected`, which the
+    // agent turns into one `device_lost` event): once per loss, as for Modbus devices,
+    // and again only for a refusal an operator must act on (certificate, login).
+    let mut loss_reported = false;
+    loop {
+        generation += 1;
+        let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
+        match attempt {
+            None => return,
+            Some(Err(message)) => {
+                out.stats.transport_errors += 1;
+                out.stats.warnings = standing_warnings(&ua, &pki);
+                let changed = last_error.as_deref() != Some(message.as_str());
+                if changed {
+                    warn!(device = %device.name, endpoint = %ua.endpoint, error = %message, "OPC-UA connection failed");
+                    last_error = Some(message.clone());
+                }
+                if !loss_reported || (changed && needs_operator(&message)) {
+                    let now = Utc::now();
+                    let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &message, now)).collect();
+                    if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(message)).await {
+                        return;
+                    }
+                    loss_reported = true;
+                }
+            }
+            Some(Ok(connected)) => {
+                if generation > 1 && out.stats.session_attempts > 1 {
+                    out.stats.reconnects += 1;
+                }
+                info!(device = %device.name, endpoint = %ua.endpoint, "OPC-UA session up");
+                if !out.send(ReportKind::Connected).await {
+                    return;
+                }
+                let started = Instant::now();
+                let end = run_session(&device, &ua, connected, generation, &mut out, &mut writes, &cancel).await;
+                match end {
+                    SessionEnd::Stopped => return,
+                    SessionEnd::Lost(reason) => {
+                        warn!(device = %device.name, endpoint = %ua.endpoint, reason = %reason, "OPC-UA session lost; rebuilding");
+                        let now = Utc::now();
+                        let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &reason, now)).collect();
+                        if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(reason.clone())).await {
+                            return;
+                        }
+                        loss_reported = true;
+                        last_error = Some(reason);
+                    }
+                }
+                // A session that stayed up a while: the next failure starts small again.
+                if started.elapsed() >= ua.reconnect_max.min(Duration::from_secs(10)) {
+                    delay.reset();
+                }
+            }
+        }
+        out.flush_stats().await;
+        let until = Instant::now() + delay.next_delay();
+        if !wait_refusing_writes(until, &mut writes, &cancel).await {
+            return;
+        }
+    }
+}
+
+/// Whether a connection failure needs an operator (a certificate to trust, a login to fix)
+/// rather than time.
+fn needs_operator(message: &str) -> bool {
+    ["not trusted", "Certificate", "BadUserAccessDenied", "BadIdentityToken", "password", "user_"].iter().any(|k| message.contains(k))
+}
+
+/// What the status page must say about the device's security setup.
+fn standing_warnings(ua: &OpcuaConfig, pki: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if ua.auto_trust_server_certificate {
+        out.push("auto_trust_server_certificate is on: any server certificate is trusted without an operator".to_string());
+    }
+    if ua.security_policy != super::config::SecurityPolicy::None {
+        for c in super::pki::rejected(pki) {
+            let short: String = c.thumbprint.chars().take(12).collect();
+            out.push(format!("rejected server certificate {} [{}]: trust it with `edge-agent opcua trust {short}`", c.subject, c.thumbprint));
+        }
+    }
+    out
+}
+
+/// One session attempt under the endpoint's gate. `None`: cancelled.
+async fn attempt(client: &mut Client, ua: &OpcuaConfig, out: &mut Reporter, cancel: &CancellationToken) -> Option<Result<Connected, String>> {
+    let gate = endpoint_gate(&ua.endpoint);
+    let _held = tokio::select! {
+        () = cancel.cancelled() => return None,
+        g = gate.lock() => g,
+    };
+    out.stats.session_attempts += 1;
+    let token = match identity(ua) {
+        Ok(t) => t,
+        Err(e) => return Some(Err(e)),
+    };
+    let deadline = Instant::now() + ua.connect_timeout;
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        r = connect(client, ua, token, deadline) => Some(r.map_err(|e| {
+            if e.is_untrusted_certificate() && !ua.auto_trust_server_certificate {
+                format!("{e}: the server certificate is not trusted; it was stored as rejected — list it with `edge-agent opcua certs` and trust it with `edge-agent opcua trust`")
+            } else {
+                e.to_string()
+            }
+        })),
+    }
+}
+
+/// Waits until `until`, answering writes "not connected" meanwhile. `false`: cancelled.
+async fn wait_refusing_writes(until: Instant, writes: &mut mpsc::Receiver<WriteRequest>, cancel: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return false,
+            () = sleep_until(until) => return true,
+            Some(w) = writes.recv() => { let _ = w.reply.send(Err(WriteError::NotConnected)); }
+        }
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+/// What the driver knows about one tag in the current session.
+#[derive(Debug, Clone, Default)]
+struct ItemState {
+    node: Option<NodeId>,
+    /// (subscription id, monitored item id) while the server monitors it.
+    monitored: Option<(u32, u32)>,
+}
+
+struct SessionState<'a> {
+    device: &'a DeviceConfig,
+    ua: &'a OpcuaConfig,
+    session: Arc<Session>,
+    groups: Vec<Group>,
+    /// Subscription id of each group (`None` for polled groups or while missing).
+    subs: Vec<Option<u32>>,
+    items: Vec<ItemState>,
+    /// Tags to resolve and create again (refused, lost, unknown node).
+    retry: BTreeSet<usize>,
+    events: subscription::Events,
+    generation: u64,
+}
+
+async fn run_session(
+    device: &DeviceConfig,
+    ua: &OpcuaConfig,
+    connected: Connected,
+    generation: u64,
+    out: &mut Reporter,
+    writes: &mut mpsc::Receiver<WriteRequest>,
+    cancel: &CancellationToken,
+) -> SessionEnd {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut connected = connected;
+    let session = connected.session.clone();
+    let session = &session;
+    let lost = &mut connected.lost;
+    let mut st = SessionState {
+        device,
+        ua,
+        session: session.clone(),
+        groups: subscription::plan(device, ua),
+        subs: Vec::new(),
+        items: vec![ItemState::default(); device.tags.len()],
+        retry: BTreeSet::new(),
+        events: tx,
+        generation,
+    };
+    st.subs = vec![None; st.groups.len()];
+    let deadline = Instant::now() + ua.connect_timeout;
+    let setup = tokio::select! {
+        () = cancel.cancelled() => return stop(session).await,
+        r = timeout_at_deadline(deadline, st.build(out)) => r,
+        reason = &mut *lost => return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into())),
+    };
+    if let Err(e) = setup {
+        return SessionEnd::Lost(format!("setting up subscriptions failed: {e}"));
+    }
+    let retry_every = ua.reconnect_min.max(Duration::from_millis(200)).min(Duration::from_secs(5));
+    let mut next_retry = Instant::now() + retry_every;
+    let mut poll_due: Vec<Instant> = st.groups.iter().map(|_| Instant::now()).collect();
+    let mut next_stats = Instant::now() + Duration::from_secs(1);
+    loop {
+        let next_poll = st.groups.iter().zip(&poll_due).filter(|(g, _)| g.poll).map(|(_, d)| *d).min();
+        let wake = [Some(next_stats), next_poll, (!st.retry.is_empty()).then_some(next_retry)].into_iter().flatten().min().unwrap_or(next_stats);
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return stop(session).await,
+            reason = &mut *lost => return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into())),
+            Some(first) = rx.recv() => {
+                let mut batch = Vec::new();
+                st.handle(first, &mut batch, out);
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => st.handle(e, &mut batch, out),
+                        Err(_) => break,
+                    }
+                }
+                if !batch.is_empty() && !out.send(ReportKind::Samples(batch)).await {
+                    return stop(session).await;
+                }
+            }
+            Some(w) = writes.recv() => {
+                let result = st.write(&w, out).await;
+                if let Err(e) = &result {
+                    warn!(device = %device.name, tag = %w.tag, error = %e, "OPC-UA write failed");
+                }
+                let _ = w.reply.send(result);
+            }
+            () = sleep_until(wake) => {
+                let now = Instant::now();
+                if now >= next_stats {
+                    out.flush_stats().await;
+                    next_stats = now + Duration::from_secs(1);
+                }
+                for g in 0..st.groups.len() {
+                    if st.groups[g].poll && poll_due[g] <= now {
+                        poll_due[g] = next_due(poll_due[g], st.groups[g].interval, now);
+                        if let Err(e) = st.poll(g, out).await {
+                            return SessionEnd::Lost(format!("reading polled group failed: {e}"));
+                        }
+                    }
+                }
+                if !st.retry.is_empty() && now >= next_retry {
+                    next_retry = now + retry_every;
+                    if let Err(e) = timeout_at_deadline(now + ua.connect_timeout, st.rebuild_items(out)).await {
+                        return SessionEnd::Lost(format!("re-creating items failed: {e}"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn timeout_at_deadline<T>(deadline: Instant, f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+    match tokio::time::timeout_at(deadline, f).await {
+        Ok(r) => r,
+        Err(_) => Err("no answer in time".into()),
+    }
+}
+
+/// Closes the session politely (deleting its subscriptions), within a second.
+async fn stop(session: &Session) -> SessionEnd {
+    let _ = timeout(Duration::from_secs(1), session.disconnect()).await;
+    SessionEnd::Stopped
+}
+
+/// One interval after the last due time, skipping missed polls (no drift, no burst).
+fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
+    let mut next = due + interval;
+    while next <= now {
+        next += interval;
+    }
+    next
+}
+
+impl SessionState<'_> {
+    /// Resolves every tag and creates every subscription and item of the session.
+    async fn build(&mut self, out: &mut Reporter) -> Result<(), String> {
+        self.retry.extend(0..self.device.tags.len());
+        self.rebuild_items(out).await
+    }
+
+    async fn create_group_subscription(&mut self, g: usize, out: &mut Reporter) -> Result<(), String> {
+        let id = subscription::create_subscription(&self.session, g, &self.groups[g], self.ua, &self.events, self.generation)
+            .await
+            .map_err(|s| format!("CreateSubscription refused: {s}"))?;
+        if self.generation > 1 || self.subs[g].is_some() {
+            out.stats.subscriptions_rebuilt += 1;
+        }
+        self.subs[g] = Some(id);
+        Ok(())
+    }
+
+    /// Resolves and (re)creates the items waiting in `retry`; those still refused stay.
+    async fn rebuild_items(&mut self, out: &mut Reporter) -> Result<(), String> {
+        let pending: Vec<usize> = std::mem::take(&mut self.retry).into_iter().collect();
+        let now = Utc::now();
+        let mut bad = Vec::new();
+        for (i, node) in subscription::resolve(&self.session, self.device, &pending).await {
+            match node {
+                Ok(n) => self.items[i].node = Some(n),
+                Err(reason) => {
+                    out.stats.bad_items += 1;
+                    self.items[i].node = None;
+                    self.retry.insert(i);
+                    bad.push(bad_sample(&self.device.tags[i], &reason, now));
+                }
+            }
+        }
+        for g in 0..self.groups.len() {
+            if !self.groups[g].poll && self.subs[g].is_none() {
+                if let Err(e) = self.create_group_subscription(g, out).await {
+                    // Tried again with the group's items on the next retry.
+                    warn!(device = %self.device.name, error = %e, "OPC-UA subscription not created");
+                    for &i in &self.groups[g].tags {
+                        if self.retry.insert(i) {
+                            bad.push(bad_sample(&self.device.tags[i], &e, now));
+                        }
+                    }
+                    continue;
+                }
+            }
+            let Some(sub) = self.subs[g] else { continue };
+            let mut to_create = Vec::new();
+            for &i in &self.groups[g].tags {
+                if !pending.contains(&i) || self.retry.contains(&i) {
+                    continue;
+                }
+                if let Some((s, item)) = self.items[i].monitored.take() {
+                    // A lost item is deleted before it is created again; a failure here
+                    // only means the server already forgot it.
+                    let _ = self.session.delete_monitored_items(s, &[item]).await;
+                }
+                if let Some(n) = &self.items[i].node {
+                    to_create.push((i, n.clone()));
+                }
+            }
+            let results = subscription::create_items(&self.session, sub, self.device, &self.groups[g], self.ua, &to_create)
+                .await
+                .map_err(|s| format!("CreateMonitoredItems refused: {s}"))?;
+            for (i, status, id) in results {
+                if status.is_good() {
+                    self.items[i].monitored = Some((sub, id));
+                } else {
+                    out.stats.bad_items += 1;
+                    self.retry.insert(i);
+                    bad.push(bad_sample(&self.device.tags[i], &status.to_string(), now));
+                }
+            }
+        }
+        if !bad.is_empty() {
+            out.send(ReportKind::Samples(bad)).await;
+        }
+        Ok(())
+    }
+
+    /// One event from the callbacks, into `batch`.
+    fn handle(&mut self, (generation, event): (u64, Event), batch: &mut Vec<Sample>, out: &mut Reporter) {
+        if generation != self.generation {
+            return;
+        }
+        match event {
+            Event::Data { handle, value } => {
+                let Some(i) = subscription::index_of(handle).filter(|i| *i < self.device.tags.len()) else { return };
+                out.stats.notifications += 1;
+                let status = value.status();
+                if is_node_gone(status) {
+                    out.stats.bad_items += 1;
+                    self.retry.insert(i);
+                }
+                batch.push(to_sample(&self.device.tags[i], &value, Utc::now()));
+            }
+            Event::Status { group, status } => {
+                if !status.is_good() && group < self.subs.len() {
+                    // The server dropped the subscription: create it and its items again.
+                    warn!(device = %self.device.name, %status, "OPC-UA subscription lost; creating it again");
+                    self.subs[group] = None;
+                    for &i in &self.groups[group].tags {
+                        self.items[i].monitored = None;
+                        self.retry.insert(i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether a status says the node is gone (deleted, renumbered by a PLC download).
+fn is_node_gone(status: StatusCode) -> bool {
+    matches!(status, StatusCode::BadNodeIdUnknown | StatusCode::BadNodeIdInvalid | StatusCode::BadAttributeIdInvalid)
+}
+
+impl SessionState<'_> {
+    /// Reads polled group `g` once.
+    async fn poll(&mut self, g: usize, out: &mut Reporter) -> Result<(), String> {
+        let items: Vec<(usize, NodeId)> =
+            self.groups[g].tags.iter().filter_map(|&i| self.items[i].node.clone().map(|n| (i, n))).collect();
+        if items.is_empty() {
+            return Ok(());
+        }
+        out.stats.requests += 1;
+        let started = Instant::now();
+        let values = match timeout(self.device.timeout, subscription::read(&self.session, &items)).await {
+            Err(_) => {
+                out.stats.timeouts += 1;
+                return Err(format!("no answer to Read within {:?}", self.device.timeout));
+            }
+            Ok(Err(status)) => {
+                out.stats.exceptions += 1;
+                return Err(format!("Read refused: {status}"));
+            }
+            Ok(Ok(v)) => v,
+        };
+        out.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        let now = Utc::now();
+        let mut batch = Vec::with_capacity(values.len());
+        for (i, dv) in values {
+            if is_node_gone(dv.status()) {
+                out.stats.bad_items += 1;
+                self.retry.insert(i);
+            }
+            batch.push(to_sample(&self.device.tags[i], &dv, now));
+        }
+        out.send(ReportKind::Samples(batch)).await;
+        Ok(())
+    }
+
+    /// Writes one tag: read the node's value (for its type), write, read back, compare.
+    async fn write(&mut self, w: &WriteRequest, out: &mut Reporter) -> Result<(), WriteError> {
+        let Some(i) = self.device.tags.iter().position(|t| t.name == w.tag) else {
+            return Err(WriteError::UnknownTag(w.tag.clone()));
+        };
+        let tag = &self.device.tags[i];
+        let Some(node) = self.items[i].node.clone() else {
+            return Err(WriteError::NotSent(format!("the node of tag {:?} is not resolved on the server", w.tag)));
+        };
+        let t = self.device.timeout;
+        let read_one = |session: Arc<Session>, node: NodeId| async move {
+            match timeout(t, subscription::read(&session, &[(0, node)])).await {
+                Err(_) => Err(WriteError::Timeout(t)),
+                Ok(Err(s)) => Err(WriteError::Transport(format!("Read failed: {s}"))),
+                Ok(Ok(mut v)) => v.pop().map(|(_, dv)| dv).ok_or_else(|| WriteError::Transport("Read returned no value".into())),
+            }
+        };
+        out.stats.requests += 1;
+        let current = read_one(self.session.clone(), node.clone()).await?;
+        let Some(current_value) = current.value.as_ref() else {
+            return Err(WriteError::NotSent(format!("the node has no value to take its type from ({})", current.status())));
+        };
+        let variant = to_variant(tag, &w.value, current_value).map_err(WriteError::NotSent)?;
+        let request = WriteValue {
+            node_id: node.clone(),
+            attribute_id: AttributeId::Value as u32,
+            index_range: NumericRange::None,
+            value: DataValue::value_only(variant.clone()),
+        };
+        out.stats.requests += 1;
+        let statuses = match timeout(t, self.session.write(&[request])).await {
+            Err(_) => {
+                out.stats.timeouts += 1;
+                return Err(WriteError::Timeout(t));
+            }
+            Ok(Err(e)) => return Err(WriteError::Transport(format!("Write failed: {e}"))),
+            Ok(Ok(s)) => s,
+        };
+        match statuses.first() {
+            Some(s) if s.is_good() => {}
+            Some(s) => {
+                out.stats.exceptions += 1;
+                return Err(WriteError::Refused(s.to_string()));
+            }
+            None => return Err(WriteError::Transport("Write returned no status".into())),
+        }
+        out.stats.requests += 1;
+        let back = read_one(self.session.clone(), node).await?;
+        if back.value.as_ref() == Some(&variant) {
+            Ok(())
+        } else {
+            let got: Option<Value> = to_sample(tag, &back, Utc::now()).value;
+            Err(WriteError::NotConfirmed(format!("wrote {:?} but read back {:?}", w.value, got)))
+        }
+    }
+}
+
+/// Sends reports to the agent and keeps the device's counters.
+struct Reporter {
+    device: String,
+    reports: mpsc::Sender<DeviceReport>,
+    stats: DriverStats,
+    /// The counters last sent (sent again only when they changed).
+    sent: Option<DriverStats>,
+}
+
+impl Reporter {
+    /// `false` when the agent stopped listening.
+    async fn send(&mut self, kind: ReportKind) -> bool {
+        self.reports.send(DeviceReport { device: self.device.clone(), kind }).await.is_ok()
+    }
+
+    async fn flush_stats(&mut self) {
+        if self.sent.as_ref() != Some(&self.stats) {
+            self.sent = Some(self.stats.clone());
+            let stats = self.stats.clone();
+            self.send(ReportKind::Stats(stats)).await;
+        }
+    }
+}
