@@ -129,6 +129,9 @@ fn inference_refuses_a_wrong_shape_or_a_non_finite_value() {
     assert!(matches!(err, ModelError::Shape { expected_rows: 1, expected_cols: 3, rows: 1, cols: 2 }), "{err}");
     let err = model.infer(&[vec![1.0, f32::NAN, 0.0]]).unwrap_err();
     assert!(matches!(&err, ModelError::NonFinite { input } if input == "b"), "{err}");
+    // Batch scoring refuses a window end past the rows instead of panicking.
+    let err = model.infer_many(&[vec![1.0, 2.0, 3.0]], &[1]).unwrap_err();
+    assert!(matches!(err, ModelError::Shape { .. }), "{err}");
 }
 
 /// y = 2 a - 3 b(t-2) + 0.5 + noise, plus a nonlinear part 0.8 sin(3 a) when asked.
