@@ -9,7 +9,8 @@
 //! download, a browse path that does not resolve yet) are reported bad and retried
 //! every `reconnect_min`–`reconnect_max` until the node is back. A subscription the
 //! server drops (status change `BadTimeout`) is created again in the same session.
-//! Notifications of an older session are dropped, never reported.
+//! Notifications of an older session are discarded, never reported. Notifications that
+//! find the driver's queue full ([`subscription::EVENT_QUEUE`]) are dropped and counted.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -222,7 +223,7 @@ async fn run_session(
     writes: &mut mpsc::Receiver<WriteRequest>,
     cancel: &CancellationToken,
 ) -> SessionEnd {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = subscription::events();
     let mut connected = connected;
     let session = connected.session.clone();
     let session = &session;
@@ -252,6 +253,7 @@ async fn run_session(
     let mut next_retry = Instant::now() + retry_every;
     let mut poll_due: Vec<Instant> = st.groups.iter().map(|_| Instant::now()).collect();
     let mut next_stats = Instant::now() + Duration::from_secs(1);
+    let dropped_before = out.stats.notifications_dropped;
     loop {
         let next_poll = st.groups.iter().zip(&poll_due).filter(|(g, _)| g.poll).map(|(_, d)| *d).min();
         let wake = [Some(next_stats), next_poll, (!st.retry.is_empty()).then_some(next_retry)].into_iter().flatten().min().unwrap_or(next_stats);
@@ -259,11 +261,15 @@ async fn run_session(
             biased;
             () = cancel.cancelled() => return stop(session).await,
             reason = &mut *lost => return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into())),
-            Some(first) = rx.recv() => {
+            Some(status) = rx.status.recv() => {
+                let mut batch = Vec::new();
+                st.handle(status, &mut batch, out);
+            }
+            Some(first) = rx.data.recv() => {
                 let mut batch = Vec::new();
                 st.handle(first, &mut batch, out);
                 while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
+                    match rx.data.try_recv() {
                         Ok(e) => st.handle(e, &mut batch, out),
                         Err(_) => break,
                     }
@@ -282,6 +288,12 @@ async fn run_session(
             () = sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= next_stats {
+                    // The session's queue counts from zero; the device's counter goes on.
+                    let dropped = dropped_before + st.events.dropped.load(std::sync::atomic::Ordering::Relaxed);
+                    if dropped > out.stats.notifications_dropped {
+                        warn!(device = %device.name, dropped = dropped - out.stats.notifications_dropped, "OPC-UA notifications dropped: the agent did not take them in time");
+                        out.stats.notifications_dropped = dropped;
+                    }
                     out.flush_stats().await;
                     next_stats = now + Duration::from_secs(1);
                 }

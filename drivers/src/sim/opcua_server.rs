@@ -154,7 +154,9 @@ impl OpcuaSim {
                         let _ = ready_tx.send(Err(e));
                     }
                 }
-                rt.shutdown_background();
+                // Waits for the worker threads, so that the listener and every connection
+                // are closed when stop() returns (the port can be bound again at once).
+                rt.shutdown_timeout(std::time::Duration::from_secs(2));
             })
             .map_err(|e| e.to_string())?;
         let (handle, manager, ns) = ready_rx.recv().map_err(|e| e.to_string())??;
@@ -238,7 +240,18 @@ type Parts = (ServerHandle, Arc<InMemoryNodeManager<SimpleNodeManagerImpl>>, u16
 
 async fn serve(options: SimOptions, port: u16) -> Result<Parts, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // A port released a moment ago (stop, then start again) can take a moment to be free.
+    let mut tries = 0;
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        }
+    };
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let mut tokens = vec![ANONYMOUS_USER_TOKEN_ID.to_string()];
     let mut builder = ServerBuilder::new()
