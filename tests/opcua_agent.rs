@@ -199,3 +199,44 @@ fn an_operator_browses_a_secure_server_after_trusting_its_certificate_with_the_c
     assert!(tree.contains("name = \"speed\"\nnode_id = \"ns=2;s=Speed\""), "{tree}");
     assert!(tree.contains("node_id = \"ns=2;s=Recipe\""), "{tree}");
 }
+
+#[test]
+fn check_config_reports_every_opcua_mistake_with_its_path_and_line() {
+    // Given a config with an unknown key in [devices.opcua], a policy without a mode and a
+    // Modbus key on an OPC-UA tag
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        r#"[gateway]
+id = "gw"
+site = "s"
+data_dir = "/tmp/unused"
+
+[mqtt]
+host = "127.0.0.1"
+
+[[devices]]
+name = "press"
+protocol = "opcua"
+[devices.opcua]
+endpoint = "opc.tcp://127.0.0.1:4840/"
+security_policy = "Basic256Sha256"
+colour = "blue"
+[[devices.tags]]
+name = "speed"
+node_id = "ns=2;s=Speed"
+table = "holding"
+"#,
+    )
+    .unwrap();
+    // When it is checked
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent")).arg("check-config").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Then it is refused with all three problems, each with its line
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(err.contains(":12: devices[0].opcua.security_mode"), "{err}"); // the table: the key is missing
+    assert!(err.contains(":15: devices[0].opcua.colour: unknown key"), "{err}");
+    assert!(err.contains(":19: devices[0].tags[0].table"), "{err}");
+}
