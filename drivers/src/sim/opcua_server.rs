@@ -19,10 +19,13 @@ use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{simple_node_manager, InMemoryNodeManager, SimpleNodeManager, SimpleNodeManagerImpl};
 use opcua::server::{ServerBuilder, ServerHandle, ServerUserToken, ANONYMOUS_USER_TOKEN_ID};
 use opcua::types::{
-    ByteString, DataTypeId, DataValue, DateTime, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, StatusCode, Variant,
+    ByteString, DataTypeId, DataValue, DateTime, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, StatusCode,
 };
 
 // Not the application URI: the server's diagnostics node manager owns that namespace.
+/// The server's value type, for callers without a direct dependency on async-opcua.
+pub use opcua::types::Variant;
+
 const NAMESPACE: &str = "urn:edge-agent:sim-plc:plant";
 /// The namespace index of the simulated PLC's nodes: `ns=2;s=<name>`, browse names `2:<name>`.
 pub const NS: u16 = 2;
