@@ -230,6 +230,12 @@ async fn an_item_removed_by_a_plc_download_recovers_when_the_node_is_back() {
     sim.set("Temp", 21.0f32).unwrap();
     d.until(Duration::from_secs(10), "temp after the download", |d| d.has_good("temp", &Value::Float(21.0))).await;
 
+    // And while it is missing, the retries (every 200 ms here) do not repeat the report
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    d.collect_for(Duration::from_millis(100)).await;
+    let unknown = d.samples.iter().filter(|(_, s)| s.tag == "level" && s.quality == Quality::Bad("BadNodeIdUnknown".into())).count();
+    assert!(unknown <= 2, "the missing node was reported {unknown} times");
+
     // When the node is added back, then the item recovers without a reconnect
     let sessions = d.connected;
     assert!(sim.add("Level", Variant::Double(5.0)));

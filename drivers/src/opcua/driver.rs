@@ -12,7 +12,7 @@
 //! Notifications of an older session are discarded, never reported. Notifications that
 //! find the driver's queue full ([`subscription::EVENT_QUEUE`]) are dropped and counted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -210,6 +210,9 @@ struct SessionState<'a> {
     items: Vec<ItemState>,
     /// Tags to resolve and create again (refused, lost, unknown node).
     retry: BTreeSet<usize>,
+    /// Tags reported bad by the retries, with the reason: reported (and counted) again
+    /// only when the reason changes, not on every retry.
+    reported_bad: HashMap<usize, String>,
     events: subscription::Events,
     generation: u64,
 }
@@ -236,6 +239,7 @@ async fn run_session(
         subs: Vec::new(),
         items: vec![ItemState::default(); device.tags.len()],
         retry: BTreeSet::new(),
+        reported_bad: HashMap::new(),
         events: tx,
         generation,
     };
@@ -297,12 +301,11 @@ async fn run_session(
                     out.flush_stats().await;
                     next_stats = now + Duration::from_secs(1);
                 }
-                for g in 0..st.groups.len() {
-                    if st.groups[g].poll && poll_due[g] <= now {
-                        poll_due[g] = next_due(poll_due[g], st.groups[g].interval, now);
-                        if let Err(e) = st.poll(g, out).await {
-                            return SessionEnd::Lost(format!("reading polled group failed: {e}"));
-                        }
+                let due: Vec<usize> = st.groups.iter().zip(&poll_due).enumerate().filter(|(_, (g, d))| g.poll && **d <= now).map(|(i, _)| i).collect();
+                for g in due {
+                    poll_due[g] = next_due(poll_due[g], st.groups[g].interval, now);
+                    if let Err(e) = st.poll(g, out).await {
+                        return SessionEnd::Lost(format!("reading polled group failed: {e}"));
                     }
                 }
                 if !st.retry.is_empty() && now >= next_retry {
@@ -359,16 +362,14 @@ impl SessionState<'_> {
     /// Resolves and (re)creates the items waiting in `retry`; those still refused stay.
     async fn rebuild_items(&mut self, out: &mut Reporter) -> Result<(), String> {
         let pending: Vec<usize> = std::mem::take(&mut self.retry).into_iter().collect();
-        let now = Utc::now();
         let mut bad = Vec::new();
         for (i, node) in subscription::resolve(&self.session, self.device, &pending).await {
             match node {
                 Ok(n) => self.items[i].node = Some(n),
                 Err(reason) => {
-                    out.stats.bad_items += 1;
                     self.items[i].node = None;
                     self.retry.insert(i);
-                    bad.push(bad_sample(&self.device.tags[i], &reason, now));
+                    self.report_bad(i, &reason, &mut bad, out);
                 }
             }
         }
@@ -377,10 +378,9 @@ impl SessionState<'_> {
                 if let Err(e) = self.create_group_subscription(g, out).await {
                     // Tried again with the group's items on the next retry.
                     warn!(device = %self.device.name, error = %e, "OPC-UA subscription not created");
-                    for &i in &self.groups[g].tags {
-                        if self.retry.insert(i) {
-                            bad.push(bad_sample(&self.device.tags[i], &e, now));
-                        }
+                    for i in self.groups[g].tags.clone() {
+                        self.retry.insert(i);
+                        self.report_bad(i, &e, &mut bad, out);
                     }
                     continue;
                 }
@@ -405,11 +405,12 @@ impl SessionState<'_> {
                 .map_err(|s| format!("CreateMonitoredItems refused: {s}"))?;
             for (i, status, id) in results {
                 if status.is_good() {
+                    // (reported_bad is cleared by the item's first good value: some servers
+                    // accept an item on a missing node and report the status after.)
                     self.items[i].monitored = Some((sub, id));
                 } else {
-                    out.stats.bad_items += 1;
                     self.retry.insert(i);
-                    bad.push(bad_sample(&self.device.tags[i], &status.to_string(), now));
+                    self.report_bad(i, &status.to_string(), &mut bad, out);
                 }
             }
         }
@@ -417,6 +418,15 @@ impl SessionState<'_> {
             out.send(ReportKind::Samples(bad)).await;
         }
         Ok(())
+    }
+
+    /// Reports tag `i` bad for `reason` (and counts it), unless that was already said.
+    fn report_bad(&mut self, i: usize, reason: &str, bad: &mut Vec<Sample>, out: &mut Reporter) {
+        if self.reported_bad.get(&i).map(String::as_str) != Some(reason) {
+            out.stats.bad_items += 1;
+            bad.push(bad_sample(&self.device.tags[i], reason, Utc::now()));
+            self.reported_bad.insert(i, reason.to_string());
+        }
     }
 
     /// One event from the callbacks, into `batch`.
@@ -430,8 +440,17 @@ impl SessionState<'_> {
                 out.stats.notifications += 1;
                 let status = value.status();
                 if is_node_gone(status) {
-                    out.stats.bad_items += 1;
+                    // Re-created on the next retry. Some servers accept an item on a missing
+                    // node and report its status at once: say it once, not every retry.
                     self.retry.insert(i);
+                    let reason = status.to_string();
+                    if self.reported_bad.get(&i) == Some(&reason) {
+                        return;
+                    }
+                    out.stats.bad_items += 1;
+                    self.reported_bad.insert(i, reason);
+                } else {
+                    self.reported_bad.remove(&i);
                 }
                 batch.push(to_sample(&self.device.tags[i], &value, Utc::now()));
             }
@@ -480,9 +499,17 @@ impl SessionState<'_> {
         let now = Utc::now();
         let mut batch = Vec::with_capacity(values.len());
         for (i, dv) in values {
-            if is_node_gone(dv.status()) {
-                out.stats.bad_items += 1;
+            let status = dv.status();
+            if is_node_gone(status) {
                 self.retry.insert(i);
+                let reason = status.to_string();
+                if self.reported_bad.get(&i) == Some(&reason) {
+                    continue;
+                }
+                out.stats.bad_items += 1;
+                self.reported_bad.insert(i, reason);
+            } else {
+                self.reported_bad.remove(&i);
             }
             batch.push(to_sample(&self.device.tags[i], &dv, now));
         }
