@@ -22,8 +22,8 @@ fn plc_registers() -> RegisterBank {
     bank.set_holding(10, &[0x1234, 0x5678, 0x5678, 0x1234, 0x3412, 0x7856, 0x7856, 0x3412]);
     // -123456 (0xFFFE1DC0) in the four byte orders
     bank.set_holding(18, &[0xFFFE, 0x1DC0, 0x1DC0, 0xFFFE, 0xFEFF, 0xC01D, 0xC01D, 0xFEFF]);
-    // 3.14f32 (0x4048F5C3) in the four byte orders
-    bank.set_holding(26, &[0x4048, 0xF5C3, 0xF5C3, 0x4048, 0x4840, 0xC3F5, 0xC3F5, 0x4840]);
+    // 0.3f32 (0x3E99999A) in the four byte orders
+    bank.set_holding(26, &[0x3E99, 0x999A, 0x999A, 0x3E99, 0x993E, 0x9A99, 0x9A99, 0x993E]);
     bank.set_holding(34, &[1234, 0xFF9C]); // scaled: 1234 × 0.1, -100 × 0.5 − 10
     bank.set_input(5, &[777, 0xC49A, 0x5000]); // u16 777, f32 -1234.5 (× 2)
     bank.coils.insert(3, true);
@@ -167,10 +167,10 @@ fn expected_values() -> BTreeMap<&'static str, Value> {
         ("i32_cdab", json!(-123_456)),
         ("i32_badc", json!(-123_456)),
         ("i32_dcba", json!(-123_456)),
-        ("f32_abcd", json!(3.14)),
-        ("f32_cdab", json!(3.14)),
-        ("f32_badc", json!(3.14)),
-        ("f32_dcba", json!(3.14)),
+        ("f32_abcd", json!(0.3)),
+        ("f32_cdab", json!(0.3)),
+        ("f32_badc", json!(0.3)),
+        ("f32_dcba", json!(0.3)),
         ("flow_tenths", json!(123.4)),
         ("temp_scaled_offset", json!(-60.0)),
         ("input_u16", json!(777)),

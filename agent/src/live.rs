@@ -45,6 +45,8 @@ pub struct DeviceView {
     pub last_error: Option<String>,
     /// When `connected` last changed.
     pub since: Option<DateTime<Utc>>,
+    /// Polls of the device: counted by its driver when it reports counters, else one per
+    /// batch of readings received.
     pub polls: u64,
     /// The driver's counters (requests, errors by kind, reconnects, latency).
     pub counters: Option<DriverStats>,
@@ -165,7 +167,11 @@ impl Live {
     pub fn record_samples(&self, device: &str, samples: &[Sample]) {
         self.update(|s| {
             let Some(d) = s.devices.get_mut(device) else { return };
-            d.polls += 1;
+            // A driver that reports counters counts its own polls (see `record_stats`):
+            // a poll whose readings a deadband held back sends no samples at all.
+            if d.counters.is_none() {
+                d.polls += 1;
+            }
             for sample in samples {
                 if let Some(t) = d.tags.iter_mut().find(|t| t.name == sample.tag) {
                     if sample.quality.is_good() || t.value.is_none() {
@@ -188,6 +194,8 @@ impl Live {
     pub fn record_stats(&self, device: &str, stats: DriverStats) {
         self.update(|s| {
             if let Some(d) = s.devices.get_mut(device) {
+                // Never backwards (a restarted driver task counts from zero again).
+                d.polls = d.polls.max(stats.polls);
                 d.counters = Some(stats);
             }
         });
@@ -201,5 +209,26 @@ impl Live {
                 d.last_error = error;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regression_a_driver_that_counts_its_polls_is_believed_over_the_batches_it_sends() {
+        let device = DeviceConfig { name: "plc".into(), ..DeviceConfig::default() };
+        let live = Live::new(GatewayView::default(), &[device]);
+        // Before the driver's first counters, each batch of readings counts as a poll.
+        live.record_samples("plc", &[]);
+        assert_eq!(live.snapshot().devices["plc"].polls, 1);
+        // The driver polled 40 times, but a deadband held back most of the readings.
+        live.record_stats("plc", DriverStats { polls: 40, ..DriverStats::default() });
+        live.record_samples("plc", &[]);
+        assert_eq!(live.snapshot().devices["plc"].polls, 40);
+        // A restarted driver counts from zero again; the page's counter never goes back.
+        live.record_stats("plc", DriverStats { polls: 3, ..DriverStats::default() });
+        assert_eq!(live.snapshot().devices["plc"].polls, 40);
     }
 }

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         count: usize,
     },
+    /// Commissioning tools for Modbus devices: read registers with every decoding, scan a bus.
+    Modbus(edge_agent::cli::modbus::ModbusArgs),
+    /// Model training and evaluation (`train`, `eval`).
+    #[command(flatten)]
+    Models(edge_agent::cli::models::ModelsCommand),
 }
 
 fn init_logging() {
@@ -115,6 +120,8 @@ fn main() -> ExitCode {
                 demo::run(demo::DemoOptions { data_dir, web_listen, mqtt_port, modbus_port }).await.map(|()| None)
             }
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
+            Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
+            Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
             Command::Opcua { command } => edge_agent::cli::opcua::run(command).await,
             Command::CheckConfig { .. } => Ok(None), // handled above
         }

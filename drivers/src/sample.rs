@@ -83,6 +83,10 @@ pub enum ReportKind {
 /// starts again from zero).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DriverStats {
+    /// Polls made (one round of reads of one poll group, whatever its outcome), counted
+    /// by the driver: a poll whose readings a deadband held back still counts.
+    #[serde(default)]
+    pub polls: u64,
     /// Requests sent to the device (reads, writes, read-backs, probes).
     pub requests: u64,
     /// Requests the device did not answer in time.

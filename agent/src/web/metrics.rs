@@ -67,6 +67,8 @@ const OPCUA_NOTIFICATIONS: Family = counter("device_opcua_notifications_total", 
 const OPCUA_NOTIFICATIONS_DROPPED: Family =
     counter("device_opcua_notifications_dropped_total", "OPC-UA notifications dropped because the driver's queue was full.");
 const DEVICE_BACKED_OFF: Family = gauge("device_backed_off", "1 while the device is backed off after repeated failures.");
+const DEVICE_BACKOFFS: Family = counter("device_backoffs_total", "Times the device was backed off after repeated failures.");
+const DEVICE_SPLITS: Family = counter("device_request_splits_total", "Merged read requests split because the device refused them.");
 const TAG_QUALITY_GOOD: Family = gauge(
     "tag_quality_good",
     "Number of the device's tags whose last reading is of good quality.",
@@ -174,6 +176,8 @@ fn render_devices(out: &mut String, s: &Snapshot) {
     DEVICE_RECONNECTS.per_device(out, s, |d| c(d).reconnects);
     DEVICE_LATENCY.per_device(out, s, |d| c(d).last_latency_ms.map_or(0, |ms| (ms * 1000.0) as u64));
     DEVICE_BACKED_OFF.per_device(out, s, |d| u64::from(c(d).backed_off));
+    DEVICE_BACKOFFS.per_device(out, s, |d| c(d).backoffs);
+    DEVICE_SPLITS.per_device(out, s, |d| c(d).splits);
     OPCUA_SESSION_ATTEMPTS.per_device(out, s, |d| c(d).session_attempts);
     OPCUA_SUBSCRIPTIONS_REBUILT.per_device(out, s, |d| c(d).subscriptions_rebuilt);
     OPCUA_BAD_ITEMS.per_device(out, s, |d| c(d).bad_items);
@@ -453,7 +457,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 40);
+        assert_eq!(declared.len(), 42);
         assert!(text.ends_with('\n'));
     }
 

@@ -32,10 +32,14 @@ impl Deadbands {
 
     /// Whether `sample` of tag `index` is to be sent; if so it is remembered as sent.
     pub fn pass(&mut self, index: usize, tag: &TagConfig, sample: &Sample, now: Instant) -> bool {
+        // Without a deadband every reading is sent, and nothing need be remembered.
+        if !tag.has_deadband() {
+            return true;
+        }
         let Some(slot) = self.sent.get_mut(index) else { return true };
-        let send = match (&*slot, tag.has_deadband()) {
-            (_, false) | (None, true) => true,
-            (Some(last), true) => {
+        let send = match &*slot {
+            None => true,
+            Some(last) => {
                 last.quality != sample.quality.code()
                     || now.duration_since(last.at) >= tag.heartbeat.unwrap_or(DEFAULT_HEARTBEAT)
                     || moved(last.value.as_ref(), sample.value.as_ref(), tag)

@@ -42,6 +42,19 @@ pub fn from_big_endian(be: &[u8], order: ByteOrder) -> Vec<u16> {
     words
 }
 
+/// [`to_big_endian`] for values of at most four registers, without allocating (the
+/// decoding of every reading goes through here): the bytes, and how many are used.
+fn to_big_endian_fixed(regs: &[u16], order: ByteOrder) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    let n = regs.len().min(4);
+    for (k, w) in regs[..n].iter().enumerate() {
+        let slot = if order.words_reversed() { n - 1 - k } else { k };
+        let w = if order.bytes_swapped() { w.swap_bytes() } else { *w };
+        out[slot * 2..slot * 2 + 2].copy_from_slice(&w.to_be_bytes());
+    }
+    out
+}
+
 /// Reorders the wire bytes of a 32-bit value into big-endian `[A, B, C, D]`.
 pub fn to_big_endian_4(wire: [u8; 4], order: ByteOrder) -> [u8; 4] {
     let regs = [u16::from_be_bytes([wire[0], wire[1]]), u16::from_be_bytes([wire[2], wire[3]])];
@@ -128,7 +141,7 @@ pub fn decode_registers(regs: &[u16], tag: &TagConfig) -> Result<Value, DecodeEr
 ///
 /// Unscaled integers stay integers (a `u64` above the `i64` range becomes a float);
 /// anything scaled becomes a float. An `f32` is widened through its shortest decimal
-/// form so that `3.14` on the PLC reads `3.14`, not `3.140000104904175`.
+/// form so that `0.3` on the PLC reads `0.3`, not `0.30000001192092896`.
 pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError> {
     let data_type = tag.data_type();
     let needed = usize::from(tag.register_count());
@@ -143,14 +156,15 @@ pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError>
         }
         DataType::String => return plain(Value::Text(decode_string(regs, tag.byte_swap))),
         _ => {
-            let be = to_big_endian(regs, tag.byte_order);
+            // Numbers are 1, 2 or 4 registers (checked against the type above).
+            let be = to_big_endian_fixed(regs, tag.byte_order);
             match data_type {
                 DataType::U16 => Raw::Int(i128::from(u16::from_be_bytes([be[0], be[1]]))),
                 DataType::I16 => Raw::Int(i128::from(i16::from_be_bytes([be[0], be[1]]))),
                 DataType::U32 => Raw::Int(i128::from(u32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
                 DataType::I32 => Raw::Int(i128::from(i32::from_be_bytes([be[0], be[1], be[2], be[3]]))),
-                DataType::U64 => Raw::Int(i128::from(u64::from_be_bytes(eight(&be)))),
-                DataType::I64 => Raw::Int(i128::from(i64::from_be_bytes(eight(&be)))),
+                DataType::U64 => Raw::Int(i128::from(u64::from_be_bytes(be))),
+                DataType::I64 => Raw::Int(i128::from(i64::from_be_bytes(be))),
                 DataType::F32 => {
                     let f = f32::from_be_bytes([be[0], be[1], be[2], be[3]]);
                     if !f.is_finite() {
@@ -159,7 +173,7 @@ pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError>
                     Raw::Float(widen_f32(f))
                 }
                 _ => {
-                    let f = f64::from_be_bytes(eight(&be));
+                    let f = f64::from_be_bytes(be);
                     if !f.is_finite() {
                         return Err(DecodeError::NotFinite);
                     }
@@ -186,14 +200,6 @@ pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError>
         return Ok(Decoded { value, clamped_from: Some(number) });
     }
     plain(value)
-}
-
-fn eight(be: &[u8]) -> [u8; 8] {
-    let mut out = [0u8; 8];
-    for (o, b) in out.iter_mut().zip(be) {
-        *o = *b;
-    }
-    out
 }
 
 /// Decodes one bit of a coil or discrete table.
@@ -275,16 +281,16 @@ mod tests {
 
     #[test]
     fn f32_reads_as_the_decimal_the_plc_holds() {
-        // 3.14f32 is 0x4048F5C3 big-endian.
+        // 0.3f32 is 0x3E99999A big-endian; widened naively it is 0.30000001192092896.
         let cases = [
-            (ByteOrder::ABCD, [0x4048, 0xF5C3]),
-            (ByteOrder::CDAB, [0xF5C3, 0x4048]),
-            (ByteOrder::BADC, [0x4840, 0xC3F5]),
-            (ByteOrder::DCBA, [0xC3F5, 0x4840]),
+            (ByteOrder::ABCD, [0x3E99, 0x999A]),
+            (ByteOrder::CDAB, [0x999A, 0x3E99]),
+            (ByteOrder::BADC, [0x993E, 0x9A99]),
+            (ByteOrder::DCBA, [0x9A99, 0x993E]),
         ];
         for (order, regs) in cases {
             let v = decode_registers(&regs, &tag(DataType::F32, order)).unwrap();
-            assert_eq!(v, Value::Float(3.14), "byte order {order:?}");
+            assert_eq!(v, Value::Float(0.3), "byte order {order:?}");
         }
     }
 

@@ -106,12 +106,26 @@ pub fn plan_requests(device: &DeviceConfig) -> Vec<ReadRequest> {
 }
 
 /// Splits a request serving several tags into two, each reading only the span of its
-/// own tags; `None` for a request serving one tag. `widths[i]` is the width of tag `i`.
+/// own tags, at the widest gap between two tags (in the middle when there is none);
+/// `None` for a request serving one tag. `width(i)` is the width of tag `i`.
 pub fn split(req: &ReadRequest, width: impl Fn(usize) -> u16) -> Option<(ReadRequest, ReadRequest)> {
     if req.tags.len() < 2 {
         return None;
     }
-    let mid = req.tags.len() / 2;
+    // Cut at the widest run of registers no tag needs: that is where a register the
+    // device does not map usually sits, so one split tends to be the only one. Without
+    // any such run (a contiguous block), cut in the middle.
+    let mut mid = req.tags.len() / 2;
+    let mut widest = 0u32;
+    let mut end = 0u32;
+    for (k, &(i, off)) in req.tags.iter().enumerate() {
+        let gap = u32::from(off).saturating_sub(end);
+        if k > 0 && gap > widest {
+            widest = gap;
+            mid = k;
+        }
+        end = end.max(u32::from(off) + u32::from(width(i)));
+    }
     let part = |tags: &[(usize, u16)]| {
         let first = tags.iter().map(|&(_, off)| off).min().unwrap_or(0);
         let last = tags.iter().map(|&(i, off)| u32::from(off) + u32::from(width(i))).max().unwrap_or(1);
@@ -203,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn a_split_reads_only_the_span_of_each_half() {
+    fn a_split_cuts_at_the_widest_gap_and_reads_only_the_span_of_each_part() {
         // Tags at 0 (u16), 1 (f32), 10 (u16), 20 (u32) merged over gaps.
         let d = device(
             &[(Table::Holding, 0, DataType::U16), (Table::Holding, 1, DataType::F32), (Table::Holding, 10, DataType::U16), (Table::Holding, 20, DataType::U32)],
@@ -212,8 +226,13 @@ mod tests {
         let plan = plan_requests(&d);
         assert_eq!(plan.len(), 1);
         let (a, b) = split(&plan[0], |i| d.tags[i].register_count()).unwrap();
-        assert_eq!((a.start, a.count, a.tags.clone()), (0, 3, vec![(0, 0), (1, 1)]));
-        assert_eq!((b.start, b.count, b.tags.clone()), (10, 12, vec![(2, 0), (3, 10)]));
+        // Gaps: none after the f32, 7 before register 10, 9 before register 20.
+        assert_eq!((a.start, a.count, a.tags.clone()), (0, 11, vec![(0, 0), (1, 1), (2, 10)]));
+        assert_eq!((b.start, b.count, b.tags.clone()), (20, 2, vec![(3, 0)]));
+        // A contiguous block is cut in the middle.
+        let d = device(&[(Table::Holding, 0, DataType::U16), (Table::Holding, 1, DataType::U16), (Table::Holding, 2, DataType::U16), (Table::Holding, 3, DataType::U16)], 0);
+        let (a, b) = split(&plan_requests(&d)[0], |i| d.tags[i].register_count()).unwrap();
+        assert_eq!((a.start, a.count, b.start, b.count), (0, 2, 2, 2));
         assert_eq!(split(&ReadRequest { table: Table::Holding, start: 0, count: 1, tags: vec![(0, 0)] }, |_| 1), None);
     }
 
@@ -261,6 +280,7 @@ mod tests {
                         }
                     }
                     prop_assert_eq!(a.tags.len() + b.tags.len(), r.tags.len());
+                    prop_assert!(!a.tags.is_empty() && !b.tags.is_empty());
                 }
             }
         }

@@ -27,15 +27,17 @@
 //! after a write. While there is no connection, or the device is backed off, writes are
 //! answered `NotConnected` at once.
 
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
-use tokio_modbus::client::{Context, Reader};
+use tokio_modbus::client::{Client, Context};
 use tokio_modbus::slave::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -58,6 +60,10 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 pub(crate) enum TransportFailure {
     #[error("no reply within {0:?}")]
     Timeout(Duration),
+    /// A reply of another size than asked for: on an RTU line, most likely the late
+    /// reply to an earlier request.
+    #[error("the reply held {got} items where {asked} were asked for")]
+    Mismatch { asked: u16, got: usize },
     #[error("the device closed the connection")]
     Closed,
     #[error("{0}")]
@@ -127,6 +133,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
     let mut bus = Bus {
         frame_gap: link.frame_gap(),
         last_frame: None,
+        drain: None,
         units: devices.into_iter().map(|(d, _)| Unit::new(d)).collect(),
         reports,
     };
@@ -138,7 +145,10 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
 
     loop {
         // 1. A connection.
-        let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit);
+        // Kept until a connection is made: a line that would not fall silent is drained
+        // again on the next try.
+        let drain = bus.drain.filter(|_| link.is_shared_line());
+        let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit, drain);
         tokio::pin!(connect);
         let outcome = loop {
             tokio::select! {
@@ -169,6 +179,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
             }
         };
         backoff.reset();
+        bus.drain = None;
         if connected_before {
             for u in &mut bus.units {
                 u.stats.reconnects += 1;
@@ -180,14 +191,24 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
         // 2. Poll and write until the connection fails.
         let reason = loop {
             let (at, job) = bus.next_job();
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = sleep_until(at) => {}
-                w = next_write(&mut bus_writes, &mut writes_open) => {
-                    match bus.write(&mut ctx, w).await {
-                        Ok(()) => continue,
-                        Err(reason) => break reason,
-                    }
+            let write = if at > Instant::now() {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = sleep_until(at) => None,
+                    w = next_write(&mut bus_writes, &mut writes_open) => Some(w),
+                }
+            } else if cancel.is_cancelled() {
+                return;
+            } else {
+                // Already due (a busy bus): no timer, even an expired one, which would
+                // wait for the runtime's next timer tick (up to a millisecond) before
+                // every poll. A waiting write still goes first.
+                bus_writes.try_recv().ok()
+            };
+            if let Some(w) = write {
+                match bus.write(&mut ctx, w).await {
+                    Ok(()) => continue,
+                    Err(reason) => break reason,
                 }
             }
             let outcome = tokio::select! {
@@ -286,6 +307,9 @@ struct Bus {
     frame_gap: Option<Duration>,
     /// When the last frame on a serial line ended.
     last_frame: Option<Instant>,
+    /// After a transport failure: how long the line must be silent before the next
+    /// connection is used (the failed device's timeout; see [`Link::connect`]).
+    drain: Option<Duration>,
     units: Vec<Unit>,
     reports: mpsc::Sender<DeviceReport>,
 }
@@ -316,18 +340,19 @@ impl Bus {
         }
     }
 
-    /// Reads every request of one poll group of one unit.
+    /// Reads every request of one poll group of one unit. Each reply is decoded while the
+    /// next request is on its way (see [`Bus::read`]).
     async fn poll(&mut self, ctx: &mut Context, u: usize, g: usize) -> Outcome {
         ctx.set_slave(Slave(self.units[u].cfg.unit_id));
         let mut samples = Vec::new();
         let mut failure = None;
+        let mut undecoded: Option<(ReadRequest, Vec<u16>)> = None;
         let mut i = 0;
         while i < self.units[u].groups[g].plan.len() {
             let req = self.units[u].groups[g].plan[i].clone();
-            match self.read(ctx, u, &req).await {
+            match self.read(ctx, u, &req, undecoded.take(), &mut samples).await {
                 Ok(Ok(words)) => {
-                    let unit = &mut self.units[u];
-                    decode_request(&unit.cfg, &req, &words, &mut samples, &mut unit.stats);
+                    undecoded = Some((req, words));
                     i += 1;
                 }
                 Ok(Err(exception)) => {
@@ -351,7 +376,7 @@ impl Bus {
                     );
                     warn!(device = %unit.cfg.name, %reason, "device refused a read");
                     for &(t, _) in &req.tags {
-                        samples.push(bad_sample(&unit.cfg.tags[t].name, &reason));
+                        samples.push((t, bad_sample(&unit.cfg.tags[t].name, &reason)));
                     }
                     i += 1;
                 }
@@ -361,7 +386,7 @@ impl Bus {
                     let unit = &self.units[u];
                     for r in &unit.groups[g].plan[i..] {
                         for &(t, _) in &r.tags {
-                            samples.push(bad_sample(&unit.cfg.tags[t].name, &reason));
+                            samples.push((t, bad_sample(&unit.cfg.tags[t].name, &reason)));
                         }
                     }
                     failure = Some(reason);
@@ -369,7 +394,12 @@ impl Bus {
                 }
             }
         }
+        if let Some((req, words)) = undecoded {
+            let unit = &mut self.units[u];
+            decode_request(&unit.cfg, &req, &words, &mut samples, &mut unit.stats);
+        }
         let now = Instant::now();
+        self.units[u].stats.polls += 1;
         let group = &mut self.units[u].groups[g];
         group.due = next_due(group.due, group.interval, now);
         if let Some(reason) = failure {
@@ -385,7 +415,7 @@ impl Bus {
             return Outcome::Ok;
         };
         debug!(device = %self.units[u].cfg.name, "probing a backed-off device");
-        match self.read(ctx, u, &req).await {
+        match self.read(ctx, u, &req, None, &mut Vec::new()).await {
             Ok(_) => {
                 // Back: poll every group now.
                 let now = Instant::now();
@@ -399,14 +429,35 @@ impl Bus {
     }
 
     /// One read under the device's timeout, keeping the silence a serial line needs.
-    async fn read(&mut self, ctx: &mut Context, u: usize, req: &ReadRequest) -> ReadResult {
+    ///
+    /// `meanwhile`, the previous reply of the poll, is decoded into `out` once this
+    /// request is on the wire (the first poll of the call writes it out), so that decoding
+    /// overlaps the round trip instead of adding to it: on a fast link the decoding of 125
+    /// tags takes as long as a round trip. It is decoded whatever this read's outcome.
+    async fn read(
+        &mut self,
+        ctx: &mut Context,
+        u: usize,
+        req: &ReadRequest,
+        meanwhile: Option<(ReadRequest, Vec<u16>)>,
+        out: &mut Vec<Tagged>,
+    ) -> ReadResult {
         if let (Some(gap), Some(last)) = (self.frame_gap, self.last_frame) {
             sleep_until(last + gap).await;
         }
         let unit = &mut self.units[u];
         unit.stats.requests += 1;
         let started = Instant::now();
-        let result = read_request(ctx, req, unit.cfg.timeout).await;
+        let call = read_request(ctx, req, unit.cfg.timeout);
+        tokio::pin!(call);
+        let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+        if let Some((previous, words)) = meanwhile {
+            decode_request(&unit.cfg, &previous, &words, out, &mut unit.stats);
+        }
+        let result = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending => call.await,
+        };
         self.last_frame = Some(Instant::now());
         match &result {
             Ok(Ok(_)) => unit.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0),
@@ -417,11 +468,14 @@ impl Bus {
             Err(TransportFailure::Timeout(_)) => unit.stats.timeouts += 1,
             Err(_) => unit.stats.transport_errors += 1,
         }
+        if result.is_err() {
+            self.drain = Some(unit.cfg.timeout);
+        }
         result
     }
 
     /// The unit answered: close its breaker, say it is connected, send its readings.
-    async fn answered(&mut self, u: usize, samples: Vec<Sample>) -> Outcome {
+    async fn answered(&mut self, u: usize, samples: Vec<Tagged>) -> Outcome {
         let unit = &mut self.units[u];
         if unit.breaker.on_success() == Change::Closed {
             info!(device = %unit.cfg.name, "device answers again; no longer backed off");
@@ -439,7 +493,7 @@ impl Bus {
 
     /// The unit did not answer: its readings so far are sent bad; the breaker counts it;
     /// the connection is to be rebuilt.
-    async fn failed(&mut self, u: usize, samples: Vec<Sample>, reason: String) -> Outcome {
+    async fn failed(&mut self, u: usize, samples: Vec<Tagged>, reason: String) -> Outcome {
         let unit = &mut self.units[u];
         let change = unit.breaker.on_failure(Instant::now());
         if change == Change::Opened {
@@ -456,6 +510,9 @@ impl Bus {
             if let Outcome::ReceiverGone = self.deliver(u, samples).await {
                 return Outcome::ReceiverGone;
             }
+        }
+        if !self.send_stats(u, Instant::now()).await {
+            return Outcome::ReceiverGone;
         }
         Outcome::Transport(reason)
     }
@@ -480,29 +537,37 @@ impl Bus {
     }
 
     /// Sends the readings that pass their deadband, and the counters when due.
-    async fn deliver(&mut self, u: usize, samples: Vec<Sample>) -> Outcome {
+    async fn deliver(&mut self, u: usize, samples: Vec<Tagged>) -> Outcome {
         let unit = &mut self.units[u];
         let now = Instant::now();
         let samples: Vec<Sample> = samples
             .into_iter()
-            .filter(|s| match unit.cfg.tags.iter().position(|t| t.name == s.tag) {
-                Some(i) => unit.deadbands.pass(i, &unit.cfg.tags[i], s, now),
-                None => true,
-            })
+            .filter(|(i, s)| unit.cfg.tags.get(*i).is_none_or(|tag| unit.deadbands.pass(*i, tag, s, now)))
+            .map(|(_, s)| s)
             .collect();
         if !samples.is_empty() && !self.send(u, ReportKind::Samples(samples)).await {
             return Outcome::ReceiverGone;
         }
-        let unit = &mut self.units[u];
-        let due = unit.stats_sent.as_ref().is_none_or(|(at, last)| now.duration_since(*at) >= STATS_EVERY && *last != unit.stats);
-        if due {
-            let stats = unit.stats.clone();
-            unit.stats_sent = Some((now, stats.clone()));
-            if !self.send(u, ReportKind::Stats(stats)).await {
-                return Outcome::ReceiverGone;
-            }
+        if !self.send_stats(u, now).await {
+            return Outcome::ReceiverGone;
         }
         Outcome::Ok
+    }
+
+    /// Sends the counters of `u` when they changed and the last ones are a second old, or
+    /// at once when the device was backed off or came back. Failing devices report too:
+    /// their counters are the news.
+    async fn send_stats(&mut self, u: usize, now: Instant) -> bool {
+        let unit = &mut self.units[u];
+        let due = unit.stats_sent.as_ref().is_none_or(|(at, last)| {
+            *last != unit.stats && (now.duration_since(*at) >= STATS_EVERY || last.backed_off != unit.stats.backed_off)
+        });
+        if !due {
+            return true;
+        }
+        let stats = unit.stats.clone();
+        unit.stats_sent = Some((now, stats.clone()));
+        self.send(u, ReportKind::Stats(stats)).await
     }
 
     /// Executes one write for unit `u`; `Err` when the connection must be rebuilt.
@@ -518,6 +583,9 @@ impl Bus {
         }
         let end = write::execute(ctx, &unit.cfg, req, &mut unit.stats).await;
         self.last_frame = Some(Instant::now());
+        if matches!(end, WriteEnd::Transport(_)) {
+            self.drain = Some(unit.cfg.timeout);
+        }
         // Read the new value back at once.
         let now = Instant::now();
         for g in &mut unit.groups {
@@ -550,24 +618,46 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
 /// Registers as words (bits as 0/1), or the device's exception.
 type ReadResult = Result<Result<Vec<u16>, ExceptionCode>, TransportFailure>;
 
+/// One read under `limit`. The reply must hold exactly what was asked for (bits come
+/// padded to whole bytes): RTU frames carry no transaction id, so a reply of another size
+/// is taken for a late answer to an earlier request, and the connection is rebuilt.
+///
+/// Goes through `Client::call` rather than the `Reader` helpers, which assume the reply
+/// has the right size (a debug assertion for coils) instead of checking it.
 async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> ReadResult {
-    let bits = |r: Result<Vec<bool>, ExceptionCode>| r.map(|v| v.into_iter().map(u16::from).collect());
-    let call = async {
-        Ok::<_, tokio_modbus::Error>(match req.table {
-            Table::Holding => ctx.read_holding_registers(req.start, req.count).await?,
-            Table::Input => ctx.read_input_registers(req.start, req.count).await?,
-            Table::Coil => bits(ctx.read_coils(req.start, req.count).await?),
-            Table::Discrete => bits(ctx.read_discrete_inputs(req.start, req.count).await?),
-        })
+    let request = match req.table {
+        Table::Holding => Request::ReadHoldingRegisters(req.start, req.count),
+        Table::Input => Request::ReadInputRegisters(req.start, req.count),
+        Table::Coil => Request::ReadCoils(req.start, req.count),
+        Table::Discrete => Request::ReadDiscreteInputs(req.start, req.count),
     };
-    match timeout(limit, call).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(TransportFailure::from(e)),
-        Err(_) => Err(TransportFailure::Timeout(limit)),
+    let reply = match timeout(limit, ctx.call(request)).await {
+        Ok(Ok(Ok(reply))) => reply,
+        Ok(Ok(Err(exception))) => return Ok(Err(exception)),
+        Ok(Err(e)) => return Err(TransportFailure::from(e)),
+        Err(_) => return Err(TransportFailure::Timeout(limit)),
+    };
+    let asked = usize::from(req.count);
+    let mismatch = |got| TransportFailure::Mismatch { asked: req.count, got };
+    match reply {
+        Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) if words.len() == asked => Ok(Ok(words)),
+        Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) if bits.len() >= asked && bits.len() < asked + 8 => {
+            Ok(Ok(bits.into_iter().take(asked).map(u16::from).collect()))
+        }
+        Response::ReadHoldingRegisters(v) | Response::ReadInputRegisters(v) => Err(mismatch(v.len())),
+        Response::ReadCoils(v) | Response::ReadDiscreteInputs(v) => Err(mismatch(v.len())),
+        // call() checks the function code of the reply against the request.
+        _ => Err(mismatch(0)),
     }
 }
 
-fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Sample>, stats: &mut DriverStats) {
+/// A reading and the index of its tag in the device's config.
+type Tagged = (usize, Sample);
+
+/// Decodes the reply to `req` into one reading per tag, all stamped with the same time
+/// (the reply's).
+fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Tagged>, stats: &mut DriverStats) {
+    let now = Utc::now();
     for &(i, offset) in &req.tags {
         let tag = &device.tags[i];
         let start = usize::from(offset);
@@ -577,10 +667,9 @@ fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: 
             Some(regs) if matches!(req.table, Table::Coil | Table::Discrete) => Ok((Value::Bool(regs[0] != 0), None)),
             Some(regs) => decode_tag(regs, tag).map(|d| (d.value, d.clamped_from)).map_err(|e| e.to_string()),
         };
-        out.push(match decoded {
-            Ok((value, None)) => good_sample(&tag.name, value),
+        out.push((i, match decoded {
+            Ok((value, None)) => Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Good, source_ts: now, agent_ts: now },
             Ok((value, Some(raw))) => {
-                let now = Utc::now();
                 let reason = format!("clamped: read {raw}, outside [{}, {}]", show_limit(tag.clamp_min), show_limit(tag.clamp_max));
                 Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Uncertain(reason), source_ts: now, agent_ts: now }
             }
@@ -588,17 +677,12 @@ fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: 
                 stats.decode_errors += 1;
                 bad_sample(&tag.name, &reason)
             }
-        });
+        }));
     }
 }
 
 fn show_limit(l: Option<f64>) -> String {
     l.map_or_else(|| "none".into(), |v| v.to_string())
-}
-
-fn good_sample(tag: &str, value: Value) -> Sample {
-    let now = Utc::now();
-    Sample { tag: tag.to_string(), value: Some(value), quality: Quality::Good, source_ts: now, agent_ts: now }
 }
 
 fn bad_sample(tag: &str, reason: &str) -> Sample {

@@ -3,13 +3,16 @@
 //! TCP socket (serial-to-Ethernet converters).
 //!
 //! tokio-modbus has no timeouts of its own: every connect here is bounded by the caller's
-//! limit, and every request by the poller.
+//! limit, and every request by the poller. An RTU line can be drained of a late reply
+//! before it is used again (see [`Link::connect`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
+use tracing::debug;
 use tokio_modbus::client::Context;
 use tokio_modbus::Slave;
 use tokio_serial::SerialPortBuilderExt;
@@ -64,7 +67,13 @@ impl Link {
     }
 
     /// Opens the connection, addressed to `unit` until told otherwise (`set_slave`).
-    pub async fn connect(&self, unit: u8, limit: Duration) -> Result<Context, String> {
+    ///
+    /// With `drain`, an RTU line (serial, or through a converter) is first listened to
+    /// until it has been silent for that long, and what arrives meanwhile is thrown away.
+    /// RTU frames carry no transaction id: after a timeout, the reply a slow device still
+    /// sends would otherwise be read as the answer to the next request of the same size
+    /// (a serial port, and most converters, pass it on to the new connection too).
+    pub async fn connect(&self, unit: u8, limit: Duration, drain: Option<Duration>) -> Result<Context, String> {
         match self {
             Link::Tcp(addr) => match timeout(limit, tokio_modbus::client::tcp::connect_slave(*addr, Slave(unit))).await {
                 Ok(Ok(ctx)) => Ok(ctx),
@@ -72,17 +81,47 @@ impl Link {
                 Err(_) => Err(format!("connect timed out after {limit:?}")),
             },
             Link::RtuOverTcp(addr) => match timeout(limit, TcpStream::connect(*addr)).await {
-                Ok(Ok(stream)) => {
+                Ok(Ok(mut stream)) => {
                     let _ = stream.set_nodelay(true);
+                    if let Some(quiet) = drain {
+                        drain_line(&mut stream, quiet).await?;
+                    }
                     Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(unit)))
                 }
                 Ok(Err(e)) => Err(format!("connect failed: {e}")),
                 Err(_) => Err(format!("connect timed out after {limit:?}")),
             },
             Link::Serial(s) => {
-                let stream = open_serial(s).map_err(|e| format!("cannot open serial port {}: {e}", s.port))?;
+                let mut stream = open_serial(s).map_err(|e| format!("cannot open serial port {}: {e}", s.port))?;
+                if let Some(quiet) = drain {
+                    drain_line(&mut stream, quiet).await?;
+                }
                 Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(unit)))
             }
+        }
+    }
+}
+
+/// Reads and discards until nothing has arrived for `quiet`, for at most ten times that
+/// (a line that never falls silent is reported, not waited on forever).
+async fn drain_line(stream: &mut (impl AsyncRead + Unpin), quiet: Duration) -> Result<usize, String> {
+    let deadline = Instant::now() + quiet * 10;
+    let mut buf = [0u8; 256];
+    let mut dropped = 0;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(format!("the line did not fall silent for {quiet:?} within {:?}", quiet * 10));
+        }
+        match timeout(quiet, stream.read(&mut buf)).await {
+            Err(_) => {
+                if dropped > 0 {
+                    debug!(bytes = dropped, "discarded a late reply before the next request");
+                }
+                return Ok(dropped);
+            }
+            Ok(Ok(0)) => return Err("the connection was closed".into()),
+            Ok(Ok(n)) => dropped += n,
+            Ok(Err(e)) => return Err(format!("read failed while waiting for the line to fall silent: {e}")),
         }
     }
 }
