@@ -306,3 +306,19 @@ tag = "mode"
 fn opcua_u16(v: u16) -> edge_drivers::sim::opcua_server::Variant {
     edge_drivers::sim::opcua_server::Variant::UInt16(v)
 }
+
+#[test]
+fn the_readme_opcua_example_is_a_valid_config() {
+    // Given the README's OPC-UA example, in a minimal config
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("### `[devices.opcua]`").expect("README has the [devices.opcua] section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + section[start..].find("```").expect("the block ends");
+    let text = format!("[gateway]\nid = \"gw-01\"\nsite = \"s\"\ndata_dir = \"/tmp/x\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n\n{}", &section[start..end]);
+
+    // When it is loaded and checked, then it is accepted as documented
+    let config = edge_agent::config::load_str(&text, "README.md").unwrap_or_else(|e| panic!("the README's OPC-UA example is refused:\n{e}"));
+    let ua = config.devices[0].opcua.as_ref().expect("the [devices.opcua] table");
+    assert_eq!(ua.security_policy, edge_drivers::opcua::config::SecurityPolicy::Basic256Sha256);
+    assert_eq!(config.devices[0].tags.len(), 2);
+}
