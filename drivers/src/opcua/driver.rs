@@ -71,6 +71,7 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
     // agent turns into one `device_lost` event): once per loss, as for Modbus devices,
     // and again only for a refusal an operator must act on (certificate, login).
     let mut loss_reported = false;
+    let mut had_session = false;
     loop {
         generation += 1;
         let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
@@ -94,9 +95,12 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
                 }
             }
             Some(Ok(connected)) => {
-                if generation > 1 && out.stats.session_attempts > 1 {
+                if had_session {
                     out.stats.reconnects += 1;
                 }
+                had_session = true;
+                // A certificate trusted meanwhile is no longer a warning.
+                out.stats.warnings = standing_warnings(&ua, &pki);
                 info!(device = %device.name, endpoint = %ua.endpoint, "OPC-UA session up");
                 if !out.send(ReportKind::Connected).await {
                     return;
