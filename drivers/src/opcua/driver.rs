@@ -95,7 +95,8 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
                 }
             }
             Some(Ok(connected)) => {
-                if had_session {
+                let rebuild = had_session;
+                if rebuild {
                     out.stats.reconnects += 1;
                 }
                 had_session = true;
@@ -106,7 +107,7 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
                     return;
                 }
                 let started = Instant::now();
-                let end = run_session(&device, &ua, connected, generation, &mut out, &mut writes, &cancel).await;
+                let end = run_session(&device, &ua, connected, (generation, rebuild), &mut out, &mut writes, &cancel).await;
                 match end {
                     SessionEnd::Stopped => return,
                     SessionEnd::Lost(reason) => {
@@ -211,6 +212,10 @@ struct SessionState<'a> {
     groups: Vec<Group>,
     /// Subscription id of each group (`None` for polled groups or while missing).
     subs: Vec<Option<u32>>,
+    /// Whether each group's subscription was created once in this session.
+    created: Vec<bool>,
+    /// Whether this session replaces a lost one (its subscriptions are rebuilt ones).
+    rebuild: bool,
     items: Vec<ItemState>,
     /// Tags to resolve and create again (refused, lost, unknown node).
     retry: BTreeSet<usize>,
@@ -225,7 +230,7 @@ async fn run_session(
     device: &DeviceConfig,
     ua: &OpcuaConfig,
     connected: Connected,
-    generation: u64,
+    (generation, rebuild): (u64, bool),
     out: &mut Reporter,
     writes: &mut mpsc::Receiver<WriteRequest>,
     cancel: &CancellationToken,
@@ -241,6 +246,8 @@ async fn run_session(
         session: session.clone(),
         groups: subscription::plan(device, ua),
         subs: Vec::new(),
+        created: Vec::new(),
+        rebuild,
         items: vec![ItemState::default(); device.tags.len()],
         retry: BTreeSet::new(),
         reported_bad: HashMap::new(),
@@ -248,6 +255,7 @@ async fn run_session(
         generation,
     };
     st.subs = vec![None; st.groups.len()];
+    st.created = vec![false; st.groups.len()];
     let deadline = Instant::now() + ua.connect_timeout;
     let setup = tokio::select! {
         () = cancel.cancelled() => return stop(session).await,
@@ -356,9 +364,11 @@ impl SessionState<'_> {
         let id = subscription::create_subscription(&self.session, g, &self.groups[g], self.ua, &self.events, self.generation)
             .await
             .map_err(|s| format!("CreateSubscription refused: {s}"))?;
-        if self.generation > 1 || self.subs[g].is_some() {
+        // Rebuilt: after a reconnect, or again in this session after the server dropped it.
+        if self.rebuild || self.created[g] {
             out.stats.subscriptions_rebuilt += 1;
         }
+        self.created[g] = true;
         self.subs[g] = Some(id);
         Ok(())
     }
