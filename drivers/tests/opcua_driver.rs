@@ -473,3 +473,68 @@ async fn every_security_policy_and_mode_and_each_user_identity_work_once_the_ser
     ua.user_private_key = Some(user_key);
     run_until(dev, &dir, "a value as the X.509 user", |d| d.has_good("speed", &Value::Float(42.0))).await.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_on_one_endpoint_never_hold_two_session_attempts_at_once() {
+    // Given a server that accepts connections and never answers (each attempt runs into
+    // connect_timeout), and two devices naming it
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("opc.tcp://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    let stats = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0usize))); // (accepted, most open at once)
+    let seen = stats.clone();
+    std::thread::spawn(move || {
+        let mut open: Vec<std::net::TcpStream> = Vec::new();
+        for stream in listener.incoming().flatten() {
+            // A connection whose peer closed reads to its end at once: it no longer counts.
+            open.retain_mut(|s| {
+                use std::io::Read;
+                let _ = s.set_nonblocking(true);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return false,
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                        Err(_) => return false,
+                    }
+                }
+            });
+            open.push(stream);
+            let mut st = seen.lock().unwrap();
+            st.0 += 1;
+            st.1 = st.1.max(open.len());
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let dev = |name: &str| {
+        let mut d = device(&endpoint, vec![ua_tag("x", "ns=2;s=X")]);
+        d.name = name.into();
+        let ua = d.opcua.as_mut().unwrap();
+        ua.connect_timeout = Duration::from_millis(300);
+        ua.reconnect_min = Duration::from_millis(50);
+        ua.reconnect_max = Duration::from_millis(100);
+        d
+    };
+
+    // When both run for a while
+    let (mut a, mut b) = (Driver::start(dev("a"), &data), Driver::start(dev("b"), &data));
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        tokio::select! {
+            Some(r) = a.rx.recv() => a.take(r),
+            Some(r) = b.rx.recv() => b.take(r),
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
+    let (accepted, most_open) = *stats.lock().unwrap();
+    a.collect_for(Duration::from_millis(1100)).await;
+    b.collect_for(Duration::from_millis(10)).await;
+    let (attempts_a, attempts_b) = (a.stats.session_attempts, b.stats.session_attempts);
+    a.stop().await;
+    b.stop().await;
+
+    // Then both kept trying, taking turns: never two connections open at once
+    assert!(attempts_a >= 2 && attempts_b >= 2, "both devices tried: {attempts_a}, {attempts_b}");
+    assert!(accepted >= 4, "{accepted} connections");
+    assert_eq!(most_open, 1, "two session attempts were open at once ({accepted} connections)");
+}
