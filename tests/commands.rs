@@ -238,7 +238,7 @@ async fn every_rejection_gets_ok_false_with_its_reason_and_leaves_the_plc_untouc
 
     // An unknown command keeps its id.
     let reply = rig.erp.ask("explode", "u1", json!({ "id": "u1" })).await;
-    assert_eq!(error_of(&reply), "unknown command \"explode\": expected one of write, reload, rebirth, ping");
+    assert_eq!(error_of(&reply), "unknown command \"explode\": expected one of write, reload, rebirth, ping, lab");
     assert_eq!(rig.erp.audit(&json!("u1")).await["details"]["command"], "explode");
 
     // Malformed JSON and a missing or non-string id are answered with "id": null.

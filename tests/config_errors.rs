@@ -419,7 +419,7 @@ fn check_config_accepts_the_demo_config() {
     );
     assert_eq!(
         out.stdout,
-        format!("{}: ok (1 devices, 19 tags)\n", file.display())
+        format!("{}: ok (1 devices, 26 tags)\n", file.display())
     );
     assert_eq!(out.stderr, "");
 }

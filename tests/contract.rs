@@ -621,7 +621,13 @@ fn the_schemas_are_valid_draft_2020_12_and_refuse_broken_payloads() {
         ("buffer_overflow", "warning", overflow.clone()),
         ("command_executed", "info", audit.clone()),
         ("command_rejected", "warning", rejected.clone()),
-        ("anomaly_started", "critical", json!({ "anything": [1, 2] })),
+        // A kind this contract does not know yet: any details.
+        ("some_future_kind", "critical", json!({ "anything": [1, 2] })),
+        (
+            "anomaly_started",
+            "warning",
+            json!({ "model": "pump", "version": "1", "score": 1.4, "threshold": 1.0, "contributions": [{ "tag": "plc/a", "share": 0.7 }], "started_at": ts }),
+        ),
     ] {
         assert_valid(&schemas.event, &format!("a {kind} event"), &event(kind, severity, details));
     }

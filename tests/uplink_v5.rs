@@ -174,10 +174,10 @@ async fn over_mqtt_5_a_publish_the_broker_refuses_stays_in_the_outbox_and_goes_o
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, agent_config(&dir.path().join("data"), listener.port, plc, web, V5)).unwrap();
     let agent = AgentProcess::start(&cfg, dir.path().join("agent.log"));
-    wait_for("online", Duration::from_secs(30), || statuses(&erp).contains(&"online".to_string()).then_some(())).await;
+    wait_for("online", Duration::from_secs(60), || statuses(&erp).contains(&"online".to_string()).then_some(())).await;
 
     // When the agent publishes telemetry for a while
-    wait_for("refused publishes", Duration::from_secs(20), || {
+    wait_for("refused publishes", Duration::from_secs(60), || {
         agent.log_text().contains("refused a publish").then_some(())
     })
     .await;
@@ -200,7 +200,7 @@ async fn over_mqtt_5_a_publish_the_broker_refuses_stays_in_the_outbox_and_goes_o
     let erp = Subscriber::start(listener.port, "plant/#").await;
 
     // Then every batch arrives, from the first one on, without a gap
-    wait_for("the refused batches, replayed", Duration::from_secs(30), || {
+    wait_for("the refused batches, replayed", Duration::from_secs(60), || {
         let seqs = seq_set(&erp);
         let max = *seqs.iter().max()?;
         (max > pending && (1..=max).all(|s| seqs.contains(&s))).then_some(())

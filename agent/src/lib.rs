@@ -1,6 +1,7 @@
 //! The edge agent: config, store-and-forward outbox, MQTT uplink, status page and the
 //! runtime that supervises them. The binary (`main.rs`) is a thin command-line shell.
 
+pub mod analytics;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -25,6 +25,8 @@ pub struct Snapshot {
     pub store: StoreView,
     pub uplink: UplinkView,
     pub commands: CommandsView,
+    /// The local models (`[[models]]`), by name.
+    pub models: BTreeMap<String, crate::analytics::status::ModelView>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edge_agent::config::load_file;
-use edge_agent::{demo, runtime, watch};
+use edge_agent::{runtime, watch};
 use tracing_subscriber::EnvFilter;
 
 /// Exit code for a config that was refused (nothing was started).
@@ -31,21 +31,9 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Run a simulated sugar mill, an embedded MQTT broker and the agent, all on loopback.
-    Demo {
-        /// Where the demo keeps its outbox (default: a directory under the system temp dir).
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Status page address (default from the demo config: 127.0.0.1:8080).
-        #[arg(long, value_name = "ADDR")]
-        web_listen: Option<String>,
-        /// Port of the embedded MQTT broker (default 18830).
-        #[arg(long)]
-        mqtt_port: Option<u16>,
-        /// Port of the simulated PLC (default 15020).
-        #[arg(long)]
-        modbus_port: Option<u16>,
-    },
+    /// Run a simulated sugar mill, an embedded MQTT broker and the agent with its models,
+    /// all on loopback; or export simulated history, or rebuild the demo's models.
+    Demo(edge_agent::cli::demo::DemoArgs),
     /// OPC-UA commissioning: browse a server, list and trust certificates.
     Opcua {
         #[command(subcommand)]
@@ -116,9 +104,7 @@ fn main() -> ExitCode {
                 // The path is kept for the `reload` command.
                 runtime::agent::run_with_file(config, Some(path), runtime::shutdown_signal(), |_| {}).await.map(|()| None)
             }
-            Command::Demo { data_dir, web_listen, mqtt_port, modbus_port } => {
-                demo::run(demo::DemoOptions { data_dir, web_listen, mqtt_port, modbus_port }).await.map(|()| None)
-            }
+            Command::Demo(args) => edge_agent::cli::demo::run(args).await.map(|()| None),
             Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
             Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
             Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),

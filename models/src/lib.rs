@@ -24,6 +24,7 @@ mod model;
 mod nn;
 mod norm;
 mod threads;
+pub mod schedule;
 pub mod train;
 
 pub use artifact::{Artifact, ArtifactError};

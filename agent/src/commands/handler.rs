@@ -71,6 +71,8 @@ pub struct Handler {
     pub stored: Arc<Notify>,
     /// Commands carried out lately, by id (see [`super::recent`]).
     pub recent: RecentCommands,
+    /// Where `cmd/lab` hands lab values to the quality models.
+    pub lab: crate::analytics::LabInbox,
 }
 
 /// How a command ended: what to reply, what to record, and whether to restart.
@@ -163,6 +165,13 @@ impl Handler {
                         self.write(&w).await
                     }
                     Command::Ping { .. } => Verdict::Executed(json!({ "pong": true, "ts": rfc3339(Utc::now()), "version": VERSION })),
+                    Command::Lab(lab) => {
+                        let sampled_at = lab.sampled_at.unwrap_or(audit.received_at);
+                        match self.lab.send(&lab.model, lab.value, sampled_at) {
+                            Ok(()) => Verdict::Executed(json!({ "model": lab.model, "value": lab.value, "sampled_at": rfc3339(sampled_at) })),
+                            Err(reason) => Verdict::Rejected(reason),
+                        }
+                    }
                     Command::Rebirth { .. } => Verdict::Executed(json!({ "note": "JSON mode: nothing to rebirth; status is retained" })),
                     Command::Reload { .. } => {
                         let (verdict, config) = self.reload().await;
@@ -466,6 +475,7 @@ tag = "pump"
             counters: Arc::default(),
             stored: Arc::default(),
             recent: Default::default(),
+            lab: Default::default(),
         };
         Fixture { handler, outbox, seen, restart_rx, _dir: dir }
     }
@@ -660,7 +670,7 @@ tag = "pump"
         };
         let ids: Vec<_> = replies.iter().map(|(_, r)| r.body["id"].clone()).collect();
         assert_eq!(ids, vec![json!("1"), json!("2"), json!("3")]);
-        assert_eq!(replies[1].1.body["error"], "unknown command \"nope\": expected one of write, reload, rebirth, ping");
+        assert_eq!(replies[1].1.body["error"], "unknown command \"nope\": expected one of write, reload, rebirth, ping, lab");
         assert_eq!(replies[2].1.body["result"]["note"], "JSON mode: nothing to rebirth; status is retained");
         cancel.cancel();
         task.await.unwrap();

@@ -13,7 +13,7 @@ pub const MAX_PAYLOAD: usize = 64 * 1024;
 pub const MAX_ID_LEN: usize = 200;
 
 /// The command names of the MQTT contract (`…/cmd/{name}`).
-pub const NAMES: [&str; 4] = ["write", "reload", "rebirth", "ping"];
+pub const NAMES: [&str; 5] = ["write", "reload", "rebirth", "ping", "lab"];
 
 /// A command that parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,6 +22,20 @@ pub enum Command {
     Reload { id: String },
     Rebirth { id: String },
     Ping { id: String },
+    /// `cmd/lab`: a lab result for a quality model (corrects its bias).
+    Lab(LabCommand),
+}
+
+/// `cmd/lab`: `{"id", "model", "value", "sampled_at"?}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabCommand {
+    pub id: String,
+    /// A `[[models]]` name of kind `quality`.
+    pub model: String,
+    /// The lab value, finite, in the model's unit.
+    pub value: f64,
+    /// When the sample was taken (RFC 3339); default: when the command arrived.
+    pub sampled_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `cmd/write`: set one tag of one device, in engineering units.
@@ -38,6 +52,7 @@ impl Command {
     pub fn id(&self) -> &str {
         match self {
             Command::Write(w) => &w.id,
+            Command::Lab(l) => &l.id,
             Command::Reload { id } | Command::Rebirth { id } | Command::Ping { id } => id,
         }
     }
@@ -48,6 +63,7 @@ impl Command {
             Command::Reload { .. } => "reload",
             Command::Rebirth { .. } => "rebirth",
             Command::Ping { .. } => "ping",
+            Command::Lab(_) => "lab",
         }
     }
 }
@@ -81,6 +97,7 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Command, ParseError> {
     let allowed: &[&str] = match name {
         "write" => &["id", "device", "tag", "value"],
         "reload" | "rebirth" | "ping" => &["id"],
+        "lab" => &["id", "model", "value", "sampled_at"],
         _ => {
             return Err(fail(Some(id), format!("unknown command {:?}: expected one of {}", truncate(name), NAMES.join(", "))));
         }
@@ -90,6 +107,7 @@ pub fn parse(name: &str, payload: &[u8]) -> Result<Command, ParseError> {
     }
     match name {
         "write" => parse_write(id, &fields),
+        "lab" => parse_lab(id, &fields),
         "reload" => Ok(Command::Reload { id }),
         "rebirth" => Ok(Command::Rebirth { id }),
         _ => Ok(Command::Ping { id }),
@@ -122,6 +140,38 @@ fn parse_write(id: String, fields: &Map<String, serde_json::Value>) -> Result<Co
     })();
     match checked {
         Ok((device, tag, value)) => Ok(Command::Write(WriteCommand { id, device, tag, value })),
+        Err(reason) => Err(ParseError { id: Some(id), reason }),
+    }
+}
+
+fn parse_lab(id: String, fields: &Map<String, serde_json::Value>) -> Result<Command, ParseError> {
+    let checked = (|| {
+        let model = match fields.get("model") {
+            None => return Err("missing \"model\"".to_string()),
+            Some(serde_json::Value::String(s)) if s.is_empty() => return Err("\"model\" is empty".to_string()),
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => return Err(format!("\"model\" must be a string, not {}", kind(other))),
+        };
+        let value = match fields.get("value") {
+            None => return Err("missing \"value\"".to_string()),
+            Some(serde_json::Value::Number(n)) => match n.as_f64() {
+                Some(f) if f.is_finite() => f,
+                _ => return Err(format!("\"value\" {n} is not a finite number")),
+            },
+            Some(other) => return Err(format!("\"value\" must be a number, not {}", kind(other))),
+        };
+        let sampled_at = match fields.get("sampled_at") {
+            None => None,
+            Some(serde_json::Value::String(s)) => match chrono::DateTime::parse_from_rfc3339(s) {
+                Ok(t) => Some(t.with_timezone(&chrono::Utc)),
+                Err(e) => return Err(format!("\"sampled_at\" {:?} is not an RFC 3339 time: {e}", truncate(s))),
+            },
+            Some(other) => return Err(format!("\"sampled_at\" must be a string, not {}", kind(other))),
+        };
+        Ok(LabCommand { id: id.clone(), model, value, sampled_at })
+    })();
+    match checked {
+        Ok(lab) => Ok(Command::Lab(lab)),
         Err(reason) => Err(ParseError { id: Some(id), reason }),
     }
 }
@@ -172,6 +222,24 @@ mod tests {
         assert_eq!(ok("reload", r#"{"id":"r"}"#), Command::Reload { id: "r".into() });
         assert_eq!(ok("rebirth", r#"{"id":"b"}"#), Command::Rebirth { id: "b".into() });
         assert_eq!(ok("ping", r#" {"id":"p"} "#), Command::Ping { id: "p".into() });
+        assert_eq!(
+            ok("lab", r#"{"id":"l","model":"syrup-purity","value":86.4,"sampled_at":"2026-11-28T06:00:00Z"}"#),
+            Command::Lab(LabCommand {
+                id: "l".into(),
+                model: "syrup-purity".into(),
+                value: 86.4,
+                sampled_at: Some(chrono::DateTime::parse_from_rfc3339("2026-11-28T06:00:00Z").unwrap().with_timezone(&chrono::Utc)),
+            })
+        );
+    }
+
+    #[test]
+    fn lab_fields_are_checked_one_by_one() {
+        assert!(err("lab", r#"{"id":"l","value":1}"#).reason.contains("missing \"model\""));
+        assert!(err("lab", r#"{"id":"l","model":"m","value":"86"}"#).reason.contains("must be a number"));
+        assert!(err("lab", r#"{"id":"l","model":"m","value":1,"sampled_at":"yesterday"}"#).reason.contains("RFC 3339"));
+        assert!(err("lab", r#"{"id":"l","model":"m","value":1,"unit":"%"}"#).reason.contains("unknown field"));
+        assert_eq!(err("lab", r#"{"id":"l","model":"m"}"#).id.as_deref(), Some("l"));
     }
 
     #[test]
@@ -224,7 +292,7 @@ mod tests {
     fn an_unknown_command_is_refused_with_its_id() {
         let e = err("explode", r#"{"id":"x1"}"#);
         assert_eq!(e.id.as_deref(), Some("x1"));
-        assert_eq!(e.reason, "unknown command \"explode\": expected one of write, reload, rebirth, ping");
+        assert_eq!(e.reason, "unknown command \"explode\": expected one of write, reload, rebirth, ping, lab");
     }
 
     #[test]

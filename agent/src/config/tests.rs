@@ -162,7 +162,7 @@ fn the_demo_config_loads_without_problems() {
     // Then every device and tag is there
     assert_eq!(config.gateway.id, "demo-gw-01");
     assert_eq!(config.devices.len(), 1);
-    assert_eq!(config.devices[0].tags.len(), 19);
+    assert_eq!(config.devices[0].tags.len(), 26);
 }
 
 #[test]

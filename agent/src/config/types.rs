@@ -7,6 +7,7 @@ use std::time::Duration;
 use edge_drivers::DeviceConfig;
 use serde::{Deserialize, Serialize};
 
+pub use crate::analytics::config::{CalendarConfig, ModelConfig};
 pub use crate::commands::config::CommandsConfig;
 pub use crate::store::config::StoreConfig;
 pub use crate::uplink::config::MqttConfig;
@@ -28,6 +29,13 @@ pub struct Config {
     /// Commands from the ERP: whether writes are allowed, and to which tags.
     #[serde(default)]
     pub commands: CommandsConfig,
+    /// Local models (`[[models]]`): anomaly detection, quality soft sensors, remaining
+    /// useful life. See `analytics::config`.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// The production calendar (`[calendar]`) the maintenance scheduler plans in.
+    #[serde(default)]
+    pub calendar: CalendarConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its data.

@@ -18,6 +18,8 @@ impl Config {
         self.web.validate("web", &mut issues);
         self.validate_devices(&mut issues);
         self.commands.validate("commands", &self.devices, &mut issues);
+        crate::analytics::config::validate_models(&self.models, &self.devices, &mut issues);
+        self.calendar.validate("calendar", &mut issues);
         issues
     }
 

@@ -4,6 +4,7 @@
 //! the agent between them with its status page, all on loopback. The config is
 //! `firmware-configs/demo/sugar-mill.toml`, compiled in.
 
+pub mod artifacts;
 pub mod broker;
 pub mod plant;
 
@@ -19,12 +20,22 @@ use crate::config::{load_str, Config};
 pub const DEMO_CONFIG: &str = include_str!("../../../firmware-configs/demo/sugar-mill.toml");
 
 /// Command-line overrides for the demo.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     pub web_listen: Option<String>,
     pub mqtt_port: Option<u16>,
     pub modbus_port: Option<u16>,
+    /// Plant seconds per wall-clock second (1 = real time).
+    pub speed: f64,
+    /// Faults to inject, each after a wall-clock delay.
+    pub faults: Vec<(edge_drivers::sim::sugar_mill::Fault, Duration)>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self { data_dir: None, web_listen: None, mqtt_port: None, modbus_port: None, speed: 1.0, faults: Vec::new() }
+    }
 }
 
 /// The demo config with the overrides applied, validated like any other.
@@ -44,15 +55,35 @@ pub fn demo_config(opts: &DemoOptions) -> anyhow::Result<Config> {
             device.address = Some(addr.to_string());
         }
     }
+    speed_up(&mut config, opts.speed);
     let issues = config.validate();
     anyhow::ensure!(issues.is_empty(), "demo overrides are invalid: {:?}", issues.0);
     Ok(config)
 }
 
+/// A plant running `speed` times faster: the models take their rows (and hold their
+/// conditions) in plant time, so every interval shrinks by `speed`, and the PLC is
+/// polled at least once per shortest row interval.
+fn speed_up(config: &mut Config, speed: f64) {
+    if !(speed.is_finite() && speed > 1.0) {
+        return;
+    }
+    let scale = |d: Duration| d.div_f64(speed).max(Duration::from_millis(10));
+    for m in &mut config.models {
+        m.row_interval = scale(m.row_interval);
+        m.period = m.period.map(scale);
+        m.min_duration = m.min_duration.div_f64(speed);
+    }
+    let fastest = config.models.iter().map(|m| m.row_interval).min().unwrap_or(Duration::from_secs(1));
+    for device in &mut config.devices {
+        device.poll_interval = device.poll_interval.div_f64(speed).min(fastest / 2).max(Duration::from_millis(20));
+    }
+}
+
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let config = demo_config(&opts)?;
-    let plant_addrs = plant::start(&config).await?;
+    let plant_addrs = plant::start(&config, opts.speed, &opts.faults).await?;
     let broker_addr: SocketAddr = format!("{}:{}", config.mqtt.host, config.mqtt.port)
         .parse()
         .context("the demo broker needs an IP address in mqtt.host")?;
@@ -65,6 +96,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         println!("edge-agent demo is running: simulated sugar mill -> agent -> embedded MQTT broker");
         for addr in &plant_addrs {
             println!("  Simulated PLC (Modbus TCP): {addr}");
+        }
+        if opts.speed > 1.0 {
+            println!("  Plant speed:                {}x real time", opts.speed);
+        }
+        for (fault, delay) in &opts.faults {
+            println!("  Fault:                      {fault} after {delay:?}");
         }
         println!("  MQTT broker:                {broker_addr}   topics under {root}/");
         if let Some(web) = started.web {

@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edge_drivers::sim::register_server;
-use edge_drivers::sim::sugar_mill::{self, SugarMill};
+use edge_drivers::sim::sugar_mill::{self, Fault, RunOptions, SugarMill};
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, info};
 
 use crate::config::Config;
 
 /// Starts one simulated mill per distinct device address; returns the addresses served.
-pub async fn start(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
+/// `speed`: plant seconds per wall-clock second; `faults`: injected into every mill, each
+/// after its wall-clock delay.
+pub async fn start(config: &Config, speed: f64, faults: &[(Fault, Duration)]) -> anyhow::Result<Vec<SocketAddr>> {
     let addrs: BTreeSet<SocketAddr> = config.devices.iter().filter_map(|d| d.address.as_deref()?.parse().ok()).collect();
     let cancel = CancellationToken::new(); // the plant lives as long as the demo process
     let mut served = Vec::new();
@@ -23,7 +25,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Vec<SocketAddr>> {
             .with_context(|| format!("cannot start the simulated PLC on {addr} (is the port in use? try --modbus-port)"))?;
         let mill = SugarMill::new(0x5EED + i as u64);
         let bank = sugar_mill::initial_bank(&mill).shared();
-        tokio::spawn(sugar_mill::run(bank.clone(), mill, Duration::from_millis(500), cancel.clone()));
+        let (fault_tx, fault_rx) = tokio::sync::mpsc::unbounded_channel();
+        for &(fault, delay) in faults {
+            let tx = fault_tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                info!(%fault, "fault injected into the simulated mill");
+                let _ = tx.send(fault);
+            });
+        }
+        // At speed the plant is stepped more often, so each step stays short.
+        let tick = Duration::from_millis(if speed > 1.0 { 50 } else { 500 });
+        let opts = RunOptions { tick, speed, faults: Some(fault_rx) };
+        tokio::spawn(sugar_mill::run_with(bank.clone(), mill, opts, cancel.clone()));
         let c = cancel.clone();
         tokio::spawn(async move {
             if let Err(e) = register_server::serve(listener, bank, c).await {

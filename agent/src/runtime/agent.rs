@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use edge_drivers::modbus::{group_by_bus, run_bus, write_channel};
+use edge_drivers::DeviceReport;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::supervise::supervise;
+use crate::analytics::Analytics;
 use crate::commands::{Handler, InboundCommand};
 use crate::config::Config;
 use crate::live::{GatewayView, Live};
@@ -130,8 +132,10 @@ async fn run_once(
     let web_cancel = CancellationToken::new();
     let web = if config.web.enabled { Some(start_web(config, &live, &web_cancel).await?) } else { None };
 
-    // Drivers → writer; the command handler → each driver's write queue.
+    // Drivers → feed (the models take their inputs) → writer; the command handler → each
+    // driver's write queue.
     let (reports_tx, reports_rx) = mpsc::channel(1024);
+    let (drivers_tx, mut drivers_rx) = mpsc::channel::<DeviceReport>(1024);
     let driver_cancel = CancellationToken::new();
     let mut drivers = Vec::new();
     let mut writers = HashMap::new();
@@ -144,7 +148,7 @@ async fn run_once(
             members.push((device, inbox));
         }
         let name = members.iter().map(|(d, _)| d.name.as_str()).collect::<Vec<_>>().join(", ");
-        let (tx, cancel) = (reports_tx.clone(), driver_cancel.clone());
+        let (tx, cancel) = (drivers_tx.clone(), driver_cancel.clone());
         drivers.push(supervise(format!("device {name}"), driver_cancel.clone(), move || {
             let (members, tx, cancel) = (members.clone(), tx.clone(), cancel.clone());
             async move {
@@ -158,7 +162,7 @@ async fn run_once(
         let (write_tx, inbox) = write_channel(16);
         writers.insert(device.name.clone(), write_tx);
         let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
-        let (device, tx, cancel) = (device.clone(), reports_tx.clone(), driver_cancel.clone());
+        let (device, tx, cancel) = (device.clone(), drivers_tx.clone(), driver_cancel.clone());
         drivers.push(supervise(format!("device {}", device.name), driver_cancel.clone(), move || {
             let (device, pki, tx, cancel, inbox) = (device.clone(), pki.clone(), tx.clone(), cancel.clone(), inbox.clone());
             async move {
@@ -167,9 +171,24 @@ async fn run_once(
             }
         }));
     }
-    drop(reports_tx);
+    drop(drivers_tx);
 
     let stored = Arc::new(Notify::new());
+    // Models: one thread each; their events go through the sink task, their predictions
+    // to the writer as the `analytics` device's telemetry.
+    let (events_tx, events_rx) = mpsc::channel(crate::analytics::sink::QUEUE);
+    let analytics = Analytics::start(config, &live, events_tx, reports_tx.clone());
+    let lab = analytics.lab_inbox();
+    let mut sink = tokio::spawn(crate::analytics::sink::run(outbox.clone(), stored.clone(), events_rx));
+    let mut feed = tokio::spawn(async move {
+        while let Some(report) = drivers_rx.recv().await {
+            analytics.offer(&report);
+            if reports_tx.send(report).await.is_err() {
+                break;
+            }
+        }
+        analytics
+    });
     let writer = Writer {
         outbox: outbox.clone(),
         gateway: config.gateway.id.clone(),
@@ -192,6 +211,7 @@ async fn run_once(
         counters: Arc::default(),
         stored: stored.clone(),
         recent: Default::default(),
+        lab,
     };
     let handler_cancel = CancellationToken::new();
     let mut handler = tokio::spawn(handler.run(commands_rx, handler_cancel.clone()));
@@ -226,6 +246,20 @@ async fn run_once(
             d.abort();
         }
     }
+    // The feed ends with the drivers; then the model threads (their inboxes close).
+    match timeout_at(deadline, &mut feed).await {
+        Ok(Ok(analytics)) => {
+            let stopping = tokio::task::spawn_blocking(move || analytics.stop());
+            if timeout_at(deadline, stopping).await.is_err() {
+                warn!("the model threads did not stop in time");
+            }
+        }
+        Ok(Err(e)) => error!(error = %e, "the sample feed failed"),
+        Err(_) => {
+            warn!("the sample feed did not stop in time");
+            feed.abort();
+        }
+    }
     match timeout_at(deadline, &mut writer).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "store writer failed"),
@@ -233,6 +267,10 @@ async fn run_once(
             warn!("store writer did not finish in time");
             writer.abort();
         }
+    }
+    if timeout_at(deadline, &mut sink).await.is_err() {
+        warn!("the model event sink did not finish in time");
+        sink.abort();
     }
     let _ = uplink_stop.send(Some(deadline));
     if timeout_at(deadline + Duration::from_secs(2), &mut uplink).await.is_err() {

@@ -161,6 +161,8 @@ pub fn render(s: &Snapshot) -> String {
     render_store(&mut out, s);
     render_uplink(&mut out, s);
     render_commands(&mut out, s);
+    // Local models: one sample per model in each family (analytics/metrics.rs).
+    crate::analytics::metrics::render(&mut out, s);
     out
 }
 
@@ -457,7 +459,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 42);
+        assert_eq!(declared.len(), 42 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 

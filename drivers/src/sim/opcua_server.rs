@@ -22,10 +22,10 @@ use opcua::types::{
     ByteString, DataTypeId, DataValue, DateTime, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, StatusCode,
 };
 
-// Not the application URI: the server's diagnostics node manager owns that namespace.
 /// The server's value type, for callers without a direct dependency on async-opcua.
 pub use opcua::types::Variant;
 
+// Not the application URI: the server's diagnostics node manager owns that namespace.
 const NAMESPACE: &str = "urn:edge-agent:sim-plc:plant";
 /// The namespace index of the simulated PLC's nodes: `ns=2;s=<name>`, browse names `2:<name>`.
 pub const NS: u16 = 2;
@@ -239,22 +239,28 @@ fn add_node(manager: &InMemoryNodeManager<SimpleNodeManagerImpl>, ns: u16, name:
         .insert(&mut *manager.address_space().write())
 }
 
+/// Binds `addr`, retrying for a few seconds while it is in use: after `stop` the old
+/// server's listener may close a moment later (its runtime shuts down in the background), and
+/// a client socket elsewhere on the machine can hold the same port as its ephemeral port for a
+/// short while. A restart on the same port must not fail on either (it made a test flaky).
+async fn bind_when_free(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
+        }
+    }
+}
+
 type Parts = (ServerHandle, Arc<InMemoryNodeManager<SimpleNodeManagerImpl>>, u16);
 
 async fn serve(options: SimOptions, port: u16) -> Result<Parts, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    // A port released a moment ago (stop, then start again) can take a moment to be free.
-    let mut tries = 0;
-    let listener = loop {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
-                tries += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(format!("cannot listen on {addr}: {e}")),
-        }
-    };
+    let listener = bind_when_free(addr).await?;
     let url = format!("opc.tcp://127.0.0.1:{port}/");
     let mut tokens = vec![ANONYMOUS_USER_TOKEN_ID.to_string()];
     let mut builder = ServerBuilder::new()

@@ -44,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::modbus::decode::encode_registers;
+pub use crate::sim::mill_condition::Fault;
+use crate::sim::mill_condition::{Condition, ConditionReadings, ProcessInputs};
 use crate::modbus::types::{ByteOrder, DataType, Table};
 use crate::sim::register_server::{RegisterBank, SharedBank};
 
@@ -85,7 +87,7 @@ use DataType::{Bool, F32, I16, I32, U16, U32};
 use Table::{Coil, Discrete, Holding, Input};
 
 /// The register map of the simulated mill PLC, one block per asset so that a poller
-/// reads each block with one request: mill 0–19, heater 100–119, evaporator 200–219,
+/// reads each block with one request: mill 0–19 (bearing and juice pump 8–13), heater 100–119, evaporator 200–219,
 /// boiler 300–319.
 #[rustfmt::skip]
 pub const REGISTER_MAP: &[RegisterPoint] = &[
@@ -96,15 +98,24 @@ pub const REGISTER_MAP: &[RegisterPoint] = &[
     point("mill_mixed_juice_flow", Holding, 4, U32, CDAB, 0.001, "m³/h", (150.0, 400.0)),
     point("mill_bagasse_moisture", Holding, 6, U16, ABCD, 0.01, "%", (45.0, 56.0)),
     point("mill_running", Coil, 0, Bool, ABCD, 1.0, "", (1.0, 1.0)),
+    // Mill bearing and juice pump (condition monitoring): holding registers 8–13.
+    point("mill_bearing_vibration", Holding, 8, U16, ABCD, 0.01, "mm/s", (0.5, 9.0)),
+    point("mill_bearing_temp", Holding, 9, U16, ABCD, 0.1, "°C", (45.0, 90.0)),
+    point("juice_pump_suction_pressure", Holding, 10, U16, ABCD, 0.001, "bar", (0.2, 1.8)),
+    point("juice_pump_discharge_pressure", Holding, 11, U16, ABCD, 0.001, "bar", (2.0, 5.5)),
+    point("juice_pump_current", Holding, 12, U16, ABCD, 0.1, "A", (15.0, 60.0)),
+    point("juice_pump_vibration", Holding, 13, U16, ABCD, 0.01, "mm/s", (1.0, 12.0)),
     // Juice heater: input registers 100–103.
     point("heater_juice_in_temp", Input, 100, I16, ABCD, 0.1, "°C", (25.0, 45.0)),
-    point("heater_juice_out_temp", Input, 101, I16, ABCD, 0.1, "°C", (95.0, 110.0)),
-    point("heater_steam_pressure", Input, 102, F32, ABCD, 1.0, "bar", (1.2, 2.5)),
+    point("heater_juice_out_temp", Input, 101, I16, ABCD, 0.1, "°C", (90.0, 110.0)),
+    point("heater_steam_pressure", Input, 102, F32, ABCD, 1.0, "bar", (0.9, 2.5)),
     // Evaporator: holding registers 200–205.
     point("evap_brix_in", Holding, 200, F32, BADC, 1.0, "°Bx", (12.0, 18.0)),
     point("evap_brix_out", Holding, 202, F32, DCBA, 1.0, "°Bx", (55.0, 70.0)),
     point("evap_vacuum", Holding, 204, U16, ABCD, 0.01, "kPa", (10.0, 30.0)),
     point("evap_last_effect_level", Holding, 205, U16, ABCD, 0.1, "%", (15.0, 85.0)),
+    // The lab's last syrup purity result, entered on the HMI.
+    point("lab_syrup_purity", Holding, 206, U16, ABCD, 0.01, "%", (78.0, 92.0)),
     // Boiler: input registers 300–306, discrete input 300.
     point("boiler_drum_pressure", Input, 300, F32, CDAB, 1.0, "bar", (36.0, 48.0)),
     point("boiler_steam_flow", Input, 302, I32, CDAB, 0.001, "t/h", (80.0, 200.0)),
@@ -188,6 +199,7 @@ struct Readings {
     mill_mixed_juice_flow: f64,
     mill_bagasse_moisture: f64,
     mill_running: bool,
+    condition: ConditionReadings,
     heater_juice_in_temp: f64,
     heater_juice_out_temp: f64,
     heater_steam_pressure: f64,
@@ -255,6 +267,9 @@ pub struct SugarMill {
     steam_surge: Disturbance,
     vacuum_loss: Disturbance,
 
+    /// Bearing wear, pump cavitation, syrup purity and the faults (`mill_condition`).
+    condition: Condition,
+
     readings: Readings,
 }
 
@@ -275,6 +290,17 @@ impl SugarMill {
         let juice_flow = JUICE_PER_CANE * feed_trend;
         let steam_pressure = heater_required_pressure(juice_in_base, juice_flow, fouling);
         let steam_flow = boiler_steam_demand(feed_trend, 0.0);
+        let condition = Condition::new(
+            seed,
+            ProcessInputs {
+                load: feed_trend / FEED_NOMINAL,
+                juice_flow,
+                brix_in,
+                heater_out_temp: HEATER_OUT_SETPOINT,
+                vacuum: vacuum_base,
+                wet: 0.0,
+            },
+        );
         let mut mill = Self {
             rng,
             elapsed_s: 0.0,
@@ -314,6 +340,7 @@ impl SugarMill {
             steam_surge: Disturbance::new(7200.0, (120.0, 360.0), (6.0, 14.0)),
             // Condenser trouble every ~5 h: 3–6 kPa worse vacuum for 5–15 min.
             vacuum_loss: Disturbance::new(18_000.0, (300.0, 900.0), (3.0, 6.0)),
+            condition,
             readings: Readings::default(),
         };
         mill.measure();
@@ -323,11 +350,18 @@ impl SugarMill {
     /// Advances the process by `dt` (split into steps of at most a second) and takes a
     /// fresh set of noisy readings. A zero `dt` changes nothing.
     pub fn step(&mut self, dt: Duration) {
+        self.step_in(dt, Duration::from_secs_f64(MAX_SUBSTEP_S));
+    }
+
+    /// As [`SugarMill::step`], in integration steps of at most `max_substep` (at least
+    /// 0.1 s). Long simulations (training data) use 10 s: every lag and drift is integrated
+    /// exactly for any step, so only the upsets' start times get coarser.
+    pub fn step_in(&mut self, dt: Duration, max_substep: Duration) {
         let total = dt.as_secs_f64();
         if total <= 0.0 {
             return;
         }
-        let n = (total / MAX_SUBSTEP_S).ceil().max(1.0);
+        let n = (total / max_substep.as_secs_f64().max(0.1)).ceil().max(1.0);
         let h = total / n;
         for _ in 0..(n as u64) {
             self.integrate(h);
@@ -364,6 +398,13 @@ impl SugarMill {
             "mill_mixed_juice_flow" => r.mill_mixed_juice_flow,
             "mill_bagasse_moisture" => r.mill_bagasse_moisture,
             "mill_running" => bit(r.mill_running),
+            "mill_bearing_vibration" => r.condition.bearing_vibration,
+            "mill_bearing_temp" => r.condition.bearing_temp,
+            "juice_pump_suction_pressure" => r.condition.pump_suction,
+            "juice_pump_discharge_pressure" => r.condition.pump_discharge,
+            "juice_pump_current" => r.condition.pump_current,
+            "juice_pump_vibration" => r.condition.pump_vibration,
+            "lab_syrup_purity" => r.condition.lab_purity,
             "heater_juice_in_temp" => r.heater_juice_in_temp,
             "heater_juice_out_temp" => r.heater_juice_out_temp,
             "heater_steam_pressure" => r.heater_steam_pressure,
@@ -393,6 +434,53 @@ impl SugarMill {
         self.heater_cleanings
     }
 
+    /// Starts `fault` now (see [`Fault`]).
+    pub fn inject(&mut self, fault: Fault) {
+        debug!(%fault, simulated = ?self.elapsed(), "fault injected into the simulated mill");
+        self.condition.inject(fault);
+    }
+
+    /// Whether faults (cavitation, heater under-heat) also come at random; on by default.
+    /// Off gives a clean "normal operation" run; bearing wear goes on either way.
+    pub fn set_random_faults(&mut self, on: bool) {
+        self.condition.random_faults = on;
+    }
+
+    /// Ground truth: wear of the mill bearing, 0 new, 1 failed.
+    pub fn bearing_wear(&self) -> f64 {
+        self.condition.wear()
+    }
+
+    /// Ground truth: hours until the bearing fails at the nominal feed.
+    pub fn bearing_rul_hours(&self) -> f64 {
+        self.condition.bearing_rul_hours()
+    }
+
+    /// Bearings that failed (and were replaced at once) since the start.
+    pub fn bearing_failures(&self) -> u32 {
+        self.condition.failures()
+    }
+
+    /// Ground truth: whether the juice pump is cavitating now.
+    pub fn pump_cavitating(&self) -> bool {
+        self.condition.cavitating()
+    }
+
+    /// Ground truth: whether the heater's steam valve is stuck (juice under-heated).
+    pub fn heater_underheating(&self) -> bool {
+        self.condition.underheating()
+    }
+
+    /// Ground truth: the syrup purity now (%), which the lab samples every 4 h.
+    pub fn syrup_purity(&self) -> f64 {
+        self.condition.purity()
+    }
+
+    /// Lab analyses made since the start (each updates `lab_syrup_purity`).
+    pub fn lab_samples(&self) -> u64 {
+        self.condition.lab_samples()
+    }
+
     /// Simulated time since [`SugarMill::new`].
     pub fn elapsed(&self) -> Duration {
         Duration::from_secs_f64(self.elapsed_s)
@@ -407,6 +495,7 @@ impl SugarMill {
         self.wet_cane.advance(h, rng);
         self.steam_surge.advance(h, rng);
         self.vacuum_loss.advance(h, rng);
+        self.condition.advance_episodes(h);
         let wet = self.wet_cane.level();
 
         // --- Mill tandem ---------------------------------------------------------------
@@ -433,8 +522,10 @@ impl SugarMill {
             self.heater_cleanings += 1;
         }
         // The outlet-temperature controller sets the steam pressure; valve and header lag it.
+        // A stuck steam valve (heater under-heat fault) gives less than the controller asks.
         let needed = heater_required_pressure(self.juice_in_temp, self.juice_flow, self.fouling);
-        lag(&mut self.steam_pressure, needed, 40.0, h);
+        let given = (needed - self.condition.steam_drop()).max(1.0);
+        lag(&mut self.steam_pressure, given, 40.0, h);
         let outlet = heater_outlet_for(self.steam_pressure, self.juice_in_temp, self.juice_flow, self.fouling);
         lag(&mut self.juice_out_temp, outlet, 30.0, h);
 
@@ -462,10 +553,28 @@ impl SugarMill {
         ou(&mut self.drum_level_dev, 0.0, 60.0, 1.2, h, rng);
         ou(&mut self.o2_base, 3.8, 300.0, 0.25, h, rng);
         ou(&mut self.feed_water_temp, 105.0, 1800.0, 0.8, h, rng);
+
+        // --- Bearing, pump, purity -----------------------------------------------------
+        let inputs = self.condition_inputs();
+        self.condition.integrate(h, &inputs);
+    }
+
+    /// The process values the condition part depends on.
+    fn condition_inputs(&self) -> ProcessInputs {
+        ProcessInputs {
+            load: self.cane_feed / FEED_NOMINAL,
+            juice_flow: self.juice_flow,
+            brix_in: self.brix_in,
+            heater_out_temp: self.juice_out_temp,
+            vacuum: self.vacuum,
+            wet: self.wet_cane.level(),
+        }
     }
 
     /// Takes a fresh set of readings (process values plus transmitter noise).
     fn measure(&mut self) {
+        let inputs = self.condition_inputs();
+        let condition = self.condition.measure(&inputs);
         let rng = &mut self.rng;
         let mut noisy = |x: f64, sigma: f64| x + sigma * normal(rng);
         let level_swing = 0.15 * (self.juice_flow - self.juice_flow_slow);
@@ -478,6 +587,7 @@ impl SugarMill {
             mill_mixed_juice_flow: noisy(self.juice_flow, 2.5).max(0.0),
             mill_bagasse_moisture: noisy(self.moisture, 0.25).clamp(0.0, 100.0),
             mill_running: true,
+            condition,
             heater_juice_in_temp: noisy(self.juice_in_temp, 0.15),
             heater_juice_out_temp: noisy(self.juice_out_temp, 0.15),
             heater_steam_pressure: noisy(self.steam_pressure, 0.01).max(0.0),
@@ -506,8 +616,46 @@ pub fn initial_bank(mill: &SugarMill) -> RegisterBank {
 
 /// Steps `mill` every `tick` (by `tick` of simulated time) and writes its readings into
 /// `bank`, until `cancel` fires. The bank is written once before the first step.
-pub async fn run(bank: SharedBank, mut mill: SugarMill, tick: Duration, cancel: CancellationToken) {
-    let tick = tick.max(Duration::from_millis(1));
+pub async fn run(bank: SharedBank, mill: SugarMill, tick: Duration, cancel: CancellationToken) {
+    run_with(
+        bank,
+        mill,
+        RunOptions {
+            tick,
+            speed: 1.0,
+            faults: None,
+        },
+        cancel,
+    )
+    .await;
+}
+
+/// How [`run_with`] drives the mill.
+#[derive(Debug)]
+pub struct RunOptions {
+    /// Wall-clock time between two steps (and two writes of the bank).
+    pub tick: Duration,
+    /// Simulated seconds per wall-clock second: 1 is real time, 600 runs ten plant minutes
+    /// a second (each tick then steps `tick × speed` of plant time).
+    pub speed: f64,
+    /// Faults to inject while it runs (see [`Fault`]).
+    pub faults: Option<tokio::sync::mpsc::UnboundedReceiver<Fault>>,
+}
+
+/// As [`run`], faster than real time and with faults injected on demand.
+pub async fn run_with(
+    bank: SharedBank,
+    mut mill: SugarMill,
+    mut opts: RunOptions,
+    cancel: CancellationToken,
+) {
+    let tick = opts.tick.max(Duration::from_millis(1));
+    let speed = if opts.speed.is_finite() && opts.speed > 0.0 {
+        opts.speed
+    } else {
+        1.0
+    };
+    let step = tick.mul_f64(speed);
     let publish = |mill: &SugarMill| {
         let mut guard = bank.write().unwrap_or_else(PoisonError::into_inner);
         mill.write_to(&mut guard);
@@ -520,7 +668,12 @@ pub async fn run(bank: SharedBank, mut mill: SugarMill, tick: Duration, cancel: 
             () = cancel.cancelled() => break,
             _ = interval.tick() => {}
         }
-        mill.step(tick);
+        if let Some(faults) = opts.faults.as_mut() {
+            while let Ok(fault) = faults.try_recv() {
+                mill.inject(fault);
+            }
+        }
+        mill.step(step);
         publish(&mill);
     }
     debug!(simulated = ?mill.elapsed(), "sugar mill simulation stopped");
@@ -873,6 +1026,195 @@ mod tests {
         let mut lowest = f64::INFINITY;
         simulate(9, 10, |mill| lowest = lowest.min(mill.value("mill_cane_feed").unwrap()));
         assert!(lowest < 250.0, "lowest feed {lowest}");
+    }
+
+    /// Mean of `tag` over `seconds` of plant time, in one-second steps.
+    fn mean_over(mill: &mut SugarMill, tag: &str, seconds: u64) -> f64 {
+        let mut sum = 0.0;
+        for _ in 0..seconds {
+            mill.step(Duration::from_secs(1));
+            sum += mill.value(tag).unwrap();
+        }
+        sum / seconds as f64
+    }
+
+    #[test]
+    fn a_wearing_bearing_vibrates_more_runs_hotter_and_has_less_life_left() {
+        // Given a mill with a half-worn bearing and no random faults
+        let mut mill = SugarMill::new(21);
+        mill.set_random_faults(false);
+        let (vib0, temp0, rul0) = (
+            mean_over(&mut mill, "mill_bearing_vibration", 600),
+            mean_over(&mut mill, "mill_bearing_temp", 600),
+            mill.bearing_rul_hours(),
+        );
+
+        // When it crushes for another 100 hours (ten-second steps)
+        for _ in 0..100 {
+            mill.step_in(Duration::from_secs(3600), Duration::from_secs(10));
+        }
+
+        // Then vibration and temperature have risen and the life left has fallen by about 100 h
+        let (vib1, temp1, rul1) = (
+            mean_over(&mut mill, "mill_bearing_vibration", 600),
+            mean_over(&mut mill, "mill_bearing_temp", 600),
+            mill.bearing_rul_hours(),
+        );
+        assert_eq!(mill.bearing_failures(), 0);
+        assert!(vib1 > vib0 + 0.3, "vibration {vib0:.2} -> {vib1:.2}");
+        assert!(temp1 > temp0 + 1.0, "temperature {temp0:.1} -> {temp1:.1}");
+        assert!(
+            (rul0 - rul1 - 100.0).abs() < 25.0,
+            "RUL {rul0:.0} h -> {rul1:.0} h"
+        );
+    }
+
+    #[test]
+    fn a_bearing_run_to_failure_is_replaced_and_starts_a_new_life() {
+        // Given a mill whose bearing is late in its life
+        let mut mill = SugarMill::new(22);
+        mill.set_random_faults(false);
+        mill.inject(Fault::BearingWear);
+        let rul = mill.bearing_rul_hours();
+        assert!(
+            (30.0..70.0).contains(&rul),
+            "injected wear leaves {rul:.0} h"
+        );
+
+        // When it runs past that
+        for _ in 0..(rul + 20.0) as u64 {
+            mill.step_in(Duration::from_secs(3600), Duration::from_secs(10));
+        }
+
+        // Then the bearing failed once and the new one is nearly unworn
+        assert_eq!(mill.bearing_failures(), 1);
+        assert!(mill.bearing_wear() < 0.1, "wear {}", mill.bearing_wear());
+    }
+
+    #[test]
+    fn injected_cavitation_drops_suction_and_shakes_the_pump_then_passes() {
+        // Given a steady mill
+        let mut mill = SugarMill::new(23);
+        mill.set_random_faults(false);
+        let (suction0, vib0) = (
+            mean_over(&mut mill, "juice_pump_suction_pressure", 600),
+            mean_over(&mut mill, "juice_pump_vibration", 600),
+        );
+        assert!(!mill.pump_cavitating());
+
+        // When the pump cavitates
+        mill.inject(Fault::Cavitation);
+        mean_over(&mut mill, "juice_pump_vibration", 300);
+        let (suction1, vib1) = (
+            mean_over(&mut mill, "juice_pump_suction_pressure", 600),
+            mean_over(&mut mill, "juice_pump_vibration", 600),
+        );
+
+        // Then suction falls and vibration rises while it lasts
+        assert!(mill.pump_cavitating());
+        assert!(
+            suction1 < suction0 - 0.4,
+            "suction {suction0:.2} -> {suction1:.2}"
+        );
+        assert!(vib1 > vib0 + 2.0, "vibration {vib0:.2} -> {vib1:.2}");
+        // And after its 30 minutes the pump is back to normal
+        mean_over(&mut mill, "juice_pump_vibration", 1200);
+        assert!(!mill.pump_cavitating());
+        let vib2 = mean_over(&mut mill, "juice_pump_vibration", 600);
+        assert!(
+            (vib2 - vib0).abs() < 0.5,
+            "vibration after {vib2:.2}, before {vib0:.2}"
+        );
+    }
+
+    #[test]
+    fn an_underheated_heater_takes_the_syrup_purity_below_spec_and_the_lab_sees_it() {
+        // Given a steady mill whose syrup is within the 85 % specification
+        let mut mill = SugarMill::new(24);
+        mill.set_random_faults(false);
+        mean_over(&mut mill, "heater_juice_out_temp", 3600);
+        assert!(mill.syrup_purity() > 85.5, "purity {}", mill.syrup_purity());
+        let outlet0 = mean_over(&mut mill, "heater_juice_out_temp", 600);
+
+        // When the heater's steam valve sticks, for four hours of plant time
+        mill.inject(Fault::Underheat);
+        let outlet1 = mean_over(&mut mill, "heater_juice_out_temp", 3600);
+        let mut lowest = f64::INFINITY;
+        let samples = mill.lab_samples();
+        for _ in 0..3 * 3600 {
+            mill.step(Duration::from_secs(1));
+            lowest = lowest.min(mill.syrup_purity());
+        }
+
+        // Then the juice leaves the heater colder and the purity falls below spec
+        assert!(
+            outlet1 < outlet0 - 5.0,
+            "outlet {outlet0:.1} -> {outlet1:.1}"
+        );
+        assert!(lowest < 85.0, "lowest purity {lowest:.2}");
+        // And a lab analysis was made meanwhile, holding a value close to the truth
+        assert!(mill.lab_samples() > samples);
+        assert!((mill.value("lab_syrup_purity").unwrap() - 85.0).abs() < 3.0);
+    }
+
+    #[test]
+    fn without_faults_the_purity_stays_in_spec_and_the_pump_never_cavitates() {
+        // Given a mill with random faults off
+        let mut mill = SugarMill::new(25);
+        mill.set_random_faults(false);
+        // When it runs a day (ten-second steps)
+        for _ in 0..24 * 360 {
+            mill.step_in(Duration::from_secs(10), Duration::from_secs(10));
+            // Then the purity stays above 85 % and the pump never cavitates
+            assert!(
+                mill.syrup_purity() > 85.0,
+                "purity {} at {:?}",
+                mill.syrup_purity(),
+                mill.elapsed()
+            );
+            assert!(!mill.pump_cavitating() && !mill.heater_underheating());
+        }
+    }
+
+    #[test]
+    fn faults_have_names_for_the_command_line() {
+        for fault in Fault::ALL {
+            assert_eq!(fault.name().parse::<Fault>(), Ok(fault));
+        }
+        assert_eq!("purity".parse::<Fault>(), Ok(Fault::Underheat));
+        assert!("meltdown"
+            .parse::<Fault>()
+            .unwrap_err()
+            .contains("cavitation"));
+    }
+
+    #[tokio::test]
+    async fn run_with_a_speed_runs_the_plant_faster_than_real_time_and_takes_faults() {
+        // Given a mill run at 600 times real time with a fault channel
+        let bank = RegisterBank::default().shared();
+        let cancel = CancellationToken::new();
+        let (faults, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut mill = SugarMill::new(26);
+        mill.set_random_faults(false);
+        let opts = RunOptions {
+            tick: Duration::from_millis(10),
+            speed: 600.0,
+            faults: Some(rx),
+        };
+        let task = tokio::spawn(run_with(bank.clone(), mill, opts, cancel.clone()));
+
+        // When a cavitation is injected and half a second goes by (five plant minutes)
+        faults.send(Fault::Cavitation).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .expect("run ends when cancelled")
+            .unwrap();
+
+        // Then the pump's suction register shows the cavitation (below 0.8 bar; normal is 1.2)
+        let raw = bank.read().unwrap().holding[&10];
+        assert!(f64::from(raw) * 0.001 < 0.8, "suction {raw} mbar");
     }
 
     #[tokio::test]

@@ -1,0 +1,349 @@
+//! One model's thread: load the artifact, take rows from the readings the feed hands
+//! over, run the model, turn predictions into events and telemetry. Never on the async
+//! runtime's workers: inference takes the thread for its whole duration.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use edge_drivers::{DeviceReport, Quality, ReportKind, Sample, Value};
+use edge_models::{Model, ModelKind, Prediction};
+use serde_json::{json, Value as Json};
+use tokio::sync::mpsc::Sender;
+use tracing::{error, info, warn};
+
+use super::calendar::expand;
+use super::config::{CalendarConfig, ModelConfig, ANALYTICS_DEVICE, EMBEDDED_PREFIX};
+use super::detect::{AnomalyDetector, LabValue, QualityDetector, Raised, RulDetector};
+use super::status::{ModelCounters, ModelView, PredictionView};
+use super::window::{numeric, Windower};
+use crate::live::Live;
+use crate::store::StoredEventDraft;
+
+/// Where a reading goes in the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Input `i` of the model.
+    Input(usize),
+    /// The quality model's `lab_tag`.
+    LabTag,
+}
+
+/// What the feed and the command handler send to a model's thread.
+#[derive(Debug)]
+pub enum Input {
+    Reading { slot: Slot, value: Option<Value>, quality: Quality, at: Instant },
+    Lab(LabValue),
+}
+
+/// Everything a model's thread needs.
+pub struct Worker {
+    pub gateway: String,
+    pub cfg: ModelConfig,
+    pub calendar: CalendarConfig,
+    pub live: Live,
+    pub events: Sender<StoredEventDraft>,
+    pub telemetry: Sender<DeviceReport>,
+    pub counters: Arc<ModelCounters>,
+}
+
+enum Detector {
+    Anomaly(AnomalyDetector),
+    Quality(QualityDetector),
+    Rul(RulDetector),
+}
+
+/// Loads the model of `cfg` and checks it against the config.
+pub fn load(cfg: &ModelConfig) -> Result<Model, String> {
+    let model = match cfg.artifact.strip_prefix(EMBEDDED_PREFIX) {
+        Some(name) => super::embedded::load(name)?,
+        None => Model::load(Path::new(&cfg.artifact)).map_err(|e| e.to_string())?,
+    };
+    let m = model.manifest();
+    if m.kind != cfg.kind {
+        return Err(format!("the artifact is a {} model, the config says kind = \"{}\"", m.kind.as_str(), cfg.kind.as_str()));
+    }
+    if m.inputs.len() != cfg.inputs.len() {
+        return Err(format!(
+            "the model reads {} inputs ({}), the config lists {}",
+            m.inputs.len(),
+            m.inputs.join(", "),
+            cfg.inputs.len()
+        ));
+    }
+    for (i, (want, got)) in m.inputs.iter().zip(&cfg.inputs).enumerate() {
+        let tag = got.split_once('/').map_or(got.as_str(), |(_, t)| t);
+        if want != tag && want != got {
+            return Err(format!("input {i} of the model is {want:?}, the config gives {got:?} (same order as the manifest's inputs)"));
+        }
+    }
+    if let Some(w) = cfg.window {
+        if w != m.window {
+            return Err(format!("the model's window is {} rows, the config says window = {w}", m.window));
+        }
+    }
+    Ok(model)
+}
+
+impl Worker {
+    /// The thread's body: runs until every sender of `inbox` is gone.
+    pub fn run(self, inbox: Receiver<Input>) {
+        let name = self.cfg.name.clone();
+        let model = match load(&self.cfg) {
+            Ok(m) => m,
+            Err(reason) => {
+                error!(model = %name, artifact = %self.cfg.artifact, %reason, "model not loaded: it is disabled, the others run");
+                self.set_view(|v| {
+                    v.state = "failed".into();
+                    v.error = Some(reason.clone());
+                });
+                self.raise(Raised {
+                    kind: "model_failed",
+                    severity: "warning",
+                    details: json!({ "kind": self.cfg.kind.as_str(), "artifact": self.cfg.artifact, "reason": reason }),
+                }, None);
+                // Drain until shutdown so the feed sees a live queue (nothing is counted as dropped).
+                while inbox.recv().is_ok() {}
+                return;
+            }
+        };
+        let m = model.manifest().clone();
+        info!(model = %name, version = %m.version, architecture = %m.architecture, window = m.window, "model loaded");
+        self.counters.loaded.store(true, Ordering::Relaxed);
+        self.set_view(|v| {
+            v.state = "running".into();
+            v.version = Some(m.version.clone());
+            v.architecture = Some(m.architecture.clone());
+            v.unit = m.unit.clone();
+            v.window = m.window;
+        });
+        self.raise(Raised {
+            kind: "model_loaded",
+            severity: "info",
+            details: json!({
+                "kind": m.kind.as_str(),
+                "artifact": self.cfg.artifact,
+                "architecture": m.architecture,
+                "inputs": self.cfg.inputs,
+                "window": m.window,
+                "unit": m.unit,
+                "training_data_sha256": m.training_data_sha256,
+            }),
+        }, Some(&m.version));
+
+        let mut windower = Windower::new(self.cfg.inputs.clone(), m.window, self.cfg.row_interval);
+        let mut detector = match m.kind {
+            ModelKind::Anomaly => Detector::Anomaly(AnomalyDetector::new(&self.cfg)),
+            ModelKind::Quality => Detector::Quality(QualityDetector::new(&self.cfg)),
+            ModelKind::Rul => Detector::Rul(RulDetector::new(&self.cfg)),
+        };
+        let row_interval = self.cfg.row_interval;
+        let period = self.cfg.period();
+        let mut next_row = Instant::now() + row_interval;
+        let mut last_inference: Option<Instant> = None;
+        let mut last_lab_tag: Option<f64> = None;
+        loop {
+            match inbox.recv_timeout(next_row.saturating_duration_since(Instant::now())) {
+                Ok(Input::Reading { slot: Slot::Input(i), value, quality, at }) => windower.record(i, &value, &quality, at),
+                Ok(Input::Reading { slot: Slot::LabTag, value, quality, .. }) => {
+                    // A new good value on the lab tag is a new lab result.
+                    if let (true, Some(v)) = (quality.is_good(), numeric(&value)) {
+                        if last_lab_tag != Some(v) {
+                            last_lab_tag = Some(v);
+                            self.lab(&mut detector, LabValue { value: v, at: Utc::now(), source: "tag" });
+                        }
+                    }
+                }
+                Ok(Input::Lab(lab)) => self.lab(&mut detector, lab),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now < next_row {
+                continue;
+            }
+            while next_row <= now {
+                next_row += row_interval;
+            }
+            match windower.take_row(now) {
+                Ok(()) => {
+                    self.counters.rows.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(gap) => {
+                    self.counters.rows_skipped.fetch_add(1, Ordering::Relaxed);
+                    let gap = gap.to_string();
+                    self.set_view(|v| {
+                        v.filled = 0;
+                        v.last_gap = Some(gap);
+                    });
+                    continue;
+                }
+            }
+            let due = last_inference.is_none_or(|t| now.saturating_duration_since(t) + row_interval / 2 >= period);
+            let Some(rows) = windower.window().filter(|_| due) else {
+                let filled = windower.filled();
+                self.set_view(|v| v.filled = filled);
+                continue;
+            };
+            last_inference = Some(now);
+            self.infer(&model, &rows, &mut detector, now);
+        }
+        info!(model = %name, "model thread stopped");
+    }
+
+    fn lab(&self, detector: &mut Detector, lab: LabValue) {
+        let Detector::Quality(q) = detector else { return };
+        self.counters.lab_values.fetch_add(1, Ordering::Relaxed);
+        info!(model = %self.cfg.name, value = lab.value, source = lab.source, "lab value received");
+        q.lab(lab);
+        let view = json!({ "value": q.last_lab.as_ref().map(|l| l.value), "at": q.last_lab.as_ref().map(|l| crate::payload::rfc3339(l.at)), "source": q.last_lab.as_ref().map(|l| l.source), "bias": q.bias });
+        self.set_view(|v| v.lab = Some(view));
+    }
+
+    fn infer(&self, model: &Model, rows: &[Vec<f32>], detector: &mut Detector, now: Instant) {
+        let started = Instant::now();
+        let result = model.infer(rows);
+        let micros = started.elapsed().as_micros() as u64;
+        self.counters.last_latency_us.store(micros, Ordering::Relaxed);
+        self.counters.max_latency_us.fetch_max(micros, Ordering::Relaxed);
+        let prediction = match result {
+            Ok(p) => p,
+            Err(e) => {
+                let errors = self.counters.inference_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged at the first error and then every hundredth, with the count.
+                if errors == 1 || errors % 100 == 0 {
+                    warn!(model = %self.cfg.name, error = %e, errors, "inference failed");
+                }
+                self.set_view(|v| v.last_gap = Some(format!("inference failed: {e}")));
+                return;
+            }
+        };
+        self.counters.inferences.fetch_add(1, Ordering::Relaxed);
+        let wall = Utc::now();
+        let version = model.manifest().version.clone();
+        let name = &self.cfg.name;
+        let (view, raised, telemetry) = match (&prediction, detector) {
+            (Prediction::Anomaly { score, contributions }, Detector::Anomaly(d)) => {
+                // Contributions by the config's `device/tag`, in the manifest's order.
+                let by_tag: Vec<(String, f32)> = contributions
+                    .iter()
+                    .map(|(input, share)| {
+                        let i = model.manifest().inputs.iter().position(|x| x == input);
+                        (i.and_then(|i| self.cfg.inputs.get(i)).cloned().unwrap_or_else(|| input.clone()), *share)
+                    })
+                    .collect();
+                let raised = d.update(*score, &by_tag, now, wall);
+                let view = PredictionView { at: Some(wall), value: *score as f64, lower: None, upper: None, contributions: by_tag };
+                (view, raised, vec![(format!("{name}_score"), *score as f64), (format!("{name}_active"), f64::from(u8::from(d.active())))])
+            }
+            (Prediction::Quality { value, lower, upper }, Detector::Quality(d)) => {
+                let (c, raised) = d.update(*value as f64, *lower as f64, *upper as f64, now, wall);
+                let view = PredictionView { at: Some(wall), value: c.value, lower: Some(c.lower), upper: Some(c.upper), contributions: vec![] };
+                let t = vec![
+                    (format!("{name}_value"), c.value),
+                    (format!("{name}_lower"), c.lower),
+                    (format!("{name}_upper"), c.upper),
+                    (format!("{name}_bias"), d.bias),
+                ];
+                (view, raised, t)
+            }
+            (Prediction::Rul { value, lower, upper }, Detector::Rul(d)) => {
+                let calendar = expand(&self.calendar, wall);
+                let raised = d.update(*value as f64, *lower as f64, *upper as f64, &calendar, now, wall);
+                let window = d.last_window.clone();
+                self.set_view(|v| v.maintenance_window = window);
+                let view = PredictionView { at: Some(wall), value: *value as f64, lower: Some(*lower as f64), upper: Some(*upper as f64), contributions: vec![] };
+                let t = vec![(format!("{name}_value"), *value as f64), (format!("{name}_lower"), *lower as f64), (format!("{name}_upper"), *upper as f64)];
+                (view, raised, t)
+            }
+            _ => {
+                // Checked at load: the manifest's kind is the config's kind.
+                self.counters.inference_errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        self.publish(wall, telemetry);
+        let active = match &raised {
+            Some(r) => !matches!(r.kind, "anomaly_ended" | "quality_restored"),
+            None => self.view_active(),
+        };
+        let counters = self.counters.view();
+        self.set_view(|v| {
+            v.last_prediction = Some(view);
+            v.filled = v.window;
+            v.last_gap = None;
+            v.counters = counters;
+            if raised.is_some() {
+                v.active = active;
+            }
+        });
+        if let Some(r) = raised {
+            self.raise(r, Some(&version));
+        }
+    }
+
+    fn view_active(&self) -> bool {
+        self.live.snapshot().models.get(&self.cfg.name).is_some_and(|v| v.active)
+    }
+
+    /// The prediction as telemetry of the virtual `analytics` device.
+    fn publish(&self, wall: chrono::DateTime<Utc>, values: Vec<(String, f64)>) {
+        let samples = values
+            .into_iter()
+            .map(|(tag, v)| Sample { tag, value: Some(Value::Float(v)), quality: Quality::Good, source_ts: wall, agent_ts: wall })
+            .collect();
+        let report = DeviceReport { device: ANALYTICS_DEVICE.into(), kind: ReportKind::Samples(samples) };
+        if self.telemetry.try_send(report).is_err() {
+            self.counters.telemetry_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands an event to the store's queue (never blocks; a full queue is counted and logged).
+    fn raise(&self, r: Raised, version: Option<&str>) {
+        let mut details = r.details;
+        if let Json::Object(map) = &mut details {
+            map.insert("model".into(), json!(self.cfg.name));
+            if let Some(v) = version {
+                map.insert("version".into(), json!(v));
+            }
+        }
+        let ts = Utc::now();
+        info!(model = %self.cfg.name, kind = r.kind, asset = %self.cfg.asset(), "{}", r.kind.replace('_', " "));
+        let event = StoredEventDraft {
+            gateway: self.gateway.clone(),
+            kind: r.kind.into(),
+            asset: self.cfg.asset().to_string(),
+            severity: r.severity.into(),
+            ts,
+            details,
+        };
+        if self.events.try_send(event).is_err() {
+            self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+            error!(model = %self.cfg.name, kind = r.kind, "event dropped: the queue to the store is full");
+        } else {
+            self.counters.events.fetch_add(1, Ordering::Relaxed);
+        }
+        let kind = r.kind.to_string();
+        let counters = self.counters.view();
+        self.set_view(|v| {
+            v.last_event = Some(kind);
+            v.last_event_at = Some(ts);
+            v.counters = counters;
+        });
+    }
+
+    fn set_view(&self, f: impl FnOnce(&mut ModelView)) {
+        let name = &self.cfg.name;
+        self.live.update(|s| {
+            if let Some(v) = s.models.get_mut(name) {
+                f(v);
+            }
+        });
+    }
+}
+
+/// A short pause between two attempts elsewhere; here only to keep one constant visible.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(5);
