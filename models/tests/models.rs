@@ -240,3 +240,15 @@ fn the_run_scorer_counts_flags_against_labels_with_and_without_the_alarm_filter(
     assert!(r.alarm.far() <= r.raw.far(), "{:?} vs {:?}", r.alarm, r.raw);
     assert!(r.alarm.tp + 10 >= r.raw.tp && r.alarm.tp + r.alarm.fn_ == 200, "{:?}", r.alarm);
 }
+
+#[test]
+fn a_model_can_move_to_its_own_inference_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Model>();
+    let art = train(ModelKind::Anomaly, &table(plant(300, 17)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() }).unwrap();
+    let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
+    let row = plant(1, 18);
+    let here = model.infer(&row).unwrap();
+    let there = std::thread::spawn(move || model.infer(&row).unwrap()).join().unwrap();
+    assert_eq!(here, there);
+}
