@@ -276,7 +276,17 @@ async fn run_session(
         tokio::select! {
             biased;
             () = cancel.cancelled() => return stop(session).await,
-            reason = &mut *lost => return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into())),
+            reason = &mut *lost => {
+                // What arrived before the loss is reported before the loss.
+                let mut batch = Vec::new();
+                while let Ok(e) = rx.data.try_recv() {
+                    st.handle(e, &mut batch, out);
+                }
+                if !batch.is_empty() {
+                    out.send(ReportKind::Samples(batch)).await;
+                }
+                return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into()));
+            }
             Some(status) = rx.status.recv() => {
                 let mut batch = Vec::new();
                 st.handle(status, &mut batch, out);
