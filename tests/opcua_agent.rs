@@ -2,6 +2,7 @@
 //! binary, Debian's mosquitto, and a subscriber in the ERP's place.
 
 mod support;
+mod support_commands;
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use support::agent::AgentProcess;
 use support::broker::Mosquitto;
 use support::subscriber::Subscriber;
 use support::{free_port, http_get, wait_for};
+use support_commands::Erp;
 
 fn config(data_dir: &std::path::Path, mqtt_port: u16, web_port: u16, endpoint: &str) -> String {
     format!(
@@ -198,4 +200,125 @@ fn an_operator_browses_a_secure_server_after_trusting_its_certificate_with_the_c
     assert!(tree.contains("2:Speed [Variable] ns=2;s=Speed  Double = 1480.5"), "{tree}");
     assert!(tree.contains("name = \"speed\"\nnode_id = \"ns=2;s=Speed\""), "{tree}");
     assert!(tree.contains("node_id = \"ns=2;s=Recipe\""), "{tree}");
+}
+
+#[test]
+fn check_config_reports_every_opcua_mistake_with_its_path_and_line() {
+    // Given a config with an unknown key in [devices.opcua], a policy without a mode and a
+    // Modbus key on an OPC-UA tag
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        r#"[gateway]
+id = "gw"
+site = "s"
+data_dir = "/tmp/unused"
+
+[mqtt]
+host = "127.0.0.1"
+
+[[devices]]
+name = "press"
+protocol = "opcua"
+[devices.opcua]
+endpoint = "opc.tcp://127.0.0.1:4840/"
+security_policy = "Basic256Sha256"
+colour = "blue"
+[[devices.tags]]
+name = "speed"
+node_id = "ns=2;s=Speed"
+table = "holding"
+"#,
+    )
+    .unwrap();
+    // When it is checked
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge-agent")).arg("check-config").arg(&cfg).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Then it is refused with all three problems, each with its line
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("3 problems"), "{err}");
+    assert!(err.contains(":12: devices[0].opcua.security_mode"), "{err}"); // the table: the key is missing
+    assert!(err.contains(":15: devices[0].opcua.colour: unknown key"), "{err}");
+    assert!(err.contains(":19: devices[0].tags[0].table"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erp_write_reaches_the_opcua_node_in_its_own_type_and_bad_ones_are_refused() {
+    // Given an OPC-UA server with a UInt16 setpoint and a text mode, both allowlisted
+    let dir = tempfile::tempdir().unwrap();
+    let plc = OpcuaSim::start(SimOptions {
+        pki_dir: dir.path().join("server-pki"),
+        secure: false,
+        user: None,
+        x509_user: None,
+        nodes: vec![("Setpoint".into(), opcua_u16(100)), ("Mode".into(), "auto".into())],
+    })
+    .unwrap();
+    let broker = Mosquitto::start().await;
+    let erp = Erp::start(broker.port, "plant/test-site/gw-test").await;
+    let cfg = dir.path().join("agent.toml");
+    let base = config(&dir.path().join("data"), broker.port, free_port(), &plc.endpoint());
+    // (the tags of this test replace those of the shared config)
+    let head = &base[..base.find("[[devices.tags]]").unwrap()];
+    let text = format!(
+        r#"{head}[[devices.tags]]
+name = "setpoint"
+node_id = "ns=2;s=Setpoint"
+scale = 0.1
+[[devices.tags]]
+name = "mode"
+node_id = "ns=2;s=Mode"
+
+[commands]
+writes_enabled = true
+[[commands.writable]]
+device = "press"
+tag = "setpoint"
+min = 0.0
+max = 100.0
+[[commands.writable]]
+device = "press"
+tag = "mode"
+"#
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let _agent = AgentProcess::start(&cfg, dir.path().join("agent.log"));
+    wait_for("a good setpoint at the ERP", Duration::from_secs(30), || erp.last_good("press", "setpoint")).await;
+
+    // When the ERP writes 25.5 (raw 255 after the tag's scale)
+    let r = erp.ask("write", "w1", json!({ "id": "w1", "device": "press", "tag": "setpoint", "value": 25.5 })).await;
+    assert_eq!(r["ok"], true, "{r}");
+    // Then the node holds it in its own type
+    assert_eq!(plc.get("Setpoint"), Some(opcua_u16(255)));
+
+    // And a value the node's type cannot hold is refused before anything is sent
+    let r = erp.ask("write", "w3", json!({ "id": "w3", "device": "press", "tag": "setpoint", "value": 25.55 })).await;
+    assert_eq!(r["ok"], false, "{r}");
+    assert!(r["error"].as_str().unwrap_or_default().contains("whole number"), "{r}");
+    assert_eq!(plc.get("Setpoint"), Some(opcua_u16(255)));
+    // And a number for a tag without limits is refused by the allowlist
+    let r = erp.ask("write", "w4", json!({ "id": "w4", "device": "press", "tag": "mode", "value": 3 })).await;
+    assert_eq!(r["ok"], false, "{r}");
+}
+
+/// A UInt16 variant, through the simulated server's value type.
+fn opcua_u16(v: u16) -> edge_drivers::sim::opcua_server::Variant {
+    edge_drivers::sim::opcua_server::Variant::UInt16(v)
+}
+
+#[test]
+fn the_readme_opcua_example_is_a_valid_config() {
+    // Given the README's OPC-UA example, in a minimal config
+    let readme = include_str!("../README.md");
+    let section = &readme[readme.find("### `[devices.opcua]`").expect("README has the [devices.opcua] section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = start + section[start..].find("```").expect("the block ends");
+    let text = format!("[gateway]\nid = \"gw-01\"\nsite = \"s\"\ndata_dir = \"/tmp/x\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n\n{}", &section[start..end]);
+
+    // When it is loaded and checked, then it is accepted as documented
+    let config = edge_agent::config::load_str(&text, "README.md").unwrap_or_else(|e| panic!("the README's OPC-UA example is refused:\n{e}"));
+    let ua = config.devices[0].opcua.as_ref().expect("the [devices.opcua] table");
+    assert_eq!(ua.security_policy, edge_drivers::opcua::config::SecurityPolicy::Basic256Sha256);
+    assert_eq!(config.devices[0].tags.len(), 2);
 }

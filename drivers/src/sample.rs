@@ -121,6 +121,10 @@ pub struct DriverStats {
     /// OPC-UA: data-change notifications received.
     #[serde(default)]
     pub notifications: u64,
+    /// OPC-UA: data-change notifications dropped because the driver's queue was full
+    /// (the agent did not take reports in time). Counted per session.
+    #[serde(default)]
+    pub notifications_dropped: u64,
     /// Standing problems of the device's setup that an operator must see (OPC-UA: a
     /// rejected server certificate waiting for `edge-agent opcua trust`; certificates
     /// trusted without an operator).

@@ -191,7 +191,7 @@ async fn data_resumes_after_a_server_restart_without_restarting_the_driver() {
     // Then the new value arrives good, from a new session, with no restart of the driver
     d.until(Duration::from_secs(20), "the value after the restart", |d| d.has_good("speed", &Value::Float(2.0))).await;
     assert!(d.connected >= 2, "a second session was built");
-    assert!(d.stats.reconnects >= 1 || d.connected >= 2);
+    d.until(Duration::from_secs(5), "the counters", |d| d.stats.reconnects >= 1 && d.stats.subscriptions_rebuilt >= 1).await;
     // And the gap is visible: bad samples between the stop and the restart, no good one
     let gap: Vec<&Sample> = d.samples.iter().filter(|(t, _)| *t >= stopped_at && *t < restarted_at).map(|(_, s)| s).collect();
     assert!(gap.iter().any(|s| matches!(&s.quality, Quality::Bad(r) if r.contains("connection") || r.contains("closed") || r.contains("session"))), "{gap:?}");
@@ -229,6 +229,12 @@ async fn an_item_removed_by_a_plc_download_recovers_when_the_node_is_back() {
     .await;
     sim.set("Temp", 21.0f32).unwrap();
     d.until(Duration::from_secs(10), "temp after the download", |d| d.has_good("temp", &Value::Float(21.0))).await;
+
+    // And while it is missing, the retries (every 200 ms here) do not repeat the report
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    d.collect_for(Duration::from_millis(100)).await;
+    let unknown = d.samples.iter().filter(|(_, s)| s.tag == "level" && s.quality == Quality::Bad("BadNodeIdUnknown".into())).count();
+    assert!(unknown <= 2, "the missing node was reported {unknown} times");
 
     // When the node is added back, then the item recovers without a reconnect
     let sessions = d.connected;
@@ -381,6 +387,9 @@ async fn an_untrusted_server_certificate_is_refused_and_listed_until_an_operator
 
     // Then the next attempt succeeds over the encrypted channel and values arrive
     d.until(Duration::from_secs(30), "the value over SignAndEncrypt", |d| d.has_good("speed", &Value::Float(42.0))).await;
+    // And the warning is gone from the page
+    d.until(Duration::from_secs(5), "the warning cleared", |d| d.stats.warnings.is_empty()).await;
+    assert_eq!((d.stats.reconnects, d.stats.subscriptions_rebuilt), (0, 0), "the first session is not a reconnect");
     sim.set("Speed", 43.0).unwrap();
     d.until(Duration::from_secs(10), "a change", |d| d.has_good("speed", &Value::Float(43.0))).await;
     d.stop().await;
@@ -463,4 +472,69 @@ async fn every_security_policy_and_mode_and_each_user_identity_work_once_the_ser
     ua.user_certificate = Some(user_cert);
     ua.user_private_key = Some(user_key);
     run_until(dev, &dir, "a value as the X.509 user", |d| d.has_good("speed", &Value::Float(42.0))).await.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_on_one_endpoint_never_hold_two_session_attempts_at_once() {
+    // Given a server that accepts connections and never answers (each attempt runs into
+    // connect_timeout), and two devices naming it
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("opc.tcp://127.0.0.1:{}/", listener.local_addr().unwrap().port());
+    let stats = std::sync::Arc::new(std::sync::Mutex::new((0usize, 0usize))); // (accepted, most open at once)
+    let seen = stats.clone();
+    std::thread::spawn(move || {
+        let mut open: Vec<std::net::TcpStream> = Vec::new();
+        for stream in listener.incoming().flatten() {
+            // A connection whose peer closed reads to its end at once: it no longer counts.
+            open.retain_mut(|s| {
+                use std::io::Read;
+                let _ = s.set_nonblocking(true);
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => return false,
+                        Ok(_) => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                        Err(_) => return false,
+                    }
+                }
+            });
+            open.push(stream);
+            let mut st = seen.lock().unwrap();
+            st.0 += 1;
+            st.1 = st.1.max(open.len());
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let dev = |name: &str| {
+        let mut d = device(&endpoint, vec![ua_tag("x", "ns=2;s=X")]);
+        d.name = name.into();
+        let ua = d.opcua.as_mut().unwrap();
+        ua.connect_timeout = Duration::from_millis(300);
+        ua.reconnect_min = Duration::from_millis(50);
+        ua.reconnect_max = Duration::from_millis(100);
+        d
+    };
+
+    // When both run for a while
+    let (mut a, mut b) = (Driver::start(dev("a"), &data), Driver::start(dev("b"), &data));
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        tokio::select! {
+            Some(r) = a.rx.recv() => a.take(r),
+            Some(r) = b.rx.recv() => b.take(r),
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
+    let (accepted, most_open) = *stats.lock().unwrap();
+    a.collect_for(Duration::from_millis(1100)).await;
+    b.collect_for(Duration::from_millis(10)).await;
+    let (attempts_a, attempts_b) = (a.stats.session_attempts, b.stats.session_attempts);
+    a.stop().await;
+    b.stop().await;
+
+    // Then both kept trying, taking turns: never two connections open at once
+    assert!(attempts_a >= 2 && attempts_b >= 2, "both devices tried: {attempts_a}, {attempts_b}");
+    assert!(accepted >= 4, "{accepted} connections");
+    assert_eq!(most_open, 1, "two session attempts were open at once ({accepted} connections)");
 }

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on any change of the manifest layout or of an architecture's weights layout, so
 /// that an agent never runs weights it would misread. 2: per-regime normalisation and
-/// ensembles (`members`) for `tcn`, lagged inputs for quality.
-pub const MANIFEST_FORMAT: u32 = 2;
+/// ensembles (`members`) for `tcn`, lagged inputs for quality. 3: `tcn` heads on each time
+/// step (no mean pooling) with its window ≥ its receptive field; `ridge-mlp` corrections
+/// from an ensemble `mlp0…` (hyper `mlp_members`).
+pub const MANIFEST_FORMAT: u32 = 3;
 
 /// What a model predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -96,6 +96,17 @@ impl Model {
     /// Scores many windows at once (evaluation, calibration): windows ending at each of
     /// `ends` in `rows` (each end ≥ window-1). Same results as `infer` one by one.
     pub fn infer_many(&self, rows: &[Vec<f32>], ends: &[usize]) -> Result<Vec<Prediction>, ModelError> {
-        arch::infer_many(&self.loaded, &self.manifest, rows, ends)
+        let m = &self.manifest;
+        let cols = m.inputs.len();
+        let short = ends.iter().any(|&e| e + 1 < m.window || e >= rows.len());
+        if let Some(bad) = rows.iter().find(|r| r.len() != cols).map(|r| r.len()).or(short.then_some(cols)) {
+            return Err(ModelError::Shape { expected_rows: m.window, expected_cols: cols, rows: rows.len(), cols: bad });
+        }
+        for row in rows {
+            if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::NonFinite { input: m.inputs[i].clone() });
+            }
+        }
+        arch::infer_many(&self.loaded, m, rows, ends)
     }
 }

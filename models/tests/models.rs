@@ -129,6 +129,9 @@ fn inference_refuses_a_wrong_shape_or_a_non_finite_value() {
     assert!(matches!(err, ModelError::Shape { expected_rows: 1, expected_cols: 3, rows: 1, cols: 2 }), "{err}");
     let err = model.infer(&[vec![1.0, f32::NAN, 0.0]]).unwrap_err();
     assert!(matches!(&err, ModelError::NonFinite { input } if input == "b"), "{err}");
+    // Batch scoring refuses a window end past the rows instead of panicking.
+    let err = model.infer_many(&[vec![1.0, 2.0, 3.0]], &[1]).unwrap_err();
+    assert!(matches!(err, ModelError::Shape { .. }), "{err}");
 }
 
 /// y = 2 a - 3 b(t-2) + 0.5 + noise, plus a nonlinear part 0.8 sin(3 a) when asked.
@@ -239,4 +242,16 @@ fn the_run_scorer_counts_flags_against_labels_with_and_without_the_alarm_filter(
     assert!(r.raw.f1() > 0.9 && r.raw.far() < 0.1, "{:?}", r.raw);
     assert!(r.alarm.far() <= r.raw.far(), "{:?} vs {:?}", r.alarm, r.raw);
     assert!(r.alarm.tp + 10 >= r.raw.tp && r.alarm.tp + r.alarm.fn_ == 200, "{:?}", r.alarm);
+}
+
+#[test]
+fn a_model_can_move_to_its_own_inference_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Model>();
+    let art = train(ModelKind::Anomaly, &table(plant(300, 17)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() }).unwrap();
+    let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
+    let row = plant(1, 18);
+    let here = model.infer(&row).unwrap();
+    let there = std::thread::spawn(move || model.infer(&row).unwrap()).join().unwrap();
+    assert_eq!(here, there);
 }

@@ -64,6 +64,8 @@ const OPCUA_SUBSCRIPTIONS_REBUILT: Family =
 const OPCUA_BAD_ITEMS: Family =
     counter("device_opcua_bad_items_total", "OPC-UA items refused or lost (unknown node, unresolved browse path), counted each time.");
 const OPCUA_NOTIFICATIONS: Family = counter("device_opcua_notifications_total", "OPC-UA data-change notifications received.");
+const OPCUA_NOTIFICATIONS_DROPPED: Family =
+    counter("device_opcua_notifications_dropped_total", "OPC-UA notifications dropped because the driver's queue was full.");
 const DEVICE_BACKED_OFF: Family = gauge("device_backed_off", "1 while the device is backed off after repeated failures.");
 const DEVICE_BACKOFFS: Family = counter("device_backoffs_total", "Times the device was backed off after repeated failures.");
 const DEVICE_SPLITS: Family = counter("device_request_splits_total", "Merged read requests split because the device refused them.");
@@ -182,6 +184,7 @@ fn render_devices(out: &mut String, s: &Snapshot) {
     OPCUA_SUBSCRIPTIONS_REBUILT.per_device(out, s, |d| c(d).subscriptions_rebuilt);
     OPCUA_BAD_ITEMS.per_device(out, s, |d| c(d).bad_items);
     OPCUA_NOTIFICATIONS.per_device(out, s, |d| c(d).notifications);
+    OPCUA_NOTIFICATIONS_DROPPED.per_device(out, s, |d| c(d).notifications_dropped);
     TAG_QUALITY_GOOD.per_device(out, s, |d| {
         d.tags.iter().filter(|t| t.quality == "good").count() as u64
     });
@@ -456,7 +459,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 41 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 42 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 

@@ -82,8 +82,9 @@ pub enum IdentityKind {
 }
 
 /// `[devices.opcua]`: how to reach and talk to one OPC-UA server.
+// No `deny_unknown_fields`: the agent's loader reports unknown keys (with every other
+// problem) through serde_ignored; a serde error would stop at the first.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OpcuaConfig {
     /// Endpoint URL, `opc.tcp://host:port/path`.
     pub endpoint: String,

@@ -9,9 +9,10 @@
 //! download, a browse path that does not resolve yet) are reported bad and retried
 //! every `reconnect_min`–`reconnect_max` until the node is back. A subscription the
 //! server drops (status change `BadTimeout`) is created again in the same session.
-//! Notifications of an older session are dropped, never reported.
+//! Notifications of an older session are discarded, never reported. Notifications that
+//! find the driver's queue full ([`subscription::EVENT_QUEUE`]) are dropped and counted.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +71,7 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
     // agent turns into one `device_lost` event): once per loss, as for Modbus devices,
     // and again only for a refusal an operator must act on (certificate, login).
     let mut loss_reported = false;
+    let mut had_session = false;
     loop {
         generation += 1;
         let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
@@ -93,15 +95,19 @@ pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sende
                 }
             }
             Some(Ok(connected)) => {
-                if generation > 1 && out.stats.session_attempts > 1 {
+                let rebuild = had_session;
+                if rebuild {
                     out.stats.reconnects += 1;
                 }
+                had_session = true;
+                // A certificate trusted meanwhile is no longer a warning.
+                out.stats.warnings = standing_warnings(&ua, &pki);
                 info!(device = %device.name, endpoint = %ua.endpoint, "OPC-UA session up");
                 if !out.send(ReportKind::Connected).await {
                     return;
                 }
                 let started = Instant::now();
-                let end = run_session(&device, &ua, connected, generation, &mut out, &mut writes, &cancel).await;
+                let end = run_session(&device, &ua, connected, (generation, rebuild), &mut out, &mut writes, &cancel).await;
                 match end {
                     SessionEnd::Stopped => return,
                     SessionEnd::Lost(reason) => {
@@ -206,9 +212,16 @@ struct SessionState<'a> {
     groups: Vec<Group>,
     /// Subscription id of each group (`None` for polled groups or while missing).
     subs: Vec<Option<u32>>,
+    /// Whether each group's subscription was created once in this session.
+    created: Vec<bool>,
+    /// Whether this session replaces a lost one (its subscriptions are rebuilt ones).
+    rebuild: bool,
     items: Vec<ItemState>,
     /// Tags to resolve and create again (refused, lost, unknown node).
     retry: BTreeSet<usize>,
+    /// Tags reported bad by the retries, with the reason: reported (and counted) again
+    /// only when the reason changes, not on every retry.
+    reported_bad: HashMap<usize, String>,
     events: subscription::Events,
     generation: u64,
 }
@@ -217,12 +230,12 @@ async fn run_session(
     device: &DeviceConfig,
     ua: &OpcuaConfig,
     connected: Connected,
-    generation: u64,
+    (generation, rebuild): (u64, bool),
     out: &mut Reporter,
     writes: &mut mpsc::Receiver<WriteRequest>,
     cancel: &CancellationToken,
 ) -> SessionEnd {
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = subscription::events();
     let mut connected = connected;
     let session = connected.session.clone();
     let session = &session;
@@ -233,12 +246,16 @@ async fn run_session(
         session: session.clone(),
         groups: subscription::plan(device, ua),
         subs: Vec::new(),
+        created: Vec::new(),
+        rebuild,
         items: vec![ItemState::default(); device.tags.len()],
         retry: BTreeSet::new(),
+        reported_bad: HashMap::new(),
         events: tx,
         generation,
     };
     st.subs = vec![None; st.groups.len()];
+    st.created = vec![false; st.groups.len()];
     let deadline = Instant::now() + ua.connect_timeout;
     let setup = tokio::select! {
         () = cancel.cancelled() => return stop(session).await,
@@ -252,18 +269,33 @@ async fn run_session(
     let mut next_retry = Instant::now() + retry_every;
     let mut poll_due: Vec<Instant> = st.groups.iter().map(|_| Instant::now()).collect();
     let mut next_stats = Instant::now() + Duration::from_secs(1);
+    let dropped_before = out.stats.notifications_dropped;
     loop {
         let next_poll = st.groups.iter().zip(&poll_due).filter(|(g, _)| g.poll).map(|(_, d)| *d).min();
         let wake = [Some(next_stats), next_poll, (!st.retry.is_empty()).then_some(next_retry)].into_iter().flatten().min().unwrap_or(next_stats);
         tokio::select! {
             biased;
             () = cancel.cancelled() => return stop(session).await,
-            reason = &mut *lost => return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into())),
-            Some(first) = rx.recv() => {
+            reason = &mut *lost => {
+                // What arrived before the loss is reported before the loss.
+                let mut batch = Vec::new();
+                while let Ok(e) = rx.data.try_recv() {
+                    st.handle(e, &mut batch, out);
+                }
+                if !batch.is_empty() {
+                    out.send(ReportKind::Samples(batch)).await;
+                }
+                return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into()));
+            }
+            Some(status) = rx.status.recv() => {
+                let mut batch = Vec::new();
+                st.handle(status, &mut batch, out);
+            }
+            Some(first) = rx.data.recv() => {
                 let mut batch = Vec::new();
                 st.handle(first, &mut batch, out);
                 while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
+                    match rx.data.try_recv() {
                         Ok(e) => st.handle(e, &mut batch, out),
                         Err(_) => break,
                     }
@@ -282,15 +314,20 @@ async fn run_session(
             () = sleep_until(wake) => {
                 let now = Instant::now();
                 if now >= next_stats {
+                    // The session's queue counts from zero; the device's counter goes on.
+                    let dropped = dropped_before + st.events.dropped.load(std::sync::atomic::Ordering::Relaxed);
+                    if dropped > out.stats.notifications_dropped {
+                        warn!(device = %device.name, dropped = dropped - out.stats.notifications_dropped, "OPC-UA notifications dropped: the agent did not take them in time");
+                        out.stats.notifications_dropped = dropped;
+                    }
                     out.flush_stats().await;
                     next_stats = now + Duration::from_secs(1);
                 }
-                for g in 0..st.groups.len() {
-                    if st.groups[g].poll && poll_due[g] <= now {
-                        poll_due[g] = next_due(poll_due[g], st.groups[g].interval, now);
-                        if let Err(e) = st.poll(g, out).await {
-                            return SessionEnd::Lost(format!("reading polled group failed: {e}"));
-                        }
+                let due: Vec<usize> = st.groups.iter().zip(&poll_due).enumerate().filter(|(_, (g, d))| g.poll && **d <= now).map(|(i, _)| i).collect();
+                for g in due {
+                    poll_due[g] = next_due(poll_due[g], st.groups[g].interval, now);
+                    if let Err(e) = st.poll(g, out).await {
+                        return SessionEnd::Lost(format!("reading polled group failed: {e}"));
                     }
                 }
                 if !st.retry.is_empty() && now >= next_retry {
@@ -337,9 +374,11 @@ impl SessionState<'_> {
         let id = subscription::create_subscription(&self.session, g, &self.groups[g], self.ua, &self.events, self.generation)
             .await
             .map_err(|s| format!("CreateSubscription refused: {s}"))?;
-        if self.generation > 1 || self.subs[g].is_some() {
+        // Rebuilt: after a reconnect, or again in this session after the server dropped it.
+        if self.rebuild || self.created[g] {
             out.stats.subscriptions_rebuilt += 1;
         }
+        self.created[g] = true;
         self.subs[g] = Some(id);
         Ok(())
     }
@@ -347,16 +386,14 @@ impl SessionState<'_> {
     /// Resolves and (re)creates the items waiting in `retry`; those still refused stay.
     async fn rebuild_items(&mut self, out: &mut Reporter) -> Result<(), String> {
         let pending: Vec<usize> = std::mem::take(&mut self.retry).into_iter().collect();
-        let now = Utc::now();
         let mut bad = Vec::new();
         for (i, node) in subscription::resolve(&self.session, self.device, &pending).await {
             match node {
                 Ok(n) => self.items[i].node = Some(n),
                 Err(reason) => {
-                    out.stats.bad_items += 1;
                     self.items[i].node = None;
                     self.retry.insert(i);
-                    bad.push(bad_sample(&self.device.tags[i], &reason, now));
+                    self.report_bad(i, &reason, &mut bad, out);
                 }
             }
         }
@@ -365,10 +402,9 @@ impl SessionState<'_> {
                 if let Err(e) = self.create_group_subscription(g, out).await {
                     // Tried again with the group's items on the next retry.
                     warn!(device = %self.device.name, error = %e, "OPC-UA subscription not created");
-                    for &i in &self.groups[g].tags {
-                        if self.retry.insert(i) {
-                            bad.push(bad_sample(&self.device.tags[i], &e, now));
-                        }
+                    for i in self.groups[g].tags.clone() {
+                        self.retry.insert(i);
+                        self.report_bad(i, &e, &mut bad, out);
                     }
                     continue;
                 }
@@ -393,11 +429,12 @@ impl SessionState<'_> {
                 .map_err(|s| format!("CreateMonitoredItems refused: {s}"))?;
             for (i, status, id) in results {
                 if status.is_good() {
+                    // (reported_bad is cleared by the item's first good value: some servers
+                    // accept an item on a missing node and report the status after.)
                     self.items[i].monitored = Some((sub, id));
                 } else {
-                    out.stats.bad_items += 1;
                     self.retry.insert(i);
-                    bad.push(bad_sample(&self.device.tags[i], &status.to_string(), now));
+                    self.report_bad(i, &status.to_string(), &mut bad, out);
                 }
             }
         }
@@ -405,6 +442,15 @@ impl SessionState<'_> {
             out.send(ReportKind::Samples(bad)).await;
         }
         Ok(())
+    }
+
+    /// Reports tag `i` bad for `reason` (and counts it), unless that was already said.
+    fn report_bad(&mut self, i: usize, reason: &str, bad: &mut Vec<Sample>, out: &mut Reporter) {
+        if self.reported_bad.get(&i).map(String::as_str) != Some(reason) {
+            out.stats.bad_items += 1;
+            bad.push(bad_sample(&self.device.tags[i], reason, Utc::now()));
+            self.reported_bad.insert(i, reason.to_string());
+        }
     }
 
     /// One event from the callbacks, into `batch`.
@@ -418,8 +464,17 @@ impl SessionState<'_> {
                 out.stats.notifications += 1;
                 let status = value.status();
                 if is_node_gone(status) {
-                    out.stats.bad_items += 1;
+                    // Re-created on the next retry. Some servers accept an item on a missing
+                    // node and report its status at once: say it once, not every retry.
                     self.retry.insert(i);
+                    let reason = status.to_string();
+                    if self.reported_bad.get(&i) == Some(&reason) {
+                        return;
+                    }
+                    out.stats.bad_items += 1;
+                    self.reported_bad.insert(i, reason);
+                } else {
+                    self.reported_bad.remove(&i);
                 }
                 batch.push(to_sample(&self.device.tags[i], &value, Utc::now()));
             }
@@ -468,9 +523,17 @@ impl SessionState<'_> {
         let now = Utc::now();
         let mut batch = Vec::with_capacity(values.len());
         for (i, dv) in values {
-            if is_node_gone(dv.status()) {
-                out.stats.bad_items += 1;
+            let status = dv.status();
+            if is_node_gone(status) {
                 self.retry.insert(i);
+                let reason = status.to_string();
+                if self.reported_bad.get(&i) == Some(&reason) {
+                    continue;
+                }
+                out.stats.bad_items += 1;
+                self.reported_bad.insert(i, reason);
+            } else {
+                self.reported_bad.remove(&i);
             }
             batch.push(to_sample(&self.device.tags[i], &dv, now));
         }

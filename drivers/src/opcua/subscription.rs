@@ -6,6 +6,8 @@
 //! session's generation, into one channel that the driver task drains. A notification
 //! from an older session (one being torn down) is dropped by the driver, never reported.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opcua::client::{MonitoredItem, Session, SubscriptionCallbacks};
@@ -32,8 +34,32 @@ pub enum Event {
     Status { group: usize, status: StatusCode },
 }
 
-/// Events with the generation of the session that produced them.
-pub type Events = mpsc::UnboundedSender<(u64, Event)>;
+/// Data changes the driver may hold before it drops new ones (counted): about a second
+/// at 100 000 notifications/s, while the agent does not take reports.
+pub const EVENT_QUEUE: usize = 100_000;
+
+/// Where the callbacks put events, tagged with the generation of the session that produced
+/// them. Data changes go to a bounded queue (a full queue drops the new one and counts
+/// it); status changes, rare and needed to rebuild a subscription, are never dropped.
+#[derive(Clone)]
+pub struct Events {
+    pub data: mpsc::Sender<(u64, Event)>,
+    pub status: mpsc::UnboundedSender<(u64, Event)>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// The receiving side of [`Events`].
+pub struct EventsRx {
+    pub data: mpsc::Receiver<(u64, Event)>,
+    pub status: mpsc::UnboundedReceiver<(u64, Event)>,
+}
+
+/// A fresh pair of queues.
+pub fn events() -> (Events, EventsRx) {
+    let (data, data_rx) = mpsc::channel(EVENT_QUEUE);
+    let (status, status_rx) = mpsc::unbounded_channel();
+    (Events { data, status, dropped: Arc::default() }, EventsRx { data: data_rx, status: status_rx })
+}
 
 /// Tags that share an interval and a way of being read.
 #[derive(Debug, Clone)]
@@ -128,13 +154,15 @@ pub async fn create_subscription(
     events: &Events,
     generation: u64,
 ) -> Result<u32, StatusCode> {
-    let (data_tx, status_tx) = (events.clone(), events.clone());
+    let (data_tx, status_tx, dropped) = (events.data.clone(), events.status.clone(), events.dropped.clone());
     let callbacks = SubscriptionCallbacks::new(
         move |n| {
             let _ = status_tx.send((generation, Event::Status { group: group_index, status: n.status }));
         },
         move |value: DataValue, item: &MonitoredItem| {
-            let _ = data_tx.send((generation, Event::Data { handle: item.client_handle(), value }));
+            if let Err(mpsc::error::TrySendError::Full(_)) = data_tx.try_send((generation, Event::Data { handle: item.client_handle(), value })) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
         },
         |_, _| {},
     );

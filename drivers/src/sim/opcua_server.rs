@@ -19,8 +19,11 @@ use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{simple_node_manager, InMemoryNodeManager, SimpleNodeManager, SimpleNodeManagerImpl};
 use opcua::server::{ServerBuilder, ServerHandle, ServerUserToken, ANONYMOUS_USER_TOKEN_ID};
 use opcua::types::{
-    ByteString, DataTypeId, DataValue, DateTime, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, StatusCode, Variant,
+    ByteString, DataTypeId, DataValue, DateTime, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, StatusCode,
 };
+
+/// The server's value type, for callers without a direct dependency on async-opcua.
+pub use opcua::types::Variant;
 
 // Not the application URI: the server's diagnostics node manager owns that namespace.
 const NAMESPACE: &str = "urn:edge-agent:sim-plc:plant";
@@ -154,7 +157,9 @@ impl OpcuaSim {
                         let _ = ready_tx.send(Err(e));
                     }
                 }
-                rt.shutdown_background();
+                // Waits for the worker threads, so that the listener and every connection
+                // are closed when stop() returns (the port can be bound again at once).
+                rt.shutdown_timeout(std::time::Duration::from_secs(2));
             })
             .map_err(|e| e.to_string())?;
         let (handle, manager, ns) = ready_rx.recv().map_err(|e| e.to_string())??;

@@ -132,11 +132,14 @@ impl Tcn {
 /// are history only). Each unit is padded in front with copies of its first row, exactly as
 /// inference pads a unit shorter than the window.
 pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], rul: &[f32], groups: &[std::ops::Range<usize>], regimes: Option<Regimes>, normalization: crate::manifest::Normalization, opts: &TrainOptions) -> Result<Trained, TrainError> {
-    let (hidden, levels, kernel) = (opts.hidden.unwrap_or(32), 4usize, 3usize);
-    let window = receptive_field(levels, kernel);
-    if opts.window.is_some_and(|w| w != window) {
-        return Err(TrainError::Options(format!("the tcn's window is its receptive field, {window} rows")));
-    }
+    let (hidden, kernel) = (opts.hidden.unwrap_or(32), 3usize);
+    // Default: 4 levels (receptive field 31 rows = the window). A given window gets the most
+    // levels whose receptive field fits in it; older rows of the window are then unused.
+    let (levels, window) = match opts.window {
+        None => (4, receptive_field(4, kernel)),
+        Some(w) if w >= receptive_field(1, kernel) => ((1..=6).rev().find(|&l| receptive_field(l, kernel) <= w).unwrap_or(1), w),
+        Some(w) => return Err(TrainError::Options(format!("tcn window {w}: at least {} rows", receptive_field(1, kernel)))),
+    };
     let members = opts.members.unwrap_or(3).max(1);
     let cap = opts.rul_cap;
     let probe = Manifest { inputs: inputs.clone(), regimes: regimes.clone(), normalization: normalization.clone(), ..crate::train::blank_manifest() };
