@@ -134,6 +134,8 @@ async fn run_once(
 
     // Drivers → feed (the models take their inputs) → writer; the command handler → each
     // driver's write queue.
+    // Batches from here on belong to this run (live if the uplink's first connect works).
+    outbox.mark_run_start();
     let (reports_tx, reports_rx) = mpsc::channel(1024);
     let (drivers_tx, mut drivers_rx) = mpsc::channel::<DeviceReport>(1024);
     let driver_cancel = CancellationToken::new();

@@ -86,6 +86,9 @@ pub struct Outbox {
     pub counters: Arc<OutboxCounters>,
     /// Set when the store could not be opened and was moved aside (path of the old one).
     pub moved_aside: Option<PathBuf>,
+    /// The first batch number of the current run of the agent (set at open and by
+    /// [`Outbox::mark_run_start`] when a reload restarts everything).
+    run_start: Arc<AtomicU64>,
 }
 
 pub(super) fn key(seq: u64) -> [u8; 8] {
@@ -169,6 +172,7 @@ impl Outbox {
             durable: Arc::new(Mutex::new(seqs)),
             counters: Arc::default(),
             moved_aside: None,
+            run_start: Arc::new(AtomicU64::new(seqs.0)),
         })
     }
 
@@ -186,6 +190,7 @@ impl Outbox {
         *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
         *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()) = base;
         self.durable_reply.store(base, Ordering::SeqCst);
+        self.run_start.store(base, Ordering::SeqCst);
         self.db.flush()?;
         Ok(())
     }
@@ -373,6 +378,19 @@ impl Outbox {
     }
 
     /// The `batch_seq` the next stored batch will get.
+    /// Marks the start of a run of the agent (called before the drivers start, also after a
+    /// reload): batches numbered from here on belong to this run.
+    pub fn mark_run_start(&self) {
+        self.run_start.store(self.next_batch_seq(), Ordering::SeqCst);
+    }
+
+    /// The first batch number of the current run. The uplink counts batches from here on
+    /// as live if its first connection succeeds: they were not held back by an outage,
+    /// however early the writer stored them.
+    pub fn first_batch_seq_this_run(&self) -> u64 {
+        self.run_start.load(Ordering::SeqCst)
+    }
+
     pub fn next_batch_seq(&self) -> u64 {
         self.seqs.lock().unwrap_or_else(|p| p.into_inner()).0
     }

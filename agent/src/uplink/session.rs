@@ -128,9 +128,12 @@ impl Uplink {
             info!(pending_batches = self.outbox.pending_batches(), "uplink stopped");
             return;
         };
-        // Batches stored during the deliberate start delay are not held back by an outage:
-        // if the first connect succeeds, they count as live (see `first_live_from`).
-        let first_live_from = self.outbox.next_batch_seq();
+        // Batches stored since the agent started (before this task ran, or during the
+        // deliberate start delay) are not held back by an outage: if the first connect
+        // succeeds, they count as live (see `first_live_from`). Taking the number when this
+        // task first runs instead made the first batch `historical` now and then on a loaded
+        // machine, when the writer stored it before the uplink task was scheduled.
+        let first_live_from = self.outbox.first_batch_seq_this_run();
         self.start_delay(&mut shutdown, &mut deadline).await;
 
         let window = usize::from(self.config.mqtt.max_inflight);
