@@ -93,6 +93,15 @@ pub struct StoreView {
     /// Events dropped (only when no telemetry was left to drop).
     pub events_dropped: u64,
     pub write_errors: u64,
+    /// `store.compact_above`: the size on disk above which the outbox is compacted.
+    pub compact_above: u64,
+    /// Compactions done, and failed (the agent kept the old store), since the start.
+    pub compactions: u64,
+    pub compaction_failures: u64,
+    /// The last compaction: how long the store was paused (ms), disk bytes before / after.
+    pub last_compaction_ms: u64,
+    pub last_compaction_bytes_before: u64,
+    pub last_compaction_bytes_after: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -31,6 +31,13 @@ pub struct StoreConfig {
     /// data until `max_bytes` forces it out.
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
+    /// The outbox directory is compacted (its records rewritten into a fresh sled
+    /// database, pausing the store briefly) when it grows past this size on disk
+    /// (`"1.5 GiB"`) and past twice its size after the last compaction. Unset: 3 ×
+    /// `max_bytes`. Must be more than `max_bytes`; a compaction needs room for a copy of
+    /// the records beside the store (see BENCHMARKS.md).
+    #[serde(default)]
+    pub compact_above: Option<ByteSize>,
 }
 
 fn default_flush_interval() -> Duration {
@@ -54,11 +61,21 @@ impl Default for StoreConfig {
             flush_bytes: default_flush_bytes(),
             max_bytes: default_max_bytes(),
             max_age: None,
+            compact_above: None,
         }
     }
 }
 
+/// `compact_above` when unset, as a multiple of `max_bytes` (see BENCHMARKS.md: a compacted
+/// full store takes about 1.4 × `max_bytes`, so 3 × leaves room to grow between compactions).
+const DEFAULT_COMPACT_ABOVE_TIMES_MAX_BYTES: u64 = 3;
+
 impl StoreConfig {
+    /// Size on disk above which the outbox is compacted, in bytes.
+    pub fn compact_above(&self) -> u64 {
+        self.compact_above.map_or(self.max_bytes.as_u64().saturating_mul(DEFAULT_COMPACT_ABOVE_TIMES_MAX_BYTES), |b| b.as_u64())
+    }
+
     /// Appends every problem of this section under `path`.
     pub fn validate(&self, path: &str, issues: &mut Issues) {
         if self.flush_interval < Duration::from_millis(10) || self.flush_interval > Duration::from_secs(60) {
@@ -76,5 +93,37 @@ impl StoreConfig {
         if self.max_age.is_some_and(|a| a < Duration::from_secs(60)) {
             issues.push(format!("{path}.max_age"), "must be at least 1m");
         }
+        if let Some(above) = self.compact_above {
+            if above <= self.max_bytes {
+                issues.push(format!("{path}.compact_above"), format!("must be more than max_bytes ({})", self.max_bytes));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytesize::ByteSize;
+
+    const GATEWAY: &str = "[gateway]\nid = \"gw-01\"\nsite = \"s\"\ndata_dir = \"/var/lib/edge-agent\"\n";
+
+    #[test]
+    fn compact_above_defaults_to_three_times_max_bytes_and_takes_a_set_size() {
+        let config = crate::config::load_str(&format!("{GATEWAY}[store]\nmax_bytes = \"32 MiB\"\n"), "t.toml").unwrap();
+        assert_eq!(config.store.compact_above(), 96 << 20);
+        let config = crate::config::load_str(&format!("{GATEWAY}[store]\nmax_bytes = \"32 MiB\"\ncompact_above = \"40 MiB\"\n"), "t.toml").unwrap();
+        assert_eq!(config.store.compact_above, Some(ByteSize::mib(40)));
+        assert_eq!(config.store.compact_above(), 40 << 20);
+    }
+
+    #[test]
+    fn compact_above_not_above_max_bytes_is_refused_at_its_path() {
+        // Given a compaction bound equal to max_bytes (the store would compact forever)
+        let text = format!("{GATEWAY}[store]\nmax_bytes = \"64 MiB\"\ncompact_above = \"64 MiB\"\n");
+        // When the config is loaded
+        let err = crate::config::load_str(&text, "t.toml").unwrap_err();
+        // Then it is refused, at store.compact_above, saying why
+        let p = err.problems.iter().find(|p| p.path == "store.compact_above").unwrap_or_else(|| panic!("{:#?}", err.problems));
+        assert!(p.message.contains("more than max_bytes"), "{}", p.message);
     }
 }

@@ -4,7 +4,9 @@
 //! - [`record`]: the on-disk record (checksummed).
 //! - [`outbox`]: the sled trees, sequence numbers and counters.
 //! - [`writer`]: the task that turns device reports into batches on the flush interval.
+//! - [`compaction`]: rewriting the outbox into a fresh database when sled's files grow.
 
+pub mod compaction;
 pub mod config;
 pub mod outbox;
 pub mod record;
@@ -14,5 +16,6 @@ pub mod writer;
 #[cfg(test)]
 mod model_tests;
 
+pub use compaction::Compacted;
 pub use outbox::{Outbox, StoreError, StoredEventDraft, StoredReply};
 pub use record::{StoredBatch, StoredEvent};

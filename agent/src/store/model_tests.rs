@@ -1,5 +1,5 @@
 //! Model-based test of the outbox: random sequences of append / ack / reopen / evict /
-//! corrupt run against the real sled outbox and against a plain in-memory model, and
+//! corrupt / compact run against the real sled outbox and against a plain in-memory model, and
 //! after every step the two must agree on what the uplink would deliver.
 //!
 //! Properties:
@@ -29,6 +29,8 @@ enum Op {
     /// Evict down to this share (percent) of the current bytes.
     Evict(u8),
     Corrupt(usize),
+    /// Rewrite the store into a fresh database (`compaction.rs`): nothing may change.
+    Compact,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,6 +41,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Reopen),
         1 => (10u8..100).prop_map(Op::Evict),
         1 => any::<usize>().prop_map(Op::Corrupt),
+        1 => Just(Op::Compact),
     ]
 }
 
@@ -91,7 +94,7 @@ async fn run(ops: Vec<Op>) {
             }
             Op::AppendEvent => {
                 outbox.append(&[], &[event()]).await.unwrap();
-                let (_, newest) = outbox.events.last().unwrap().unwrap();
+                let (_, newest) = outbox.handles().unwrap().events.last().unwrap().unwrap();
                 model.events.push_back(newest.len() as u64);
             }
             Op::Ack(i) => {
@@ -133,12 +136,18 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Corrupt(i) => {
                 if let Some(&seq) = model.pending.keys().nth(i % model.pending.len().max(1)) {
-                    let old = outbox.telemetry.insert(key(seq), b"\x00\x00\x00\x00torn".to_vec()).unwrap().unwrap();
+                    let old = outbox.handles().unwrap().telemetry.insert(key(seq), b"\x00\x00\x00\x00torn".to_vec()).unwrap().unwrap();
                     outbox.bytes.fetch_sub(old.len() as u64, Ordering::Relaxed);
                     outbox.bytes.fetch_add(8, Ordering::Relaxed);
                     model.pending.remove(&seq);
                     model.corrupt += 1;
                 }
+            }
+            Op::Compact => {
+                let next = outbox.next_batch_seq();
+                outbox.compact().unwrap();
+                assert_eq!(outbox.next_batch_seq(), next, "compaction changed the numbering");
+                assert!(!dir.path().join("outbox.old").exists() && !dir.path().join("outbox.compacted").exists());
             }
         }
 
@@ -154,14 +163,16 @@ async fn run(ops: Vec<Op>) {
         assert_eq!(counters_base.2 + c.corrupt_records.load(Ordering::Relaxed), model.corrupt, "corrupt records counter");
         // and the byte and record counts are those of what is held
         assert_eq!(outbox.bytes(), held_bytes(&outbox), "byte accounting");
-        assert_eq!(outbox.pending_batches(), outbox.telemetry.iter().count() as u64, "batch count");
-        assert_eq!(outbox.pending_events(), outbox.events.iter().count() as u64, "event count");
+        let h = outbox.handles().unwrap();
+        assert_eq!(outbox.pending_batches(), h.telemetry.iter().count() as u64, "batch count");
+        assert_eq!(outbox.pending_events(), h.events.iter().count() as u64, "event count");
     }
 }
 
 /// Bytes of every record in the outbox, counted independently of its own counter.
 fn held_bytes(outbox: &Outbox) -> u64 {
-    [&outbox.telemetry, &outbox.events, &outbox.replies].iter().flat_map(|t| t.iter().map(|e| e.unwrap().1.len() as u64)).sum()
+    let h = outbox.handles().unwrap();
+    [&h.telemetry, &h.events, &h.replies].iter().flat_map(|t| t.iter().map(|e| e.unwrap().1.len() as u64)).sum()
 }
 
 proptest! {

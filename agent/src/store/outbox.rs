@@ -3,12 +3,16 @@
 //!
 //! Sequence numbers survive restarts: on open, the next number is the larger of the one
 //! saved in meta and one past the last key present, so a crash between the two writes can
-//! never hand out a number twice. Nothing is published before `flush_async` has returned,
+//! never hand out a number twice. Nothing is published before the flush has returned,
 //! so every number the ERP has seen is on disk.
+//!
+//! The sled handles sit behind one lock ([`Handles`]) so that compaction
+//! (`compaction.rs`) can swap the whole database for a rewritten copy: every method takes
+//! the lock briefly (never across an await), and never while already holding it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -44,6 +48,12 @@ pub enum StoreError {
     Locked { path: PathBuf, waited: Duration },
     #[error("cannot move the unreadable store {path} aside: {source}")]
     MoveAside { path: PathBuf, source: std::io::Error },
+    #[error("store file operation on {path} failed: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the store is closed: a compaction could not reopen it (see the log); retried on the next check")]
+    Closed,
+    #[error("the store flush task failed: {0}")]
+    FlushTask(String),
 }
 
 /// Counters, shown on the page and in `/metrics`.
@@ -59,22 +69,86 @@ pub struct OutboxCounters {
     pub batches_acked: AtomicU64,
     pub events_acked: AtomicU64,
     pub corrupt_records: AtomicU64,
+    /// Compactions that completed (the outbox rewritten into a fresh sled database).
+    pub compactions: AtomicU64,
+    /// Compactions that failed; the agent kept running on the old store.
+    pub compaction_failures: AtomicU64,
+    /// The last completed compaction: how long the store was paused (ms), and the size of
+    /// the outbox directory before and after (bytes).
+    pub last_compaction_ms: AtomicU64,
+    pub last_compaction_bytes_before: AtomicU64,
+    pub last_compaction_bytes_after: AtomicU64,
 }
 
-/// Handle to the outbox; cheap to clone.
-#[derive(Clone)]
-pub struct Outbox {
+/// The sled database and its trees. Never cloned out of [`Outbox::handles`]' lock: a
+/// compaction must be able to close the database (sled writes blob files by path, so an
+/// old instance still open after the directories are swapped would write into the new one).
+pub(super) struct Handles {
     pub(super) db: sled::Db,
     pub(super) telemetry: sled::Tree,
     pub(super) events: sled::Tree,
     /// Replies to ERP commands (`cmd/response`): few, small, published before telemetry.
     pub(super) replies: sled::Tree,
-    meta: sled::Tree,
+    pub(super) meta: sled::Tree,
+}
+
+impl Handles {
+    pub(super) fn open(path: &Path) -> Result<Self, sled::Error> {
+        let db = sled::Config::new().path(path).mode(sled::Mode::LowSpace).open()?;
+        Ok(Self {
+            telemetry: db.open_tree("telemetry")?,
+            events: db.open_tree("events")?,
+            replies: db.open_tree("replies")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    pub(super) fn tree(&self, id: TreeId) -> &sled::Tree {
+        match id {
+            TreeId::Telemetry => &self.telemetry,
+            TreeId::Events => &self.events,
+            TreeId::Replies => &self.replies,
+        }
+    }
+}
+
+/// The record trees (meta holds only the sequence counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TreeId {
+    Telemetry,
+    Events,
+    Replies,
+}
+
+impl TreeId {
+    fn name(self) -> &'static str {
+        match self {
+            TreeId::Telemetry => "telemetry",
+            TreeId::Events => "events",
+            TreeId::Replies => "replies",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Handle to the outbox; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    /// The data dir holding `outbox/` (and, during a compaction, its siblings).
+    pub(super) dir: PathBuf,
+    /// `None` only after a compaction that could not reopen the store (see `compaction.rs`).
+    pub(super) handles: Arc<RwLock<Option<Handles>>>,
+    /// When compaction was last checked for, and the directory size after the last one.
+    pub(super) compaction: Arc<Mutex<super::compaction::Trigger>>,
     /// Bytes of all records held (telemetry, events, replies): what `store.max_bytes` bounds.
     pub(super) bytes: Arc<AtomicU64>,
     /// Records held per tree (telemetry, events, replies). sled's `Tree::len` scans the
     /// whole tree, far too slow to call on every uplink event with a large backlog.
-    lens: Arc<[AtomicU64; 3]>,
+    pub(super) lens: Arc<[AtomicU64; 3]>,
     seqs: Arc<Mutex<(u64, u64)>>,
     /// Next reply number.
     next_reply: Arc<Mutex<u64>>,
@@ -107,12 +181,19 @@ impl Outbox {
     /// A store that is merely *locked* (another agent on the same `data_dir`, or an earlier
     /// instance in this process still closing) is never moved aside: opening is retried for
     /// a few seconds, then refused with a clear error.
+    ///
+    /// A compaction cut short by a crash is finished or undone first (`compaction.rs`).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("outbox");
+        super::compaction::restore_missing_outbox(dir)?;
         let mut waited = Duration::ZERO;
         loop {
-            match Self::open_at(&path) {
-                Ok(outbox) => return Ok(outbox),
+            match Self::open_at(dir, &path) {
+                Ok(outbox) => {
+                    // Holding the store's lock now, so no other instance is compacting it.
+                    super::compaction::remove_leftovers(dir);
+                    return Ok(outbox);
+                }
                 Err(StoreError::Sled(e)) if is_lock_error(&e) => {
                     if waited >= LOCK_WAIT {
                         return Err(StoreError::Locked { path, waited });
@@ -130,28 +211,24 @@ impl Outbox {
         let aside = dir.join(format!("outbox.unreadable-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
         error!(path = %path.display(), error = %why, aside = %aside.display(), "store cannot be read; moving it aside and starting a fresh one");
         std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside { path: path.to_path_buf(), source })?;
-        let mut fresh = Self::open_at(path)?;
+        let mut fresh = Self::open_at(dir, path)?;
         fresh.moved_aside = Some(aside);
         fresh.continue_numbering_after_reset()?;
         Ok(fresh)
     }
 
-    fn open_at(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::LowSpace).open()?;
-        let telemetry = db.open_tree("telemetry")?;
-        let events = db.open_tree("events")?;
-        let replies = db.open_tree("replies")?;
-        let meta = db.open_tree("meta")?;
+    fn open_at(dir: &Path, path: &Path) -> Result<Self, StoreError> {
+        let h = Handles::open(path)?;
         let next = |tree: &sled::Tree, name: &[u8]| -> Result<u64, StoreError> {
-            let saved = meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
+            let saved = h.meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
             let after_last = tree.last()?.and_then(|(k, _)| seq_of(&k)).map_or(1, |s| s + 1);
             Ok(saved.max(after_last))
         };
-        let seqs = (next(&telemetry, NEXT_BATCH_SEQ)?, next(&events, NEXT_EVENT_SEQ)?);
-        let next_reply = next(&replies, NEXT_REPLY_SEQ)?;
+        let seqs = (next(&h.telemetry, NEXT_BATCH_SEQ)?, next(&h.events, NEXT_EVENT_SEQ)?);
+        let next_reply = next(&h.replies, NEXT_REPLY_SEQ)?;
         let mut bytes = 0u64;
         let mut lens = [0u64; 3];
-        for (i, tree) in [&telemetry, &events, &replies].into_iter().enumerate() {
+        for (i, tree) in [&h.telemetry, &h.events, &h.replies].into_iter().enumerate() {
             for entry in tree.iter() {
                 let (_, v) = entry?;
                 bytes += v.len() as u64;
@@ -159,11 +236,9 @@ impl Outbox {
             }
         }
         Ok(Self {
-            db,
-            telemetry,
-            events,
-            replies,
-            meta,
+            dir: dir.to_path_buf(),
+            handles: Arc::new(RwLock::new(Some(h))),
+            compaction: Arc::default(),
             bytes: Arc::new(AtomicU64::new(bytes)),
             lens: Arc::new(lens.map(AtomicU64::new)),
             next_reply: Arc::new(Mutex::new(next_reply)),
@@ -183,16 +258,30 @@ impl Outbox {
     fn continue_numbering_after_reset(&mut self) -> Result<(), StoreError> {
         let base = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1).max(1);
         let seqs = (base, base);
-        self.meta.insert(NEXT_BATCH_SEQ, &key(base))?;
-        self.meta.insert(NEXT_EVENT_SEQ, &key(base))?;
-        self.meta.insert(NEXT_REPLY_SEQ, &key(base))?;
+        {
+            let h = self.handles()?;
+            h.meta.insert(NEXT_BATCH_SEQ, &key(base))?;
+            h.meta.insert(NEXT_EVENT_SEQ, &key(base))?;
+            h.meta.insert(NEXT_REPLY_SEQ, &key(base))?;
+            h.db.flush()?;
+        }
         *self.seqs.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
         *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
         *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()) = base;
         self.durable_reply.store(base, Ordering::SeqCst);
         self.run_start.store(base, Ordering::SeqCst);
-        self.db.flush()?;
         Ok(())
+    }
+
+    /// The sled handles, read-locked. Hold the guard only briefly, never across an await,
+    /// and never call another method of the outbox while holding it (a waiting compaction
+    /// would deadlock a second read lock).
+    pub(super) fn handles(&self) -> Result<HandlesGuard<'_>, StoreError> {
+        let guard = self.handles.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::Closed);
+        }
+        Ok(HandlesGuard(guard))
     }
 
     /// Numbers and writes the batches and events, then flushes. Returns once they are on
@@ -218,17 +307,19 @@ impl Outbox {
                 next_event += 1;
             }
             // Records first, then the counters: a crash in between is covered by open().
-            self.telemetry.apply_batch(tb)?;
-            self.events.apply_batch(eb)?;
-            self.meta.insert(NEXT_BATCH_SEQ, &key(next_batch))?;
-            self.meta.insert(NEXT_EVENT_SEQ, &key(next_event))?;
+            let h = self.handles()?;
+            h.telemetry.apply_batch(tb)?;
+            h.events.apply_batch(eb)?;
+            h.meta.insert(NEXT_BATCH_SEQ, &key(next_batch))?;
+            h.meta.insert(NEXT_EVENT_SEQ, &key(next_event))?;
+            drop(h);
             self.bytes.fetch_add(added, Ordering::Relaxed);
             self.lens[0].fetch_add(batches.len() as u64, Ordering::Relaxed);
             self.lens[1].fetch_add(events.len() as u64, Ordering::Relaxed);
             *seqs = (next_batch, next_event);
             *seqs
         };
-        self.db.flush_async().await?;
+        self.flush().await?;
         // Only now may readers (the uplink) see the new entries.
         let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         durable.0 = durable.0.max(written.0);
@@ -243,21 +334,30 @@ impl Outbox {
     /// records are skipped, counted and removed.
     pub fn telemetry_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredBatch)> {
         let below = self.durable.lock().unwrap_or_else(|p| p.into_inner()).0;
-        self.read_from(&self.telemetry, "telemetry", from, below, limit)
+        self.read_from(TreeId::Telemetry, from, below, limit)
     }
 
     /// Up to `limit` events with sequence `>= from`, in order.
     pub fn events_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredEvent)> {
         let below = self.durable.lock().unwrap_or_else(|p| p.into_inner()).1;
-        self.read_from(&self.events, "events", from, below, limit)
+        self.read_from(TreeId::Events, from, below, limit)
     }
 
     /// Entries with `from <= seq < below`, at most `limit`.
-    fn read_from<T: serde::de::DeserializeOwned>(&self, tree: &sled::Tree, name: &str, from: u64, below: u64, limit: usize) -> Vec<(u64, T)> {
+    fn read_from<T: serde::de::DeserializeOwned>(&self, id: TreeId, from: u64, below: u64, limit: usize) -> Vec<(u64, T)> {
         let mut out = Vec::with_capacity(limit.min(256));
         if from >= below {
             return out;
         }
+        let name = id.name();
+        let h = match self.handles() {
+            Ok(h) => h,
+            Err(e) => {
+                error!(tree = name, error = %e, "store read failed");
+                return out;
+            }
+        };
+        let tree = h.tree(id);
         for entry in tree.range(key(from)..key(below)) {
             if out.len() >= limit {
                 break;
@@ -270,27 +370,28 @@ impl Outbox {
                 }
             };
             let Some(seq) = seq_of(&k) else {
-                self.drop_corrupt(tree, name, &k, "key is not a sequence number");
+                self.drop_corrupt(tree, id, &k, "key is not a sequence number");
                 continue;
             };
             match record::decode::<T>(&v) {
                 Ok(r) => out.push((seq, r)),
-                Err(e) => self.drop_corrupt(tree, name, &k, &e.to_string()),
+                Err(e) => self.drop_corrupt(tree, id, &k, &e.to_string()),
             }
         }
         out
     }
 
-    fn drop_corrupt(&self, tree: &sled::Tree, name: &str, k: &[u8], why: &str) {
+    /// `tree` is `id`'s tree, borrowed from the caller's read guard.
+    fn drop_corrupt(&self, tree: &sled::Tree, id: TreeId, k: &[u8], why: &str) {
         self.counters.corrupt_records.fetch_add(1, Ordering::Relaxed);
-        warn!(tree = name, key = ?k, reason = why, "corrupt record skipped and removed");
+        warn!(tree = id.name(), key = ?k, reason = why, "corrupt record skipped and removed");
         match tree.remove(k) {
             Ok(Some(v)) => {
                 self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-                self.len_of(tree).fetch_sub(1, Ordering::Relaxed);
+                self.lens[id.index()].fetch_sub(1, Ordering::Relaxed);
             }
             Ok(None) => {}
-            Err(e) => error!(tree = name, error = %e, "could not remove a corrupt record"),
+            Err(e) => error!(tree = id.name(), error = %e, "could not remove a corrupt record"),
         }
     }
 
@@ -300,35 +401,38 @@ impl Outbox {
             let mut next = self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
             let seq = *next;
             let rec = record::encode(reply)?;
-            self.bytes.fetch_add(rec.len() as u64, Ordering::Relaxed);
-            if self.replies.insert(key(seq), rec)?.is_none() {
-                self.lens[2].fetch_add(1, Ordering::Relaxed);
+            let len = rec.len() as u64;
+            let h = self.handles()?;
+            if h.replies.insert(key(seq), rec)?.is_none() {
+                self.lens[TreeId::Replies.index()].fetch_add(1, Ordering::Relaxed);
             }
-            self.meta.insert(NEXT_REPLY_SEQ, &key(seq + 1))?;
+            self.bytes.fetch_add(len, Ordering::Relaxed);
+            h.meta.insert(NEXT_REPLY_SEQ, &key(seq + 1))?;
+            drop(h);
             *next = seq + 1;
             seq
         };
-        self.db.flush_async().await?;
+        self.flush().await?;
         self.durable_reply.fetch_max(seq + 1, Ordering::SeqCst);
         Ok(seq)
     }
 
     /// Up to `limit` replies with sequence `>= from`, in order.
     pub fn replies_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredReply)> {
-        self.read_from(&self.replies, "replies", from, self.durable_reply.load(Ordering::SeqCst), limit)
+        self.read_from(TreeId::Replies, from, self.durable_reply.load(Ordering::SeqCst), limit)
     }
 
     pub fn ack_reply(&self, seq: u64) -> Result<(), StoreError> {
-        self.remove(&self.replies, seq)?;
+        self.remove(TreeId::Replies, seq)?;
         Ok(())
     }
 
     /// Removes one record and keeps the byte count; returns the record if it was there.
-    pub(super) fn remove(&self, tree: &sled::Tree, seq: u64) -> Result<Option<sled::IVec>, StoreError> {
-        let old = tree.remove(key(seq))?;
+    pub(super) fn remove(&self, id: TreeId, seq: u64) -> Result<Option<sled::IVec>, StoreError> {
+        let old = self.handles()?.tree(id).remove(key(seq))?;
         if let Some(v) = &old {
             self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-            self.len_of(tree).fetch_sub(1, Ordering::Relaxed);
+            self.lens[id.index()].fetch_sub(1, Ordering::Relaxed);
         }
         Ok(old)
     }
@@ -338,32 +442,20 @@ impl Outbox {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// The record counter of `tree`.
-    fn len_of(&self, tree: &sled::Tree) -> &AtomicU64 {
-        let name = tree.name();
-        if name == self.events.name() {
-            &self.lens[1]
-        } else if name == self.replies.name() {
-            &self.lens[2]
-        } else {
-            &self.lens[0]
-        }
-    }
-
     pub fn pending_replies(&self) -> u64 {
         self.lens[2].load(Ordering::Relaxed)
     }
 
     /// The broker acknowledged batch `seq`: it may go.
     pub fn ack_telemetry(&self, seq: u64) -> Result<(), StoreError> {
-        if self.remove(&self.telemetry, seq)?.is_some() {
+        if self.remove(TreeId::Telemetry, seq)?.is_some() {
             self.counters.batches_acked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
     pub fn ack_event(&self, seq: u64) -> Result<(), StoreError> {
-        if self.remove(&self.events, seq)?.is_some() {
+        if self.remove(TreeId::Events, seq)?.is_some() {
             self.counters.events_acked.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -399,13 +491,39 @@ impl Outbox {
         self.seqs.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
+    /// Size of the sled files on disk (0 while the store is closed).
     pub fn disk_bytes(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.handles().ok().and_then(|h| h.db.size_on_disk().ok()).unwrap_or(0)
     }
 
+    /// Flushes everything written so far to disk. The flush runs on a blocking thread under
+    /// the read lock, rather than with sled's `flush_async`, which keeps the database alive
+    /// in its own thread pool where a compaction could not wait for it to close.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        let handles = self.handles.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let guard = handles.read().unwrap_or_else(|p| p.into_inner());
+            let h = guard.as_ref().ok_or(StoreError::Closed)?;
+            h.db.flush()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::FlushTask(e.to_string()))?
+    }
+}
+
+/// A read guard on handles known to be present (checked by [`Outbox::handles`]).
+pub(super) struct HandlesGuard<'a>(RwLockReadGuard<'a, Option<Handles>>);
+
+impl std::ops::Deref for HandlesGuard<'_> {
+    type Target = Handles;
+    fn deref(&self) -> &Handles {
+        match self.0.as_ref() {
+            Some(h) => h,
+            // Outbox::handles returns this guard only after checking Some, and nothing can
+            // change the value while the read lock is held.
+            None => unreachable!("HandlesGuard is only built over Some"),
+        }
     }
 }
 
@@ -496,7 +614,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path()).unwrap();
         outbox.append(&[batch("a", 1), batch("a", 2), batch("a", 3)], &[]).await.unwrap();
-        outbox.telemetry.insert(key(2), b"\x00\x00\x00\x00garbage".to_vec()).unwrap();
+        outbox.handles().unwrap().telemetry.insert(key(2), b"\x00\x00\x00\x00garbage".to_vec()).unwrap();
         // When the outbox is read
         let seqs: Vec<u64> = outbox.telemetry_from(0, 10).into_iter().map(|(s, _)| s).collect();
         // Then the damaged one is skipped, counted and gone

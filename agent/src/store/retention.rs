@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tracing::warn;
 
-use super::outbox::{seq_of, Outbox, StoreError};
+use super::outbox::{seq_of, Outbox, StoreError, TreeId};
 use super::record::{self, StoredBatch};
 
 /// What one enforcement pass dropped.
@@ -36,7 +36,7 @@ impl Outbox {
         let mut dropped = Dropped::default();
         if let Some(age) = max_age {
             let cutoff = now - chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
-            while let Some((k, v)) = self.telemetry.first()? {
+            while let Some((k, v)) = self.first(TreeId::Telemetry)? {
                 let Some(seq) = seq_of(&k) else { break };
                 let sampled = record::decode::<StoredBatch>(&v).ok().and_then(|b| oldest_sample(&b));
                 match sampled {
@@ -49,12 +49,12 @@ impl Outbox {
             }
         }
         while self.bytes() > max_bytes {
-            if let Some((k, _)) = self.telemetry.first()? {
+            if let Some((k, _)) = self.first(TreeId::Telemetry)? {
                 let Some(seq) = seq_of(&k) else { break };
                 self.drop_batch(seq, &mut dropped)?;
-            } else if let Some((k, _)) = self.events.first()? {
+            } else if let Some((k, _)) = self.first(TreeId::Events)? {
                 let Some(seq) = seq_of(&k) else { break };
-                if self.remove(&self.events, seq)?.is_some() {
+                if self.remove(TreeId::Events, seq)?.is_some() {
                     dropped.events += 1;
                 }
             } else {
@@ -79,8 +79,13 @@ impl Outbox {
         Ok(dropped)
     }
 
+    /// The oldest record of a tree (the read lock is released on return).
+    fn first(&self, id: TreeId) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        Ok(self.handles()?.tree(id).first()?)
+    }
+
     fn drop_batch(&self, seq: u64, dropped: &mut Dropped) -> Result<(), StoreError> {
-        if let Some(v) = self.remove(&self.telemetry, seq)? {
+        if let Some(v) = self.remove(TreeId::Telemetry, seq)? {
             dropped.batches += 1;
             // A record that does not decode still counts as a dropped batch, with 0 samples.
             dropped.samples += record::decode::<StoredBatch>(&v).map_or(0, |b| b.samples.len() as u64);

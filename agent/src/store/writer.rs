@@ -161,6 +161,7 @@ impl Writer {
                 *gathered = Gathered::default();
                 self.enforce_bounds(overflow).await;
                 self.stored.notify_one();
+                self.compact_if_due().await;
                 self.publish_state();
             }
             Err(e) => {
@@ -213,6 +214,19 @@ impl Writer {
         }
     }
 
+    /// Compacts the outbox when its directory has grown past `store.compact_above` (checked
+    /// cheaply, at most every few seconds). The compaction pauses the store and is blocking,
+    /// so it runs on a blocking thread; the outbox logs and counts its outcome.
+    async fn compact_if_due(&self) {
+        if !self.outbox.compaction_due(self.config.compact_above()) {
+            return;
+        }
+        let outbox = self.outbox.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || outbox.compact()).await {
+            error!(error = %e, "the store compaction task failed");
+        }
+    }
+
     /// While the store cannot be written, keep at most ten batches' worth of samples per
     /// device in memory, dropping (and counting) the oldest.
     fn bound_memory(&self, gathered: &mut Gathered) {
@@ -250,6 +264,12 @@ impl Writer {
             s.store.events_dropped = c.events_dropped.load(Ordering::Relaxed);
             s.store.bytes = o.bytes();
             s.store.max_bytes = self.config.max_bytes.as_u64();
+            s.store.compact_above = self.config.compact_above();
+            s.store.compactions = c.compactions.load(Ordering::Relaxed);
+            s.store.compaction_failures = c.compaction_failures.load(Ordering::Relaxed);
+            s.store.last_compaction_ms = c.last_compaction_ms.load(Ordering::Relaxed);
+            s.store.last_compaction_bytes_before = c.last_compaction_bytes_before.load(Ordering::Relaxed);
+            s.store.last_compaction_bytes_after = c.last_compaction_bytes_after.load(Ordering::Relaxed);
         });
     }
 }

@@ -143,6 +143,16 @@ const UPLINK_COMMANDS_DROPPED: Family = counter(
     "uplink_commands_dropped_total",
     "Commands from the ERP dropped because the command handler was busy or gone.",
 );
+const STORE_COMPACT_ABOVE: Family = gauge("store_compact_above_bytes", "The store.compact_above bound: size on disk above which the outbox is compacted.");
+const STORE_COMPACTIONS: Family = counter("store_compactions_total", "Compactions of the outbox (rewritten into a fresh sled database).");
+const STORE_COMPACTION_FAILURES: Family =
+    counter("store_compaction_failures_total", "Compactions that failed; the agent kept running on the store as it was.");
+const STORE_LAST_COMPACTION_MS: Family =
+    gauge("store_last_compaction_pause_milliseconds", "How long the last compaction paused the store, in milliseconds.");
+const STORE_LAST_COMPACTION_BYTES_BEFORE: Family =
+    gauge("store_last_compaction_bytes_before", "Size of the outbox on disk before the last compaction.");
+const STORE_LAST_COMPACTION_BYTES_AFTER: Family =
+    gauge("store_last_compaction_bytes_after", "Size of the outbox on disk after the last compaction.");
 const STORE_PENDING_REPLIES: Family = gauge("store_pending_replies", "Command replies in the outbox waiting for their PUBACK.");
 const UPLINK_IN_FLIGHT: Family = gauge(
     "uplink_in_flight",
@@ -207,6 +217,16 @@ fn render_store(out: &mut String, s: &Snapshot) {
     STORE_SAMPLES_DROPPED.scalar(out, st.samples_dropped);
     STORE_EVENTS_DROPPED.scalar(out, st.events_dropped);
     STORE_WRITE_ERRORS.scalar(out, st.write_errors);
+    render_compaction(out, st);
+}
+
+fn render_compaction(out: &mut String, st: &crate::live::StoreView) {
+    STORE_COMPACT_ABOVE.scalar(out, st.compact_above);
+    STORE_COMPACTIONS.scalar(out, st.compactions);
+    STORE_COMPACTION_FAILURES.scalar(out, st.compaction_failures);
+    STORE_LAST_COMPACTION_MS.scalar(out, st.last_compaction_ms);
+    STORE_LAST_COMPACTION_BYTES_BEFORE.scalar(out, st.last_compaction_bytes_before);
+    STORE_LAST_COMPACTION_BYTES_AFTER.scalar(out, st.last_compaction_bytes_after);
 }
 
 fn render_uplink(out: &mut String, s: &Snapshot) {
@@ -336,6 +356,12 @@ mod tests {
             samples_dropped: 60,
             events_dropped: 0,
             write_errors: 0,
+            compact_above: 3145728,
+            compactions: 2,
+            compaction_failures: 1,
+            last_compaction_ms: 1250,
+            last_compaction_bytes_before: 3200000,
+            last_compaction_bytes_after: 1500000,
         };
         s.uplink = UplinkView {
             broker: "10.0.0.5:1883".into(),
@@ -397,6 +423,12 @@ mod tests {
             "edge_agent_store_samples_dropped_total 60",
             "edge_agent_store_events_dropped_total 0",
             "edge_agent_store_write_errors_total 0",
+            "edge_agent_store_compact_above_bytes 3145728",
+            "edge_agent_store_compactions_total 2",
+            "edge_agent_store_compaction_failures_total 1",
+            "edge_agent_store_last_compaction_pause_milliseconds 1250",
+            "edge_agent_store_last_compaction_bytes_before 3200000",
+            "edge_agent_store_last_compaction_bytes_after 1500000",
             "edge_agent_uplink_connected 1",
             "edge_agent_uplink_connects_total 4",
             "edge_agent_uplink_connection_errors_total 3",
@@ -459,7 +491,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 42 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 48 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
