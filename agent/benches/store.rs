@@ -1,8 +1,11 @@
 //! Store benchmarks: append+flush throughput, and disk use under write-then-delete churn.
 //!
 //! `cargo bench -p edge-agent --bench store` (figures go to BENCHMARKS.md with the machine).
-//! Sizes can be changed with STORE_BENCH_BATCHES (throughput) and STORE_BENCH_CHURN_MIB
-//! (total written in the churn run, default 20 × max_bytes).
+//! Sizes can be changed with STORE_BENCH_BATCHES (throughput), STORE_BENCH_CHURN_MIB
+//! (total written in the churn run, default 20 × max_bytes), STORE_BENCH_COMPACT_ABOVE_MIB
+//! (the churn run's `store.compact_above`, default 3 × max_bytes, 0 = never compact) and
+//! STORE_BENCH_PAUSE_MIB (sizes of full stores whose compaction pause is measured, default
+//! "32,512"; empty = skip).
 
 use std::path::Path;
 use std::time::Instant;
@@ -75,6 +78,8 @@ async fn churn() {
     let total_mib = env_u64("STORE_BENCH_CHURN_MIB", 20 * (max_bytes >> 20));
     let b = batch(0, SAMPLES_PER_BATCH);
     let record_bytes = edge_agent::store::record::encode(&b).expect("encode").len() as u64;
+    let compact_above = env_u64("STORE_BENCH_COMPACT_ABOVE_MIB", 3 * (max_bytes >> 20)) << 20;
+    let (mut compactions, mut max_pause, mut max_peak) = (0u64, std::time::Duration::ZERO, 0u64);
     let (mut written, mut max_disk, mut dropped) = (0u64, 0u64, 0u64);
     let mut acked_to = 0u64;
     let start = Instant::now();
@@ -91,6 +96,22 @@ async fn churn() {
             }
         }
         dropped += outbox.enforce_bounds(max_bytes, None, Utc::now()).expect("bounds").batches;
+        // What the store writer does after every write.
+        if compact_above > 0 && outbox.compaction_due(compact_above) {
+            let before_dir = dir_bytes(dir.path());
+            let c = outbox.compact().expect("compaction");
+            compactions += 1;
+            max_pause = max_pause.max(c.paused);
+            // During a compaction the old store and the full copy are both on disk.
+            max_peak = max_peak.max(before_dir + dir_bytes(dir.path()));
+            println!(
+                "compaction {compactions} at {} MiB written: {:.1} -> {:.1} MiB (sled size), store paused {} ms",
+                written >> 20,
+                c.before as f64 / (1u64 << 20) as f64,
+                c.after as f64 / (1u64 << 20) as f64,
+                c.paused.as_millis()
+            );
+        }
         written += record_bytes;
         if round % 50 == 0 {
             max_disk = max_disk.max(dir_bytes(dir.path()));
@@ -112,6 +133,12 @@ async fn churn() {
     let final_disk = dir_bytes(dir.path());
     max_disk = max_disk.max(final_disk);
     println!(
+        "churn compactions: {compactions} (compact_above = {} MiB), longest pause {} ms, disk peak during a compaction (old + copy) {:.1} MiB",
+        compact_above >> 20,
+        max_pause.as_millis(),
+        max_peak as f64 / (1u64 << 20) as f64
+    );
+    println!(
         "churn: {round} batches (~{} MiB of records) in {:.1} s with max_bytes = {} MiB: records held {} MiB, disk max {:.1} MiB, disk final {:.1} MiB ({:.2}x max_bytes), {dropped} batches evicted",
         written >> 20,
         start.elapsed().as_secs_f64(),
@@ -123,10 +150,37 @@ async fn churn() {
     );
 }
 
+/// How long a compaction pauses a store holding `mib` MiB of records (freshly written, so
+/// this is the copy of a full store, not of a churned one).
+async fn compaction_pause(mib: u64) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outbox = Outbox::open(dir.path()).expect("open");
+    let batches: Vec<StoredBatch> = (0..16).map(|d| batch(d, SAMPLES_PER_BATCH)).collect();
+    while outbox.bytes() < mib << 20 {
+        outbox.append(&batches, &[]).await.expect("append");
+    }
+    let before_dir = dir_bytes(dir.path());
+    let c = outbox.compact().expect("compaction");
+    println!(
+        "compaction pause: {} MiB of records ({} batches), sled size {:.1} -> {:.1} MiB, directory {:.1} -> {:.1} MiB: store paused {} ms",
+        outbox.bytes() >> 20,
+        outbox.pending_batches(),
+        c.before as f64 / (1u64 << 20) as f64,
+        c.after as f64 / (1u64 << 20) as f64,
+        before_dir as f64 / (1u64 << 20) as f64,
+        dir_bytes(dir.path()) as f64 / (1u64 << 20) as f64,
+        c.paused.as_millis()
+    );
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let pauses = std::env::var("STORE_BENCH_PAUSE_MIB").unwrap_or_else(|_| "32,512".into());
     rt.block_on(async {
         throughput().await;
+        for mib in pauses.split(',').filter_map(|m| m.trim().parse().ok()) {
+            compaction_pause(mib).await;
+        }
         churn().await;
     });
 }

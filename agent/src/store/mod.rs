@@ -14,6 +14,8 @@ pub mod retention;
 pub mod writer;
 
 #[cfg(test)]
+mod compaction_tests;
+#[cfg(test)]
 mod model_tests;
 
 pub use compaction::Compacted;
