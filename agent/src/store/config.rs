@@ -33,7 +33,7 @@ pub struct StoreConfig {
     pub max_age: Option<Duration>,
     /// The outbox directory is compacted (its records rewritten into a fresh sled
     /// database, pausing the store briefly) when it grows past this size on disk
-    /// (`"1.5 GiB"`) and past twice its size after the last compaction. Unset: 3 ×
+    /// (`"1.5 GiB"`) and by a quarter since the last compaction. Unset: 3 ×
     /// `max_bytes`. Must be more than `max_bytes`; a compaction needs room for a copy of
     /// the records beside the store (see BENCHMARKS.md).
     #[serde(default)]
