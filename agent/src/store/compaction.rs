@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::outbox::{Handles, Outbox, StoreError};
+use super::outbox::{is_lock_error, Handles, Outbox, StoreError, LOCK_WAIT};
 
 pub(super) const OUTBOX: &str = "outbox";
 pub(super) const COMPACTING: &str = "outbox.compacting";
@@ -152,8 +152,15 @@ impl Outbox {
         }
         let compacting = self.dir.join(COMPACTING);
         let compacted = self.dir.join(COMPACTED);
-        std::fs::rename(&compacting, &compacted).map_err(io_err(&compacting))?;
-        sync_dir(&self.dir)?;
+        if let Err(e) = std::fs::rename(&compacting, &compacted).map_err(io_err(&compacting)).and_then(|()| sync_dir(&self.dir)) {
+            // The old store is still open and current: the copy goes (or goes at the next start).
+            for path in [&compacting, &compacted] {
+                if let Err(rm) = remove_dir_if_present(path) {
+                    warn!(error = %rm, "could not remove the copy of the store; it is removed at the next start");
+                }
+            }
+            return Err(e);
+        }
         // Step 3: from here the old database is closed; any failure reopens what is there.
         *guard = None;
         let switched = self.switch_directories();
@@ -162,7 +169,7 @@ impl Outbox {
             self.reopen_locked(guard)?;
             return Err(e);
         }
-        let fresh = match Handles::open(&self.dir.join(OUTBOX)) {
+        let fresh = match open_waiting_for_lock(&self.dir.join(OUTBOX)) {
             Ok(fresh) => fresh,
             Err(e) => {
                 error!(error = %e, "the compacted store does not open; reopening the store");
@@ -170,7 +177,7 @@ impl Outbox {
                 return Err(e.into());
             }
         };
-        let after = fresh.db.size_on_disk()?;
+        let after = fresh.db.size_on_disk().unwrap_or(0);
         *guard = Some(fresh);
         if let Err(e) = remove_dir_if_present(&self.dir.join(OLD)).and_then(|()| sync_dir(&self.dir)) {
             warn!(error = %e, "could not remove the store from before the compaction; it is removed at the next start");
@@ -220,7 +227,7 @@ impl Outbox {
     /// are retried by the writer, which keeps memory bounded) and the next check retries.
     fn reopen_locked(&self, guard: &mut Option<Handles>) -> Result<(), StoreError> {
         restore_missing_outbox(&self.dir)?;
-        match Handles::open(&self.dir.join(OUTBOX)) {
+        match open_waiting_for_lock(&self.dir.join(OUTBOX)) {
             Ok(h) => {
                 *guard = Some(h);
                 remove_leftovers(&self.dir);
@@ -231,6 +238,19 @@ impl Outbox {
                 error!(error = %e, "the store cannot be reopened after a failed compaction; writes fail until it can");
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// Opens a database this process has just closed. sled's threads can keep its file (and so
+/// its lock) open for a moment after the last handle is dropped, so a lock error is retried
+/// for a while rather than taken for another instance.
+fn open_waiting_for_lock(path: &Path) -> Result<Handles, sled::Error> {
+    let started = Instant::now();
+    loop {
+        match Handles::open(path) {
+            Err(e) if is_lock_error(&e) && started.elapsed() < LOCK_WAIT => std::thread::sleep(Duration::from_millis(10)),
+            other => return other,
         }
     }
 }

@@ -25,10 +25,10 @@ const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
 const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
 
 /// How long `open` waits for a store locked by a closing instance.
-const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(10) };
+pub(super) const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(10) };
 
 /// sled reports a held file lock as an I/O error with this text (sled 0.34, `Config::open`).
-fn is_lock_error(e: &sled::Error) -> bool {
+pub(super) fn is_lock_error(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
