@@ -332,6 +332,57 @@ async fn a_deadband_suppresses_small_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_deadband_suppresses_changes_smaller_than_that_percent_of_the_eu_range() {
+    // The async-opcua server implements the percent deadband (Part 4: a percent of the
+    // node's EURange property), so this runs against the real filter, not a stand-in.
+    // Given an analog node with EURange 0..1000 and a tag with deadband_percent = 1 (10 units)
+    let (sim, data) = sim(vec![]);
+    assert!(sim.add_analog("Tank", 500.0, (0.0, 1000.0)));
+    let mut tag = ua_tag("tank", "ns=2;s=Tank");
+    tag.deadband_percent = Some(1.0);
+    let mut d = Driver::start(device(&sim.endpoint(), vec![tag]), &data);
+    d.until(Duration::from_secs(20), "the first value", |d| d.has_good("tank", &Value::Float(500.0))).await;
+
+    // When the value moves by 5 and 8 units (under 10; 8 is over 1 % of the value itself),
+    // then by 12
+    sim.set("Tank", 505.0).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.set("Tank", 508.0).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.set("Tank", 512.0).unwrap();
+    d.until(Duration::from_secs(10), "the change over 10 units", |d| d.has_good("tank", &Value::Float(512.0))).await;
+
+    // Then only the change over 1 % of the range came through, and the item is not bad
+    let seen: Vec<&Sample> = d.samples.iter().map(|(_, s)| s).filter(|s| s.tag == "tank").collect();
+    assert!(!d.has_good("tank", &Value::Float(505.0)) && !d.has_good("tank", &Value::Float(508.0)), "{seen:?}");
+    assert!(seen.iter().all(|s| s.quality.is_good()), "{seen:?}");
+    assert_eq!(d.stats.bad_items, 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_deadband_on_a_node_without_an_eu_range_is_reported_bad_with_the_servers_reason() {
+    // Given a plain node (no EURange) and a tag asking for a percent deadband on it, next to
+    // a tag without one
+    let (sim, data) = sim(vec![("Flow".into(), Variant::Double(10.0)), ("Level".into(), Variant::Double(1.0))]);
+    let mut tag = ua_tag("flow", "ns=2;s=Flow");
+    tag.deadband_percent = Some(1.0);
+    let mut d = Driver::start(device(&sim.endpoint(), vec![tag, ua_tag("level", "ns=2;s=Level")]), &data);
+
+    // Then the server refuses the filter, and the tag is reported bad with the code's name
+    // and counted, not silently left without values
+    d.until(Duration::from_secs(20), "the refusal", |d| {
+        d.last("flow").is_some_and(|s| s.quality == Quality::Bad("BadDeadbandFilterInvalid".into()))
+    })
+    .await;
+    d.until(Duration::from_secs(5), "the counter", |d| d.stats.bad_items >= 1).await;
+    // And the other tag of the subscription is not affected
+    d.until(Duration::from_secs(10), "the other tag", |d| d.has_good("level", &Value::Float(1.0))).await;
+    assert!(!d.samples.iter().any(|(_, s)| s.tag == "flow" && s.quality.is_good()), "{:?}", d.samples);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_read_back_and_a_wrong_value_is_refused_before_sending() {
     let (sim, data) = sim(vec![("Setpoint".into(), Variant::UInt16(100)), ("Mode".into(), Variant::String("auto".into()))]);
     let mut d = Driver::start(device(&sim.endpoint(), vec![ua_tag("sp", "ns=2;s=Setpoint"), ua_tag("mode", "ns=2;s=Mode")]), &data);

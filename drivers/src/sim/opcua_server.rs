@@ -19,7 +19,8 @@ use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{simple_node_manager, InMemoryNodeManager, SimpleNodeManager, SimpleNodeManagerImpl};
 use opcua::server::{ServerBuilder, ServerHandle, ServerUserToken, ANONYMOUS_USER_TOKEN_ID};
 use opcua::types::{
-    ByteString, DataTypeId, DataValue, DateTime, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, StatusCode,
+    ByteString, DataTypeId, DataValue, DateTime, ExtensionObject, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, Range,
+    StatusCode, VariableTypeId,
 };
 
 /// The server's value type, for callers without a direct dependency on async-opcua.
@@ -219,6 +220,30 @@ impl OpcuaSim {
     pub fn add(&self, name: &str, value: Variant) -> bool {
         let Some(r) = self.running.as_ref() else { return false };
         add_node(&r.manager, r.ns, name, value)
+    }
+
+    /// Adds node `name` to the running server as an analog item (type `AnalogItemType`) with
+    /// an `EURange` property `low..high`, as a PLC describes a measurement: the server needs
+    /// the range for an OPC-UA percent deadband (a percent of the range). Not kept across
+    /// [`Self::start_again`].
+    pub fn add_analog(&self, name: &str, value: f64, (low, high): (f64, f64)) -> bool {
+        let Some(r) = self.running.as_ref() else { return false };
+        let id = NodeId::new(r.ns, name.to_string());
+        let range = NodeId::new(r.ns, format!("{name}.EURange"));
+        let mut space = r.manager.address_space().write();
+        VariableBuilder::new(&id, QualifiedName::new(r.ns, name), name)
+            .data_type(DataTypeId::Double)
+            .value(value)
+            .writable()
+            .has_type_definition(VariableTypeId::AnalogItemType)
+            .organized_by(NodeId::new(r.ns, "Plant"))
+            .insert(&mut *space)
+            && VariableBuilder::new(&range, QualifiedName::new(0, "EURange"), "EURange")
+                .data_type(DataTypeId::Range)
+                .value(ExtensionObject::from_message(Range { low, high }))
+                .has_type_definition(VariableTypeId::PropertyType)
+                .property_of(id)
+                .insert(&mut *space)
     }
 
     /// The node list used on the next [`Self::start_again`].
