@@ -589,3 +589,53 @@ async fn two_devices_on_one_endpoint_never_hold_two_session_attempts_at_once() {
     assert!(accepted >= 4, "{accepted} connections");
     assert_eq!(most_open, 1, "two session attempts were open at once ({accepted} connections)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_server_drops_without_a_word_is_rebuilt_in_the_same_session() {
+    use edge_drivers::opcua::config::IdentityKind;
+    // Given a driver receiving a value, logged in as a user (the server moves subscriptions
+    // only between sessions of one user, which is how the test makes it drop one)
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcuaSim::start(SimOptions {
+        pki_dir: dir.path().join("server-pki"),
+        secure: false,
+        user: Some(("operator".into(), "s3cret".into())),
+        x509_user: None,
+        nodes: vec![("Speed".into(), Variant::Double(1.0))],
+    })
+    .unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let mut dev = device(&sim.endpoint(), vec![ua_tag("speed", "ns=2;s=Speed")]);
+    let ua = dev.opcua.as_mut().unwrap();
+    ua.identity = IdentityKind::Username;
+    ua.username = Some("operator".into());
+    ua.password_file = Some(password);
+    let mut d = Driver::start(dev, &dir);
+    d.until(Duration::from_secs(20), "the first value", |d| d.has_good("speed", &Value::Float(1.0))).await;
+    d.until(Duration::from_secs(5), "the counters", |d| d.stats.session_attempts >= 1).await;
+    let (attempts, sessions, rebuilt) = (d.stats.session_attempts, d.connected, d.stats.subscriptions_rebuilt);
+
+    // When the server drops the subscription, telling the session nothing (no status
+    // change), and the value changes meanwhile
+    let dropped = sim.drop_subscriptions().await.unwrap();
+    assert!(!dropped.is_empty(), "the server held the driver's subscription");
+    let dropped_at = Instant::now();
+    sim.set("Speed", 2.0).unwrap();
+
+    // Then the new value arrives good, through a new subscription in the same session
+    d.until(Duration::from_secs(20), "the value after the drop", |d| d.has_good("speed", &Value::Float(2.0))).await;
+    d.until(Duration::from_secs(5), "the rebuild counted", |d| d.stats.subscriptions_rebuilt > rebuilt).await;
+    assert_eq!((d.stats.session_attempts, d.connected), (attempts, sessions), "no new session: {:?}", d.disconnects);
+    assert!(d.disconnects.is_empty(), "{:?}", d.disconnects);
+    // And in between the tag was shown bad (subscription lost), never good
+    let back = d.samples.iter().position(|(_, s)| s.tag == "speed" && s.quality.is_good() && s.value == Some(Value::Float(2.0))).unwrap();
+    let gap: Vec<&Sample> = d.samples[..back].iter().filter(|(t, _)| *t >= dropped_at).map(|(_, s)| s).collect();
+    assert!(gap.iter().any(|s| matches!(&s.quality, Quality::Bad(r) if r.contains("subscription"))), "{gap:?}");
+    assert!(gap.iter().all(|s| !s.quality.is_good()), "a value was good while the subscription was gone: {gap:?}");
+
+    // And changes keep flowing on the new subscription
+    sim.set("Speed", 3.0).unwrap();
+    d.until(Duration::from_secs(10), "a change after the rebuild", |d| d.has_good("speed", &Value::Float(3.0))).await;
+    d.stop().await;
+}
