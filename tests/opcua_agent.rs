@@ -15,26 +15,9 @@ use support::{free_port, http_get, wait_for};
 use support_commands::Erp;
 
 fn config(data_dir: &std::path::Path, mqtt_port: u16, web_port: u16, endpoint: &str) -> String {
+    let base = support::agent::base_config(data_dir, mqtt_port, web_port, r#"flush_interval = "200ms""#);
     format!(
-        r#"
-[gateway]
-id = "gw-test"
-site = "test-site"
-data_dir = "{data_dir}"
-shutdown_timeout = "5s"
-
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt_port}
-keep_alive = "5s"
-start_delay_max = "0s"
-
-[store]
-flush_interval = "200ms"
-
-[web]
-listen = "127.0.0.1:{web_port}"
-
+        r#"{base}
 [[devices]]
 name = "press"
 protocol = "opcua"
@@ -57,8 +40,7 @@ node_id = "ns=2;s=Running"
 [[devices.tags]]
 name = "recipe"
 node_id = "ns=2;s=Recipe"
-"#,
-        data_dir = data_dir.display()
+"#
     )
 }
 
@@ -103,17 +85,30 @@ async fn opcua_values_reach_the_erp_and_resume_after_a_server_restart() {
         let s = wait_for(&format!("{tag} at the ERP"), Duration::from_secs(30), || samples_of(&erp, tag).into_iter().find(|s| s["q"] == "good")).await;
         assert_eq!(s["v"], value, "{tag}: {s}");
     }
-    // And a change on the server follows
-    plc.set("Speed", 1500.0).unwrap();
-    wait_for("the new speed", Duration::from_secs(10), || samples_of(&erp, "speed").into_iter().find(|s| s["v"] == json!(1500.0))).await;
+    // And a change on the server follows, with the PLC's and the server's timestamps each
+    // in its own field (here the PLC's clock runs 5 s ahead of the server's; a PLC stamp in
+    // the past would not do: the server shifts a source time older than its last sample)
+    let plc_time = chrono::Utc::now() + chrono::Duration::seconds(5);
+    plc.set_stamped("Speed", 1500.0, plc_time).unwrap();
+    let s = wait_for("the new speed", Duration::from_secs(10), || samples_of(&erp, "speed").into_iter().find(|s| s["v"] == json!(1500.0))).await;
+    let ts = |field: &str| chrono::DateTime::parse_from_rfc3339(s[field].as_str().unwrap_or_else(|| panic!("no {field}: {s}"))).unwrap();
+    assert_eq!(s["ts"], edge_agent::payload::rfc3339(plc_time), "{s}");
+    let lead = ts("ts") - ts("server_ts");
+    assert!(lead > chrono::Duration::milliseconds(4000) && lead <= chrono::Duration::seconds(5), "server_ts should be the server's time, 5 s behind the PLC's: {s}");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/telemetry.schema.json")).unwrap()).unwrap();
+    let telemetry = jsonschema::draft202012::options().build(&schema).unwrap();
+    for batch in erp.telemetry().iter().filter(|b| b["device"] == "press") {
+        assert!(telemetry.is_valid(batch), "not valid against telemetry.schema.json: {batch}");
+    }
 
     // When the server restarts (all sessions gone), then the agent reports the gap as bad
     // and resumes by itself
     plc.stop();
-    wait_for("speed bad after the server stopped", Duration::from_secs(15), || {
+    let bad = wait_for("speed bad after the server stopped", Duration::from_secs(15), || {
         samples_of(&erp, "speed").into_iter().rev().find(|s| s["q"] == "bad")
     })
     .await;
+    assert!(bad.get("server_ts").is_none(), "a bad sample the agent made up has no server time: {bad}");
     plc.nodes_mut()[0].1 = 1200.0f64.into();
     plc.start_again().unwrap();
     wait_for("speed after the restart", Duration::from_secs(30), || {

@@ -32,6 +32,7 @@ fn batch(n: u64) -> StoredBatch {
         v: Some(edge_drivers::Value::Int(n as i64)),
         q: "good".into(),
         ts: "2026-01-01T00:00:00.000Z".into(),
+        server_ts: None,
         reason: None,
     };
     StoredBatch { device: "plc1".into(), samples: vec![sample] }

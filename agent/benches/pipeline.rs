@@ -133,7 +133,7 @@ async fn produce(tx: mpsc::Sender<DeviceReport>, rate: u64, until: Instant) {
             let samples = tags
                 .iter()
                 .enumerate()
-                .map(|(i, t)| Sample { tag: t.clone(), value: Some(Value::Float(100.0 + i as f64 * 0.5)), quality: Quality::Good, source_ts: now, agent_ts: now })
+                .map(|(i, t)| Sample { tag: t.clone(), value: Some(Value::Float(100.0 + i as f64 * 0.5)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now })
                 .collect();
             if tx.send(DeviceReport { device: format!("plc{d:02}"), kind: ReportKind::Samples(samples) }).await.is_err() {
                 return;

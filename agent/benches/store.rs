@@ -18,7 +18,7 @@ fn batch(device: usize, n: usize) -> StoredBatch {
     StoredBatch {
         device: format!("plc{device}"),
         samples: (0..n)
-            .map(|i| WireSample { tag: format!("line1_tag_{i:04}"), v: Some(edge_drivers::Value::Float(1234.5 + i as f64)), q: "good".into(), ts: ts.clone(), reason: None })
+            .map(|i| WireSample { tag: format!("line1_tag_{i:04}"), v: Some(edge_drivers::Value::Float(1234.5 + i as f64)), q: "good".into(), ts: ts.clone(), server_ts: None, reason: None })
             .collect(),
     }
 }

@@ -5,7 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use edge_drivers::{Sample, Value};
 use serde::{Deserialize, Serialize};
 
-/// One sample inside a telemetry batch: `{"tag","v","q","ts"}` (+ `"reason"` when not good).
+/// One sample inside a telemetry batch: `{"tag","v","q","ts"}` (+ `"reason"` when not good,
+/// + `"server_ts"` when the protocol has one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireSample {
     pub tag: String,
@@ -15,6 +16,10 @@ pub struct WireSample {
     pub q: String,
     /// Source timestamp, RFC 3339 UTC with milliseconds.
     pub ts: String,
+    /// The server's timestamp (OPC-UA `ServerTimestamp`), same format; absent for Modbus.
+    /// Optional with a default, so records stored before it existed still decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ts: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -26,6 +31,7 @@ impl From<&Sample> for WireSample {
             v: s.value.clone(),
             q: s.quality.code().to_string(),
             ts: rfc3339(s.source_ts),
+            server_ts: s.server_ts.map(rfc3339),
             reason: s.quality.reason().map(str::to_string),
         }
     }

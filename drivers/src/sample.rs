@@ -55,6 +55,11 @@ pub struct Sample {
     pub quality: Quality,
     /// When the device says the value was taken (Modbus has no such time: the read time).
     pub source_ts: DateTime<Utc>,
+    /// When the server says it last knew the value (OPC-UA `ServerTimestamp`); `None` for
+    /// protocols without one (Modbus) and for samples the agent makes up (bad on a lost
+    /// connection). Kept apart from `source_ts` because a SCADA server relaying a PLC stamps
+    /// its own clock here, and the two disagree when either clock drifts.
+    pub server_ts: Option<DateTime<Utc>>,
     /// When the agent received it.
     pub agent_ts: DateTime<Utc>,
 }

@@ -293,7 +293,7 @@ impl Worker {
     fn publish(&self, wall: chrono::DateTime<Utc>, values: Vec<(String, f64)>) {
         let samples = values
             .into_iter()
-            .map(|(tag, v)| Sample { tag, value: Some(Value::Float(v)), quality: Quality::Good, source_ts: wall, agent_ts: wall })
+            .map(|(tag, v)| Sample { tag, value: Some(Value::Float(v)), quality: Quality::Good, source_ts: wall, server_ts: None, agent_ts: wall })
             .collect();
         let report = DeviceReport { device: ANALYTICS_DEVICE.into(), kind: ReportKind::Samples(samples) };
         if self.telemetry.try_send(report).is_err() {

@@ -443,7 +443,7 @@ tag = "pump"
         let now = Utc::now();
         live.record_samples(
             "plc",
-            &[Sample { tag: "flow".into(), value: Some(Value::Float(308.4)), quality: Quality::Good, source_ts: now, agent_ts: now }],
+            &[Sample { tag: "flow".into(), value: Some(Value::Float(308.4)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now }],
         );
         let (tx, mut rx) = mpsc::channel::<WriteRequest>(4);
         let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();

@@ -63,6 +63,7 @@ fn batch(device: u8, samples: u8) -> StoredBatch {
                 v: Some(edge_drivers::Value::Int(i64::from(i))),
                 q: "good".into(),
                 ts: crate::payload::rfc3339(Utc::now()),
+                server_ts: None,
                 reason: None,
             })
             .collect(),

@@ -51,7 +51,7 @@ mod tests {
     fn batch() -> StoredBatch {
         StoredBatch {
             device: "plc".into(),
-            samples: vec![WireSample { tag: "t".into(), v: Some(edge_drivers::Value::Int(7)), q: "good".into(), ts: "2026-01-01T00:00:00.000Z".into(), reason: None }],
+            samples: vec![WireSample { tag: "t".into(), v: Some(edge_drivers::Value::Int(7)), q: "good".into(), ts: "2026-01-01T00:00:00.000Z".into(), server_ts: None, reason: None }],
         }
     }
 
@@ -67,6 +67,16 @@ mod tests {
         let last = bytes.len() - 3;
         bytes[last] ^= 0x01;
         assert!(matches!(decode::<StoredBatch>(&bytes), Err(RecordError::Checksum { .. })));
+    }
+
+    #[test]
+    fn a_record_stored_before_server_timestamps_existed_still_decodes() {
+        // Given a batch as an agent without `server_ts` wrote it (upgrade with a backlog)
+        let json = br#"{"device":"plc","samples":[{"tag":"t","v":7,"q":"good","ts":"2026-01-01T00:00:00.000Z"}]}"#;
+        let mut bytes = crc32fast::hash(json).to_be_bytes().to_vec();
+        bytes.extend_from_slice(json);
+        // Then it decodes, without a server timestamp
+        assert_eq!(decode::<StoredBatch>(&bytes).unwrap(), batch());
     }
 
     #[test]

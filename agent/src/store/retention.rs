@@ -103,7 +103,7 @@ mod tests {
         StoredBatch {
             device: "plc".into(),
             samples: (0..n)
-                .map(|i| WireSample { tag: format!("t{i}"), v: Some(edge_drivers::Value::Int(1)), q: "good".into(), ts: ts.into(), reason: None })
+                .map(|i| WireSample { tag: format!("t{i}"), v: Some(edge_drivers::Value::Int(1)), q: "good".into(), ts: ts.into(), server_ts: None, reason: None })
                 .collect(),
         }
     }

@@ -83,6 +83,7 @@ mod tests {
             value: good.then_some(Value::Float(v)),
             quality: if good { Quality::Good } else { Quality::Bad("timeout".into()) },
             source_ts: now,
+            server_ts: None,
             agent_ts: now,
         }
     }

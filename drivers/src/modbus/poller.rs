@@ -668,10 +668,10 @@ fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: 
             Some(regs) => decode_tag(regs, tag).map(|d| (d.value, d.clamped_from)).map_err(|e| e.to_string()),
         };
         out.push((i, match decoded {
-            Ok((value, None)) => Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Good, source_ts: now, agent_ts: now },
+            Ok((value, None)) => Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now },
             Ok((value, Some(raw))) => {
                 let reason = format!("clamped: read {raw}, outside [{}, {}]", show_limit(tag.clamp_min), show_limit(tag.clamp_max));
-                Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Uncertain(reason), source_ts: now, agent_ts: now }
+                Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Uncertain(reason), source_ts: now, server_ts: None, agent_ts: now }
             }
             Err(reason) => {
                 stats.decode_errors += 1;
@@ -687,7 +687,7 @@ fn show_limit(l: Option<f64>) -> String {
 
 fn bad_sample(tag: &str, reason: &str) -> Sample {
     let now = Utc::now();
-    Sample { tag: tag.to_string(), value: None, quality: Quality::Bad(reason.to_string()), source_ts: now, agent_ts: now }
+    Sample { tag: tag.to_string(), value: None, quality: Quality::Bad(reason.to_string()), source_ts: now, server_ts: None, agent_ts: now }
 }
 
 #[cfg(test)]

@@ -17,16 +17,14 @@ use crate::config::TagConfig;
 use crate::sample::{Quality, Sample, Value};
 
 /// Turns one notification (or read result) of `tag` into a sample, received at `now`.
-/// The source timestamp is the server's `SourceTimestamp`, else its `ServerTimestamp`,
-/// else `now`.
+/// Both of the server's timestamps are kept: `server_ts` is its `ServerTimestamp`, and
+/// the source timestamp is its `SourceTimestamp`, else the `ServerTimestamp`, else `now`
+/// (a server may leave either out; OPC-UA's "no time" is the epoch or `None`).
 pub fn to_sample(tag: &TagConfig, dv: &DataValue, now: DateTime<Utc>) -> Sample {
     let status = dv.status.unwrap_or(StatusCode::Good);
-    let source_ts = dv
-        .source_timestamp
-        .or(dv.server_timestamp)
-        .map(|t| t.as_chrono())
-        .filter(|t| t.timestamp() > 0)
-        .unwrap_or(now);
+    let stamp = |t: Option<opcua::types::DateTime>| t.map(|t| t.as_chrono()).filter(|t| t.timestamp() > 0);
+    let server_ts = stamp(dv.server_timestamp);
+    let source_ts = stamp(dv.source_timestamp).or(server_ts).unwrap_or(now);
     let mut quality = quality_of(status);
     let value = match dv.value.as_ref().map(variant_value) {
         None | Some(Ok(None)) => {
@@ -47,12 +45,12 @@ pub fn to_sample(tag: &TagConfig, dv: &DataValue, now: DateTime<Utc>) -> Sample 
         Some(v) => engineering(tag, v, quality),
         None => (None, quality),
     };
-    Sample { tag: tag.name.clone(), value, quality, source_ts, agent_ts: now }
+    Sample { tag: tag.name.clone(), value, quality, source_ts, server_ts, agent_ts: now }
 }
 
 /// A bad sample for `tag` without a value (connection lost, node unknown…).
 pub fn bad_sample(tag: &TagConfig, reason: &str, now: DateTime<Utc>) -> Sample {
-    Sample { tag: tag.name.clone(), value: None, quality: Quality::Bad(reason.to_string()), source_ts: now, agent_ts: now }
+    Sample { tag: tag.name.clone(), value: None, quality: Quality::Bad(reason.to_string()), source_ts: now, server_ts: None, agent_ts: now }
 }
 
 /// Good / uncertain / bad by the code's severity, with its name.
@@ -289,16 +287,42 @@ mod tests {
         assert!(matches!(s.quality, Quality::Bad(_)));
     }
 
+    fn at(rfc3339: &str) -> UaDateTime {
+        UaDateTime::from(chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap().with_timezone(&Utc))
+    }
+
     #[test]
-    fn the_source_timestamp_is_kept_and_the_server_timestamp_stands_in_for_it() {
-        let then = UaDateTime::from(chrono::DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z").unwrap().with_timezone(&Utc));
+    fn both_the_source_and_the_server_timestamp_are_kept() {
+        // Given a value the PLC stamped at 10:00:00 and the server at 10:00:02
         let mut d = dv(1.0, StatusCode::Good);
-        d.source_timestamp = Some(then);
+        d.source_timestamp = Some(at("2024-05-01T10:00:00Z"));
+        d.server_timestamp = Some(at("2024-05-01T10:00:02Z"));
+        // Then the sample carries each in its own field
         let s = to_sample(&tag(), &d, Utc::now());
         assert_eq!(s.source_ts.to_rfc3339(), "2024-05-01T10:00:00+00:00");
+        assert_eq!(s.server_ts.map(|t| t.to_rfc3339()).as_deref(), Some("2024-05-01T10:00:02+00:00"));
+    }
+
+    #[test]
+    fn the_server_timestamp_stands_in_for_a_missing_source_timestamp() {
+        let mut d = dv(1.0, StatusCode::Good);
         d.source_timestamp = None;
-        d.server_timestamp = Some(then);
-        assert_eq!(to_sample(&tag(), &d, Utc::now()).source_ts.to_rfc3339(), "2024-05-01T10:00:00+00:00");
+        d.server_timestamp = Some(at("2024-05-01T10:00:02Z"));
+        let s = to_sample(&tag(), &d, Utc::now());
+        assert_eq!(s.source_ts.to_rfc3339(), "2024-05-01T10:00:02+00:00");
+        assert_eq!(s.server_ts.map(|t| t.to_rfc3339()).as_deref(), Some("2024-05-01T10:00:02+00:00"));
+    }
+
+    #[test]
+    fn a_server_without_timestamps_gets_the_receive_time_and_no_server_timestamp() {
+        // OPC-UA's "no time" is either absent or the epoch (DateTime::null)
+        let now = Utc::now();
+        let mut d = dv(1.0, StatusCode::Good);
+        d.source_timestamp = Some(UaDateTime::null());
+        d.server_timestamp = None;
+        let s = to_sample(&tag(), &d, now);
+        assert_eq!(s.source_ts, now);
+        assert_eq!(s.server_ts, None);
     }
 
     #[test]

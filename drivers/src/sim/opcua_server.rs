@@ -193,6 +193,21 @@ impl OpcuaSim {
         r.manager.set_value(r.handle.subscriptions(), &id, None, DataValue::new_now_status(value.into(), status))
     }
 
+    /// Sets node `name` to `value` as a PLC behind the server would: stamped at `source_ts`
+    /// by the PLC, and now by the server.
+    pub fn set_stamped(&self, name: &str, value: impl Into<Variant>, source_ts: chrono::DateTime<chrono::Utc>) -> Result<(), StatusCode> {
+        let r = self.running.as_ref().ok_or(StatusCode::BadServerHalted)?;
+        let id = NodeId::new(r.ns, name.to_string());
+        let dv = DataValue {
+            value: Some(value.into()),
+            status: Some(StatusCode::Good),
+            source_timestamp: Some(DateTime::from(source_ts)),
+            server_timestamp: Some(DateTime::now()),
+            ..Default::default()
+        };
+        r.manager.set_value(r.handle.subscriptions(), &id, None, dv)
+    }
+
     /// The current value of node `name`.
     pub fn get(&self, name: &str) -> Option<Variant> {
         let r = self.running.as_ref()?;
