@@ -1,7 +1,8 @@
 //! The OPC-UA driver against a real async-opcua server on loopback
 //! (`edge_drivers::sim::opcua_server`): values of every scalar type through a
-//! subscription, recovery after a server restart and a PLC download, the reconnect bound
-//! while the server is down, polling, deadband, writes.
+//! subscription, recovery after a server restart, a PLC download and a subscription the
+//! server drops, the reconnect bound while the server is down, polling, absolute and
+//! percent deadband, writes.
 
 use std::collections::HashMap;
 use std::time::Duration;
