@@ -32,26 +32,9 @@ fn plc_registers() -> RegisterBank {
 }
 
 fn config(data_dir: &Path, mqtt_port: u16, modbus_port: u16, writes_enabled: bool) -> String {
+    let base = support::agent::base_config(data_dir, mqtt_port, free_port(), r#"flush_interval = "100ms""#);
     format!(
-        r#"
-[gateway]
-id = "gw-test"
-site = "test-site"
-data_dir = "{data_dir}"
-shutdown_timeout = "5s"
-
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt_port}
-keep_alive = "5s"
-start_delay_max = "0s"
-
-[store]
-flush_interval = "100ms"
-
-[web]
-listen = "127.0.0.1:{web_port}"
-
+        r#"{base}
 [[devices]]
 name = "plc1"
 protocol = "modbus-tcp"
@@ -110,9 +93,7 @@ max = 100.0
 [[commands.writable]]
 device = "plc1"
 tag = "pump"
-"#,
-        data_dir = data_dir.display(),
-        web_port = free_port(),
+"#
     )
 }
 

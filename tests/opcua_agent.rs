@@ -15,26 +15,9 @@ use support::{free_port, http_get, wait_for};
 use support_commands::Erp;
 
 fn config(data_dir: &std::path::Path, mqtt_port: u16, web_port: u16, endpoint: &str) -> String {
+    let base = support::agent::base_config(data_dir, mqtt_port, web_port, r#"flush_interval = "200ms""#);
     format!(
-        r#"
-[gateway]
-id = "gw-test"
-site = "test-site"
-data_dir = "{data_dir}"
-shutdown_timeout = "5s"
-
-[mqtt]
-host = "127.0.0.1"
-port = {mqtt_port}
-keep_alive = "5s"
-start_delay_max = "0s"
-
-[store]
-flush_interval = "200ms"
-
-[web]
-listen = "127.0.0.1:{web_port}"
-
+        r#"{base}
 [[devices]]
 name = "press"
 protocol = "opcua"
@@ -57,8 +40,7 @@ node_id = "ns=2;s=Running"
 [[devices.tags]]
 name = "recipe"
 node_id = "ns=2;s=Recipe"
-"#,
-        data_dir = data_dir.display()
+"#
     )
 }
 

@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use support::agent::AgentProcess;
 use support::broker::Mosquitto;
 use support::subscriber::Subscriber;
-use support::{free_port, wait_for};
+use support::proxy::Proxy;
+use support::{free_port, loopback, wait_for};
 use support_commands::Erp;
 use support_uplink::{agent_config, api_status, counting_plc, v5_retained, Broker, Listener};
 use tokio_util::sync::CancellationToken;
@@ -170,9 +171,12 @@ async fn over_mqtt_5_a_publish_the_broker_refuses_stays_in_the_outbox_and_goes_o
         Listener { port: free_port(), settings: format!("allow_anonymous true\nacl_file {}\n", acl.display()) };
     let broker = Broker::start(&[&listener]).await;
     let erp = Subscriber::start(listener.port, "plant/#").await;
+    // (the agent reaches the broker through a proxy, so that the test decides when it
+    // reconnects: only once the ERP is subscribed to the restarted broker)
+    let proxy = Proxy::start(loopback(listener.port)).await;
     let web = free_port();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(&cfg, agent_config(&dir.path().join("data"), listener.port, plc, web, V5)).unwrap();
+    std::fs::write(&cfg, agent_config(&dir.path().join("data"), proxy.port, plc, web, V5)).unwrap();
     let agent = AgentProcess::start(&cfg, dir.path().join("agent.log"));
     wait_for("online", Duration::from_secs(60), || statuses(&erp).contains(&"online".to_string()).then_some(())).await;
 
@@ -191,6 +195,7 @@ async fn over_mqtt_5_a_publish_the_broker_refuses_stays_in_the_outbox_and_goes_o
     assert!(agent.log_text().contains("NotAuthorized"), "{}", agent.log_text());
 
     // When the broker comes back (restarted, which makes the agent reconnect) allowing it
+    proxy.cut();
     drop(broker);
     // The first subscriber goes too: a second one with the same client id would keep
     // taking the session over from it.
@@ -198,6 +203,9 @@ async fn over_mqtt_5_a_publish_the_broker_refuses_stays_in_the_outbox_and_goes_o
     std::fs::write(&acl, "topic readwrite plant/#\n").unwrap();
     let _broker = Broker::start(&[&listener]).await;
     let erp = Subscriber::start(listener.port, "plant/#").await;
+    // (regression: the agent used to reconnect before the ERP had subscribed to the new
+    // broker, which took the replayed batches for nobody; the test then waited in vain)
+    proxy.restore();
 
     // Then every batch arrives, from the first one on, without a gap
     wait_for("the refused batches, replayed", Duration::from_secs(60), || {

@@ -1,7 +1,8 @@
 //! The OPC-UA driver against a real async-opcua server on loopback
 //! (`edge_drivers::sim::opcua_server`): values of every scalar type through a
-//! subscription, recovery after a server restart and a PLC download, the reconnect bound
-//! while the server is down, polling, deadband, writes.
+//! subscription, recovery after a server restart, a PLC download and a subscription the
+//! server drops, the reconnect bound while the server is down, polling, absolute and
+//! percent deadband, writes.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -332,6 +333,57 @@ async fn a_deadband_suppresses_small_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_deadband_suppresses_changes_smaller_than_that_percent_of_the_eu_range() {
+    // The async-opcua server implements the percent deadband (Part 4: a percent of the
+    // node's EURange property), so this runs against the real filter, not a stand-in.
+    // Given an analog node with EURange 0..1000 and a tag with deadband_percent = 1 (10 units)
+    let (sim, data) = sim(vec![]);
+    assert!(sim.add_analog("Tank", 500.0, (0.0, 1000.0)));
+    let mut tag = ua_tag("tank", "ns=2;s=Tank");
+    tag.deadband_percent = Some(1.0);
+    let mut d = Driver::start(device(&sim.endpoint(), vec![tag]), &data);
+    d.until(Duration::from_secs(20), "the first value", |d| d.has_good("tank", &Value::Float(500.0))).await;
+
+    // When the value moves by 5 and 8 units (under 10; 8 is over 1 % of the value itself),
+    // then by 12
+    sim.set("Tank", 505.0).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.set("Tank", 508.0).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sim.set("Tank", 512.0).unwrap();
+    d.until(Duration::from_secs(10), "the change over 10 units", |d| d.has_good("tank", &Value::Float(512.0))).await;
+
+    // Then only the change over 1 % of the range came through, and the item is not bad
+    let seen: Vec<&Sample> = d.samples.iter().map(|(_, s)| s).filter(|s| s.tag == "tank").collect();
+    assert!(!d.has_good("tank", &Value::Float(505.0)) && !d.has_good("tank", &Value::Float(508.0)), "{seen:?}");
+    assert!(seen.iter().all(|s| s.quality.is_good()), "{seen:?}");
+    assert_eq!(d.stats.bad_items, 0);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_deadband_on_a_node_without_an_eu_range_is_reported_bad_with_the_servers_reason() {
+    // Given a plain node (no EURange) and a tag asking for a percent deadband on it, next to
+    // a tag without one
+    let (sim, data) = sim(vec![("Flow".into(), Variant::Double(10.0)), ("Level".into(), Variant::Double(1.0))]);
+    let mut tag = ua_tag("flow", "ns=2;s=Flow");
+    tag.deadband_percent = Some(1.0);
+    let mut d = Driver::start(device(&sim.endpoint(), vec![tag, ua_tag("level", "ns=2;s=Level")]), &data);
+
+    // Then the server refuses the filter, and the tag is reported bad with the code's name
+    // and counted, not silently left without values
+    d.until(Duration::from_secs(20), "the refusal", |d| {
+        d.last("flow").is_some_and(|s| s.quality == Quality::Bad("BadDeadbandFilterInvalid".into()))
+    })
+    .await;
+    d.until(Duration::from_secs(5), "the counter", |d| d.stats.bad_items >= 1).await;
+    // And the other tag of the subscription is not affected
+    d.until(Duration::from_secs(10), "the other tag", |d| d.has_good("level", &Value::Float(1.0))).await;
+    assert!(!d.samples.iter().any(|(_, s)| s.tag == "flow" && s.quality.is_good()), "{:?}", d.samples);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_is_read_back_and_a_wrong_value_is_refused_before_sending() {
     let (sim, data) = sim(vec![("Setpoint".into(), Variant::UInt16(100)), ("Mode".into(), Variant::String("auto".into()))]);
     let mut d = Driver::start(device(&sim.endpoint(), vec![ua_tag("sp", "ns=2;s=Setpoint"), ua_tag("mode", "ns=2;s=Mode")]), &data);
@@ -537,4 +589,54 @@ async fn two_devices_on_one_endpoint_never_hold_two_session_attempts_at_once() {
     assert!(attempts_a >= 2 && attempts_b >= 2, "both devices tried: {attempts_a}, {attempts_b}");
     assert!(accepted >= 4, "{accepted} connections");
     assert_eq!(most_open, 1, "two session attempts were open at once ({accepted} connections)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_the_server_drops_without_a_word_is_rebuilt_in_the_same_session() {
+    use edge_drivers::opcua::config::IdentityKind;
+    // Given a driver receiving a value, logged in as a user (the server moves subscriptions
+    // only between sessions of one user, which is how the test makes it drop one)
+    let dir = tempfile::tempdir().unwrap();
+    let sim = OpcuaSim::start(SimOptions {
+        pki_dir: dir.path().join("server-pki"),
+        secure: false,
+        user: Some(("operator".into(), "s3cret".into())),
+        x509_user: None,
+        nodes: vec![("Speed".into(), Variant::Double(1.0))],
+    })
+    .unwrap();
+    let password = dir.path().join("password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let mut dev = device(&sim.endpoint(), vec![ua_tag("speed", "ns=2;s=Speed")]);
+    let ua = dev.opcua.as_mut().unwrap();
+    ua.identity = IdentityKind::Username;
+    ua.username = Some("operator".into());
+    ua.password_file = Some(password);
+    let mut d = Driver::start(dev, &dir);
+    d.until(Duration::from_secs(20), "the first value", |d| d.has_good("speed", &Value::Float(1.0))).await;
+    d.until(Duration::from_secs(5), "the counters", |d| d.stats.session_attempts >= 1).await;
+    let (attempts, sessions, rebuilt) = (d.stats.session_attempts, d.connected, d.stats.subscriptions_rebuilt);
+
+    // When the server drops the subscription, telling the session nothing (no status
+    // change), and the value changes meanwhile
+    let dropped = sim.drop_subscriptions().await.unwrap();
+    assert!(!dropped.is_empty(), "the server held the driver's subscription");
+    let dropped_at = Instant::now();
+    sim.set("Speed", 2.0).unwrap();
+
+    // Then the new value arrives good, through a new subscription in the same session
+    d.until(Duration::from_secs(20), "the value after the drop", |d| d.has_good("speed", &Value::Float(2.0))).await;
+    d.until(Duration::from_secs(5), "the rebuild counted", |d| d.stats.subscriptions_rebuilt > rebuilt).await;
+    assert_eq!((d.stats.session_attempts, d.connected), (attempts, sessions), "no new session: {:?}", d.disconnects);
+    assert!(d.disconnects.is_empty(), "{:?}", d.disconnects);
+    // And in between the tag was shown bad (subscription lost), never good
+    let back = d.samples.iter().position(|(_, s)| s.tag == "speed" && s.quality.is_good() && s.value == Some(Value::Float(2.0))).unwrap();
+    let gap: Vec<&Sample> = d.samples[..back].iter().filter(|(t, _)| *t >= dropped_at).map(|(_, s)| s).collect();
+    assert!(gap.iter().any(|s| matches!(&s.quality, Quality::Bad(r) if r.contains("subscription"))), "{gap:?}");
+    assert!(gap.iter().all(|s| !s.quality.is_good()), "a value was good while the subscription was gone: {gap:?}");
+
+    // And changes keep flowing on the new subscription
+    sim.set("Speed", 3.0).unwrap();
+    d.until(Duration::from_secs(10), "a change after the rebuild", |d| d.has_good("speed", &Value::Float(3.0))).await;
+    d.stop().await;
 }

@@ -58,7 +58,7 @@ pub enum CsvError {
     Ragged { path: PathBuf, line: usize, found: usize, expected: usize },
 }
 
-fn split<'a>(line: &'a str, sep: Separator) -> Vec<&'a str> {
+fn split(line: &str, sep: Separator) -> Vec<&str> {
     match sep {
         Separator::Whitespace | Separator::Auto => line.split_whitespace().collect(),
         Separator::Char(c) => line.split(c).map(|f| f.trim().trim_matches('"')).collect(),

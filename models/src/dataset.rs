@@ -29,8 +29,10 @@ impl Dataset {
     }
 
     /// Row ranges of the groups, in order of appearance (one range if there is no group).
+    #[allow(clippy::single_range_in_vec_init)]
     pub fn group_ranges(&self) -> Vec<Range<usize>> {
         let Some(groups) = &self.groups else {
+            // One range holding every row (not the rows as a list).
             return if self.rows.is_empty() { vec![] } else { vec![0..self.rows.len()] };
         };
         let mut out = Vec::new();

@@ -9,14 +9,10 @@ pub struct AgentProcess {
     pub log: PathBuf,
 }
 
-/// A config for one Modbus device at `modbus_port`, publishing to `mqtt_port`.
-/// `tags` is the TOML of the `[[devices.tags]]` entries.
-pub fn config(data_dir: &Path, mqtt_port: u16, modbus_port: u16, web_port: u16, tags: &str) -> String {
-    config_with(data_dir, mqtt_port, modbus_port, web_port, "", tags)
-}
-
-/// Like [`config`], with extra `[store]` keys (`store_extra`, TOML lines).
-pub fn config_with(data_dir: &Path, mqtt_port: u16, modbus_port: u16, web_port: u16, store_extra: &str, tags: &str) -> String {
+/// The sections every test agent shares, without devices: `[gateway]` (id `gw-test`, site
+/// `test-site`), `[mqtt]` at `mqtt_port` with no start delay, `[store]` with the TOML lines
+/// `store`, and `[web]` at `web_port`. Append the devices (and anything else) to it.
+pub fn base_config(data_dir: &Path, mqtt_port: u16, web_port: u16, store: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -33,12 +29,26 @@ max_inflight = 16
 start_delay_max = "0s"
 
 [store]
-flush_interval = "200ms"
-{store_extra}
+{store}
 
 [web]
 listen = "127.0.0.1:{web_port}"
+"#,
+        data_dir = data_dir.display()
+    )
+}
 
+/// A config for one Modbus device at `modbus_port`, publishing to `mqtt_port`.
+/// `tags` is the TOML of the `[[devices.tags]]` entries.
+pub fn config(data_dir: &Path, mqtt_port: u16, modbus_port: u16, web_port: u16, tags: &str) -> String {
+    config_with(data_dir, mqtt_port, modbus_port, web_port, "", tags)
+}
+
+/// Like [`config`], with extra `[store]` keys (`store_extra`, TOML lines).
+pub fn config_with(data_dir: &Path, mqtt_port: u16, modbus_port: u16, web_port: u16, store_extra: &str, tags: &str) -> String {
+    let base = base_config(data_dir, mqtt_port, web_port, &format!("flush_interval = \"200ms\"\n{store_extra}"));
+    format!(
+        r#"{base}
 [[devices]]
 name = "plc1"
 protocol = "modbus-tcp"
@@ -46,8 +56,7 @@ address = "127.0.0.1:{modbus_port}"
 poll_interval = "100ms"
 timeout = "500ms"
 {tags}
-"#,
-        data_dir = data_dir.display()
+"#
     )
 }
 

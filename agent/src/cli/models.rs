@@ -282,7 +282,7 @@ fn print_confusion(label: &str, c: &Confusion) {
 }
 
 fn eval_anomaly(files: &[PathBuf], opts: &CsvOptions, model: Option<&Path>, train_rows: usize, train_opts: &TrainOptions, alarm: AlarmOptions) -> Result<()> {
-    let fixed = model.map(|m| Model::load(m)).transpose()?;
+    let fixed = model.map(Model::load).transpose()?;
     let (mut raw, mut filtered) = (Confusion::default(), Confusion::default());
     let started = Instant::now();
     for f in files {

@@ -8,7 +8,10 @@
 //! browse paths resolved again. Items the server refuses (`BadNodeIdUnknown` after a PLC
 //! download, a browse path that does not resolve yet) are reported bad and retried
 //! every `reconnect_min`–`reconnect_max` until the node is back. A subscription the
-//! server drops (status change `BadTimeout`) is created again in the same session.
+//! server drops is created again in the same session, its tags reported bad meanwhile:
+//! whether the server says so (status change `BadTimeout`, `GoodSubscriptionTransferred`)
+//! or says nothing (no data and no keep-alive for two keep-alive periods and a second;
+//! [`subscription::Heartbeat`]).
 //! Notifications of an older session are discarded, never reported. Notifications that
 //! find the driver's queue full ([`subscription::EVENT_QUEUE`]) are dropped and counted.
 
@@ -28,7 +31,7 @@ use tracing::{info, warn};
 use super::config::OpcuaConfig;
 use super::reconnect::Reconnect;
 use super::session::{build_client, connect, endpoint_gate, identity, Connected};
-use super::subscription::{self, Event, Group};
+use super::subscription::{self, Event, Group, Heartbeat};
 use super::value::{bad_sample, to_sample, to_variant};
 use crate::config::DeviceConfig;
 use crate::modbus::write::{WriteError, WriteInbox, WriteRequest};
@@ -212,6 +215,11 @@ struct SessionState<'a> {
     groups: Vec<Group>,
     /// Subscription id of each group (`None` for polled groups or while missing).
     subs: Vec<Option<u32>>,
+    /// Each subscription's heartbeat and the silence that means the server dropped it.
+    watch: Vec<Option<(Heartbeat, Duration)>>,
+    /// Subscriptions lost: deleted (on the server, if it still knows them, and in the
+    /// library's state) before their groups are subscribed again.
+    forget: Vec<u32>,
     /// Whether each group's subscription was created once in this session.
     created: Vec<bool>,
     /// Whether this session replaces a lost one (its subscriptions are rebuilt ones).
@@ -246,6 +254,8 @@ async fn run_session(
         session: session.clone(),
         groups: subscription::plan(device, ua),
         subs: Vec::new(),
+        watch: Vec::new(),
+        forget: Vec::new(),
         created: Vec::new(),
         rebuild,
         items: vec![ItemState::default(); device.tags.len()],
@@ -255,6 +265,7 @@ async fn run_session(
         generation,
     };
     st.subs = vec![None; st.groups.len()];
+    st.watch = vec![None; st.groups.len()];
     st.created = vec![false; st.groups.len()];
     let deadline = Instant::now() + ua.connect_timeout;
     let setup = tokio::select! {
@@ -290,6 +301,9 @@ async fn run_session(
             Some(status) = rx.status.recv() => {
                 let mut batch = Vec::new();
                 st.handle(status, &mut batch, out);
+                if !batch.is_empty() && !out.send(ReportKind::Samples(batch)).await {
+                    return stop(session).await;
+                }
             }
             Some(first) = rx.data.recv() => {
                 let mut batch = Vec::new();
@@ -322,6 +336,11 @@ async fn run_session(
                     }
                     out.flush_stats().await;
                     next_stats = now + Duration::from_secs(1);
+                    let mut batch = Vec::new();
+                    st.check_heartbeats(&mut batch);
+                    if !batch.is_empty() && !out.send(ReportKind::Samples(batch)).await {
+                        return stop(session).await;
+                    }
                 }
                 let due: Vec<usize> = st.groups.iter().zip(&poll_due).enumerate().filter(|(_, (g, d))| g.poll && **d <= now).map(|(i, _)| i).collect();
                 for g in due {
@@ -371,9 +390,11 @@ impl SessionState<'_> {
     }
 
     async fn create_group_subscription(&mut self, g: usize, out: &mut Reporter) -> Result<(), String> {
-        let id = subscription::create_subscription(&self.session, g, &self.groups[g], self.ua, &self.events, self.generation)
+        let created = subscription::create_subscription(&self.session, g, &self.groups[g], self.ua, &self.events, self.generation)
             .await
             .map_err(|s| format!("CreateSubscription refused: {s}"))?;
+        let id = created.id;
+        self.watch[g] = Some((created.heartbeat, created.silence_limit));
         // Rebuilt: after a reconnect, or again in this session after the server dropped it.
         if self.rebuild || self.created[g] {
             out.stats.subscriptions_rebuilt += 1;
@@ -385,6 +406,12 @@ impl SessionState<'_> {
 
     /// Resolves and (re)creates the items waiting in `retry`; those still refused stay.
     async fn rebuild_items(&mut self, out: &mut Reporter) -> Result<(), String> {
+        if !self.forget.is_empty() {
+            // Mostly answered BadSubscriptionIdInvalid (the server no longer has them); what
+            // matters is that the library stops tracking them.
+            let forget = std::mem::take(&mut self.forget);
+            let _ = timeout(self.device.timeout, self.session.delete_subscriptions(&forget)).await;
+        }
         let pending: Vec<usize> = std::mem::take(&mut self.retry).into_iter().collect();
         let mut bad = Vec::new();
         for (i, node) in subscription::resolve(&self.session, self.device, &pending).await {
@@ -478,17 +505,46 @@ impl SessionState<'_> {
                 }
                 batch.push(to_sample(&self.device.tags[i], &value, Utc::now()));
             }
-            Event::Status { group, status } => {
-                if !status.is_good() && group < self.subs.len() {
-                    // The server dropped the subscription: create it and its items again.
+            Event::Status { group, status, from } => {
+                // Every status change the server sends (BadTimeout, GoodSubscriptionTransferred)
+                // means the subscription is no longer this session's.
+                let current = self.watch.get(group).and_then(Option::as_ref).is_some_and(|(h, _)| h.same_as(&from));
+                if current && self.subs[group].is_some() {
                     warn!(device = %self.device.name, %status, "OPC-UA subscription lost; creating it again");
-                    self.subs[group] = None;
-                    for &i in &self.groups[group].tags {
-                        self.items[i].monitored = None;
-                        self.retry.insert(i);
-                    }
+                    self.subscription_lost(group, &format!("subscription lost: the server ended it ({status})"), batch);
                 }
             }
+        }
+    }
+
+    /// Groups whose subscription has been silent too long: the server dropped it without a
+    /// word. Their tags are reported bad into `batch` and the subscriptions made again.
+    fn check_heartbeats(&mut self, batch: &mut Vec<Sample>) {
+        for g in 0..self.groups.len() {
+            let Some((heartbeat, limit)) = &self.watch[g] else { continue };
+            let silence = heartbeat.silence();
+            if self.subs[g].is_some() && silence > *limit {
+                warn!(device = %self.device.name, silence = ?silence, "OPC-UA subscription silent (no data, no keep-alive): the server dropped it; creating it again");
+                let reason = format!("subscription lost: no data and no keep-alive from the server for {:.1} s", silence.as_secs_f64());
+                self.subscription_lost(g, &reason, batch);
+            }
+        }
+    }
+
+    /// Group `g`'s subscription is gone: its tags are reported bad (no value from before
+    /// stands as good) and wait in `retry` for a new subscription.
+    fn subscription_lost(&mut self, g: usize, reason: &str, batch: &mut Vec<Sample>) {
+        if let Some(id) = self.subs[g].take() {
+            self.forget.push(id);
+        }
+        self.watch[g] = None;
+        let now = Utc::now();
+        for &i in &self.groups[g].tags {
+            self.items[i].monitored = None;
+            self.retry.insert(i);
+            // A tag that was bad for its own reason is reported again if that persists.
+            self.reported_bad.remove(&i);
+            batch.push(bad_sample(&self.device.tags[i], reason, now));
         }
     }
 }

@@ -10,10 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opcua::client::{MonitoredItem, Session, SubscriptionCallbacks};
+use opcua::client::{MonitoredItemMap, OnSubscriptionNotificationCore, Session};
 use opcua::types::{
-    AttributeId, BrowsePath, DataChangeFilter, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject, MonitoredItemCreateRequest,
-    MonitoringMode, MonitoringParameters, NodeId, ObjectId, ReadValueId, StatusCode, TimestampsToReturn,
+    AttributeId, BrowsePath, DataChangeFilter, DataChangeNotification, DataChangeTrigger, DataValue, DeadbandType, ExtensionObject,
+    MonitoredItemCreateRequest, MonitoringMode, MonitoringParameters, NodeId, NotificationMessage, ObjectId, ReadValueId,
+    StatusChangeNotification, StatusCode, TimestampsToReturn,
 };
 use tokio::sync::mpsc;
 
@@ -30,8 +31,11 @@ pub const MAX_NOTIFICATIONS_PER_PUBLISH: u32 = 1000;
 pub enum Event {
     /// A data change of the item whose client handle is `handle` (tag index + 1).
     Data { handle: u32, value: DataValue },
-    /// A subscription's status changed (e.g. `BadTimeout`: the server dropped it).
-    Status { group: usize, status: StatusCode },
+    /// A subscription's status changed: `BadTimeout` (the server dropped it) or
+    /// `GoodSubscriptionTransferred` (another session took it over); either way it is gone.
+    /// `from`: the heartbeat of the subscription it is about (a late word about an older
+    /// subscription of the group must not end the new one).
+    Status { group: usize, status: StatusCode, from: Heartbeat },
 }
 
 /// Data changes the driver may hold before it drops new ones (counted): about a second
@@ -144,8 +148,78 @@ pub async fn resolve(session: &Session, device: &DeviceConfig, tags: &[usize]) -
     out
 }
 
+/// When a subscription last heard from the server: any Publish response for it counts
+/// (data, keep-alive, status change). A server sends at least a keep-alive every
+/// keep-alive period; a longer silence means it dropped the subscription without a word
+/// (async-opcua's client then simply stops: no status change reaches the callbacks).
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    base: std::time::Instant,
+    heard_ms: Arc<AtomicU64>,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self { base: std::time::Instant::now(), heard_ms: Arc::default() }
+    }
+
+    fn beat(&self) {
+        self.heard_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Whether `self` and `other` watch the same subscription.
+    pub fn same_as(&self, other: &Heartbeat) -> bool {
+        Arc::ptr_eq(&self.heard_ms, &other.heard_ms)
+    }
+
+    /// How long since the server last said anything about the subscription (or since it
+    /// was created).
+    pub fn silence(&self) -> Duration {
+        self.base.elapsed().saturating_sub(Duration::from_millis(self.heard_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A subscription the server created.
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    pub id: u32,
+    pub heartbeat: Heartbeat,
+    /// The silence after which the subscription counts as dropped: two keep-alive
+    /// periods (as the server revised them) and a second.
+    pub silence_limit: Duration,
+}
+
+/// Forwards what the server sends for one subscription to the driver task. Unlike the
+/// library's `SubscriptionCallbacks` it also sees keep-alives (for the [`Heartbeat`]).
+struct Forward {
+    group: usize,
+    generation: u64,
+    events: Events,
+    heartbeat: Heartbeat,
+}
+
+impl OnSubscriptionNotificationCore for Forward {
+    fn on_subscription_notification(&mut self, message: NotificationMessage, _items: MonitoredItemMap<'_>) {
+        self.heartbeat.beat();
+        for body in message.notification_data.into_iter().flatten() {
+            if body.inner_as::<DataChangeNotification>().is_some() {
+                let Some(changes) = body.into_inner_as::<DataChangeNotification>() else { continue };
+                for n in changes.monitored_items.into_iter().flatten() {
+                    let event = Event::Data { handle: n.client_handle, value: n.value };
+                    if let Err(mpsc::error::TrySendError::Full(_)) = self.events.data.try_send((self.generation, event)) {
+                        self.events.dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            } else if let Some(change) = body.inner_as::<StatusChangeNotification>() {
+                let event = Event::Status { group: self.group, status: change.status, from: self.heartbeat.clone() };
+                let _ = self.events.status.send((self.generation, event));
+            }
+        }
+    }
+}
+
 /// Creates the subscription of group `group_index`, forwarding its notifications to
-/// `events` tagged with `generation`. Returns the subscription id.
+/// `events` tagged with `generation`.
 pub async fn create_subscription(
     session: &Session,
     group_index: usize,
@@ -153,29 +227,31 @@ pub async fn create_subscription(
     ua: &OpcuaConfig,
     events: &Events,
     generation: u64,
-) -> Result<u32, StatusCode> {
-    let (data_tx, status_tx, dropped) = (events.data.clone(), events.status.clone(), events.dropped.clone());
-    let callbacks = SubscriptionCallbacks::new(
-        move |n| {
-            let _ = status_tx.send((generation, Event::Status { group: group_index, status: n.status }));
-        },
-        move |value: DataValue, item: &MonitoredItem| {
-            if let Err(mpsc::error::TrySendError::Full(_)) = data_tx.try_send((generation, Event::Data { handle: item.client_handle(), value })) {
-                dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        },
-        |_, _| {},
-    );
-    // Keep-alive every ~10 intervals (at least 5 s), lifetime 3 keep-alives or the session
-    // timeout, whichever is longer: the server keeps the subscription through short gaps.
+) -> Result<Subscribed, StatusCode> {
+    let heartbeat = Heartbeat::new();
+    let forward = Forward { group: group_index, generation, events: events.clone(), heartbeat: heartbeat.clone() };
+    // Keep-alive every ~second (at least 3 intervals), lifetime 3 keep-alives or the session
+    // timeout, whichever is longer: the server keeps the subscription through short gaps,
+    // and a subscription it dropped silently is noticed within seconds.
     let interval_ms = group.interval.as_millis().max(1) as u64;
-    let keep_alive = (5_000 / interval_ms).clamp(3, 1000) as u32;
+    let keep_alive = (KEEP_ALIVE_TARGET_MS / interval_ms).clamp(3, 1000) as u32;
     let lifetime = ((ua.session_timeout.as_millis() as u64 / interval_ms) as u32).max(keep_alive * 3);
-    session
-        .create_subscription(group.interval, lifetime, keep_alive, MAX_NOTIFICATIONS_PER_PUBLISH, 0, true, callbacks)
+    let id = session
+        .create_subscription(group.interval, lifetime, keep_alive, MAX_NOTIFICATIONS_PER_PUBLISH, 0, true, forward)
         .await
-        .map_err(|e| e.status())
+        .map_err(|e| e.status())?;
+    // The server may revise the interval and the keep-alive count: watch what it chose.
+    let (interval, keep_alive) = session
+        .subscription_state()
+        .lock()
+        .get(id)
+        .map_or((group.interval, keep_alive), |s| (s.publishing_interval(), s.max_keep_alive_count()));
+    let period = interval.saturating_mul(keep_alive.max(1));
+    Ok(Subscribed { id, heartbeat, silence_limit: period.saturating_mul(2) + Duration::from_secs(1) })
 }
+
+/// The keep-alive period the driver asks for, in milliseconds.
+const KEEP_ALIVE_TARGET_MS: u64 = 1_000;
 
 /// The create request of one tag's monitored item.
 pub fn item_request(index: usize, tag: &TagConfig, node: NodeId, group: &Group, ua: &OpcuaConfig) -> MonitoredItemCreateRequest {

@@ -19,7 +19,8 @@ use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{simple_node_manager, InMemoryNodeManager, SimpleNodeManager, SimpleNodeManagerImpl};
 use opcua::server::{ServerBuilder, ServerHandle, ServerUserToken, ANONYMOUS_USER_TOKEN_ID};
 use opcua::types::{
-    ByteString, DataTypeId, DataValue, DateTime, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, StatusCode,
+    ByteString, DataTypeId, DataValue, DateTime, ExtensionObject, Guid, LocalizedText, MessageSecurityMode, NodeId, QualifiedName, Range,
+    StatusCode, VariableTypeId,
 };
 
 /// The server's value type, for callers without a direct dependency on async-opcua.
@@ -234,6 +235,75 @@ impl OpcuaSim {
     pub fn add(&self, name: &str, value: Variant) -> bool {
         let Some(r) = self.running.as_ref() else { return false };
         add_node(&r.manager, r.ns, name, value)
+    }
+
+    /// Adds node `name` to the running server as an analog item (type `AnalogItemType`) with
+    /// an `EURange` property `low..high`, as a PLC describes a measurement: the server needs
+    /// the range for an OPC-UA percent deadband (a percent of the range). Not kept across
+    /// [`Self::start_again`].
+    pub fn add_analog(&self, name: &str, value: f64, (low, high): (f64, f64)) -> bool {
+        let Some(r) = self.running.as_ref() else { return false };
+        let id = NodeId::new(r.ns, name.to_string());
+        let range = NodeId::new(r.ns, format!("{name}.EURange"));
+        let mut space = r.manager.address_space().write();
+        VariableBuilder::new(&id, QualifiedName::new(r.ns, name), name)
+            .data_type(DataTypeId::Double)
+            .value(value)
+            .writable()
+            .has_type_definition(VariableTypeId::AnalogItemType)
+            .organized_by(NodeId::new(r.ns, "Plant"))
+            .insert(&mut *space)
+            && VariableBuilder::new(&range, QualifiedName::new(0, "EURange"), "EURange")
+                .data_type(DataTypeId::Range)
+                .value(ExtensionObject::from_message(Range { low, high }))
+                .has_type_definition(VariableTypeId::PropertyType)
+                .property_of(id)
+                .insert(&mut *space)
+    }
+
+    /// Makes the server drop every subscription it holds while the sessions that own them
+    /// stay up, and says nothing to those sessions: a second session of `options.user`
+    /// takes the subscriptions over (TransferSubscriptions; async-opcua's server sends the
+    /// old session no `GoodSubscriptionTransferred`) and deletes them. An owner's Publish
+    /// requests then get `BadNoSubscription`, or nothing for that subscription. Returns the
+    /// ids dropped. Needs `options.user` (the server moves subscriptions only between
+    /// sessions of the same user), and the owners must have logged in as that user.
+    pub async fn drop_subscriptions(&self) -> Result<Vec<u32>, String> {
+        use opcua::client::{ClientBuilder, IdentityToken};
+        let r = self.running.as_ref().ok_or("the server is not running")?;
+        let (user, pass) = self.options.user.clone().ok_or("drop_subscriptions needs SimOptions::user")?;
+        // Subscription ids count up from 1 on each server start; this takes one more.
+        let ids: Vec<u32> = (1..r.handle.info().subscription_id_handle.next()).collect();
+        let mut client = ClientBuilder::new()
+            .application_name("edge-agent sim subscription dropper")
+            .application_uri("urn:edge-agent:sim-dropper")
+            .pki_dir(self.options.pki_dir.join("dropper"))
+            .create_sample_keypair(false)
+            .trust_server_certs(true)
+            .session_retry_limit(0)
+            .client()
+            .map_err(|e| e.join("; "))?;
+        let url = self.endpoint();
+        let endpoint = (url.as_str(), SecurityPolicy::None.to_uri(), MessageSecurityMode::None);
+        let work = async {
+            let (session, event_loop) = client
+                .connect_to_matching_endpoint(endpoint, IdentityToken::new_user_name(user, pass))
+                .await
+                .map_err(|e| e.to_string())?;
+            let events = event_loop.spawn();
+            if !session.wait_for_connection().await {
+                return Err("the dropper's session did not come up".to_string());
+            }
+            let results = session.transfer_subscriptions(&ids, false).await.map_err(|e| e.to_string())?;
+            let moved: Vec<u32> = ids.iter().zip(&results).filter(|(_, r)| r.status_code.is_good()).map(|(id, _)| *id).collect();
+            if !moved.is_empty() {
+                session.delete_subscriptions(&moved).await.map_err(|e| e.to_string())?;
+            }
+            let _ = session.disconnect().await;
+            events.abort();
+            Ok(moved)
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), work).await.map_err(|_| "dropping subscriptions timed out".to_string())?
     }
 
     /// The node list used on the next [`Self::start_again`].

@@ -23,6 +23,8 @@ pub struct Ridge {
 }
 
 /// Lagged feature vector of the window ending at `end`: for each input, each lag.
+// `i` is a column, read from several rows (one per lag): an iterator over one row would not do.
+#[allow(clippy::needless_range_loop)]
 fn features(z: &[Vec<f32>], end: usize, lags: &[usize], out: &mut Vec<f32>) {
     let d = z[end].len();
     for i in 0..d {
