@@ -3,7 +3,8 @@
 //! `cargo bench -p edge-agent --bench store` (figures go to BENCHMARKS.md with the machine).
 //! Sizes can be changed with STORE_BENCH_BATCHES (throughput), STORE_BENCH_CHURN_MIB
 //! (total written in the churn run, default 20 × max_bytes), STORE_BENCH_COMPACT_ABOVE_MIB
-//! (the churn run's `store.compact_above`, default 3 × max_bytes, 0 = never compact) and
+//! (the churn run's `store.compact_above`, default 2 × max_bytes as in the agent, 0 = never
+//! compact) and
 //! STORE_BENCH_PAUSE_MIB (sizes of full stores whose compaction pause is measured, default
 //! "32,512"; empty = skip).
 
@@ -78,7 +79,7 @@ async fn churn() {
     let total_mib = env_u64("STORE_BENCH_CHURN_MIB", 20 * (max_bytes >> 20));
     let b = batch(0, SAMPLES_PER_BATCH);
     let record_bytes = edge_agent::store::record::encode(&b).expect("encode").len() as u64;
-    let compact_above = env_u64("STORE_BENCH_COMPACT_ABOVE_MIB", 3 * (max_bytes >> 20)) << 20;
+    let compact_above = env_u64("STORE_BENCH_COMPACT_ABOVE_MIB", 2 * (max_bytes >> 20)) << 20;
     let (mut compactions, mut max_pause, mut max_peak) = (0u64, std::time::Duration::ZERO, 0u64);
     let (mut written, mut max_disk, mut dropped) = (0u64, 0u64, 0u64);
     let mut acked_to = 0u64;
