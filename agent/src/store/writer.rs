@@ -273,3 +273,39 @@ impl Writer {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytesize::ByteSize;
+    use edge_drivers::{Quality, Sample, Value};
+
+    use super::*;
+    use crate::live::GatewayView;
+
+    #[tokio::test]
+    async fn the_writer_compacts_the_store_once_it_is_past_compact_above_and_shows_it_on_the_page() {
+        // Given a writer whose store is to be compacted above 128 KiB
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let config = StoreConfig { max_bytes: ByteSize::kib(64), compact_above: Some(ByteSize::kib(128)), ..StoreConfig::default() };
+        let live = Live::new(GatewayView::default(), &[]);
+        let writer = Writer { outbox: outbox.clone(), gateway: "gw".into(), config, live: live.clone(), stored: Arc::default() };
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(writer.run(rx));
+        // When three batches' worth of samples (about 240 KB of records) are written
+        let now = Utc::now();
+        let samples: Vec<Sample> = (0..3000)
+            .map(|i| Sample { tag: format!("t{i}"), value: Some(Value::Int(i)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now })
+            .collect();
+        tx.send(DeviceReport { device: "plc".into(), kind: ReportKind::Samples(samples) }).await.unwrap();
+        drop(tx);
+        task.await.unwrap();
+        // Then the store was compacted, keeping what eviction left, and the page shows it
+        assert_eq!(outbox.counters.compactions.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.pending_batches() + outbox.counters.batches_dropped.load(Ordering::Relaxed), 3);
+        let shown = live.snapshot().store;
+        assert_eq!((shown.compactions, shown.compaction_failures, shown.compact_above), (1, 0, 128 * 1024));
+        assert!(shown.last_compaction_bytes_before > 128 * 1024, "{shown:?}");
+        assert!(shown.last_compaction_bytes_after > 0, "{shown:?}");
+    }
+}
