@@ -5,9 +5,12 @@
 //! that takes the old one's place. Sequence numbers live in the `meta` tree and in memory,
 //! and neither changes, so numbering continues as if nothing happened.
 //!
-//! The whole compaction runs under the write lock of the outbox's handles: appends, acks,
-//! reads and evictions from other tasks wait for it (the pause is measured in
-//! BENCHMARKS.md) and then carry on against the new database.
+//! The whole compaction runs under the write lock of the outbox's handles (the pause is
+//! measured in BENCHMARKS.md). The store writer runs it, so its appends and evictions wait
+//! for it. The uplink does not wait, since that would hold its runtime worker and the MQTT
+//! keep-alive for the whole pause: its reads come back empty meanwhile (it reads again on
+//! the next stored batch or PUBACK), and its acks are kept in memory and applied as soon as
+//! the new database is open. A command reply waits without holding a worker.
 //!
 //! On disk, under the data dir:
 //! 1. every tree is copied into `outbox.compacting/`, which is flushed and closed;
@@ -177,6 +180,8 @@ impl Outbox {
                 return Err(e.into());
             }
         };
+        // Acks that came during the copy (the uplink does not wait for a compaction).
+        self.apply_deferred_acks(&fresh);
         let after = fresh.db.size_on_disk().unwrap_or(0);
         *guard = Some(fresh);
         if let Err(e) = remove_dir_if_present(&self.dir.join(OLD)).and_then(|()| sync_dir(&self.dir)) {

@@ -12,11 +12,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, TryLockError};
 use std::time::Duration;
 
 use chrono::Utc;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::record::{self, StoredBatch, StoredEvent};
 
@@ -163,6 +163,12 @@ pub struct Outbox {
     /// The first batch number of the current run of the agent (set at open and by
     /// [`Outbox::mark_run_start`] when a reload restarts everything).
     run_start: Arc<AtomicU64>,
+    /// Acks that came while a compaction held the store: the uplink does not wait for a
+    /// compaction (it would hold a runtime worker, and the MQTT keep-alive, for the whole
+    /// pause). Applied by the compaction once it is done, or by the next ack.
+    deferred_acks: Arc<Mutex<Vec<(TreeId, u64)>>>,
+    /// The size on disk last read, shown while a compaction holds the store.
+    last_disk_bytes: Arc<AtomicU64>,
 }
 
 pub(super) fn key(seq: u64) -> [u8; 8] {
@@ -248,6 +254,8 @@ impl Outbox {
             counters: Arc::default(),
             moved_aside: None,
             run_start: Arc::new(AtomicU64::new(seqs.0)),
+            deferred_acks: Arc::default(),
+            last_disk_bytes: Arc::default(),
         })
     }
 
@@ -282,6 +290,25 @@ impl Outbox {
             return Err(StoreError::Closed);
         }
         Ok(HandlesGuard(guard))
+    }
+
+    /// The handles if no compaction holds them now, `None` if one does. The uplink's reads
+    /// and acks use this: they skip or defer rather than block their runtime worker for
+    /// the length of a compaction.
+    fn try_handles(&self) -> Option<Result<HandlesGuard<'_>, StoreError>> {
+        let guard = match self.handles.try_read() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        Some(if guard.is_none() { Err(StoreError::Closed) } else { Ok(HandlesGuard(guard)) })
+    }
+
+    /// Waits (without holding a runtime worker) while a compaction holds the store.
+    async fn until_not_compacting(&self) {
+        while matches!(self.handles.try_read(), Err(TryLockError::WouldBlock)) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Numbers and writes the batches and events, then flushes. Returns once they are on
@@ -350,10 +377,16 @@ impl Outbox {
             return out;
         }
         let name = id.name();
-        let h = match self.handles() {
-            Ok(h) => h,
-            Err(e) => {
+        let h = match self.try_handles() {
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
                 error!(tree = name, error = %e, "store read failed");
+                return out;
+            }
+            None => {
+                // A compaction holds the store: nothing to read for now. The uplink reads
+                // again on the next stored batch or PUBACK (an empty read moves no cursor).
+                debug!(tree = name, "store busy with a compaction; read skipped");
                 return out;
             }
         };
@@ -397,6 +430,7 @@ impl Outbox {
 
     /// Stores a reply to a command and flushes it. Returns its sequence number.
     pub async fn append_reply(&self, reply: &StoredReply) -> Result<u64, StoreError> {
+        self.until_not_compacting().await;
         let seq = {
             let mut next = self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
             let seq = *next;
@@ -423,7 +457,43 @@ impl Outbox {
     }
 
     pub fn ack_reply(&self, seq: u64) -> Result<(), StoreError> {
-        self.remove(TreeId::Replies, seq)?;
+        self.ack(TreeId::Replies, seq)
+    }
+
+    /// The broker acknowledged entry `seq` of `id`: it goes, now or, while a compaction
+    /// holds the store, right after it (see `deferred_acks`).
+    fn ack(&self, id: TreeId, seq: u64) -> Result<(), StoreError> {
+        let Some(h) = self.try_handles() else {
+            self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).push((id, seq));
+            debug!(tree = id.name(), seq, "ack deferred: a compaction holds the store");
+            return Ok(());
+        };
+        let h = h?;
+        self.apply_deferred_acks(&h);
+        self.remove_acked(&h, id, seq)
+    }
+
+    /// Applies the acks deferred during a compaction, to `h` (the store as it is now).
+    pub(super) fn apply_deferred_acks(&self, h: &Handles) {
+        let deferred = std::mem::take(&mut *self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()));
+        for (id, seq) in deferred {
+            if let Err(e) = self.remove_acked(h, id, seq) {
+                // The entry stays and is sent again later: a duplicate, never a loss.
+                error!(tree = id.name(), seq, error = %e, "could not delete an acknowledged entry");
+            }
+        }
+    }
+
+    fn remove_acked(&self, h: &Handles, id: TreeId, seq: u64) -> Result<(), StoreError> {
+        if let Some(v) = h.tree(id).remove(key(seq))? {
+            self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
+            self.lens[id.index()].fetch_sub(1, Ordering::Relaxed);
+            match id {
+                TreeId::Telemetry => self.counters.batches_acked.fetch_add(1, Ordering::Relaxed),
+                TreeId::Events => self.counters.events_acked.fetch_add(1, Ordering::Relaxed),
+                TreeId::Replies => 0,
+            };
+        }
         Ok(())
     }
 
@@ -448,17 +518,11 @@ impl Outbox {
 
     /// The broker acknowledged batch `seq`: it may go.
     pub fn ack_telemetry(&self, seq: u64) -> Result<(), StoreError> {
-        if self.remove(TreeId::Telemetry, seq)?.is_some() {
-            self.counters.batches_acked.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        self.ack(TreeId::Telemetry, seq)
     }
 
     pub fn ack_event(&self, seq: u64) -> Result<(), StoreError> {
-        if self.remove(TreeId::Events, seq)?.is_some() {
-            self.counters.events_acked.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        self.ack(TreeId::Events, seq)
     }
 
     pub fn pending_batches(&self) -> u64 {
@@ -491,9 +555,17 @@ impl Outbox {
         self.seqs.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
-    /// Size of the sled files on disk (0 while the store is closed).
+    /// Size of the sled files on disk (0 while the store is closed; the last size read
+    /// while a compaction holds it).
     pub fn disk_bytes(&self) -> u64 {
-        self.handles().ok().and_then(|h| h.db.size_on_disk().ok()).unwrap_or(0)
+        match self.try_handles() {
+            None => self.last_disk_bytes.load(Ordering::Relaxed),
+            Some(h) => {
+                let size = h.ok().and_then(|h| h.db.size_on_disk().ok()).unwrap_or(0);
+                self.last_disk_bytes.store(size, Ordering::Relaxed);
+                size
+            }
+        }
     }
 
     /// Flushes everything written so far to disk. The flush runs on a blocking thread under
