@@ -26,6 +26,7 @@ pub async fn run(outbox: Outbox, stored: Arc<Notify>, mut events: mpsc::Receiver
         // Retried a few times: an event lost here would be silent at the ERP.
         let mut stored_ok = false;
         for attempt in 0..3 {
+            outbox.until_not_compacting().await;
             match timeout(STORE_TIMEOUT, outbox.append(&[], &batch)).await {
                 Ok(Ok(())) => {
                     stored_ok = true;

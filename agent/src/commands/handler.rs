@@ -344,12 +344,14 @@ impl Handler {
     /// Stores the reply, then the audit event (each flushed before it can be published).
     async fn record(&self, outcome: &Outcome) {
         let reply = StoredReply { topic_leaf: RESPONSE_LEAF.into(), body: outcome.reply.clone() };
+        self.outbox.until_not_compacting().await;
         match timeout(STORE_TIMEOUT, self.outbox.append_reply(&reply)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => error!(error = %e, "could not store a command reply"),
             Err(_) => error!("storing a command reply took longer than {STORE_TIMEOUT:?}"),
         }
         if let Some(event) = &outcome.event {
+            self.outbox.until_not_compacting().await;
             match timeout(STORE_TIMEOUT, self.outbox.append(&[], std::slice::from_ref(event))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => error!(error = %e, "could not store a command audit event"),

@@ -304,8 +304,9 @@ impl Outbox {
         Some(if guard.is_none() { Err(StoreError::Closed) } else { Ok(HandlesGuard(guard)) })
     }
 
-    /// Waits (without holding a runtime worker) while a compaction holds the store.
-    async fn until_not_compacting(&self) {
+    /// Waits (without holding a runtime worker) while a compaction holds the store. Callers
+    /// with a store timeout wait for this first: a compaction is not a store failure.
+    pub async fn until_not_compacting(&self) {
         while matches!(self.handles.try_read(), Err(TryLockError::WouldBlock)) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -314,6 +315,7 @@ impl Outbox {
     /// Numbers and writes the batches and events, then flushes. Returns once they are on
     /// disk; only then may they be published.
     pub async fn append(&self, batches: &[StoredBatch], events: &[StoredEventDraft]) -> Result<(), StoreError> {
+        self.until_not_compacting().await;
         let samples: usize = batches.iter().map(|b| b.samples.len()).sum();
         let written = {
             let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
