@@ -62,6 +62,10 @@ pub struct Trigger {
     /// Test hook: the copy fails after this many records (a disk that fills up).
     #[cfg(test)]
     pub(super) fail_copy_after: Option<usize>,
+    /// Test hook: the next compaction waits for a message here before it takes the store
+    /// (a compaction that takes long, as on an SD card).
+    #[cfg(test)]
+    pub(super) wait_before: Option<std::sync::mpsc::Receiver<()>>,
 }
 
 /// Whether a store of `size` bytes on disk should be compacted: above the configured bound,
@@ -112,6 +116,13 @@ impl Outbox {
     /// docs). Blocking: holds the write lock of the handles throughout. Logs, counts and
     /// reports the outcome; on failure the agent keeps running on the old store.
     pub fn compact(&self) -> Result<Compacted, StoreError> {
+        #[cfg(test)]
+        {
+            let wait = self.compaction.lock().unwrap_or_else(|p| p.into_inner()).wait_before.take();
+            if let Some(go) = wait {
+                let _ = go.recv();
+            }
+        }
         let started = Instant::now();
         let mut guard = self.handles.write().unwrap_or_else(|p| p.into_inner());
         // A store left closed by an earlier failure is reopened first.

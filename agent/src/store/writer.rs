@@ -60,6 +60,17 @@ impl Overflow {
     }
 }
 
+/// A compaction running on a blocking thread. The writer does not wait for it: it keeps
+/// taking reports (so drivers are never held up by it) and gathers them in memory, written
+/// once the compaction is over.
+type Compaction = Option<tokio::task::JoinHandle<()>>;
+
+/// While the store cannot be written, samples kept in memory per device, in batches' worth.
+const BATCHES_KEPT_WHEN_UNWRITABLE: usize = 10;
+/// While a compaction runs, samples kept in memory per device, in batches' worth: a
+/// compaction of a full store on an SD card may take a minute (see BENCHMARKS.md).
+const BATCHES_KEPT_WHILE_COMPACTING: usize = 100;
+
 /// Approximate JSON size of one sample in a stored batch.
 fn sample_bytes(s: &WireSample) -> u64 {
     (s.tag.len() + s.reason.as_ref().map_or(0, String::len) + 64) as u64
@@ -76,6 +87,7 @@ impl Writer {
     pub async fn run(self, mut reports: mpsc::Receiver<DeviceReport>) {
         let mut gathered = Gathered::default();
         let mut overflow = Overflow::default();
+        let mut compaction: Compaction = None;
         let mut ticker = tokio::time::interval(self.config.flush_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -84,20 +96,27 @@ impl Writer {
                     Some(report) => {
                         let full = self.take(report, &mut gathered);
                         if full {
-                            self.write(&mut gathered, &mut overflow).await;
+                            self.write(&mut gathered, &mut overflow, &mut compaction).await;
                         }
                     }
                     None => break,
                 },
-                _ = ticker.tick() => self.write(&mut gathered, &mut overflow).await,
+                _ = ticker.tick() => self.write(&mut gathered, &mut overflow, &mut compaction).await,
             }
         }
-        // Shutdown: write what is left, retrying briefly so a transient error loses nothing.
+        // Shutdown: let a running compaction finish, then write what is left, retrying
+        // briefly so a transient error loses nothing.
+        if let Some(running) = compaction.take() {
+            if let Err(e) = running.await {
+                error!(error = %e, "the store compaction task failed");
+            }
+            self.publish_state();
+        }
         for _ in 0..3 {
             if gathered.is_empty() {
                 break;
             }
-            self.write(&mut gathered, &mut overflow).await;
+            self.write(&mut gathered, &mut overflow, &mut compaction).await;
         }
         info!("store writer finished");
     }
@@ -144,9 +163,20 @@ impl Writer {
         }
     }
 
-    async fn write(&self, gathered: &mut Gathered, overflow: &mut Overflow) {
+    async fn write(&self, gathered: &mut Gathered, overflow: &mut Overflow, compaction: &mut Compaction) {
         if gathered.is_empty() {
             return;
+        }
+        if let Some(running) = compaction.take() {
+            if !running.is_finished() {
+                // Gathered meanwhile, written once it is over (memory bounded, drops counted).
+                *compaction = Some(running);
+                self.bound_memory(gathered, BATCHES_KEPT_WHILE_COMPACTING, "store busy with a compaction");
+                return;
+            }
+            if let Err(e) = running.await {
+                error!(error = %e, "the store compaction task failed");
+            }
         }
         let max = self.config.max_batch_samples.max(1);
         let batches: Vec<StoredBatch> = gathered
@@ -161,7 +191,7 @@ impl Writer {
                 *gathered = Gathered::default();
                 self.enforce_bounds(overflow).await;
                 self.stored.notify_one();
-                self.compact_if_due().await;
+                self.compact_if_due(compaction);
                 self.publish_state();
             }
             Err(e) => {
@@ -173,7 +203,7 @@ impl Writer {
                 if let Err(e) = self.outbox.enforce_bounds(room, None, Utc::now()) {
                     error!(error = %e, "could not make room in the store");
                 }
-                self.bound_memory(gathered);
+                self.bound_memory(gathered, BATCHES_KEPT_WHEN_UNWRITABLE, "store unwritable");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -214,23 +244,24 @@ impl Writer {
         }
     }
 
-    /// Compacts the outbox when its directory has grown past `store.compact_above` (checked
-    /// cheaply, at most every few seconds). The compaction pauses the store and is blocking,
-    /// so it runs on a blocking thread; the outbox logs and counts its outcome.
-    async fn compact_if_due(&self) {
-        if !self.outbox.compaction_due(self.config.compact_above()) {
+    /// Starts a compaction of the outbox when its directory has grown past
+    /// `store.compact_above` (checked cheaply, at most every few seconds). It pauses the
+    /// store and is blocking, so it runs on a blocking thread while the writer goes on
+    /// gathering; the outbox logs and counts its outcome.
+    fn compact_if_due(&self, compaction: &mut Compaction) {
+        if compaction.is_some() || !self.outbox.compaction_due(self.config.compact_above()) {
             return;
         }
         let outbox = self.outbox.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || outbox.compact()).await {
-            error!(error = %e, "the store compaction task failed");
-        }
+        *compaction = Some(tokio::task::spawn_blocking(move || {
+            let _ = outbox.compact();
+        }));
     }
 
-    /// While the store cannot be written, keep at most ten batches' worth of samples per
-    /// device in memory, dropping (and counting) the oldest.
-    fn bound_memory(&self, gathered: &mut Gathered) {
-        let cap = self.config.max_batch_samples.saturating_mul(10);
+    /// While the store cannot be written, keep at most `batches` batches' worth of samples
+    /// per device in memory, dropping (and counting) the oldest.
+    fn bound_memory(&self, gathered: &mut Gathered, batches: usize, why: &str) {
+        let cap = self.config.max_batch_samples.saturating_mul(batches);
         let mut dropped = 0u64;
         for samples in gathered.batches.values_mut() {
             if samples.len() > cap {
@@ -241,7 +272,7 @@ impl Writer {
         }
         if dropped > 0 {
             self.outbox.counters.samples_dropped.fetch_add(dropped, Ordering::Relaxed);
-            error!(dropped, "store unwritable: oldest gathered samples dropped from memory");
+            error!(dropped, "{why}: oldest gathered samples dropped from memory");
         }
     }
 
@@ -307,5 +338,71 @@ mod tests {
         assert_eq!((shown.compactions, shown.compaction_failures, shown.compact_above), (1, 0, 128 * 1024));
         assert!(shown.last_compaction_bytes_before > 128 * 1024, "{shown:?}");
         assert!(shown.last_compaction_bytes_after > 0, "{shown:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_writer_keeps_taking_reports_during_a_long_compaction_and_stores_them_after_it() {
+        // Given a writer whose store is due for a compaction that will take until the test
+        // lets it go (as a full store on an SD card would)
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(dir.path()).unwrap();
+        let (go, wait) = std::sync::mpsc::channel();
+        outbox.compaction.lock().unwrap().wait_before = Some(wait);
+        let config = StoreConfig {
+            max_bytes: ByteSize::mib(1),
+            compact_above: Some(ByteSize::kib(1100)),
+            flush_interval: Duration::from_millis(10),
+            ..StoreConfig::default()
+        };
+        let writer = Writer { outbox: outbox.clone(), gateway: "gw".into(), config, live: Live::new(GatewayView::default(), &[]), stored: Arc::default() };
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(writer.run(rx));
+        let now = Utc::now();
+        let report = |from: i64, n: i64| DeviceReport {
+            device: "plc".into(),
+            kind: ReportKind::Samples(
+                (from..from + n)
+                    .map(|i| Sample { tag: format!("t{i}"), value: Some(Value::Int(i)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now })
+                    .collect(),
+            ),
+        };
+        // (samples of 20 000 distinct tags: about 1.4 MB of records, past compact_above)
+        tx.send(report(0, 20_000)).await.unwrap();
+        wait_until(|| outbox.counters.samples_stored.load(Ordering::Relaxed) == 20_000).await;
+        let stored_before = outbox.next_batch_seq();
+        // When reports keep coming while the compaction runs
+        for k in 0..50 {
+            tokio::time::timeout(Duration::from_secs(5), tx.send(report(20_000 + k * 100, 100)))
+                .await
+                .expect("a driver's report was held up by the compaction")
+                .unwrap();
+        }
+        // Then the writer took them all without writing (the compaction holds the store)
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(outbox.next_batch_seq(), stored_before, "nothing is written during the compaction");
+        assert_eq!(outbox.counters.compactions.load(Ordering::Relaxed), 0);
+        // And once the compaction is over, they are all stored, in order (the store's bound
+        // evicts the oldest batches of the first report, not these)
+        go.send(()).unwrap();
+        wait_until(|| outbox.counters.samples_stored.load(Ordering::Relaxed) == 25_000).await;
+        assert!(outbox.counters.compactions.load(Ordering::Relaxed) >= 1);
+        // (the writer ends once any further compaction is over: reads skip while one runs)
+        drop(tx);
+        task.await.unwrap();
+        let tags: Vec<String> =
+            outbox.telemetry_from(0, usize::MAX).into_iter().flat_map(|(_, b)| b.samples).map(|s| s.tag).collect();
+        let expected: Vec<String> = (20_000..25_000).map(|i| format!("t{i}")).collect();
+        assert!(tags.len() >= 5000, "{} samples held, {} batches pending, {} dropped", tags.len(), outbox.pending_batches(), outbox.counters.batches_dropped.load(Ordering::Relaxed));
+        assert_eq!(tags[tags.len() - 5000..], expected[..]);
+    }
+
+    async fn wait_until(done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out after 10 s");
     }
 }
