@@ -66,6 +66,9 @@ pub struct Trigger {
     /// (a compaction that takes long, as on an SD card).
     #[cfg(test)]
     pub(super) wait_before: Option<std::sync::mpsc::Receiver<()>>,
+    /// Test hook: the copy is damaged once in place, so that it does not open.
+    #[cfg(test)]
+    pub(super) break_copy: bool,
 }
 
 /// Whether a store of `size` bytes on disk should be compacted: above the configured bound,
@@ -183,10 +186,17 @@ impl Outbox {
             self.reopen_locked(guard)?;
             return Err(e);
         }
+        #[cfg(test)]
+        if self.compaction.lock().unwrap_or_else(|p| p.into_inner()).break_copy {
+            std::fs::write(self.dir.join(OUTBOX).join("conf"), b"not a sled config").map_err(io_err(&self.dir))?;
+        }
         let fresh = match open_waiting_for_lock(&self.dir.join(OUTBOX)) {
             Ok(fresh) => fresh,
             Err(e) => {
-                error!(error = %e, "the compacted store does not open; reopening the store");
+                // The old store is intact beside it: it goes back, and the copy (nothing in
+                // it that the old one lacks) goes.
+                error!(error = %e, "the compacted store does not open; going back to the store as it was");
+                self.put_back_old_store()?;
                 self.reopen_locked(guard)?;
                 return Err(e.into());
             }
@@ -226,6 +236,18 @@ impl Outbox {
         drop(copy);
         tracing::debug!(records = copied, path = %path.display(), "store copied for compaction");
         Ok(())
+    }
+
+    /// Undoes step 3 after the copy failed to open: `outbox.old` becomes `outbox` again.
+    fn put_back_old_store(&self) -> Result<(), StoreError> {
+        let (outbox, old) = (self.dir.join(OUTBOX), self.dir.join(OLD));
+        if !old.exists() {
+            return Ok(());
+        }
+        remove_dir_if_present(&outbox)?;
+        sync_dir(&self.dir)?;
+        std::fs::rename(&old, &outbox).map_err(io_err(&old))?;
+        sync_dir(&self.dir)
     }
 
     /// Step 3's renames (the old database is closed).

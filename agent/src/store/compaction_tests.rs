@@ -202,6 +202,24 @@ async fn a_compaction_that_fails_while_copying_is_counted_its_copy_removed_and_t
     assert_eq!(o.pending_batches(), before.telemetry.len() as u64 + 1);
 }
 
+#[tokio::test]
+async fn a_compacted_copy_that_does_not_open_gives_way_to_the_store_as_it_was() {
+    // Given a store whose compacted copy will be damaged once it has taken the store's place
+    let dir = tempfile::tempdir().unwrap();
+    let before = write(dir.path(), &["a", "b", "c", "d"]).await;
+    let o = Outbox::open(dir.path()).unwrap();
+    o.compaction.lock().unwrap().break_copy = true;
+    // When it is compacted
+    let result = o.compact();
+    // Then the failure is counted, the old store is back in place, and it keeps working
+    assert!(result.is_err());
+    assert_eq!(o.counters.compaction_failures.load(Ordering::Relaxed), 1);
+    only_the_store_is_left(dir.path());
+    assert_eq!(held(&o), before);
+    o.append(&[batch("e")], &[]).await.unwrap();
+    assert_eq!(o.pending_batches(), before.telemetry.len() as u64 + 1);
+}
+
 #[test]
 fn compaction_is_due_only_above_the_bound_and_a_quarter_above_the_size_after_the_last_one() {
     // (size, bound, size after the last compaction) → due
