@@ -487,9 +487,7 @@ impl Outbox {
     }
 
     fn remove_acked(&self, h: &Handles, id: TreeId, seq: u64) -> Result<(), StoreError> {
-        if let Some(v) = h.tree(id).remove(key(seq))? {
-            self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-            self.lens[id.index()].fetch_sub(1, Ordering::Relaxed);
+        if self.remove_from(h, id, seq)?.is_some() {
             match id {
                 TreeId::Telemetry => self.counters.batches_acked.fetch_add(1, Ordering::Relaxed),
                 TreeId::Events => self.counters.events_acked.fetch_add(1, Ordering::Relaxed),
@@ -501,7 +499,13 @@ impl Outbox {
 
     /// Removes one record and keeps the byte count; returns the record if it was there.
     pub(super) fn remove(&self, id: TreeId, seq: u64) -> Result<Option<sled::IVec>, StoreError> {
-        let old = self.handles()?.tree(id).remove(key(seq))?;
+        let h = self.handles()?;
+        self.remove_from(&h, id, seq)
+    }
+
+    /// [`Outbox::remove`] with the handles the caller holds.
+    fn remove_from(&self, h: &Handles, id: TreeId, seq: u64) -> Result<Option<sled::IVec>, StoreError> {
+        let old = h.tree(id).remove(key(seq))?;
         if let Some(v) = &old {
             self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
             self.lens[id.index()].fetch_sub(1, Ordering::Relaxed);
