@@ -87,9 +87,7 @@ async fn start(speed: f64, seed: u64, keep: &[&str], edit: impl Fn(&mut Document
 }
 
 fn event_schema() -> jsonschema::Validator {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/event.schema.json");
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    jsonschema::draft202012::options().build(&schema).expect("the event schema compiles")
+    support::schema("event.schema.json")
 }
 
 impl Rig {
@@ -131,9 +129,7 @@ async fn an_injected_cavitation_raises_anomaly_started_then_anomaly_ended_naming
     wait_for("an hour of scores", LONG, || (rig.predictions("juice-pump-anomaly_score").len() >= 60).then_some(())).await;
     assert_eq!(rig.count("anomaly_started"), 0, "normal operation raised an anomaly: {:#?}", rig.erp.events());
     // (the predictions arrive as telemetry of the device "analytics", valid like any batch)
-    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/telemetry.schema.json");
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
-    let telemetry = jsonschema::draft202012::options().build(&schema).unwrap();
+    let telemetry = support::schema("telemetry.schema.json");
     let batch = rig.erp.telemetry("analytics").remove(0);
     assert!(telemetry.is_valid(&batch), "{batch:#}");
 

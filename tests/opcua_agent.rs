@@ -95,8 +95,7 @@ async fn opcua_values_reach_the_erp_and_resume_after_a_server_restart() {
     assert_eq!(s["ts"], edge_agent::payload::rfc3339(plc_time), "{s}");
     let lead = ts("ts") - ts("server_ts");
     assert!(lead > chrono::Duration::milliseconds(4000) && lead <= chrono::Duration::seconds(5), "server_ts should be the server's time, 5 s behind the PLC's: {s}");
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas/telemetry.schema.json")).unwrap()).unwrap();
-    let telemetry = jsonschema::draft202012::options().build(&schema).unwrap();
+    let telemetry = support::schema("telemetry.schema.json");
     for batch in erp.telemetry().iter().filter(|b| b["device"] == "press") {
         assert!(telemetry.is_valid(batch), "not valid against telemetry.schema.json: {batch}");
     }

@@ -63,3 +63,11 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("metric {name} not in /metrics"))
 }
+
+/// The JSON Schema `schemas/{file}` of the MQTT contract, compiled (draft 2020-12).
+pub fn schema(file: &str) -> jsonschema::Validator {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let schema: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    jsonschema::draft202012::options().build(&schema).unwrap_or_else(|e| panic!("{file} does not compile: {e}"))
+}
