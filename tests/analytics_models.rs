@@ -214,7 +214,11 @@ async fn a_degrading_bearing_raises_maintenance_due_with_a_window_in_the_planned
     // And the estimate is published as telemetry of the analytics device, with its band
     // (that it falls with the true life is checked over whole plant days in analytics_sim.rs)
     let (value, lower, upper) = wait_for("a RUL prediction with its band", LONG, || {
-        Some((*rig.predictions("mill-bearing-rul_value").last()?, *rig.predictions("mill-bearing-rul_lower").last()?, *rig.predictions("mill-bearing-rul_upper").last()?))
+        Some((
+            *rig.predictions("mill-bearing-rul_value").last()?,
+            *rig.predictions("mill-bearing-rul_lower").last()?,
+            *rig.predictions("mill-bearing-rul_upper").last()?,
+        ))
     })
     .await;
     assert!(lower <= value && value <= upper, "{lower} {value} {upper}");
@@ -279,7 +283,8 @@ async fn a_missing_or_mismatched_model_raises_model_failed_while_the_others_keep
     // Then the purity model is loaded and runs, and the pump model is loaded again
     rig.event("model_loaded", "syrup-purity", LONG).await;
     wait_for("the pump model loaded again", LONG, || {
-        (rig.erp.events().iter().filter(|e| e["kind"] == "model_loaded" && e["details"]["model"] == "juice-pump-anomaly").count() == 2).then_some(())
+        (rig.erp.events().iter().filter(|e| e["kind"] == "model_loaded" && e["details"]["model"] == "juice-pump-anomaly").count() == 2)
+            .then_some(())
     })
     .await;
     wait_for("purity predictions", LONG, || (!rig.predictions("syrup-purity_value").is_empty()).then_some(())).await;

@@ -29,7 +29,8 @@ fn the_pump_model_raises_nothing_over_three_days_of_normal_operation_and_catches
     let model = embedded::load("juice-pump-anomaly").unwrap();
     let tags = inputs("juice-pump-anomaly");
     let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-    let cfg: ModelConfig = toml::from_str("name = \"p\"\nkind = \"anomaly\"\nartifact = \"x\"\ninputs = [\"a/b\"]\nmin_duration = \"3s\"").unwrap();
+    let cfg: ModelConfig =
+        toml::from_str("name = \"p\"\nkind = \"anomaly\"\nartifact = \"x\"\ninputs = [\"a/b\"]\nmin_duration = \"3s\"").unwrap();
     let mut detector = AnomalyDetector::new(&cfg);
     let mut mill = SugarMill::new(101);
     mill.set_random_faults(false);
@@ -108,7 +109,8 @@ fn the_purity_soft_sensor_tracks_the_true_purity_through_an_underheat_episode() 
     let mut mill = SugarMill::new(103);
     mill.set_random_faults(false);
     // And the detector as the agent runs it, taking each lab result (every 4 h) as it comes
-    let cfg: ModelConfig = toml::from_str("name = \"q\"\nkind = \"quality\"\nartifact = \"x\"\ninputs = [\"a/b\"]\nspec_min = 85.0").unwrap();
+    let cfg: ModelConfig =
+        toml::from_str("name = \"q\"\nkind = \"quality\"\nartifact = \"x\"\ninputs = [\"a/b\"]\nspec_min = 85.0").unwrap();
     let mut detector = QualityDetector::new(&cfg);
     let mut labs = mill.lab_samples();
     let (mut rows, mut errors, mut inside, mut lowest) = (Vec::new(), Vec::new(), 0usize, f64::INFINITY);
@@ -123,7 +125,9 @@ fn the_purity_soft_sensor_tracks_the_true_purity_through_an_underheat_episode() 
         if rows.len() < window {
             continue;
         }
-        let Prediction::Quality { value, lower, upper } = model.infer(&rows[rows.len() - window..]).unwrap() else { panic!("not a quality model") };
+        let Prediction::Quality { value, lower, upper } = model.infer(&rows[rows.len() - window..]).unwrap() else {
+            panic!("not a quality model")
+        };
         if mill.lab_samples() > labs {
             labs = mill.lab_samples();
             detector.lab(LabValue { value: mill.value("lab_syrup_purity").unwrap(), at: Utc::now(), source: "tag" });
@@ -138,7 +142,10 @@ fn the_purity_soft_sensor_tracks_the_true_purity_through_an_underheat_episode() 
     // Then the corrected prediction follows the truth, the excursion below spec included
     let rmse = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
     let raw = (raw_errors.iter().map(|e| e * e).sum::<f64>() / raw_errors.len() as f64).sqrt();
-    eprintln!("purity: raw RMSE {raw:.3} %, corrected RMSE {rmse:.3} %, band holds the truth {inside} of {}, lowest {lowest:.2}", errors.len());
+    eprintln!(
+        "purity: raw RMSE {raw:.3} %, corrected RMSE {rmse:.3} %, band holds the truth {inside} of {}, lowest {lowest:.2}",
+        errors.len()
+    );
     assert!(rmse < 0.45, "RMSE {rmse:.2} %");
     assert!(lowest < 85.0, "the prediction never left the specification (lowest {lowest:.2})");
     // And the lab values make it better, not worse (the drift no tag shows is corrected)

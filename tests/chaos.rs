@@ -43,7 +43,12 @@ async fn wait_complete(erp: &Subscriber, upto: u64, limit: Duration) {
         if missing.is_empty() {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "after {limit:?}, {} of {upto} batches never arrived: {:?}…", missing.len(), &missing[..missing.len().min(20)]);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {limit:?}, {} of {upto} batches never arrived: {:?}…",
+            missing.len(),
+            &missing[..missing.len().min(20)]
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -24,9 +24,7 @@ struct Finished {
 
 fn agent() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // The report must not depend on the caller's log settings.
     cmd.env_remove("EDGE_AGENT_LOG");
     cmd
@@ -52,10 +50,7 @@ fn kill(child: &mut Child) {
 /// [`CHILD_TIMEOUT`].
 fn run_agent(args: &[&str]) -> Finished {
     let start = Instant::now();
-    let mut child = agent()
-        .args(args)
-        .spawn()
-        .expect("the edge-agent binary starts");
+    let mut child = agent().args(args).spawn().expect("the edge-agent binary starts");
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
     let status = loop {
@@ -68,12 +63,7 @@ fn run_agent(args: &[&str]) -> Finished {
         }
         thread::sleep(Duration::from_millis(10));
     };
-    Finished {
-        status,
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-        took: start.elapsed(),
-    }
+    Finished { status, stdout: stdout.join().expect("stdout reader"), stderr: stderr.join().expect("stderr reader"), took: start.elapsed() }
 }
 
 fn check_config(file: &Path) -> Finished {
@@ -89,49 +79,22 @@ fn write_config(dir: &Path, text: &str) -> PathBuf {
 
 /// The 1-based line of the only line of `text` containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{needle:?} must be on exactly one line of the test config"
-    );
+    let lines: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.contains(needle)).map(|(i, _)| i + 1).collect();
+    assert_eq!(lines.len(), 1, "{needle:?} must be on exactly one line of the test config");
     lines[0]
 }
 
 /// Asserts that the child was refused a bad config: exit code 2, nothing on stdout, and
 /// each of `problems` (line, path, reason) in the report on stderr as `file:line: path: reason`.
 fn assert_refused(out: &Finished, file: &Path, problems: &[(usize, &str, &str)]) {
-    assert_eq!(
-        out.status.code(),
-        Some(EXIT_BAD_CONFIG),
-        "exit status {:?}; stderr:\n{}",
-        out.status,
-        out.stderr
-    );
+    assert_eq!(out.status.code(), Some(EXIT_BAD_CONFIG), "exit status {:?}; stderr:\n{}", out.status, out.stderr);
     assert_eq!(out.stdout, "", "nothing belongs on stdout");
     let n = problems.len();
-    let header = format!(
-        "{}: {n} problem{} in the config:",
-        file.display(),
-        if n == 1 { "" } else { "s" }
-    );
-    assert!(
-        out.stderr.contains(&header),
-        "missing {header:?} in stderr:\n{}",
-        out.stderr
-    );
+    let header = format!("{}: {n} problem{} in the config:", file.display(), if n == 1 { "" } else { "s" });
+    assert!(out.stderr.contains(&header), "missing {header:?} in stderr:\n{}", out.stderr);
     for (line, path, reason) in problems {
         let expected = format!("  {}:{line}: {path}: {reason}", file.display());
-        assert!(
-            out.stderr.lines().any(|l| l.starts_with(&expected)),
-            "missing {expected:?} in stderr:\n{}",
-            out.stderr
-        );
+        assert!(out.stderr.lines().any(|l| l.starts_with(&expected)), "missing {expected:?} in stderr:\n{}", out.stderr);
     }
 }
 
@@ -188,20 +151,12 @@ type = "f32"
 
 /// `text` with `new` in place of the one occurrence of `old`.
 fn replace_once(text: &str, old: &str, new: &str) -> String {
-    assert_eq!(
-        text.matches(old).count(),
-        1,
-        "{old:?} must occur once in the test config"
-    );
+    assert_eq!(text.matches(old).count(), 1, "{old:?} must occur once in the test config");
     text.replacen(old, new, 1)
 }
 
 fn with_unknown_tag_key(text: &str) -> String {
-    replace_once(
-        text,
-        "type = \"f32\"\n",
-        "type = \"f32\"\ncolour = \"red\"\n",
-    )
+    replace_once(text, "type = \"f32\"\n", "type = \"f32\"\ncolour = \"red\"\n")
 }
 
 #[test]
@@ -216,22 +171,14 @@ fn check_config_reports_an_unknown_key_with_its_line_and_path() {
 
     // Then it is refused, naming the line, the path and the reason
     let line = line_of(&text, "colour =");
-    assert_refused(
-        &out,
-        &file,
-        &[(line, "devices[0].tags[1].colour", "unknown key")],
-    );
+    assert_refused(&out, &file, &[(line, "devices[0].tags[1].colour", "unknown key")]);
 }
 
 #[test]
 fn check_config_reports_a_bad_byte_order_and_the_valid_ones() {
     // Given a tag with a byte order that does not exist
     let dir = tempfile::tempdir().unwrap();
-    let text = replace_once(
-        &config_text(&dir.path().join("data"), 8080),
-        "type = \"u16\"\n",
-        "type = \"u16\"\nbyte_order = \"ABDC\"\n",
-    );
+    let text = replace_once(&config_text(&dir.path().join("data"), 8080), "type = \"u16\"\n", "type = \"u16\"\nbyte_order = \"ABDC\"\n");
     let file = write_config(dir.path(), &text);
 
     // When it is checked
@@ -242,11 +189,7 @@ fn check_config_reports_a_bad_byte_order_and_the_valid_ones() {
     assert_refused(
         &out,
         &file,
-        &[(
-            line,
-            "devices[0].tags[0].byte_order",
-            "unknown variant `ABDC`, expected one of `ABCD`, `CDAB`, `BADC`, `DCBA`",
-        )],
+        &[(line, "devices[0].tags[0].byte_order", "unknown variant `ABDC`, expected one of `ABCD`, `CDAB`, `BADC`, `DCBA`")],
     );
 }
 
@@ -256,11 +199,7 @@ fn check_config_reports_every_problem_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(&dir.path().join("data"), 8080);
     let text = replace_once(&text, "id = \"gw-01\"", "id = \"gw 01\"");
-    let text = replace_once(
-        &text,
-        "listen = \"127.0.0.1:8080\"",
-        "listen = \"0.0.0.0:8080\"",
-    );
+    let text = replace_once(&text, "listen = \"127.0.0.1:8080\"", "listen = \"0.0.0.0:8080\"");
     let text = replace_once(&text, "name = \"temperature\"", "name = \"speed\"");
     let text = replace_once(&text, "table = \"input\"", "table = \"coil\"");
     let text = replace_once(&text, "type = \"u16\"\n", "type = \"u16\"\nscale = 0\n");
@@ -275,31 +214,11 @@ fn check_config_reports_every_problem_at_once() {
         &out,
         &file,
         &[
-            (
-                line_of(&text, "gw 01"),
-                "gateway.id",
-                "\"gw 01\" is not a valid id",
-            ),
-            (
-                line_of(&text, "0.0.0.0:8080"),
-                "web.listen",
-                "0.0.0.0:8080 is not a loopback address",
-            ),
-            (
-                line_of(&text, "scale = 0"),
-                "devices[0].tags[0].scale",
-                "must be a finite number other than 0",
-            ),
-            (
-                tag1 - 2,
-                "devices[0].tags[1].name",
-                "duplicate tag name \"speed\" in this device",
-            ),
-            (
-                line_of(&text, "type = \"f32\""),
-                "devices[0].tags[1].type",
-                "coil tables hold single bits: the type must be bool, not f32",
-            ),
+            (line_of(&text, "gw 01"), "gateway.id", "\"gw 01\" is not a valid id"),
+            (line_of(&text, "0.0.0.0:8080"), "web.listen", "0.0.0.0:8080 is not a loopback address"),
+            (line_of(&text, "scale = 0"), "devices[0].tags[0].scale", "must be a finite number other than 0"),
+            (tag1 - 2, "devices[0].tags[1].name", "duplicate tag name \"speed\" in this device"),
+            (line_of(&text, "type = \"f32\""), "devices[0].tags[1].type", "coil tables hold single bits: the type must be bool, not f32"),
         ],
     );
 }
@@ -314,22 +233,10 @@ fn check_config_on_a_missing_file_says_it_cannot_read_it() {
     let out = check_config(&file);
 
     // Then the agent says it cannot read that file, and fails
-    assert!(
-        !out.status.success(),
-        "a missing file was accepted: {:?}",
-        out.status
-    );
-    assert!(
-        out.status.code().is_some(),
-        "the agent did not exit by itself: {:?}",
-        out.status
-    );
+    assert!(!out.status.success(), "a missing file was accepted: {:?}", out.status);
+    assert!(out.status.code().is_some(), "the agent did not exit by itself: {:?}", out.status);
     let expected = format!("{}: cannot read the file:", file.display());
-    assert!(
-        out.stderr.contains(&expected),
-        "missing {expected:?} in stderr:\n{}",
-        out.stderr
-    );
+    assert!(out.stderr.contains(&expected), "missing {expected:?} in stderr:\n{}", out.stderr);
 }
 
 #[test]
@@ -347,23 +254,12 @@ fn run_refuses_a_bad_config_quickly_and_starts_nothing() {
 
     // Then it exits at once with the same report as check-config
     let line = line_of(&text, "colour =");
-    assert_refused(
-        &out,
-        &file,
-        &[(line, "devices[0].tags[1].colour", "unknown key")],
-    );
-    assert!(
-        out.took < Duration::from_secs(10),
-        "refusing took {:?}",
-        out.took
-    );
+    assert_refused(&out, &file, &[(line, "devices[0].tags[1].colour", "unknown key")]);
+    assert!(out.took < Duration::from_secs(10), "refusing took {:?}", out.took);
 
     // And nothing was started: no store directory, no status page
     assert!(!data_dir.exists(), "{} was created", data_dir.display());
-    assert!(
-        !is_listening(port),
-        "something listens on the status page port {port}"
-    );
+    assert!(!is_listening(port), "something listens on the status page port {port}");
 }
 
 #[test]
@@ -404,22 +300,13 @@ fn run_with_the_same_config_fixed_does_start() {
 #[test]
 fn check_config_accepts_the_demo_config() {
     // Given the sugar mill config shipped with the demo
-    let file =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-configs/demo/sugar-mill.toml");
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-configs/demo/sugar-mill.toml");
 
     // When it is checked
     let out = check_config(&file);
 
     // Then it is accepted, with its device and tag count
-    assert!(
-        out.status.success(),
-        "exit status {:?}; stderr:\n{}",
-        out.status,
-        out.stderr
-    );
-    assert_eq!(
-        out.stdout,
-        format!("{}: ok (1 devices, 26 tags)\n", file.display())
-    );
+    assert!(out.status.success(), "exit status {:?}; stderr:\n{}", out.status, out.stderr);
+    assert_eq!(out.stdout, format!("{}: ok (1 devices, 26 tags)\n", file.display()));
     assert_eq!(out.stderr, "");
 }

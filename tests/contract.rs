@@ -216,10 +216,7 @@ impl Erp {
     }
 
     async fn send(&self, name: &str, payload: &[u8]) {
-        self.client
-            .publish(format!("{ROOT}/cmd/{name}"), QoS::AtLeastOnce, false, payload.to_vec())
-            .await
-            .expect("queue a command");
+        self.client.publish(format!("{ROOT}/cmd/{name}"), QoS::AtLeastOnce, false, payload.to_vec()).await.expect("queue a command");
     }
 
     /// Sends a command and waits for the reply with its id (`id: None`: the next reply with
@@ -312,8 +309,7 @@ impl Plc {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the PLC");
         std_listener.set_nonblocking(true).expect("non-blocking listener");
         let addr = std_listener.local_addr().expect("PLC address");
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime for the PLC");
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("a runtime for the PLC");
         runtime.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
             let _ = register_server::serve(listener, bank.shared(), CancellationToken::new()).await;
@@ -608,9 +604,7 @@ fn the_schemas_are_valid_draft_2020_12_and_refuse_broken_payloads() {
     ]});
     assert_valid(&schemas.telemetry, "a batch", &batch);
     assert_valid(&schemas.status, "a status", &json!({ "state": "offline", "ts": ts, "version": "0.1.0" }));
-    let event = |kind: &str, severity: &str, details: Value| {
-        json!({ "id": "gw-7", "kind": kind, "gateway": "gw", "asset": "plc", "severity": severity, "ts": ts, "details": details })
-    };
+    let event = |kind: &str, severity: &str, details: Value| json!({ "id": "gw-7", "kind": kind, "gateway": "gw", "asset": "plc", "severity": severity, "ts": ts, "details": details });
     let overflow = json!({ "dropped_batches": 3, "dropped_samples": 150, "dropped_events": 0, "dropped_too_old": 0, "max_bytes": 65536, "bytes": 60000 });
     let audit = json!({ "command": "ping", "id": "p", "ok": true, "result": { "pong": true }, "received_at": ts });
     let rejected = json!({ "command": "nope", "id": null, "ok": false, "reason": "malformed JSON", "received_at": ts });
@@ -685,28 +679,40 @@ fn the_schemas_are_valid_draft_2020_12_and_refuse_broken_payloads() {
         ("device_lost as info", event("device_lost", "info", json!({ "reason": "x" }))),
         ("store_reset as a warning", event("store_reset", "warning", json!({ "moved_aside_to": "/x" }))),
         ("buffer_overflow without counts", event("buffer_overflow", "warning", json!({ "dropped_batches": 1 }))),
-        ("a negative drop count", event("buffer_overflow", "warning", {
-            let mut o = overflow.clone();
-            o["bytes"] = json!(-1);
-            o
-        })),
+        (
+            "a negative drop count",
+            event("buffer_overflow", "warning", {
+                let mut o = overflow.clone();
+                o["bytes"] = json!(-1);
+                o
+            }),
+        ),
         ("an executed command as a warning with ok true", event("command_executed", "warning", audit.clone())),
-        ("an executed command with ok false and no reason", event("command_executed", "warning", {
-            let mut a = audit.clone();
-            a["ok"] = json!(false);
-            a
-        })),
-        ("an executed command with a null id", event("command_executed", "info", {
-            let mut a = audit.clone();
-            a["id"] = Value::Null;
-            a
-        })),
+        (
+            "an executed command with ok false and no reason",
+            event("command_executed", "warning", {
+                let mut a = audit.clone();
+                a["ok"] = json!(false);
+                a
+            }),
+        ),
+        (
+            "an executed command with a null id",
+            event("command_executed", "info", {
+                let mut a = audit.clone();
+                a["id"] = Value::Null;
+                a
+            }),
+        ),
         ("a rejected command with ok true", event("command_rejected", "warning", audit.clone())),
-        ("a rejected write with a device but no tag", event("command_rejected", "warning", {
-            let mut r = rejected.clone();
-            r["device"] = json!("plc");
-            r
-        })),
+        (
+            "a rejected write with a device but no tag",
+            event("command_rejected", "warning", {
+                let mut r = rejected.clone();
+                r["device"] = json!("plc");
+                r
+            }),
+        ),
         ("a severity outside the enum", event("anomaly_started", "fatal", json!({}))),
     ] {
         assert_invalid(&schemas.event, what, &e);
@@ -741,7 +747,9 @@ fn the_schemas_are_valid_draft_2020_12_and_refuse_broken_payloads() {
     for name in ["ping", "reload", "rebirth"] {
         let v = schemas.command(name).unwrap();
         assert_valid(v, name, &json!({ "id": "x" }));
-        for c in [json!({ "id": "x", "extra": true }), json!({ "id": "" }), json!({ "id": "x".repeat(201) }), json!({}), json!([]), json!("x")] {
+        for c in
+            [json!({ "id": "x", "extra": true }), json!({ "id": "" }), json!({ "id": "x".repeat(201) }), json!({}), json!([]), json!("x")]
+        {
             assert_invalid(v, &format!("{name} {c}"), &c);
         }
         assert_valid(v, name, &json!({ "id": "é".repeat(200) }));

@@ -63,10 +63,7 @@ struct Run {
 }
 
 async fn edge_agent(args: &[&str]) -> Run {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_edge-agent")).args(args).stdin(Stdio::null()).output();
     let out = tokio::time::timeout(Duration::from_secs(20), child).await.expect("edge-agent ended in time").expect("edge-agent ran");
     Run {
         ok: out.status.success(),
@@ -78,7 +75,9 @@ async fn edge_agent(args: &[&str]) -> Run {
 
 /// The line of `out` that starts with `addr` and names `order`.
 fn row<'a>(out: &'a str, addr: &str, order: &str) -> &'a str {
-    out.lines().find(|l| l.starts_with(addr) && l.split_whitespace().nth(1) == Some(order)).unwrap_or_else(|| panic!("no {addr} {order} row in:\n{out}"))
+    out.lines()
+        .find(|l| l.starts_with(addr) && l.split_whitespace().nth(1) == Some(order))
+        .unwrap_or_else(|| panic!("no {addr} {order} row in:\n{out}"))
 }
 
 #[tokio::test]
@@ -166,8 +165,14 @@ async fn read_works_over_a_serial_line() {
     let serial = tokio_serial::new(&pty.1, 9600).open_native_async().unwrap();
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
-    tokio::spawn(async move { tokio_modbus::server::rtu::Server::new(serial).serve_until(Plant::new(), async move { stop.cancelled().await }).await });
-    let r = edge_agent(&["modbus", "read", "--rtu", &pty.2, "--baud", "9600", "--parity", "none", "--unit", "3", "--addr", "101", "--base", "1", "--count", "2"]).await;
+    tokio::spawn(async move {
+        tokio_modbus::server::rtu::Server::new(serial).serve_until(Plant::new(), async move { stop.cancelled().await }).await
+    });
+    let r = edge_agent(&[
+        "modbus", "read", "--rtu", &pty.2, "--baud", "9600", "--parity", "none", "--unit", "3", "--addr", "101", "--base", "1", "--count",
+        "2",
+    ])
+    .await;
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     assert_eq!(row(&r.stdout, "101", "CDAB").split_whitespace().last(), Some("1234.5"), "{}", r.stdout);
     assert!(r.stdout.contains("protocol address 100 first"), "{}", r.stdout);

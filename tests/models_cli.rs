@@ -30,14 +30,42 @@ fn train_writes_an_artifact_and_eval_finds_the_labelled_fault() {
     write_pump_csv(&faulty, 400, 200);
     let out = dir.path().join("pump-ae");
     // Given a CSV of normal operation, when a PCA detector is trained from it
-    let t = agent(&["train", "anomaly", "--csv", normal.to_str().unwrap(), "--time", "time", "--drop", "anomaly", "--architecture", "pca", "--margin", "1.2", "--name", "pump", "--out", out.to_str().unwrap()]);
+    let t = agent(&[
+        "train",
+        "anomaly",
+        "--csv",
+        normal.to_str().unwrap(),
+        "--time",
+        "time",
+        "--drop",
+        "anomaly",
+        "--architecture",
+        "pca",
+        "--margin",
+        "1.2",
+        "--name",
+        "pump",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
     // Then the artifact exists and names its inputs
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["inputs"], serde_json::json!(["flow", "pressure"]));
     assert!(out.join("weights.safetensors").exists());
     // When eval scores a labelled run, then it reports a high F1 for the fault
-    let e = agent(&["eval", "anomaly", "--csv", faulty.to_str().unwrap(), "--time", "time", "--label", "anomaly", "--model", out.to_str().unwrap()]);
+    let e = agent(&[
+        "eval",
+        "anomaly",
+        "--csv",
+        faulty.to_str().unwrap(),
+        "--time",
+        "time",
+        "--label",
+        "anomaly",
+        "--model",
+        out.to_str().unwrap(),
+    ]);
     let stdout = String::from_utf8_lossy(&e.stdout);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     let line = stdout.lines().find(|l| l.starts_with("alarm")).expect("an alarm line");
@@ -56,7 +84,20 @@ fn eval_refuses_data_without_the_columns_the_model_reads() {
     }
     std::fs::write(&csv, text).unwrap();
     let out = dir.path().join("q");
-    let t = agent(&["train", "quality", "--csv", csv.to_str().unwrap(), "--label", "y", "--architecture", "ridge", "--lags", "0", "--out", out.to_str().unwrap()]);
+    let t = agent(&[
+        "train",
+        "quality",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--label",
+        "y",
+        "--architecture",
+        "ridge",
+        "--lags",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
     std::fs::write(&csv, "a,c,y\n1,2,3\n").unwrap();
     let e = agent(&["eval", "quality", "--csv", csv.to_str().unwrap(), "--label", "y", "--model", out.to_str().unwrap()]);

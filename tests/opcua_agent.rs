@@ -82,7 +82,10 @@ async fn opcua_values_reach_the_erp_and_resume_after_a_server_restart() {
 
     // Then every tag arrives at the ERP with the server's value, good
     for (tag, value) in [("speed", json!(1480.5)), ("count", json!(7)), ("running", json!(true)), ("recipe", json!("R-12"))] {
-        let s = wait_for(&format!("{tag} at the ERP"), Duration::from_secs(30), || samples_of(&erp, tag).into_iter().find(|s| s["q"] == "good")).await;
+        let s = wait_for(&format!("{tag} at the ERP"), Duration::from_secs(30), || {
+            samples_of(&erp, tag).into_iter().find(|s| s["q"] == "good")
+        })
+        .await;
         assert_eq!(s["v"], value, "{tag}: {s}");
     }
     // And a change on the server follows, with the PLC's and the server's timestamps each
@@ -90,11 +93,15 @@ async fn opcua_values_reach_the_erp_and_resume_after_a_server_restart() {
     // the past would not do: the server shifts a source time older than its last sample)
     let plc_time = chrono::Utc::now() + chrono::Duration::seconds(5);
     plc.set_stamped("Speed", 1500.0, plc_time).unwrap();
-    let s = wait_for("the new speed", Duration::from_secs(10), || samples_of(&erp, "speed").into_iter().find(|s| s["v"] == json!(1500.0))).await;
+    let s = wait_for("the new speed", Duration::from_secs(10), || samples_of(&erp, "speed").into_iter().find(|s| s["v"] == json!(1500.0)))
+        .await;
     let ts = |field: &str| chrono::DateTime::parse_from_rfc3339(s[field].as_str().unwrap_or_else(|| panic!("no {field}: {s}"))).unwrap();
     assert_eq!(s["ts"], edge_agent::payload::rfc3339(plc_time), "{s}");
     let lead = ts("ts") - ts("server_ts");
-    assert!(lead > chrono::Duration::milliseconds(4000) && lead <= chrono::Duration::seconds(5), "server_ts should be the server's time, 5 s behind the PLC's: {s}");
+    assert!(
+        lead > chrono::Duration::milliseconds(4000) && lead <= chrono::Duration::seconds(5),
+        "server_ts should be the server's time, 5 s behind the PLC's: {s}"
+    );
     let telemetry = support::schema("telemetry.schema.json");
     for batch in erp.telemetry().iter().filter(|b| b["device"] == "press") {
         assert!(telemetry.is_valid(batch), "not valid against telemetry.schema.json: {batch}");
@@ -123,7 +130,8 @@ async fn opcua_values_reach_the_erp_and_resume_after_a_server_restart() {
     wait_for("the counters to show the rebuild", Duration::from_secs(10), || {
         let s: Value = serde_json::from_str(&status_now(web)).ok()?;
         let c = &s["devices"]["press"]["counters"];
-        (s["devices"]["press"]["connected"] == true && c["session_attempts"].as_u64()? >= 2 && c["subscriptions_rebuilt"].as_u64()? >= 1).then_some(())
+        (s["devices"]["press"]["connected"] == true && c["session_attempts"].as_u64()? >= 2 && c["subscriptions_rebuilt"].as_u64()? >= 1)
+            .then_some(())
     })
     .await;
     let metrics = http_get(web, "/metrics").await;
@@ -163,7 +171,17 @@ fn an_operator_browses_a_secure_server_after_trusting_its_certificate_with_the_c
     let data = dir.path().join("data");
     let data_s = data.to_str().unwrap();
     let endpoint = plc.endpoint();
-    let secure = ["browse", "--endpoint", &endpoint, "--security-policy", "Basic256Sha256", "--security-mode", "SignAndEncrypt", "--data-dir", data_s];
+    let secure = [
+        "browse",
+        "--endpoint",
+        &endpoint,
+        "--security-policy",
+        "Basic256Sha256",
+        "--security-mode",
+        "SignAndEncrypt",
+        "--data-dir",
+        data_s,
+    ];
 
     // When the operator browses it for the first time, then it is refused: certificate untrusted
     // (The server runs on its own thread: a blocking call here does not hold it up.)
@@ -308,10 +326,14 @@ fn the_readme_opcua_example_is_a_valid_config() {
     let section = &readme[readme.find("### `[devices.opcua]`").expect("README has the [devices.opcua] section")..];
     let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let end = start + section[start..].find("```").expect("the block ends");
-    let text = format!("[gateway]\nid = \"gw-01\"\nsite = \"s\"\ndata_dir = \"/tmp/x\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n\n{}", &section[start..end]);
+    let text = format!(
+        "[gateway]\nid = \"gw-01\"\nsite = \"s\"\ndata_dir = \"/tmp/x\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n\n{}",
+        &section[start..end]
+    );
 
     // When it is loaded and checked, then it is accepted as documented
-    let config = edge_agent::config::load_str(&text, "README.md").unwrap_or_else(|e| panic!("the README's OPC-UA example is refused:\n{e}"));
+    let config =
+        edge_agent::config::load_str(&text, "README.md").unwrap_or_else(|e| panic!("the README's OPC-UA example is refused:\n{e}"));
     let ua = config.devices[0].opcua.as_ref().expect("the [devices.opcua] table");
     assert_eq!(ua.security_policy, edge_drivers::opcua::config::SecurityPolicy::Basic256Sha256);
     assert_eq!(config.devices[0].tags.len(), 2);

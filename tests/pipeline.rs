@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 fn plc_registers() -> RegisterBank {
     let mut bank = RegisterBank::default();
     bank.set_holding(0, &[4321, 0xFB2E]); // u16 4321, i16 -1234
-    // 0x12345678 in the four byte orders
+                                          // 0x12345678 in the four byte orders
     bank.set_holding(10, &[0x1234, 0x5678, 0x5678, 0x1234, 0x3412, 0x7856, 0x7856, 0x3412]);
     // -123456 (0xFFFE1DC0) in the four byte orders
     bank.set_holding(18, &[0xFFFE, 0x1DC0, 0x1DC0, 0xFFFE, 0xFEFF, 0xC01D, 0xC01D, 0xFEFF]);
@@ -202,12 +202,8 @@ async fn every_tag_arrives_decoded_to_its_exact_value_with_contiguous_batch_seq(
     assert_eq!(first["gateway"], "gw-test");
     assert_eq!(first["device"], "plc1");
     assert_eq!(first["historical"], false);
-    let samples: BTreeMap<String, Value> = first["samples"]
-        .as_array()
-        .expect("samples array")
-        .iter()
-        .map(|s| (s["tag"].as_str().unwrap().to_string(), s.clone()))
-        .collect();
+    let samples: BTreeMap<String, Value> =
+        first["samples"].as_array().expect("samples array").iter().map(|s| (s["tag"].as_str().unwrap().to_string(), s.clone())).collect();
     for (tag, value) in expected_values() {
         let s = samples.get(tag).unwrap_or_else(|| panic!("tag {tag} missing from {first}"));
         assert_eq!(s["q"], "good", "{tag}: {s}");

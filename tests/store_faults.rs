@@ -126,7 +126,8 @@ async fn a_damaged_store_is_moved_aside_and_the_agent_starts_and_reports_it() {
     assert_eq!(reset.json["severity"], "critical");
     wait_for("telemetry", Duration::from_secs(30), || (!erp.telemetry().is_empty()).then_some(())).await;
     // and the damaged store is kept for inspection
-    let aside: Vec<_> = std::fs::read_dir(&data).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("outbox.unreadable-")).collect();
+    let aside: Vec<_> =
+        std::fs::read_dir(&data).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("outbox.unreadable-")).collect();
     assert_eq!(aside.len(), 1, "moved-aside store");
     assert!(agent.log_text().contains("moving it aside"), "the log says what happened");
     cancel.cancel();

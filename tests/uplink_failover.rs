@@ -31,10 +31,7 @@ async fn with_the_primary_broker_down_telemetry_arrives_at_the_failover_broker()
     let agent = AgentProcess::start(&cfg, dir.path().join("agent.log"));
 
     // Then after two failed connects it switches, and telemetry arrives at the failover broker
-    wait_for("5 batches at the failover broker", Duration::from_secs(30), || {
-        (erp.batch_seqs().len() >= 5).then_some(())
-    })
-    .await;
+    wait_for("5 batches at the failover broker", Duration::from_secs(30), || (erp.batch_seqs().len() >= 5).then_some(())).await;
     let log = agent.log_text();
     assert!(log.contains("switching to the other broker"), "{log}");
     assert!(log.contains(&format!("127.0.0.1:{primary}: connection refused")), "{log}");

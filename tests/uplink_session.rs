@@ -45,11 +45,7 @@ struct Running {
     stored: Arc<Notify>,
 }
 
-fn start(
-    config: edge_agent::config::Config,
-    outbox: &Outbox,
-    commands: Option<mpsc::Sender<InboundCommand>>,
-) -> Running {
+fn start(config: edge_agent::config::Config, outbox: &Outbox, commands: Option<mpsc::Sender<InboundCommand>>) -> Running {
     let live = Live::new(GatewayView::default(), &[]);
     let stored = Arc::new(Notify::new());
     let (stop, stop_rx) = watch::channel(None);
@@ -61,10 +57,7 @@ fn start(
 impl Running {
     async fn shut_down(self, within: Duration) {
         let _ = self.stop.send(Some(Instant::now() + within));
-        tokio::time::timeout(within + Duration::from_secs(3), self.task)
-            .await
-            .expect("uplink stops in time")
-            .expect("uplink task");
+        tokio::time::timeout(within + Duration::from_secs(3), self.task).await.expect("uplink stops in time").expect("uplink task");
     }
 }
 
@@ -107,19 +100,13 @@ async fn commands_are_forwarded_and_replies_published_first_then_deleted() {
     publish(broker.port, "plant/s/gw-up/cmd/ping", r#"{"id":"c-1"}"#).await;
 
     // Then the handler gets it with its name and payload
-    let command = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-        .await
-        .expect("a command within 5 s")
-        .expect("channel open");
+    let command = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("a command within 5 s").expect("channel open");
     assert_eq!(command, InboundCommand { name: "ping".into(), payload: br#"{"id":"c-1"}"#.to_vec() });
 
     // When the handler stores a reply (with telemetry waiting too)
     outbox.append(&[batch(1)], &[]).await.unwrap();
     outbox
-        .append_reply(&StoredReply {
-            topic_leaf: "cmd/response".into(),
-            body: serde_json::json!({"id": "c-1", "ok": true}),
-        })
+        .append_reply(&StoredReply { topic_leaf: "cmd/response".into(), body: serde_json::json!({"id": "c-1", "ok": true}) })
         .await
         .unwrap();
     up.stored.notify_one();
@@ -175,11 +162,7 @@ async fn live_batches_overtake_a_replay_that_is_rate_bounded() {
     let elapsed = connected.elapsed().as_secs_f64();
     let history: Vec<u64> = erp.batch_seqs().into_iter().filter(|&s| s <= 200).collect();
     assert!(history.len() >= 40, "replay too slow: {} in {elapsed:.1} s", history.len());
-    assert!(
-        (history.len() as f64) <= 20.0 + 20.0 * elapsed + 2.0,
-        "replay too fast: {} in {elapsed:.1} s",
-        history.len()
-    );
+    assert!((history.len() as f64) <= 20.0 + 20.0 * elapsed + 2.0, "replay too fast: {} in {elapsed:.1} s", history.len());
     assert_eq!(history, (1..=history.len() as u64).collect::<Vec<_>>(), "history out of order");
     assert!(erp.telemetry().iter().filter(|b| b["batch_seq"].as_u64() < Some(201)).all(|b| b["historical"] == true));
 

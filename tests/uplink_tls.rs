@@ -93,19 +93,14 @@ async fn a_wrong_password_is_reported_and_the_right_one_from_password_file_works
     let server = pki.server("broker");
     let passwords = dir.path().join("mosquitto.passwd");
     password_file(&passwords, "gw-test", "right horse battery");
-    let tls =
-        Listener::tls(&pki.ca(), &server, &format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
+    let tls = Listener::tls(&pki.ca(), &server, &format!("allow_anonymous false\npassword_file {}\n", passwords.display()));
     let plain = Listener::plain();
     let _broker = Broker::start(&[&tls, &plain]).await;
     let erp = Subscriber::start(plain.port, "plant/#").await;
     let secret = dir.path().join("mqtt-password");
     let data = dir.path().join("data");
     let cfg = dir.path().join("agent.toml");
-    let keys = format!(
-        "username = \"gw-test\"\npassword_file = {}\n[mqtt.tls]\nca_file = {}\n",
-        toml_path(&secret),
-        toml_path(&pki.ca())
-    );
+    let keys = format!("username = \"gw-test\"\npassword_file = {}\n[mqtt.tls]\nca_file = {}\n", toml_path(&secret), toml_path(&pki.ca()));
     std::fs::write(&cfg, agent_config(&data, tls.port, plc, free_port(), &keys)).unwrap();
 
     // When the agent logs in with a wrong password

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use support::agent::AgentProcess;
 use support::broker::Mosquitto;
-use support::subscriber::Subscriber;
 use support::proxy::Proxy;
+use support::subscriber::Subscriber;
 use support::{free_port, loopback, wait_for};
 use support_commands::Erp;
 use support_uplink::{agent_config, api_status, counting_plc, v5_retained, Broker, Listener};
@@ -66,12 +66,8 @@ async fn over_mqtt_5_telemetry_arrives_commands_are_answered_and_the_status_goes
     let log = broker.log();
     assert!(log.contains("as edge-agent-gw-test (p5, c0, k5)"), "{log}");
     // and the retained status is `online`, to 3.1.1 and to MQTT 5 subscribers alike
-    wait_for("online", Duration::from_secs(5), || {
-        (statuses(&erp).first().map(String::as_str) == Some("online")).then_some(())
-    })
-    .await;
-    let retained =
-        v5_retained(listener.port, &format!("{ROOT}/status")).await.expect("a retained status for a v5 client");
+    wait_for("online", Duration::from_secs(5), || (statuses(&erp).first().map(String::as_str) == Some("online")).then_some(())).await;
+    let retained = v5_retained(listener.port, &format!("{ROOT}/status")).await.expect("a retained status for a v5 client");
     assert_eq!(retained["state"], "online", "{retained}");
     assert_eq!(api_status(web).await["uplink"]["connected"], true);
 
@@ -86,10 +82,7 @@ async fn over_mqtt_5_telemetry_arrives_commands_are_answered_and_the_status_goes
     assert!(agent.terminate(Duration::from_secs(15)), "the agent did not exit cleanly:\n{}", agent.log_text());
 
     // Then the ERP sees `offline` last, and it is the retained status from now on
-    wait_for("offline", Duration::from_secs(5), || {
-        (statuses(&erp).last().map(String::as_str) == Some("offline")).then_some(())
-    })
-    .await;
+    wait_for("offline", Duration::from_secs(5), || (statuses(&erp).last().map(String::as_str) == Some("offline")).then_some(())).await;
     assert_eq!(statuses(&erp).first().map(String::as_str), Some("online"));
     let retained = v5_retained(listener.port, &format!("{ROOT}/status")).await.expect("a retained status");
     assert_eq!(retained["state"], "offline", "{retained}");
@@ -122,10 +115,7 @@ async fn over_mqtt_5_a_broker_restart_loses_nothing_and_replays_stored_batches_a
 
     // Then once live data flows again, every batch_seq up to the newest has arrived
     wait_for("live batches after the outage", Duration::from_secs(60), || {
-        erp.telemetry()
-            .iter()
-            .any(|b| b["historical"] == false && first_sample_ts(b) > up_at + chrono::Duration::seconds(1))
-            .then_some(())
+        erp.telemetry().iter().any(|b| b["historical"] == false && first_sample_ts(b) > up_at + chrono::Duration::seconds(1)).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -165,10 +155,8 @@ async fn over_mqtt_5_a_publish_the_broker_refuses_stays_in_the_outbox_and_goes_o
     let plc = counting_plc(&cancel).await;
     let dir = tempfile::tempdir().unwrap();
     let acl = dir.path().join("acl");
-    std::fs::write(&acl, format!("topic readwrite {ROOT}/status\ntopic readwrite {ROOT}/cmd/#\ntopic read plant/#\n"))
-        .unwrap();
-    let listener =
-        Listener { port: free_port(), settings: format!("allow_anonymous true\nacl_file {}\n", acl.display()) };
+    std::fs::write(&acl, format!("topic readwrite {ROOT}/status\ntopic readwrite {ROOT}/cmd/#\ntopic read plant/#\n")).unwrap();
+    let listener = Listener { port: free_port(), settings: format!("allow_anonymous true\nacl_file {}\n", acl.display()) };
     let broker = Broker::start(&[&listener]).await;
     let erp = Subscriber::start(listener.port, "plant/#").await;
     // (the agent reaches the broker through a proxy, so that the test decides when it
@@ -181,10 +169,7 @@ async fn over_mqtt_5_a_publish_the_broker_refuses_stays_in_the_outbox_and_goes_o
     wait_for("online", Duration::from_secs(60), || statuses(&erp).contains(&"online".to_string()).then_some(())).await;
 
     // When the agent publishes telemetry for a while
-    wait_for("refused publishes", Duration::from_secs(60), || {
-        agent.log_text().contains("refused a publish").then_some(())
-    })
-    .await;
+    wait_for("refused publishes", Duration::from_secs(60), || agent.log_text().contains("refused a publish").then_some(())).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Then nothing reached the ERP, and the refused batches were not deleted from the outbox

@@ -133,7 +133,14 @@ async fn produce(tx: mpsc::Sender<DeviceReport>, rate: u64, until: Instant) {
             let samples = tags
                 .iter()
                 .enumerate()
-                .map(|(i, t)| Sample { tag: t.clone(), value: Some(Value::Float(100.0 + i as f64 * 0.5)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now })
+                .map(|(i, t)| Sample {
+                    tag: t.clone(),
+                    value: Some(Value::Float(100.0 + i as f64 * 0.5)),
+                    quality: Quality::Good,
+                    source_ts: now,
+                    server_ts: None,
+                    agent_ts: now,
+                })
                 .collect();
             if tx.send(DeviceReport { device: format!("plc{d:02}"), kind: ReportKind::Samples(samples) }).await.is_err() {
                 return;
@@ -158,7 +165,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn dir_bytes(path: &std::path::Path) -> u64 {
     std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) }).sum())
+        .map(|entries| {
+            entries.flatten().map(|e| if e.path().is_dir() { dir_bytes(&e.path()) } else { e.metadata().map_or(0, |m| m.len()) }).sum()
+        })
         .unwrap_or(0)
 }
 
@@ -199,7 +208,13 @@ enabled = false
     let live = Live::new(GatewayView::default(), &[]);
     let stored = Arc::new(Notify::new());
     let (tx, rx) = mpsc::channel(64);
-    let writer = Writer { outbox: outbox.clone(), gateway: "bench".into(), config: config.store.clone(), live: live.clone(), stored: stored.clone() };
+    let writer = Writer {
+        outbox: outbox.clone(),
+        gateway: "bench".into(),
+        config: config.store.clone(),
+        live: live.clone(),
+        stored: stored.clone(),
+    };
     let writer = tokio::spawn(writer.run(rx));
     let (stop_tx, stop_rx) = watch::channel(None);
     let uplink = tokio::spawn(Uplink { config: config.clone(), outbox: outbox.clone(), live: live.clone(), stored }.run(stop_rx));
@@ -222,8 +237,17 @@ enabled = false
         lat.sort_by(f64::total_cmp);
         let asked = if target == 0 { "as fast as accepted".to_string() } else { format!("{target} samples/s offered") };
         println!("{label} ({run} s, {DEVICES} devices, {asked}):");
-        println!("  stored {:.0} samples/s; received by the subscriber {:.0} samples/s; backlog at the end {backlog} batches", stored as f64 / elapsed, got as f64 / elapsed);
-        println!("  sample -> subscriber latency: p50 {:.0} ms, p99 {:.0} ms ({} batches)", percentile(&lat, 0.5), percentile(&lat, 0.99), lat.len());
+        println!(
+            "  stored {:.0} samples/s; received by the subscriber {:.0} samples/s; backlog at the end {backlog} batches",
+            stored as f64 / elapsed,
+            got as f64 / elapsed
+        );
+        println!(
+            "  sample -> subscriber latency: p50 {:.0} ms, p99 {:.0} ms ({} batches)",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.len()
+        );
         let drain_start = Instant::now();
         while outbox.pending_batches() > 0 && drain_start.elapsed() < Duration::from_secs(300) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -255,10 +279,16 @@ enabled = false
     let hist = received.historical_batches.load(Ordering::Relaxed) - hist0;
     let live_during = received.live_batches.load(Ordering::Relaxed) - live0;
     println!("outage {outage} s with live data at {live_rate} samples/s:");
-    println!("  buffered {buffered} batches ({buffered_samples} samples); outbox dir {:.1} MiB = {:.0} bytes on disk per buffered sample",
-        disk as f64 / (1 << 20) as f64, disk as f64 / buffered_samples.max(1) as f64);
-    println!("  after reconnect: backlog drained in {drain:.1} s; replay {:.0} historical batches/s while {:.1} live batches/s kept flowing",
-        hist as f64 / drain, live_during as f64 / drain);
+    println!(
+        "  buffered {buffered} batches ({buffered_samples} samples); outbox dir {:.1} MiB = {:.0} bytes on disk per buffered sample",
+        disk as f64 / (1 << 20) as f64,
+        disk as f64 / buffered_samples.max(1) as f64
+    );
+    println!(
+        "  after reconnect: backlog drained in {drain:.1} s; replay {:.0} historical batches/s while {:.1} live batches/s kept flowing",
+        hist as f64 / drain,
+        live_during as f64 / drain
+    );
 
     producer.abort();
     drop(tx);

@@ -22,7 +22,14 @@ fn batch(device: usize, n: usize) -> StoredBatch {
     StoredBatch {
         device: format!("plc{device}"),
         samples: (0..n)
-            .map(|i| WireSample { tag: format!("line1_tag_{i:04}"), v: Some(edge_drivers::Value::Float(1234.5 + i as f64)), q: "good".into(), ts: ts.clone(), server_ts: None, reason: None })
+            .map(|i| WireSample {
+                tag: format!("line1_tag_{i:04}"),
+                v: Some(edge_drivers::Value::Float(1234.5 + i as f64)),
+                q: "good".into(),
+                ts: ts.clone(),
+                server_ts: None,
+                reason: None,
+            })
             .collect(),
     }
 }
@@ -53,8 +60,16 @@ async fn throughput() {
     }
     let secs = start.elapsed().as_secs_f64();
     let samples = (batches * SAMPLES_PER_BATCH) as f64;
-    println!("append+flush: {batches} batches x {SAMPLES_PER_BATCH} samples in {secs:.2} s = {:.0} samples/s, {:.1} flushed batches/s", samples / secs, batches as f64 / secs);
-    println!("record bytes per sample: {:.1}; on disk per sample: {:.1}", outbox.bytes() as f64 / samples, dir_bytes(dir.path()) as f64 / samples);
+    println!(
+        "append+flush: {batches} batches x {SAMPLES_PER_BATCH} samples in {secs:.2} s = {:.0} samples/s, {:.1} flushed batches/s",
+        samples / secs,
+        batches as f64 / secs
+    );
+    println!(
+        "record bytes per sample: {:.1}; on disk per sample: {:.1}",
+        outbox.bytes() as f64 / samples,
+        dir_bytes(dir.path()) as f64 / samples
+    );
 
     let start = Instant::now();
     let mut read = 0;

@@ -62,8 +62,8 @@ enum Command {
 
 fn init_logging() {
     // rumqttd is only the demo's embedded broker; its connection chatter is not the agent's news.
-    let filter = EnvFilter::try_from_env("EDGE_AGENT_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn,tokio_modbus=warn"));
+    let filter =
+        EnvFilter::try_from_env("EDGE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn,tokio_modbus=warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -76,7 +76,12 @@ fn main() -> ExitCode {
     if let Command::CheckConfig { file } = &cli.command {
         return match load_file(file) {
             Ok(config) => {
-                println!("{}: ok ({} devices, {} tags)", file.display(), config.devices.len(), config.devices.iter().map(|d| d.tags.len()).sum::<usize>());
+                println!(
+                    "{}: ok ({} devices, {} tags)",
+                    file.display(),
+                    config.devices.len(),
+                    config.devices.iter().map(|d| d.tags.len()).sum::<usize>()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -107,7 +112,9 @@ fn main() -> ExitCode {
                 runtime::agent::run_with_file(config, Some(path), runtime::shutdown_signal(), |_| {}).await.map(|()| None)
             }
             Command::Demo(args) => edge_agent::cli::demo::run(args).await.map(|()| None),
-            Command::Watch { host, port, topic, count } => watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None),
+            Command::Watch { host, port, topic, count } => {
+                watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None)
+            }
             Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
             Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
             Command::Opcua { command } => edge_agent::cli::opcua::run(command).await,

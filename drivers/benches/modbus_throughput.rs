@@ -158,7 +158,10 @@ fn main() {
 
     // Two worker threads, like the agent on a small gateway.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    println!("modbus_throughput: {registers} u16 tags (one per register) on one loopback TCP server, {rounds} pairs of {} s slices", secs.as_secs());
+    println!(
+        "modbus_throughput: {registers} u16 tags (one per register) on one loopback TCP server, {rounds} pairs of {} s slices",
+        secs.as_secs()
+    );
     println!("{:<6} {:>16} {:>14} {:>8} {:>22}", "round", "wire regs/s", "driver tags/s", "ratio", "driver CPU per 1k t/s");
     let mut ratios = Vec::new();
     let mut cpu_per_k = Vec::new();
@@ -192,9 +195,17 @@ fn main() {
     };
     println!("driver / wire limit (target >= 90%):");
     println!("  median of the pairs' ratios: {:.1}%", median(&mut ratios) * 100.0);
-    println!("  mean rates: wire {:.0} regs/s, driver {:.0} tags/s: {:.1}%", wire_sum / rounds as f64, drv_sum / rounds as f64, drv_sum / wire_sum * 100.0);
+    println!(
+        "  mean rates: wire {:.0} regs/s, driver {:.0} tags/s: {:.1}%",
+        wire_sum / rounds as f64,
+        drv_sum / rounds as f64,
+        drv_sum / wire_sum * 100.0
+    );
     println!("  best slices: wire {wire_best:.0} regs/s, driver {drv_best:.0} tags/s: {:.1}%", drv_best / wire_best * 100.0);
-    println!("load average during the run (1, 5, 15 min): {}", std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!(
+        "load average during the run (1, 5, 15 min): {}",
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    );
     println!(
         "median CPU of the client process: driver {:.3} % of one core per 1,000 tags/s; bare loop {:.3} % per 1,000 regs/s",
         median(&mut cpu_per_k) * 100.0,

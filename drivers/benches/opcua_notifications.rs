@@ -77,7 +77,13 @@ fn main() {
     let (received, cpu, wall, counted) = rt.block_on(async {
         let tags = names
             .iter()
-            .map(|n| TagConfig { name: n.to_lowercase(), table: None, address: None, node_id: Some(format!("ns=2;s={n}")), ..Default::default() })
+            .map(|n| TagConfig {
+                name: n.to_lowercase(),
+                table: None,
+                address: None,
+                node_id: Some(format!("ns=2;s={n}")),
+                ..Default::default()
+            })
             .collect();
         let device = DeviceConfig {
             name: "bench".into(),
@@ -106,7 +112,9 @@ fn main() {
             match tokio::time::timeout(left, rx.recv()).await {
                 Ok(Some(r)) => {
                     if let ReportKind::Samples(s) = r.kind {
-                        seen.extend(s.into_iter().filter(|s| s.quality.is_good() && matches!(s.value, Some(Value::Float(_)))).map(|s| s.tag));
+                        seen.extend(
+                            s.into_iter().filter(|s| s.quality.is_good() && matches!(s.value, Some(Value::Float(_)))).map(|s| s.tag),
+                        );
                     }
                 }
                 _ => panic!("only {} of {items} items reported in 60 s", seen.len()),

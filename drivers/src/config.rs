@@ -305,9 +305,7 @@ impl TagConfig {
 
 /// Names travel in MQTT topics and URLs: keep them to a safe alphabet.
 pub fn is_valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl DeviceConfig {
@@ -328,10 +326,7 @@ impl DeviceConfig {
     /// Checks this device, appending every problem under `path` (e.g. `devices[2]`).
     pub fn validate(&self, path: &str, issues: &mut Issues) {
         if !is_valid_name(&self.name) {
-            issues.push(
-                format!("{path}.name"),
-                format!("{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'", self.name),
-            );
+            issues.push(format!("{path}.name"), format!("{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'", self.name));
         }
         if self.poll_interval < Duration::from_millis(10) {
             issues.push(format!("{path}.poll_interval"), "must be at least 10ms");
@@ -378,10 +373,7 @@ impl TagConfig {
     /// The checks every protocol shares: name, scaling, clamping, deadband, poll group.
     fn validate_common(&self, path: &str, device: &DeviceConfig, issues: &mut Issues) {
         if !is_valid_name(&self.name) {
-            issues.push(
-                format!("{path}.name"),
-                format!("{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'", self.name),
-            );
+            issues.push(format!("{path}.name"), format!("{:?} is not a valid name: use 1–64 letters, digits, '-' or '_'", self.name));
         }
         if !self.scale.is_finite() || self.scale == 0.0 {
             issues.push(format!("{path}.scale"), "must be a finite number other than 0");

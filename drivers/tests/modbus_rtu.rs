@@ -102,7 +102,11 @@ async fn a_dead_slave_is_backed_off_without_slowing_the_others_and_recovers() {
     let mut dead = device("dead", &pty.client_end, 3, u16_tags(&[0, 1]));
     dead.timeout = Duration::from_millis(100);
     dead.backoff_max = Some(Duration::from_secs(1));
-    let mut driver = Driver::start(vec![device("one", &pty.client_end, 1, u16_tags(&[0, 1])), device("two", &pty.client_end, 2, u16_tags(&[0, 1])), dead]);
+    let mut driver = Driver::start(vec![
+        device("one", &pty.client_end, 1, u16_tags(&[0, 1])),
+        device("two", &pty.client_end, 2, u16_tags(&[0, 1])),
+        dead,
+    ]);
 
     // When it has been backed off
     assert!(
@@ -190,7 +194,8 @@ async fn an_exception_from_one_slave_leaves_the_bus_and_the_other_slaves_alone()
     let peer = Peer::default().with_unit(1, bank_of(1, 10)).with_unit(2, bank_of(2, 10));
     peer.unit(1, |u| u.busy = true);
     serve_rtu(peer.clone(), &pty.server_end, cancel.clone());
-    let mut driver = Driver::start(vec![device("busy", &pty.client_end, 1, u16_tags(&[0, 5])), device("ok", &pty.client_end, 2, u16_tags(&[0, 5]))]);
+    let mut driver =
+        Driver::start(vec![device("busy", &pty.client_end, 1, u16_tags(&[0, 5])), device("ok", &pty.client_end, 2, u16_tags(&[0, 5]))]);
     // When they are polled
     assert!(driver.until(Duration::from_secs(5), |d| d.of("busy", "r5").len() >= 3 && d.of("ok", "r5").len() >= 3).await);
     // Then the busy one reads bad with the exception named, the other good, and nothing
@@ -300,6 +305,10 @@ async fn writes_reach_only_their_own_slave_on_a_shared_bus_and_are_read_back() {
         }
     }
     // And the new values are read by the next polls
-    assert!(driver.until(Duration::from_secs(3), |d| d.latest("second").get("limit").is_some_and(|s| s.value == Some(Value::Float(-2.5)))).await);
+    assert!(
+        driver
+            .until(Duration::from_secs(3), |d| d.latest("second").get("limit").is_some_and(|s| s.value == Some(Value::Float(-2.5))))
+            .await
+    );
     cancel.cancel();
 }

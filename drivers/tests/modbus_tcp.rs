@@ -114,13 +114,9 @@ async fn a_scattered_map_is_read_with_the_fewest_requests_the_limits_allow() {
     let n = tags.len();
     let mut d1 = device("scattered", addr, 1, tags);
     d1.poll_interval = Duration::from_secs(60); // one poll in this test
-    // And a device that accepts at most 10 registers per request, with 30 tags in a row
-    let mut d2 = device(
-        "small",
-        addr,
-        2,
-        (0..30).map(|a| tag(&format!("r{a}"), Table::Holding, a, DataType::U16, ByteOrder::ABCD)).collect(),
-    );
+                                                // And a device that accepts at most 10 registers per request, with 30 tags in a row
+    let mut d2 =
+        device("small", addr, 2, (0..30).map(|a| tag(&format!("r{a}"), Table::Holding, a, DataType::U16, ByteOrder::ABCD)).collect());
     d2.max_registers_per_request = Some(10);
     d2.poll_interval = Duration::from_secs(60);
 
@@ -193,7 +189,10 @@ async fn a_refused_merged_read_is_split_once_and_the_split_is_remembered() {
     assert_eq!(seen.iter().filter(|s| s.start < 50).count(), 1 + 2 * count(6, 1), "one split, into two requests: {seen:?}");
     // And every mapped tag reads good, the unmapped one bad with the exception named
     let latest = driver.latest("plc");
-    assert_eq!((latest["a"].value.clone(), latest["b"].value.clone(), latest["c"].value.clone()), (Some(Value::Int(10)), Some(Value::Int(11)), Some(Value::Int(16))));
+    assert_eq!(
+        (latest["a"].value.clone(), latest["b"].value.clone(), latest["c"].value.clone()),
+        (Some(Value::Int(10)), Some(Value::Int(11)), Some(Value::Int(16)))
+    );
     assert!(latest["a"].quality.is_good() && latest["c"].quality.is_good());
     let reason = latest["unmapped"].quality.reason().unwrap_or_default().to_string();
     assert_eq!(latest["unmapped"].quality.code(), "bad");
@@ -214,7 +213,8 @@ async fn a_busy_device_reads_bad_with_the_exception_named_and_recovers_without_r
     let peer = Peer::default().with_unit(1, bank);
     peer.unit(1, |u| u.busy = true);
     let addr = serve_tcp(peer.clone(), cancel.clone()).await;
-    let tags = vec![tag("a", Table::Holding, 0, DataType::U16, ByteOrder::ABCD), tag("b", Table::Holding, 1, DataType::U16, ByteOrder::ABCD)];
+    let tags =
+        vec![tag("a", Table::Holding, 0, DataType::U16, ByteOrder::ABCD), tag("b", Table::Holding, 1, DataType::U16, ByteOrder::ABCD)];
     let mut driver = Driver::start(vec![device("plc", addr, 1, tags)]);
     // When it is polled
     assert!(driver.until(Duration::from_secs(5), |d| d.of("plc", "b").len() >= 2).await);
@@ -250,7 +250,8 @@ async fn a_late_reply_is_never_taken_for_the_answer_to_a_later_request() {
         u.late_every = 3;
     });
     let addr = serve_tcp(peer.clone(), cancel.clone()).await;
-    let tags: Vec<TagConfig> = [0u16, 10, 20, 30].iter().map(|&a| tag(&format!("r{a}"), Table::Holding, a, DataType::U16, ByteOrder::ABCD)).collect();
+    let tags: Vec<TagConfig> =
+        [0u16, 10, 20, 30].iter().map(|&a| tag(&format!("r{a}"), Table::Holding, a, DataType::U16, ByteOrder::ABCD)).collect();
     let mut d = device("plc", addr, 1, tags);
     d.max_gap = 0; // one request per tag, all of the same size
     d.timeout = Duration::from_millis(100);

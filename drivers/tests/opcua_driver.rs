@@ -43,8 +43,8 @@ fn device(endpoint: &str, tags: Vec<TagConfig>) -> DeviceConfig {
 
 fn sim(nodes: Vec<(String, Variant)>) -> (OpcuaSim, TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let sim = OpcuaSim::start(SimOptions { pki_dir: dir.path().join("server-pki"), secure: false, user: None,
-        x509_user: None, nodes }).unwrap();
+    let sim =
+        OpcuaSim::start(SimOptions { pki_dir: dir.path().join("server-pki"), secure: false, user: None, x509_user: None, nodes }).unwrap();
     (sim, dir)
 }
 
@@ -163,13 +163,19 @@ async fn values_of_every_scalar_type_arrive_through_a_subscription() {
     let before = chrono::Utc::now();
     sim.set("Double", 7.5).unwrap();
     sim.set("Int32", 12).unwrap();
-    d.until(Duration::from_secs(10), "the changed values", |d| d.has_good("Double", &Value::Float(7.5)) && d.has_good("Int32", &Value::Int(12))).await;
+    d.until(Duration::from_secs(10), "the changed values", |d| {
+        d.has_good("Double", &Value::Float(7.5)) && d.has_good("Int32", &Value::Int(12))
+    })
+    .await;
     let s = d.last("Double").unwrap();
     assert!(s.source_ts >= before - chrono::Duration::seconds(1), "source timestamp {:?} is the server's, fresh", s.source_ts);
 
     // And a bad status on the server arrives as bad quality with the code's name
     sim.set_status("Float", 9.5f32, opcua::types::StatusCode::BadSensorFailure).unwrap();
-    d.until(Duration::from_secs(10), "the bad status", |d| d.last("Float").is_some_and(|s| s.quality == Quality::Bad("BadSensorFailure".into()))).await;
+    d.until(Duration::from_secs(10), "the bad status", |d| {
+        d.last("Float").is_some_and(|s| s.quality == Quality::Bad("BadSensorFailure".into()))
+    })
+    .await;
     d.stop().await;
 }
 
@@ -195,7 +201,11 @@ async fn data_resumes_after_a_server_restart_without_restarting_the_driver() {
     d.until(Duration::from_secs(5), "the counters", |d| d.stats.reconnects >= 1 && d.stats.subscriptions_rebuilt >= 1).await;
     // And the gap is visible: bad samples between the stop and the restart, no good one
     let gap: Vec<&Sample> = d.samples.iter().filter(|(t, _)| *t >= stopped_at && *t < restarted_at).map(|(_, s)| s).collect();
-    assert!(gap.iter().any(|s| matches!(&s.quality, Quality::Bad(r) if r.contains("connection") || r.contains("closed") || r.contains("session"))), "{gap:?}");
+    assert!(
+        gap.iter()
+            .any(|s| matches!(&s.quality, Quality::Bad(r) if r.contains("connection") || r.contains("closed") || r.contains("session"))),
+        "{gap:?}"
+    );
     assert!(gap.iter().all(|s| !s.quality.is_good()), "no good value while the server was down: {gap:?}");
     // And the stale value (1.0) was never reported good after the stop
     assert!(
@@ -217,7 +227,10 @@ async fn an_item_removed_by_a_plc_download_recovers_when_the_node_is_back() {
     by_path.node_id = None;
     by_path.browse_path = Some("/2:Plant/2:Temp".into());
     let mut d = Driver::start(device(&sim.endpoint(), vec![ua_tag("level", "ns=2;s=Level"), by_path]), &data);
-    d.until(Duration::from_secs(20), "first values", |d| d.has_good("level", &Value::Float(1.0)) && d.has_good("temp", &Value::Float(20.0))).await;
+    d.until(Duration::from_secs(20), "first values", |d| {
+        d.has_good("level", &Value::Float(1.0)) && d.has_good("temp", &Value::Float(20.0))
+    })
+    .await;
 
     // When the PLC program is downloaded: the server restarts without node Level…
     sim.nodes_mut().retain(|(n, _)| n != "Level");
@@ -488,13 +501,20 @@ async fn every_security_policy_and_mode_and_each_user_identity_work_once_the_ser
     let d = run_until(secure(SecurityPolicy::Basic256Sha256, SecurityMode::Sign), &dir, "the refusal", |d| !d.disconnects.is_empty()).await;
     d.stop().await;
     let pki = edge_drivers::opcua::pki_dir(dir.path());
-    let rejected = edge_drivers::opcua::pki::list(&pki).unwrap().into_iter().find(|c| c.state == edge_drivers::opcua::pki::CertState::Rejected).unwrap();
+    let rejected = edge_drivers::opcua::pki::list(&pki)
+        .unwrap()
+        .into_iter()
+        .find(|c| c.state == edge_drivers::opcua::pki::CertState::Rejected)
+        .unwrap();
     edge_drivers::opcua::pki::trust(&pki, &rejected.thumbprint).unwrap();
 
     // Then every policy in both modes carries values
     for policy in [SecurityPolicy::Basic256Sha256, SecurityPolicy::Aes128Sha256RsaOaep, SecurityPolicy::Aes256Sha256RsaPss] {
         for mode in [SecurityMode::Sign, SecurityMode::SignAndEncrypt] {
-            let d = run_until(secure(policy, mode), &dir, &format!("a value over {policy:?} {mode:?}"), |d| d.has_good("speed", &Value::Float(42.0))).await;
+            let d = run_until(secure(policy, mode), &dir, &format!("a value over {policy:?} {mode:?}"), |d| {
+                d.has_good("speed", &Value::Float(42.0))
+            })
+            .await;
             d.stop().await;
         }
     }

@@ -39,8 +39,8 @@ impl Artifact {
         let weights_path = dir.join(WEIGHTS_FILE);
         std::fs::write(&weights_path, &self.weights).map_err(|source| ArtifactError::Io { path: weights_path, source })?;
         let manifest_path = dir.join(MANIFEST_FILE);
-        let mut json = serde_json::to_vec_pretty(&self.manifest)
-            .map_err(|source| ArtifactError::Manifest { path: manifest_path.clone(), source })?;
+        let mut json =
+            serde_json::to_vec_pretty(&self.manifest).map_err(|source| ArtifactError::Manifest { path: manifest_path.clone(), source })?;
         json.push(b'\n');
         std::fs::write(&manifest_path, json).map_err(|source| ArtifactError::Io { path: manifest_path, source })
     }
@@ -63,11 +63,13 @@ impl Artifact {
         struct FormatOnly {
             format: u32,
         }
-        let format: FormatOnly = serde_json::from_slice(manifest_json).map_err(|source| ArtifactError::Manifest { path: path.clone(), source })?;
+        let format: FormatOnly =
+            serde_json::from_slice(manifest_json).map_err(|source| ArtifactError::Manifest { path: path.clone(), source })?;
         if format.format != MANIFEST_FORMAT {
             return Err(ArtifactError::Format { path, found: format.format, expected: MANIFEST_FORMAT });
         }
-        let manifest: Manifest = serde_json::from_slice(manifest_json).map_err(|source| ArtifactError::Manifest { path: path.clone(), source })?;
+        let manifest: Manifest =
+            serde_json::from_slice(manifest_json).map_err(|source| ArtifactError::Manifest { path: path.clone(), source })?;
         let found = sha256_hex(&weights);
         if !found.eq_ignore_ascii_case(&manifest.weights_sha256) {
             return Err(ArtifactError::Checksum { path, found, expected: manifest.weights_sha256.clone() });

@@ -40,7 +40,17 @@ pub struct CsvOptions {
 
 impl Default for CsvOptions {
     fn default() -> Self {
-        CsvOptions { separator: Separator::Auto, header: true, names: None, time: None, columns: None, drop: vec![], target: None, group: None, rows: None }
+        CsvOptions {
+            separator: Separator::Auto,
+            header: true,
+            names: None,
+            time: None,
+            columns: None,
+            drop: vec![],
+            target: None,
+            group: None,
+            rows: None,
+        }
     }
 }
 
@@ -97,7 +107,11 @@ pub fn parse(path: &Path, text: &str, opts: &CsvOptions) -> Result<Dataset, CsvE
         (1..=split(first, sep).len()).map(|i| format!("c{i}")).collect()
     };
     let find = |name: &str| -> Result<usize, CsvError> {
-        names.iter().position(|n| n == name).ok_or_else(|| CsvError::Column { path: p(), name: name.to_string(), available: names.join(", ") })
+        names.iter().position(|n| n == name).ok_or_else(|| CsvError::Column {
+            path: p(),
+            name: name.to_string(),
+            available: names.join(", "),
+        })
     };
     let time = opts.time.as_deref().map(find).transpose()?;
     let target = opts.target.as_deref().map(find).transpose()?;
@@ -129,7 +143,12 @@ pub fn parse(path: &Path, text: &str, opts: &CsvOptions) -> Result<Dataset, CsvE
             return Err(CsvError::Ragged { path: p(), line: line_no, found: fields.len(), expected: names.len() });
         }
         let num = |i: usize| -> Result<f32, CsvError> {
-            fields[i].parse::<f32>().map_err(|_| CsvError::Value { path: p(), line: line_no, column: names[i].clone(), text: fields[i].to_string() })
+            fields[i].parse::<f32>().map_err(|_| CsvError::Value {
+                path: p(),
+                line: line_no,
+                column: names[i].clone(),
+                text: fields[i].to_string(),
+            })
         };
         ds.rows.push(features.iter().map(|&i| num(i)).collect::<Result<_, _>>()?);
         if let (Some(i), Some(t)) = (target, &mut ds.target) {
@@ -149,7 +168,12 @@ mod tests {
     #[test]
     fn semicolon_file_with_time_label_and_dropped_column_reads_the_features_in_order() {
         let text = "datetime;a;b;anomaly;changepoint\n2020-01-01 00:00:00;1.5;2;0;0\n\n2020-01-01 00:00:01;1.0e-001;3;1;1\n";
-        let opts = CsvOptions { time: Some("datetime".into()), target: Some("anomaly".into()), drop: vec!["changepoint".into()], ..Default::default() };
+        let opts = CsvOptions {
+            time: Some("datetime".into()),
+            target: Some("anomaly".into()),
+            drop: vec!["changepoint".into()],
+            ..Default::default()
+        };
         let ds = parse(Path::new("x.csv"), text, &opts).unwrap();
         assert_eq!(ds.columns, vec!["a", "b"]);
         assert_eq!(ds.rows, vec![vec![1.5, 2.0], vec![0.1, 3.0]]);

@@ -28,7 +28,11 @@ impl Confusion {
 
     pub fn f1(&self) -> f64 {
         let d = 2 * self.tp + self.fp + self.fn_;
-        if d == 0 { 0.0 } else { 2.0 * self.tp as f64 / d as f64 }
+        if d == 0 {
+            0.0
+        } else {
+            2.0 * self.tp as f64 / d as f64
+        }
     }
 
     /// False-alarm rate: share of normal points flagged (FP / (FP + TN)).
@@ -43,7 +47,11 @@ impl Confusion {
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 pub fn rmse(pred: &[f32], truth: &[f32]) -> f64 {
@@ -56,7 +64,11 @@ pub fn r2(pred: &[f32], truth: &[f32]) -> f64 {
     let mean = truth.iter().map(|t| *t as f64).sum::<f64>() / n;
     let ss_tot: f64 = truth.iter().map(|t| (*t as f64 - mean).powi(2)).sum();
     let ss_res: f64 = pred.iter().zip(truth).map(|(p, t)| ((p - t) as f64).powi(2)).sum();
-    if ss_tot == 0.0 { 0.0 } else { 1.0 - ss_res / ss_tot }
+    if ss_tot == 0.0 {
+        0.0
+    } else {
+        1.0 - ss_res / ss_tot
+    }
 }
 
 /// The asymmetric C-MAPSS (PHM08) score: late predictions cost more than early ones.
@@ -65,7 +77,11 @@ pub fn nasa_score(pred: &[f32], truth: &[f32]) -> f64 {
         .zip(truth)
         .map(|(p, t)| {
             let d = (p - t) as f64;
-            if d < 0.0 { (-d / 13.0).exp() - 1.0 } else { (d / 10.0).exp() - 1.0 }
+            if d < 0.0 {
+                (-d / 13.0).exp() - 1.0
+            } else {
+                (d / 10.0).exp() - 1.0
+            }
         })
         .sum()
 }
@@ -110,7 +126,13 @@ pub struct RunResult {
 /// and compares the flags with the labels. Rows before the first full window count as
 /// "not flagged". With `skip` > 0, the first `skip` rows (used for training) are scored too
 /// but left out of the counts if `count_skipped` is false.
-pub fn score_run(model: &crate::Model, data: &crate::dataset::Dataset, alarm: crate::alarm::AlarmOptions, skip: usize, count_skipped: bool) -> Result<RunResult, crate::ModelError> {
+pub fn score_run(
+    model: &crate::Model,
+    data: &crate::dataset::Dataset,
+    alarm: crate::alarm::AlarmOptions,
+    skip: usize,
+    count_skipped: bool,
+) -> Result<RunResult, crate::ModelError> {
     let w = model.manifest().window;
     let labels = data.target.clone().unwrap_or_else(|| vec![0.0; data.len()]);
     let ends: Vec<usize> = (w.saturating_sub(1)..data.len()).collect();

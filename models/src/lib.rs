@@ -13,8 +13,8 @@
 //! Training ([`train`]) works from a [`dataset::Dataset`], usually read by [`csv`].
 
 pub mod alarm;
-pub mod artifact;
 mod arch;
+pub mod artifact;
 pub mod csv;
 pub mod dataset;
 pub mod eval;
@@ -23,8 +23,8 @@ pub mod manifest;
 mod model;
 mod nn;
 mod norm;
-mod threads;
 pub mod schedule;
+mod threads;
 pub mod train;
 
 pub use artifact::{Artifact, ArtifactError};

@@ -205,7 +205,8 @@ fn train_rul(data: &Dataset, opts: &TrainOptions) -> Result<Trained, TrainError>
     let rul = rul_per_row(data);
     let all: Vec<&[f32]> = data.rows.iter().map(|r| r.as_slice()).collect();
     let d = data.columns.len();
-    let by: Vec<usize> = opts.regime_columns.iter().map(|c| data.column(c).ok_or_else(|| TrainError::Column(c.clone()))).collect::<Result<_, _>>()?;
+    let by: Vec<usize> =
+        opts.regime_columns.iter().map(|c| data.column(c).ok_or_else(|| TrainError::Column(c.clone()))).collect::<Result<_, _>>()?;
     // Drop signals that carry nothing within a regime (constant, or set by the regime).
     let first = if by.is_empty() { None } else { Some(Regimes::fit(&all, d, by.clone(), opts.regimes, opts.seed)) };
     let keep: Vec<usize> = (0..d)

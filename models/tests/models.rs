@@ -33,7 +33,13 @@ fn score(p: &Prediction) -> (f32, String) {
 fn anomaly_model_flags_an_injected_step_on_the_right_tag(architecture: &str) {
     // Given a model trained on normal operation (threshold 20 % above the calibration
     // quantile: 120 calibration rows estimate a 99 % quantile only roughly)
-    let opts = TrainOptions { architecture: Some(architecture.into()), window: Some(16), epochs: Some(40), threshold_margin: 1.2, ..Default::default() };
+    let opts = TrainOptions {
+        architecture: Some(architecture.into()),
+        window: Some(16),
+        epochs: Some(40),
+        threshold_margin: 1.2,
+        ..Default::default()
+    };
     let art = train(ModelKind::Anomaly, &table(plant(600, 1)), &opts).unwrap();
     let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
     let w = model.manifest().window;
@@ -87,7 +93,8 @@ fn conv_autoencoder_training_loss_falls_and_a_save_load_round_trip_gives_identic
 
 #[test]
 fn damaged_weights_or_a_manifest_from_another_format_are_refused_naming_the_problem() {
-    let art = train(ModelKind::Anomaly, &table(plant(300, 6)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() }).unwrap();
+    let art =
+        train(ModelKind::Anomaly, &table(plant(300, 6)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() }).unwrap();
     let dir = tempfile::tempdir().unwrap();
     art.save(dir.path()).unwrap();
     // Given one flipped byte in the weights, then the checksum refuses them.
@@ -103,7 +110,10 @@ fn damaged_weights_or_a_manifest_from_another_format_are_refused_naming_the_prob
     manifest.format = MANIFEST_FORMAT + 1;
     let json = serde_json::to_vec(&manifest).unwrap();
     let err = Model::from_bytes(&json, &art.weights).unwrap_err();
-    assert!(matches!(err, ArtifactError::Format { found, expected, .. } if found == MANIFEST_FORMAT + 1 && expected == MANIFEST_FORMAT), "{err}");
+    assert!(
+        matches!(err, ArtifactError::Format { found, expected, .. } if found == MANIFEST_FORMAT + 1 && expected == MANIFEST_FORMAT),
+        "{err}"
+    );
     // Given a missing directory, then the path is named.
     let err = Model::load(&dir.path().join("nope")).unwrap_err();
     assert!(err.to_string().contains("nope"), "{err}");
@@ -112,7 +122,8 @@ fn damaged_weights_or_a_manifest_from_another_format_are_refused_naming_the_prob
 #[test]
 fn an_artifact_whose_weights_do_not_match_its_inputs_is_refused_at_load() {
     // Given a manifest claiming 4 inputs for weights trained on 3
-    let mut art = train(ModelKind::Anomaly, &table(plant(300, 7)), &TrainOptions { window: Some(8), epochs: Some(2), ..Default::default() }).unwrap();
+    let mut art =
+        train(ModelKind::Anomaly, &table(plant(300, 7)), &TrainOptions { window: Some(8), epochs: Some(2), ..Default::default() }).unwrap();
     art.manifest.inputs.push("extra".into());
     art.manifest.normalization.mean.push(0.0);
     art.manifest.normalization.std.push(1.0);
@@ -123,7 +134,8 @@ fn an_artifact_whose_weights_do_not_match_its_inputs_is_refused_at_load() {
 
 #[test]
 fn inference_refuses_a_wrong_shape_or_a_non_finite_value() {
-    let art = train(ModelKind::Anomaly, &table(plant(300, 8)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() }).unwrap();
+    let art =
+        train(ModelKind::Anomaly, &table(plant(300, 8)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() }).unwrap();
     let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
     let err = model.infer(&[vec![1.0, 2.0]]).unwrap_err();
     assert!(matches!(err, ModelError::Shape { expected_rows: 1, expected_cols: 3, rows: 1, cols: 2 }), "{err}");
@@ -155,7 +167,13 @@ fn quality_rmse(model: &Model, data: &Dataset) -> f64 {
     let ends: Vec<usize> = (w - 1..data.len()).collect();
     let preds = model.infer_many(&data.rows, &ends).unwrap();
     let truth: Vec<f32> = ends.iter().map(|&e| data.target.as_ref().unwrap()[e]).collect();
-    let values: Vec<f32> = preds.iter().map(|p| match p { Prediction::Quality { value, .. } => *value, other => panic!("{other:?}") }).collect();
+    let values: Vec<f32> = preds
+        .iter()
+        .map(|p| match p {
+            Prediction::Quality { value, .. } => *value,
+            other => panic!("{other:?}"),
+        })
+        .collect();
     edge_models::eval::rmse(&values, &truth)
 }
 
@@ -190,13 +208,19 @@ fn ridge_mlp_learns_the_nonlinear_part_the_ridge_misses() {
 /// regime shifts every signal's level.
 fn fleet(units: usize, seed: u64) -> Dataset {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut ds = Dataset { columns: vec!["regime".into(), "wear".into(), "temp".into(), "flat".into()], groups: Some(vec![]), ..Default::default() };
+    let mut ds =
+        Dataset { columns: vec!["regime".into(), "wear".into(), "temp".into(), "flat".into()], groups: Some(vec![]), ..Default::default() };
     for u in 0..units {
         let life = rng.gen_range(80..160);
         for t in 0..life {
             let regime = rng.gen_range(0..2) as f32;
             let wear = (t as f32 / life as f32).powi(2);
-            ds.rows.push(vec![regime * 10.0, regime * 5.0 + wear + rng.gen_range(-0.03..0.03), regime * 20.0 + 0.5 * wear + rng.gen_range(-0.05..0.05), 1.0]);
+            ds.rows.push(vec![
+                regime * 10.0,
+                regime * 5.0 + wear + rng.gen_range(-0.03..0.03),
+                regime * 20.0 + 0.5 * wear + rng.gen_range(-0.05..0.05),
+                1.0,
+            ]);
             ds.groups.as_mut().unwrap().push(format!("u{u}"));
         }
     }
@@ -205,7 +229,16 @@ fn fleet(units: usize, seed: u64) -> Dataset {
 
 #[test]
 fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure() {
-    let opts = TrainOptions { epochs: Some(15), members: Some(2), hidden: Some(16), regime_columns: vec!["regime".into()], regimes: 2, rul_cap: 60.0, unit: Some("cycles".into()), ..Default::default() };
+    let opts = TrainOptions {
+        epochs: Some(15),
+        members: Some(2),
+        hidden: Some(16),
+        regime_columns: vec!["regime".into()],
+        regimes: 2,
+        rul_cap: 60.0,
+        unit: Some("cycles".into()),
+        ..Default::default()
+    };
     let art = train(ModelKind::Rul, &fleet(30, 13), &opts).unwrap();
     // The flat column is dropped, the regime column kept for the normalisation.
     assert_eq!(art.manifest.inputs, vec!["regime", "wear", "temp"]);
@@ -216,7 +249,15 @@ fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure(
     let rows: Vec<Vec<f32>> = unit.rows.iter().map(|r| r[..3].to_vec()).collect();
     let n = rows.len();
     let ends: Vec<usize> = (n - 60..n).step_by(10).collect();
-    let values: Vec<f32> = model.infer_many(&rows, &ends).unwrap().iter().map(|p| match p { Prediction::Rul { value, .. } => *value, other => panic!("{other:?}") }).collect();
+    let values: Vec<f32> = model
+        .infer_many(&rows, &ends)
+        .unwrap()
+        .iter()
+        .map(|p| match p {
+            Prediction::Rul { value, .. } => *value,
+            other => panic!("{other:?}"),
+        })
+        .collect();
     let truth: Vec<f32> = ends.iter().map(|&e| (n - 1 - e) as f32).collect();
     let rmse = edge_models::eval::rmse(&values, &truth);
     assert!(rmse < 15.0, "rmse {rmse}: {values:?} vs {truth:?}");
@@ -228,7 +269,12 @@ fn rul_tcn_learns_regime_normalised_wear_and_its_estimate_falls_towards_failure(
 
 #[test]
 fn the_run_scorer_counts_flags_against_labels_with_and_without_the_alarm_filter() {
-    let art = train(ModelKind::Anomaly, &table(plant(600, 15)), &TrainOptions { architecture: Some("pca".into()), threshold_margin: 1.2, ..Default::default() }).unwrap();
+    let art = train(
+        ModelKind::Anomaly,
+        &table(plant(600, 15)),
+        &TrainOptions { architecture: Some("pca".into()), threshold_margin: 1.2, ..Default::default() },
+    )
+    .unwrap();
     let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
     // Given a run whose second half is a labelled fault
     let mut run = table(plant(400, 16));
@@ -248,7 +294,8 @@ fn the_run_scorer_counts_flags_against_labels_with_and_without_the_alarm_filter(
 fn a_model_can_move_to_its_own_inference_thread() {
     fn assert_send<T: Send + 'static>() {}
     assert_send::<Model>();
-    let art = train(ModelKind::Anomaly, &table(plant(300, 17)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() }).unwrap();
+    let art = train(ModelKind::Anomaly, &table(plant(300, 17)), &TrainOptions { architecture: Some("pca".into()), ..Default::default() })
+        .unwrap();
     let model = Model::from_artifact(std::path::Path::new("mem"), art).unwrap();
     let row = plant(1, 18);
     let here = model.infer(&row).unwrap();

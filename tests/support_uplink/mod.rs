@@ -59,12 +59,7 @@ fn run(what: &str, cmd: &mut Command) {
     let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| {
         panic!("cannot run {what} ({e}); the TLS tests need the openssl CLI and mosquitto: apt-get install -y openssl mosquitto")
     });
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{what} failed: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 /// A CA and the certificates it signs, as PEM files in `dir`.
@@ -107,9 +102,7 @@ impl Pki {
         let key = self.dir.join(format!("{stem}.key"));
         run(
             "openssl genpkey",
-            Command::new("openssl")
-                .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"])
-                .arg(&key),
+            Command::new("openssl").args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]).arg(&key),
         );
         key
     }
@@ -137,13 +130,7 @@ impl Pki {
         let csr = self.dir.join(format!("{stem}.csr"));
         run(
             "openssl req (CSR)",
-            Command::new("openssl")
-                .args(["req", "-new", "-key"])
-                .arg(&key)
-                .arg("-config")
-                .arg(&cnf)
-                .arg("-out")
-                .arg(&csr),
+            Command::new("openssl").args(["req", "-new", "-key"]).arg(&key).arg("-config").arg(&cnf).arg("-out").arg(&csr),
         );
         let cert = self.dir.join(format!("{stem}.pem"));
         let ca_key = self.dir.join(format!("{}-ca.key", self.name));
@@ -167,10 +154,7 @@ impl Pki {
 
 /// `mosquitto_passwd -b -c FILE user password`.
 pub fn password_file(path: &Path, user: &str, password: &str) {
-    run(
-        "mosquitto_passwd",
-        Command::new(mosquitto_passwd_binary()).arg("-b").arg("-c").arg(path).arg(user).arg(password),
-    );
+    run("mosquitto_passwd", Command::new(mosquitto_passwd_binary()).arg("-b").arg("-c").arg(path).arg(user).arg(password));
 }
 
 fn mosquitto_passwd_binary() -> PathBuf {
@@ -207,12 +191,7 @@ impl Listener {
     pub fn tls(ca: &Path, server: &(PathBuf, PathBuf), extra: &str) -> Self {
         Listener {
             port: free_port(),
-            settings: format!(
-                "cafile {}\ncertfile {}\nkeyfile {}\n{extra}",
-                ca.display(),
-                server.0.display(),
-                server.1.display()
-            ),
+            settings: format!("cafile {}\ncertfile {}\nkeyfile {}\n{extra}", ca.display(), server.0.display(), server.1.display()),
         }
     }
 }
@@ -227,10 +206,8 @@ impl Broker {
     pub async fn start(listeners: &[&Listener]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for mosquitto");
         let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".into());
-        let mut conf = format!(
-            "per_listener_settings true\nuser {user}\npersistence false\nlog_dest file {}/mosquitto.log\n",
-            dir.path().display()
-        );
+        let mut conf =
+            format!("per_listener_settings true\nuser {user}\npersistence false\nlog_dest file {}/mosquitto.log\n", dir.path().display());
         for l in listeners {
             conf.push_str(&format!("\nlistener {} 127.0.0.1\n{}", l.port, l.settings));
         }

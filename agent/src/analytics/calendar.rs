@@ -44,7 +44,12 @@ pub fn expand(cfg: &CalendarConfig, now: DateTime<Utc>) -> Calendar {
             }
             while start < end {
                 if start + length > now {
-                    stops.push(PlannedStop { name: s.name.clone(), start: hours(now, start), end: hours(now, start + length), crew: s.crew });
+                    stops.push(PlannedStop {
+                        name: s.name.clone(),
+                        start: hours(now, start),
+                        end: hours(now, start + length),
+                        crew: s.crew,
+                    });
                 }
                 start += every;
             }
@@ -107,7 +112,13 @@ mod tests {
     #[test]
     fn a_night_shift_that_began_yesterday_is_still_on() {
         let cfg = CalendarConfig {
-            shifts: vec![ShiftConfig { name: "night".into(), start: "22:00".into(), duration: Duration::from_secs(8 * 3600), crew: 2, days: None }],
+            shifts: vec![ShiftConfig {
+                name: "night".into(),
+                start: "22:00".into(),
+                duration: Duration::from_secs(8 * 3600),
+                crew: 2,
+                days: None,
+            }],
             ..Default::default()
         };
         let cal = expand(&cfg, utc("2026-11-28T02:00:00Z"));

@@ -227,7 +227,10 @@ impl ModelConfig {
         if !is_valid_name(&self.name) || self.name.len() > 56 {
             issues.push(
                 format!("{path}.name"),
-                format!("{:?} is not a valid model name: use 1–56 letters, digits, '-' or '_' (its telemetry tags add a suffix such as _upper)", self.name),
+                format!(
+                    "{:?} is not a valid model name: use 1–56 letters, digits, '-' or '_' (its telemetry tags add a suffix such as _upper)",
+                    self.name
+                ),
             );
         }
         if let Some(asset) = &self.asset {
@@ -555,7 +558,8 @@ days = ["monday"]
 
     #[test]
     fn a_device_named_analytics_clashes_with_the_virtual_device_when_models_run() {
-        let text = format!("{BASE}\n[[models]]\nname = \"m\"\nkind = \"rul\"\nartifact = \"d\"\ninputs = [\"analytics/a\"]\n").replace("name = \"plc\"", "name = \"analytics\"");
+        let text = format!("{BASE}\n[[models]]\nname = \"m\"\nkind = \"rul\"\nartifact = \"d\"\ninputs = [\"analytics/a\"]\n")
+            .replace("name = \"plc\"", "name = \"analytics\"");
         let err = load_str(&text, "t.toml").unwrap_err();
         assert!(err.problems.iter().any(|p| p.path == "devices" && p.message.contains("virtual device")), "{err}");
     }

@@ -51,7 +51,14 @@ pub struct AnomalyDetector {
 
 impl AnomalyDetector {
     pub fn new(cfg: &ModelConfig) -> Self {
-        AnomalyDetector { on: cfg.score_on, off: cfg.score_off, top: cfg.top_tags, hold: Hold::new(cfg.min_duration), peak: 0.0, started_at: None }
+        AnomalyDetector {
+            on: cfg.score_on,
+            off: cfg.score_off,
+            top: cfg.top_tags,
+            hold: Hold::new(cfg.min_duration),
+            peak: 0.0,
+            started_at: None,
+        }
     }
 
     pub fn active(&self) -> bool {

@@ -10,16 +10,34 @@ use crate::live::Snapshot;
 type Family = (&'static str, &'static str, &'static str, fn(&ModelView, &CountersView) -> u64);
 
 const FAMILIES: [Family; 10] = [
-    ("model_loaded", "gauge", "1 when the model's artifact loaded and its thread runs, 0 when it failed (disabled) or is loading.", |v, _| u64::from(v.state == "running")),
-    ("model_active", "gauge", "1 while the model's condition is raised: an anomaly, a quality deviation or a maintenance due.", |v, _| u64::from(v.active)),
+    (
+        "model_loaded",
+        "gauge",
+        "1 when the model's artifact loaded and its thread runs, 0 when it failed (disabled) or is loading.",
+        |v, _| u64::from(v.state == "running"),
+    ),
+    ("model_active", "gauge", "1 while the model's condition is raised: an anomaly, a quality deviation or a maintenance due.", |v, _| {
+        u64::from(v.active)
+    }),
     ("model_inferences_total", "counter", "Inferences the model ran.", |_, c| c.inferences),
-    ("model_inference_errors_total", "counter", "Inferences that failed (shape, non-finite input, computation).", |_, c| c.inference_errors),
+    ("model_inference_errors_total", "counter", "Inferences that failed (shape, non-finite input, computation).", |_, c| {
+        c.inference_errors
+    }),
     ("model_inference_last_microseconds", "gauge", "Duration of the model's last inference.", |_, c| c.last_latency_us),
     ("model_inference_max_microseconds", "gauge", "Longest inference of the model since it started.", |_, c| c.max_latency_us),
-    ("model_rows_skipped_total", "counter", "Rows not taken because an input was bad, missing or stale (the window starts again).", |_, c| c.rows_skipped),
-    ("model_samples_dropped_total", "counter", "Readings (and lab values) not handed to the model because its queue was full.", |_, c| c.samples_dropped),
+    (
+        "model_rows_skipped_total",
+        "counter",
+        "Rows not taken because an input was bad, missing or stale (the window starts again).",
+        |_, c| c.rows_skipped,
+    ),
+    ("model_samples_dropped_total", "counter", "Readings (and lab values) not handed to the model because its queue was full.", |_, c| {
+        c.samples_dropped
+    }),
     ("model_events_total", "counter", "Events the model raised (model_loaded and model_failed included).", |_, c| c.events),
-    ("model_outputs_dropped_total", "counter", "Events and prediction telemetry lost because the queue to the store was full.", |_, c| c.events_dropped + c.telemetry_dropped),
+    ("model_outputs_dropped_total", "counter", "Events and prediction telemetry lost because the queue to the store was full.", |_, c| {
+        c.events_dropped + c.telemetry_dropped
+    }),
 ];
 
 /// Number of families rendered here.
@@ -46,7 +64,10 @@ mod tests {
         // Given one running model with counters and one that failed
         let mut s = Snapshot::default();
         let counters = CountersView { inferences: 12, last_latency_us: 340, events: 2, ..Default::default() };
-        s.models.insert("pump".into(), ModelView { name: "pump".into(), state: "running".into(), active: true, counters, ..Default::default() });
+        s.models.insert(
+            "pump".into(),
+            ModelView { name: "pump".into(), state: "running".into(), active: true, counters, ..Default::default() },
+        );
         s.models.insert("rul".into(), ModelView { name: "rul".into(), state: "failed".into(), ..Default::default() });
 
         // When rendered

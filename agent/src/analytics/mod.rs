@@ -76,9 +76,13 @@ impl LabInbox {
     /// Hands a lab value to the quality model `model`; the error says why not.
     pub fn send(&self, model: &str, value: f64, at: chrono::DateTime<Utc>) -> Result<(), String> {
         let Some((kind, inbox, counters)) = self.models.get(model) else {
-            let mut names: Vec<&str> = self.models.iter().filter(|(_, (k, _, _))| *k == ModelKind::Quality).map(|(n, _)| n.as_str()).collect();
+            let mut names: Vec<&str> =
+                self.models.iter().filter(|(_, (k, _, _))| *k == ModelKind::Quality).map(|(n, _)| n.as_str()).collect();
             names.sort_unstable();
-            return Err(format!("no model named {model:?} (quality models: {})", if names.is_empty() { "none".into() } else { names.join(", ") }));
+            return Err(format!(
+                "no model named {model:?} (quality models: {})",
+                if names.is_empty() { "none".into() } else { names.join(", ") }
+            ));
         };
         if *kind != ModelKind::Quality {
             return Err(format!("model {model:?} is a {} model; lab values go to quality models", kind.as_str()));

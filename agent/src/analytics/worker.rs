@@ -67,12 +67,7 @@ pub fn load(cfg: &ModelConfig) -> Result<Model, String> {
         return Err(format!("the artifact is a {} model, the config says kind = \"{}\"", m.kind.as_str(), cfg.kind.as_str()));
     }
     if m.inputs.len() != cfg.inputs.len() {
-        return Err(format!(
-            "the model reads {} inputs ({}), the config lists {}",
-            m.inputs.len(),
-            m.inputs.join(", "),
-            cfg.inputs.len()
-        ));
+        return Err(format!("the model reads {} inputs ({}), the config lists {}", m.inputs.len(), m.inputs.join(", "), cfg.inputs.len()));
     }
     for (i, (want, got)) in m.inputs.iter().zip(&cfg.inputs).enumerate() {
         let tag = got.split_once('/').map_or(got.as_str(), |(_, t)| t);
@@ -100,11 +95,14 @@ impl Worker {
                     v.state = "failed".into();
                     v.error = Some(reason.clone());
                 });
-                self.raise(Raised {
-                    kind: "model_failed",
-                    severity: "warning",
-                    details: json!({ "kind": self.cfg.kind.as_str(), "artifact": self.cfg.artifact, "reason": reason }),
-                }, None);
+                self.raise(
+                    Raised {
+                        kind: "model_failed",
+                        severity: "warning",
+                        details: json!({ "kind": self.cfg.kind.as_str(), "artifact": self.cfg.artifact, "reason": reason }),
+                    },
+                    None,
+                );
                 // Drain until shutdown so the feed sees a live queue (nothing is counted as dropped).
                 while inbox.recv().is_ok() {}
                 return;
@@ -120,19 +118,22 @@ impl Worker {
             v.unit = m.unit.clone();
             v.window = m.window;
         });
-        self.raise(Raised {
-            kind: "model_loaded",
-            severity: "info",
-            details: json!({
-                "kind": m.kind.as_str(),
-                "artifact": self.cfg.artifact,
-                "architecture": m.architecture,
-                "inputs": self.cfg.inputs,
-                "window": m.window,
-                "unit": m.unit,
-                "training_data_sha256": m.training_data_sha256,
-            }),
-        }, Some(&m.version));
+        self.raise(
+            Raised {
+                kind: "model_loaded",
+                severity: "info",
+                details: json!({
+                    "kind": m.kind.as_str(),
+                    "artifact": self.cfg.artifact,
+                    "architecture": m.architecture,
+                    "inputs": self.cfg.inputs,
+                    "window": m.window,
+                    "unit": m.unit,
+                    "training_data_sha256": m.training_data_sha256,
+                }),
+            },
+            Some(&m.version),
+        );
 
         let mut windower = Windower::new(self.cfg.inputs.clone(), m.window, self.cfg.row_interval);
         let mut detector = match m.kind {
@@ -241,7 +242,8 @@ impl Worker {
             }
             (Prediction::Quality { value, lower, upper }, Detector::Quality(d)) => {
                 let (c, raised) = d.update(*value as f64, *lower as f64, *upper as f64, now, wall);
-                let view = PredictionView { at: Some(wall), value: c.value, lower: Some(c.lower), upper: Some(c.upper), contributions: vec![] };
+                let view =
+                    PredictionView { at: Some(wall), value: c.value, lower: Some(c.lower), upper: Some(c.upper), contributions: vec![] };
                 let t = vec![
                     (format!("{name}_value"), c.value),
                     (format!("{name}_lower"), c.lower),
@@ -255,8 +257,18 @@ impl Worker {
                 let raised = d.update(*value as f64, *lower as f64, *upper as f64, &calendar, now, wall);
                 let window = d.last_window.clone();
                 self.set_view(|v| v.maintenance_window = window);
-                let view = PredictionView { at: Some(wall), value: *value as f64, lower: Some(*lower as f64), upper: Some(*upper as f64), contributions: vec![] };
-                let t = vec![(format!("{name}_value"), *value as f64), (format!("{name}_lower"), *lower as f64), (format!("{name}_upper"), *upper as f64)];
+                let view = PredictionView {
+                    at: Some(wall),
+                    value: *value as f64,
+                    lower: Some(*lower as f64),
+                    upper: Some(*upper as f64),
+                    contributions: vec![],
+                };
+                let t = vec![
+                    (format!("{name}_value"), *value as f64),
+                    (format!("{name}_lower"), *lower as f64),
+                    (format!("{name}_upper"), *upper as f64),
+                ];
                 (view, raised, t)
             }
             _ => {
@@ -293,7 +305,14 @@ impl Worker {
     fn publish(&self, wall: chrono::DateTime<Utc>, values: Vec<(String, f64)>) {
         let samples = values
             .into_iter()
-            .map(|(tag, v)| Sample { tag, value: Some(Value::Float(v)), quality: Quality::Good, source_ts: wall, server_ts: None, agent_ts: wall })
+            .map(|(tag, v)| Sample {
+                tag,
+                value: Some(Value::Float(v)),
+                quality: Quality::Good,
+                source_ts: wall,
+                server_ts: None,
+                agent_ts: wall,
+            })
             .collect();
         let report = DeviceReport { device: ANALYTICS_DEVICE.into(), kind: ReportKind::Samples(samples) };
         if self.telemetry.try_send(report).is_err() {

@@ -254,7 +254,16 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
             let artifact = train(kind.into(), &data, &model.options())?;
             artifact.save(&out)?;
             let m = &artifact.manifest;
-            println!("{}: {} {} model, {} inputs, window {}, trained on {} rows in {:.1} s", out.display(), m.architecture, m.kind, m.inputs.len(), m.window, data.len(), started.elapsed().as_secs_f64());
+            println!(
+                "{}: {} {} model, {} inputs, window {}, trained on {} rows in {:.1} s",
+                out.display(),
+                m.architecture,
+                m.kind,
+                m.inputs.len(),
+                m.window,
+                data.len(),
+                started.elapsed().as_secs_f64()
+            );
             for (k, v) in &m.metrics {
                 println!("  {k} = {v:.4}");
             }
@@ -262,11 +271,14 @@ pub fn run(cmd: ModelsCommand) -> Result<()> {
         }
         ModelsCommand::Eval { kind, csv, model, truth, train_rows, table, train_opts, alarm } => {
             let opts = table.options()?;
-            let alarm = AlarmOptions { smoothing: alarm.smoothing, on: alarm.on, off: alarm.off, min_on: alarm.min_on, min_off: alarm.min_off };
+            let alarm =
+                AlarmOptions { smoothing: alarm.smoothing, on: alarm.on, off: alarm.off, min_on: alarm.min_on, min_off: alarm.min_off };
             match kind {
                 Kind::Anomaly => eval_anomaly(&csv, &opts, model.as_deref(), train_rows, &train_opts.options(), alarm),
                 Kind::Quality => eval_quality(&read_all(&csv, &opts)?, &load(model.as_deref())?),
-                Kind::Rul => eval_rul(&read_all(&csv, &opts)?, &load(model.as_deref())?, truth.as_deref().context("rul eval needs --truth FILE")?),
+                Kind::Rul => {
+                    eval_rul(&read_all(&csv, &opts)?, &load(model.as_deref())?, truth.as_deref().context("rul eval needs --truth FILE")?)
+                }
             }
         }
     }
@@ -278,10 +290,26 @@ fn load(dir: Option<&Path>) -> Result<Model> {
 }
 
 fn print_confusion(label: &str, c: &Confusion) {
-    println!("{label}: F1 {:.3}  FAR {:.2} %  MAR {:.2} %  (tp {} fp {} tn {} fn {})", c.f1(), 100.0 * c.far(), 100.0 * c.mar(), c.tp, c.fp, c.tn, c.fn_);
+    println!(
+        "{label}: F1 {:.3}  FAR {:.2} %  MAR {:.2} %  (tp {} fp {} tn {} fn {})",
+        c.f1(),
+        100.0 * c.far(),
+        100.0 * c.mar(),
+        c.tp,
+        c.fp,
+        c.tn,
+        c.fn_
+    );
 }
 
-fn eval_anomaly(files: &[PathBuf], opts: &CsvOptions, model: Option<&Path>, train_rows: usize, train_opts: &TrainOptions, alarm: AlarmOptions) -> Result<()> {
+fn eval_anomaly(
+    files: &[PathBuf],
+    opts: &CsvOptions,
+    model: Option<&Path>,
+    train_rows: usize,
+    train_opts: &TrainOptions,
+    alarm: AlarmOptions,
+) -> Result<()> {
     let fixed = model.map(Model::load).transpose()?;
     let (mut raw, mut filtered) = (Confusion::default(), Confusion::default());
     let started = Instant::now();
@@ -296,12 +324,20 @@ fn eval_anomaly(files: &[PathBuf], opts: &CsvOptions, model: Option<&Path>, trai
                 // SKAB protocol: each run's first rows are normal; a model learns them and
                 // scores the whole run (those rows included, as the published figures do).
                 let normal = data.slice(0..train_rows.min(data.len()));
-                let artifact = train(ModelKind::Anomaly, &normal, train_opts).with_context(|| format!("{}: training on the first {train_rows} rows", f.display()))?;
+                let artifact = train(ModelKind::Anomaly, &normal, train_opts)
+                    .with_context(|| format!("{}: training on the first {train_rows} rows", f.display()))?;
                 let m = Model::from_artifact(f, artifact)?;
                 eval::score_run(&m, &data, alarm, 0, true)?
             }
         };
-        println!("{}: raw F1 {:.3} FAR {:.1} % | alarm F1 {:.3} FAR {:.1} %", f.display(), r.raw.f1(), 100.0 * r.raw.far(), r.alarm.f1(), 100.0 * r.alarm.far());
+        println!(
+            "{}: raw F1 {:.3} FAR {:.1} % | alarm F1 {:.3} FAR {:.1} %",
+            f.display(),
+            r.raw.f1(),
+            100.0 * r.raw.far(),
+            r.alarm.f1(),
+            100.0 * r.alarm.far()
+        );
         raw.merge(&r.raw);
         filtered.merge(&r.alarm);
     }
@@ -329,7 +365,12 @@ fn eval_quality(data: &Dataset, model: &Model) -> Result<()> {
     }
     let truth: Vec<f32> = ends.iter().map(|&e| target[e]).collect();
     println!("{} ({}): {} predictions in {:.2} s", m.name, m.architecture, v.len(), started.elapsed().as_secs_f64());
-    println!("R2 {:.3}  RMSE {:.4}  band 10-90 % coverage {:.1} %", eval::r2(&v, &truth), eval::rmse(&v, &truth), 100.0 * eval::coverage(&lo, &hi, &truth));
+    println!(
+        "R2 {:.3}  RMSE {:.4}  band 10-90 % coverage {:.1} %",
+        eval::r2(&v, &truth),
+        eval::rmse(&v, &truth),
+        100.0 * eval::coverage(&lo, &hi, &truth)
+    );
     Ok(())
 }
 
@@ -337,7 +378,10 @@ fn eval_rul(data: &Dataset, model: &Model, truth_file: &Path) -> Result<()> {
     let m = model.manifest();
     let inputs = columns_for(data, m)?;
     let text = std::fs::read_to_string(truth_file).with_context(|| truth_file.display().to_string())?;
-    let truth: Vec<f32> = text.split_whitespace().map(|t| t.parse::<f32>().with_context(|| format!("{}: {t:?}", truth_file.display()))).collect::<Result<_>>()?;
+    let truth: Vec<f32> = text
+        .split_whitespace()
+        .map(|t| t.parse::<f32>().with_context(|| format!("{}: {t:?}", truth_file.display())))
+        .collect::<Result<_>>()?;
     let groups = data.group_ranges();
     if groups.len() != truth.len() {
         bail!("{} units in the data, {} values in {}", groups.len(), truth.len(), truth_file.display());
@@ -346,7 +390,8 @@ fn eval_rul(data: &Dataset, model: &Model, truth_file: &Path) -> Result<()> {
     let mut pred = Vec::with_capacity(groups.len());
     for g in &groups {
         // The last `window` rows of the unit, the first row repeated if the unit is shorter.
-        let rows: Vec<Vec<f32>> = (0..m.window).map(|k| inputs[(g.end as isize - (m.window - k) as isize).max(g.start as isize) as usize].clone()).collect();
+        let rows: Vec<Vec<f32>> =
+            (0..m.window).map(|k| inputs[(g.end as isize - (m.window - k) as isize).max(g.start as isize) as usize].clone()).collect();
         match model.infer(&rows)? {
             Prediction::Rul { value, .. } => pred.push(value),
             other => bail!("not a rul model: {other:?}"),
@@ -362,6 +407,10 @@ fn eval_rul(data: &Dataset, model: &Model, truth_file: &Path) -> Result<()> {
 
 /// The data's columns in the model's input order.
 fn columns_for(data: &Dataset, m: &edge_models::Manifest) -> Result<Vec<Vec<f32>>> {
-    let idx: Vec<usize> = m.inputs.iter().map(|n| data.column(n).with_context(|| format!("the data has no column {n:?} that the model reads"))).collect::<Result<_>>()?;
+    let idx: Vec<usize> = m
+        .inputs
+        .iter()
+        .map(|n| data.column(n).with_context(|| format!("the data has no column {n:?} that the model reads")))
+        .collect::<Result<_>>()?;
     Ok(data.rows.iter().map(|r| idx.iter().map(|&i| r[i]).collect()).collect())
 }

@@ -136,7 +136,13 @@ fn parse_enum<T: serde::de::DeserializeOwned>(text: &str, flag: &str) -> anyhow:
     serde_json::from_value(serde_json::Value::String(text.to_string())).with_context(|| format!("{flag}: unknown value {text:?}"))
 }
 
-async fn browse_to_stdout(ua: &OpcuaConfig, pki: &Path, start: edge_drivers::opcua::NodeId, depth: usize, snippet: bool) -> anyhow::Result<Option<u8>> {
+async fn browse_to_stdout(
+    ua: &OpcuaConfig,
+    pki: &Path,
+    start: edge_drivers::opcua::NodeId,
+    depth: usize,
+    snippet: bool,
+) -> anyhow::Result<Option<u8>> {
     let limit = Duration::from_secs(10);
     let (ua2, pki2) = (ua.clone(), pki.to_path_buf());
     let mut client = tokio::task::spawn_blocking(move || session::build_client(&ua2, &pki2, limit))

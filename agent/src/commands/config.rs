@@ -134,7 +134,10 @@ impl WritableTag {
             return;
         }
         let Some(table) = tag.table else {
-            issues.push(format!("{path}.tag"), format!("{}/{} is not a Modbus register or coil: only those can be written", self.device, self.tag));
+            issues.push(
+                format!("{path}.tag"),
+                format!("{}/{} is not a Modbus register or coil: only those can be written", self.device, self.tag),
+            );
             return;
         };
         let is_bool = tag.data_type() == edge_drivers::modbus::DataType::Bool;

@@ -168,7 +168,9 @@ impl Handler {
                     Command::Lab(lab) => {
                         let sampled_at = lab.sampled_at.unwrap_or(audit.received_at);
                         match self.lab.send(&lab.model, lab.value, sampled_at) {
-                            Ok(()) => Verdict::Executed(json!({ "model": lab.model, "value": lab.value, "sampled_at": rfc3339(sampled_at) })),
+                            Ok(()) => {
+                                Verdict::Executed(json!({ "model": lab.model, "value": lab.value, "sampled_at": rfc3339(sampled_at) }))
+                            }
                             Err(reason) => Verdict::Rejected(reason),
                         }
                     }
@@ -230,10 +232,14 @@ impl Handler {
                 let reason = format!("{}/{}: {e}", w.device, w.tag);
                 match e {
                     // Nothing was sent.
-                    WriteError::NotConnected | WriteError::UnknownTag(_) | WriteError::Encode(_) | WriteError::NotSent(_) => Verdict::Rejected(reason),
-                    WriteError::Exception(_) | WriteError::Refused(_) | WriteError::Timeout(_) | WriteError::Transport(_) | WriteError::NotConfirmed(_) => {
-                        Verdict::Failed(reason)
+                    WriteError::NotConnected | WriteError::UnknownTag(_) | WriteError::Encode(_) | WriteError::NotSent(_) => {
+                        Verdict::Rejected(reason)
                     }
+                    WriteError::Exception(_)
+                    | WriteError::Refused(_)
+                    | WriteError::Timeout(_)
+                    | WriteError::Transport(_)
+                    | WriteError::NotConfirmed(_) => Verdict::Failed(reason),
                 }
             }
         }
@@ -445,7 +451,14 @@ tag = "pump"
         let now = Utc::now();
         live.record_samples(
             "plc",
-            &[Sample { tag: "flow".into(), value: Some(Value::Float(308.4)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now }],
+            &[Sample {
+                tag: "flow".into(),
+                value: Some(Value::Float(308.4)),
+                quality: Quality::Good,
+                source_ts: now,
+                server_ts: None,
+                agent_ts: now,
+            }],
         );
         let (tx, mut rx) = mpsc::channel::<WriteRequest>(4);
         let seen: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();

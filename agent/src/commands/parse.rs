@@ -19,9 +19,15 @@ pub const NAMES: [&str; 5] = ["write", "reload", "rebirth", "ping", "lab"];
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Write(WriteCommand),
-    Reload { id: String },
-    Rebirth { id: String },
-    Ping { id: String },
+    Reload {
+        id: String,
+    },
+    Rebirth {
+        id: String,
+    },
+    Ping {
+        id: String,
+    },
     /// `cmd/lab`: a lab result for a quality model (corrects its bias).
     Lab(LabCommand),
 }

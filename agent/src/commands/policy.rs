@@ -177,7 +177,13 @@ mod tests {
     #[test]
     fn an_opcua_tag_takes_any_kind_of_value_but_numbers_need_limits() {
         // Given an OPC-UA device with two allowlisted tags, one with limits
-        let ua_tag = |name: &str| TagConfig { name: name.into(), table: None, address: None, node_id: Some(format!("ns=2;s={name}")), ..TagConfig::default() };
+        let ua_tag = |name: &str| TagConfig {
+            name: name.into(),
+            table: None,
+            address: None,
+            node_id: Some(format!("ns=2;s={name}")),
+            ..TagConfig::default()
+        };
         let devices = vec![DeviceConfig {
             name: "press".into(),
             protocol: Protocol::Opcua,
@@ -185,7 +191,11 @@ mod tests {
             ..DeviceConfig::default()
         }];
         let entry = |tag: &str, min, max| WritableTag { device: "press".into(), tag: tag.into(), min, max, max_step: None };
-        let c = CommandsConfig { writes_enabled: true, writable: vec![entry("speed", Some(0.0), Some(100.0)), entry("mode", None, None)], ..Default::default() };
+        let c = CommandsConfig {
+            writes_enabled: true,
+            writable: vec![entry("speed", Some(0.0), Some(100.0)), entry("mode", None, None)],
+            ..Default::default()
+        };
         let w = |tag: &str, value| WriteCommand { id: "1".into(), device: "press".into(), tag: tag.into(), value };
         // Then numbers are checked against the limits, text and booleans go to the driver
         assert_eq!(check_write(&c, &devices, None, &w("speed", Value::Float(50.0))), Ok(()));

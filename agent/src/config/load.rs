@@ -74,12 +74,9 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
 
     // 2. Shape and types, noting every key serde did not use (unknown keys are errors).
     let mut unknown = Vec::new();
-    let parsed: Result<Config, toml::de::Error> =
-        serde_ignored::deserialize(toml::Deserializer::new(text), |p| unknown.push(dotted(&p)));
-    let mut problems: Vec<Problem> = unknown
-        .into_iter()
-        .map(|path| Problem { line: find_line(&doc, text, &path), message: "unknown key".into(), path })
-        .collect();
+    let parsed: Result<Config, toml::de::Error> = serde_ignored::deserialize(toml::Deserializer::new(text), |p| unknown.push(dotted(&p)));
+    let mut problems: Vec<Problem> =
+        unknown.into_iter().map(|path| Problem { line: find_line(&doc, text, &path), message: "unknown key".into(), path }).collect();
     let config = match parsed {
         Ok(c) => c,
         Err(e) => {
@@ -114,9 +111,9 @@ fn type_problems(text: &str, original: &ImDocument<String>, first: toml::de::Err
         let path = span.as_ref().map(|s| path_at(&doc, s.clone())).unwrap_or_default();
         let message = error.message().trim().to_string();
         // A required key we took out ourselves is reported once, as the bad value it was.
-        let consequence = removed.iter().any(|r| {
-            message.starts_with("missing field") && message.contains(&format!("`{}`", r.rsplit('.').next().unwrap_or(r)))
-        });
+        let consequence = removed
+            .iter()
+            .any(|r| message.starts_with("missing field") && message.contains(&format!("`{}`", r.rsplit('.').next().unwrap_or(r))));
         if !consequence {
             let line = find_line(original, text, &path).or_else(|| span.map(|s| line_of(&current, s.start)));
             problems.push(Problem { line, path: path.clone(), message });

@@ -60,17 +60,8 @@ fn problems(text: &str) -> Vec<Problem> {
 
 /// The 1-based line of the only line of `text` containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
-    let lines: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.contains(needle))
-        .map(|(i, _)| i + 1)
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{needle:?} must be on exactly one line of the test config"
-    );
+    let lines: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.contains(needle)).map(|(i, _)| i + 1).collect();
+    assert_eq!(lines.len(), 1, "{needle:?} must be on exactly one line of the test config");
     lines[0]
 }
 
@@ -81,33 +72,20 @@ fn line_of_nth(text: &str, needle: &str, n: usize) -> usize {
         .enumerate()
         .filter(|(_, l)| l.contains(needle))
         .nth(n)
-        .unwrap_or_else(|| {
-            panic!(
-                "{needle:?} occurs fewer than {} times in the test config",
-                n + 1
-            )
-        });
+        .unwrap_or_else(|| panic!("{needle:?} occurs fewer than {} times in the test config", n + 1));
     i + 1
 }
 
 /// The only problem reported for `path`.
 fn problem_at<'a>(problems: &'a [Problem], path: &str) -> &'a Problem {
     let found: Vec<&Problem> = problems.iter().filter(|p| p.path == path).collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "expected one problem at {path:?}, got: {problems:#?}"
-    );
+    assert_eq!(found.len(), 1, "expected one problem at {path:?}, got: {problems:#?}");
     found[0]
 }
 
 /// `text` with `new` in place of the one occurrence of `old`.
 fn replace_once(text: &str, old: &str, new: &str) -> String {
-    assert_eq!(
-        text.matches(old).count(),
-        1,
-        "{old:?} must occur once in the test config"
-    );
+    assert_eq!(text.matches(old).count(), 1, "{old:?} must occur once in the test config");
     text.replacen(old, new, 1)
 }
 
@@ -156,8 +134,7 @@ fn the_demo_config_loads_without_problems() {
     let text = include_str!("../../../firmware-configs/demo/sugar-mill.toml");
 
     // When it is loaded
-    let config = load_str(text, "sugar-mill.toml")
-        .unwrap_or_else(|e| panic!("the demo config was refused:\n{e}"));
+    let config = load_str(text, "sugar-mill.toml").unwrap_or_else(|e| panic!("the demo config was refused:\n{e}"));
 
     // Then every device and tag is there
     assert_eq!(config.gateway.id, "demo-gw-01");
@@ -198,11 +175,7 @@ fn an_unknown_key_in_the_mqtt_section_is_reported_with_its_path_and_line() {
 #[test]
 fn an_unknown_key_in_a_tag_is_reported_with_the_tag_index_and_line() {
     // Given the second tag of the first device with a key that does not exist
-    let text = replace_once(
-        ONE_DEVICE,
-        "type = \"f32\"\n",
-        "type = \"f32\"\ncolour = \"red\"\n",
-    );
+    let text = replace_once(ONE_DEVICE, "type = \"f32\"\n", "type = \"f32\"\ncolour = \"red\"\n");
 
     // When it is loaded
     let problems = problems(&text);
@@ -218,34 +191,23 @@ fn an_unknown_key_in_a_tag_is_reported_with_the_tag_index_and_line() {
 fn unknown_keys_in_several_sections_are_all_reported_in_line_order() {
     // Given unknown keys at the top level, in `[mqtt]` and in a tag
     let text = replace_once(ONE_DEVICE, "port = 1883\n", "port = 1883\nqos = 2\n");
-    let text = replace_once(
-        &text,
-        "type = \"f32\"\n",
-        "type = \"f32\"\ncolour = \"red\"\n",
-    );
+    let text = replace_once(&text, "type = \"f32\"\n", "type = \"f32\"\ncolour = \"red\"\n");
     let text = replace_once(&text, "[gateway]\n", "verbose = true\n\n[gateway]\n");
 
     // When it is loaded
     let problems = problems(&text);
 
     // Then all three are reported, each at its own line, first line first
-    let got: Vec<(&str, Option<usize>)> =
-        problems.iter().map(|p| (p.path.as_str(), p.line)).collect();
+    let got: Vec<(&str, Option<usize>)> = problems.iter().map(|p| (p.path.as_str(), p.line)).collect();
     assert_eq!(
         got,
         vec![
             ("verbose", Some(1)),
             ("mqtt.qos", Some(line_of(&text, "qos = 2"))),
-            (
-                "devices[0].tags[1].colour",
-                Some(line_of(&text, "colour ="))
-            ),
+            ("devices[0].tags[1].colour", Some(line_of(&text, "colour ="))),
         ]
     );
-    assert!(
-        problems.iter().all(|p| p.message == "unknown key"),
-        "{problems:#?}"
-    );
+    assert!(problems.iter().all(|p| p.message == "unknown key"), "{problems:#?}");
 }
 
 /// A config with six semantic errors, each in a different place.
@@ -303,64 +265,29 @@ fn several_semantic_errors_are_all_reported_at_once_with_path_and_line() {
 
     // Then every error is reported, none hiding another, each with its path and line
     let expect = [
-        (
-            "gateway.id",
-            line_of_nth(SEVERAL_ERRORS, "id = \"gw 01\"", 0),
-            "is not a valid id",
-        ),
-        (
-            "web.listen",
-            line_of_nth(SEVERAL_ERRORS, "listen = \"0.0.0.0:8080\"", 0),
-            "is not a loopback address",
-        ),
-        (
-            "devices[0].tags[1].name",
-            line_of_nth(SEVERAL_ERRORS, "name = \"speed\"", 1),
-            "duplicate tag name \"speed\"",
-        ),
-        (
-            "devices[0].tags[2].type",
-            line_of_nth(SEVERAL_ERRORS, "type = \"f32\"", 0),
-            "the type must be bool, not f32",
-        ),
-        (
-            "devices[0].tags[3].scale",
-            line_of_nth(SEVERAL_ERRORS, "scale = 0", 0),
-            "must be a finite number other than 0",
-        ),
-        (
-            "devices[1].name",
-            line_of_nth(SEVERAL_ERRORS, "name = \"plc-1\"", 1),
-            "duplicate device name \"plc-1\"",
-        ),
+        ("gateway.id", line_of_nth(SEVERAL_ERRORS, "id = \"gw 01\"", 0), "is not a valid id"),
+        ("web.listen", line_of_nth(SEVERAL_ERRORS, "listen = \"0.0.0.0:8080\"", 0), "is not a loopback address"),
+        ("devices[0].tags[1].name", line_of_nth(SEVERAL_ERRORS, "name = \"speed\"", 1), "duplicate tag name \"speed\""),
+        ("devices[0].tags[2].type", line_of_nth(SEVERAL_ERRORS, "type = \"f32\"", 0), "the type must be bool, not f32"),
+        ("devices[0].tags[3].scale", line_of_nth(SEVERAL_ERRORS, "scale = 0", 0), "must be a finite number other than 0"),
+        ("devices[1].name", line_of_nth(SEVERAL_ERRORS, "name = \"plc-1\"", 1), "duplicate device name \"plc-1\""),
     ];
     assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     for (path, line, reason) in expect {
         let p = problem_at(&problems, path);
-        assert!(
-            p.message.contains(reason),
-            "{path}: {:?} should say {reason:?}",
-            p.message
-        );
+        assert!(p.message.contains(reason), "{path}: {:?} should say {reason:?}", p.message);
         assert_eq!(p.line, Some(line), "line of {path}");
     }
 
     // And they come in the order of the file
     let lines: Vec<usize> = problems.iter().filter_map(|p| p.line).collect();
-    assert!(
-        lines.windows(2).all(|w| w[0] <= w[1]),
-        "not in line order: {problems:#?}"
-    );
+    assert!(lines.windows(2).all(|w| w[0] <= w[1]), "not in line order: {problems:#?}");
 }
 
 #[test]
 fn a_wrong_byte_order_is_reported_with_its_path_line_and_the_valid_orders() {
     // Given a tag whose byte order is a typo
-    let text = replace_once(
-        ONE_DEVICE,
-        "type = \"u16\"\n",
-        "type = \"u16\"\nbyte_order = \"ABDC\"\n",
-    );
+    let text = replace_once(ONE_DEVICE, "type = \"u16\"\n", "type = \"u16\"\nbyte_order = \"ABDC\"\n");
 
     // When it is loaded
     let problems = problems(&text);
@@ -371,19 +298,14 @@ fn a_wrong_byte_order_is_reported_with_its_path_line_and_the_valid_orders() {
     assert_eq!(p.line, Some(line_of(&text, "byte_order = \"ABDC\"")));
     assert!(p.message.contains("ABDC"), "{:?}", p.message);
     for order in ["ABCD", "CDAB", "BADC", "DCBA"] {
-        assert!(
-            p.message.contains(order),
-            "{:?} should list {order}",
-            p.message
-        );
+        assert!(p.message.contains(order), "{:?} should list {order}", p.message);
     }
 }
 
 #[test]
 fn a_toml_syntax_error_is_reported_with_its_line() {
     // Given a value whose string is never closed, on line 3
-    let text =
-        "[gateway]\nid = \"gw-01\"\nsite = \"test-site\ndata_dir = \"/var/lib/edge-agent\"\n";
+    let text = "[gateway]\nid = \"gw-01\"\nsite = \"test-site\ndata_dir = \"/var/lib/edge-agent\"\n";
 
     // When it is loaded
     let problems = problems(text);
@@ -406,11 +328,7 @@ fn a_missing_required_key_is_reported_by_name() {
     // Then the report names the missing key, near the gateway section
     assert_eq!(problems.len(), 1, "{problems:#?}");
     let p = &problems[0];
-    assert!(
-        p.message.contains("missing field") && p.message.contains("`site`"),
-        "{:?}",
-        p.message
-    );
+    assert!(p.message.contains("missing field") && p.message.contains("`site`"), "{:?}", p.message);
     assert_eq!(p.line, Some(1), "{p:?}");
 }
 
@@ -429,11 +347,7 @@ fn a_missing_required_key_is_reported_at_its_section_path() {
 #[test]
 fn address_zero_is_refused_when_the_device_counts_from_one() {
     // Given a device with `address_base = 1` and a tag at address 0
-    let text = replace_once(
-        ONE_DEVICE,
-        "address = \"127.0.0.1:502\"\n",
-        "address = \"127.0.0.1:502\"\naddress_base = 1\n",
-    );
+    let text = replace_once(ONE_DEVICE, "address = \"127.0.0.1:502\"\n", "address = \"127.0.0.1:502\"\naddress_base = 1\n");
 
     // When it is loaded
     let problems = problems(&text);
@@ -441,11 +355,7 @@ fn address_zero_is_refused_when_the_device_counts_from_one() {
     // Then that tag's address is refused, at its line
     assert_eq!(problems.len(), 1, "{problems:#?}");
     let p = problem_at(&problems, "devices[0].tags[0].address");
-    assert!(
-        p.message.contains("counts addresses from 1"),
-        "{:?}",
-        p.message
-    );
+    assert!(p.message.contains("counts addresses from 1"), "{:?}", p.message);
     assert_eq!(p.line, Some(line_of(&text, "address = 0")));
 }
 
@@ -459,12 +369,7 @@ fn the_report_names_file_line_path_and_reason() {
 
     // Then it reads `file:line: path: reason`
     let line = line_of(&text, "qos = 2");
-    assert_eq!(
-        report,
-        format!(
-            "plant.toml: 1 problem in the config:\n  plant.toml:{line}: mqtt.qos: unknown key\n"
-        )
-    );
+    assert_eq!(report, format!("plant.toml: 1 problem in the config:\n  plant.toml:{line}: mqtt.qos: unknown key\n"));
 }
 
 #[test]
@@ -478,11 +383,7 @@ fn a_key_missing_from_a_tag_is_reported_at_that_tag() {
     // Then the report names the key and points at that tag
     assert_eq!(problems.len(), 1, "{problems:#?}");
     let p = &problems[0];
-    assert!(
-        p.message.contains("missing field `address`"),
-        "{:?}",
-        p.message
-    );
+    assert!(p.message.contains("missing field `address`"), "{:?}", p.message);
     assert_eq!(p.path, "devices[0].tags[1]");
     assert_eq!(p.line, Some(line_of_nth(&text, "[[devices.tags]]", 1)));
 }

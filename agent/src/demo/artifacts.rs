@@ -35,7 +35,15 @@ fn start() -> DateTime<Utc> {
 }
 
 /// Simulated history as a dataset: `columns` as features, `target` and `group` as named.
-fn history(seed: u64, hours: u64, every: Duration, random_faults: bool, columns: &[&str], target: &str, group: Option<&str>) -> anyhow::Result<Dataset> {
+fn history(
+    seed: u64,
+    hours: u64,
+    every: Duration,
+    random_faults: bool,
+    columns: &[&str],
+    target: &str,
+    group: Option<&str>,
+) -> anyhow::Result<Dataset> {
     let opts = HistoryOptions { seed, duration: Duration::from_secs(hours * 3600), every, random_faults, start: start() };
     let mut csv = Vec::new();
     write_csv(&opts, &mut csv).context("simulating history")?;
@@ -95,7 +103,16 @@ pub fn build(out: &Path, seed: u64) -> anyhow::Result<Vec<Built>> {
     art.manifest.metrics.insert("sim_recall".into(), recall);
     let dir = out.join("juice-pump-anomaly");
     art.save(&dir)?;
-    built.push(Built { name: "juice-pump-anomaly", dir, metrics: vec![("window_f1".into(), f1), ("false_alarm_rate".into(), far), ("recall".into(), recall), ("train_s".into(), t.elapsed().as_secs_f64())] });
+    built.push(Built {
+        name: "juice-pump-anomaly",
+        dir,
+        metrics: vec![
+            ("window_f1".into(), f1),
+            ("false_alarm_rate".into(), far),
+            ("recall".into(), recall),
+            ("train_s".into(), t.elapsed().as_secs_f64()),
+        ],
+    });
 
     // --- Syrup purity soft sensor ---------------------------------------------------------
     let t = Instant::now();
@@ -117,7 +134,16 @@ pub fn build(out: &Path, seed: u64) -> anyhow::Result<Vec<Built>> {
     art.manifest.metrics.insert("sim_band_coverage".into(), coverage);
     let dir = out.join("syrup-purity");
     art.save(&dir)?;
-    built.push(Built { name: "syrup-purity", dir, metrics: vec![("rmse_pct".into(), rmse), ("r2".into(), r2), ("band_coverage".into(), coverage), ("train_s".into(), t.elapsed().as_secs_f64())] });
+    built.push(Built {
+        name: "syrup-purity",
+        dir,
+        metrics: vec![
+            ("rmse_pct".into(), rmse),
+            ("r2".into(), r2),
+            ("band_coverage".into(), coverage),
+            ("train_s".into(), t.elapsed().as_secs_f64()),
+        ],
+    });
 
     // --- Bearing RUL ------------------------------------------------------------------------
     let t = Instant::now();
@@ -148,7 +174,12 @@ pub fn build(out: &Path, seed: u64) -> anyhow::Result<Vec<Built>> {
     built.push(Built {
         name: "mill-bearing-rul",
         dir,
-        metrics: vec![("rmse_h".into(), rmse), ("rmse_last_100h".into(), rmse_late), ("band_coverage".into(), coverage), ("train_s".into(), t.elapsed().as_secs_f64())],
+        metrics: vec![
+            ("rmse_h".into(), rmse),
+            ("rmse_last_100h".into(), rmse_late),
+            ("band_coverage".into(), coverage),
+            ("train_s".into(), t.elapsed().as_secs_f64()),
+        ],
     });
     Ok(built)
 }

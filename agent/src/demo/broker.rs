@@ -9,7 +9,8 @@ use anyhow::Context;
 pub async fn start(addr: SocketAddr, wait: Duration) -> anyhow::Result<()> {
     anyhow::ensure!(addr.ip().is_loopback(), "the embedded broker only listens on loopback, not {addr}");
     // Fail early and clearly if the port is taken (rumqttd would only log it).
-    std::net::TcpListener::bind(addr).with_context(|| format!("cannot start the embedded MQTT broker on {addr} (is the port in use? try --mqtt-port)"))?;
+    std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot start the embedded MQTT broker on {addr} (is the port in use? try --mqtt-port)"))?;
     let config: rumqttd::Config = toml::from_str(&format!(
         r#"
         id = 0

@@ -84,9 +84,8 @@ fn speed_up(config: &mut Config, speed: f64) {
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let config = demo_config(&opts)?;
     let plant_addrs = plant::start(&config, opts.speed, &opts.faults).await?;
-    let broker_addr: SocketAddr = format!("{}:{}", config.mqtt.host, config.mqtt.port)
-        .parse()
-        .context("the demo broker needs an IP address in mqtt.host")?;
+    let broker_addr: SocketAddr =
+        format!("{}:{}", config.mqtt.host, config.mqtt.port).parse().context("the demo broker needs an IP address in mqtt.host")?;
     broker::start(broker_addr, Duration::from_secs(5)).await?;
 
     let topic_filter = format!("{}/#", config.mqtt.prefix);
@@ -108,7 +107,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
             println!("  Status page:                http://{web}/");
         }
         println!("  Watch the MQTT stream:      edge-agent watch --port {}", broker_addr.port());
-        println!("     (or, with mosquitto-clients: mosquitto_sub -h {} -p {} -t '{topic_filter}' -v)", broker_addr.ip(), broker_addr.port());
+        println!(
+            "     (or, with mosquitto-clients: mosquitto_sub -h {} -p {} -t '{topic_filter}' -v)",
+            broker_addr.ip(),
+            broker_addr.port()
+        );
         println!("Press Ctrl-C to stop.");
         println!();
     })

@@ -226,7 +226,10 @@ impl Outbox {
                 let (k, v) = entry?;
                 #[cfg(test)]
                 if fail_after.is_some_and(|n| copied >= n) {
-                    return Err(StoreError::Io { path: path.to_path_buf(), source: std::io::Error::other("no space left on device (test)") });
+                    return Err(StoreError::Io {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::other("no space left on device (test)"),
+                    });
                 }
                 to.insert(k, v)?;
                 copied += 1;

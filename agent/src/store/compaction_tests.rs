@@ -14,12 +14,26 @@ use crate::payload::WireSample;
 fn batch(device: &str) -> StoredBatch {
     StoredBatch {
         device: device.into(),
-        samples: vec![WireSample { tag: "t".into(), v: Some(edge_drivers::Value::Int(1)), q: "good".into(), ts: "2026-01-01T00:00:00.000Z".into(), server_ts: None, reason: None }],
+        samples: vec![WireSample {
+            tag: "t".into(),
+            v: Some(edge_drivers::Value::Int(1)),
+            q: "good".into(),
+            ts: "2026-01-01T00:00:00.000Z".into(),
+            server_ts: None,
+            reason: None,
+        }],
     }
 }
 
 fn event() -> StoredEventDraft {
-    StoredEventDraft { gateway: "gw".into(), kind: "device_lost".into(), asset: "plc".into(), severity: "warning".into(), ts: Utc::now(), details: serde_json::json!({}) }
+    StoredEventDraft {
+        gateway: "gw".into(),
+        kind: "device_lost".into(),
+        asset: "plc".into(),
+        severity: "warning".into(),
+        ts: Utc::now(),
+        details: serde_json::json!({}),
+    }
 }
 
 fn reply(n: u64) -> StoredReply {

@@ -114,7 +114,8 @@ mod tests {
     fn compact_above_defaults_to_twice_max_bytes_and_takes_a_set_size() {
         let config = crate::config::load_str(&format!("{GATEWAY}[store]\nmax_bytes = \"32 MiB\"\n"), "t.toml").unwrap();
         assert_eq!(config.store.compact_above(), 64 << 20);
-        let config = crate::config::load_str(&format!("{GATEWAY}[store]\nmax_bytes = \"32 MiB\"\ncompact_above = \"40 MiB\"\n"), "t.toml").unwrap();
+        let config =
+            crate::config::load_str(&format!("{GATEWAY}[store]\nmax_bytes = \"32 MiB\"\ncompact_above = \"40 MiB\"\n"), "t.toml").unwrap();
         assert_eq!(config.store.compact_above, Some(ByteSize::mib(40)));
         assert_eq!(config.store.compact_above(), 40 << 20);
     }

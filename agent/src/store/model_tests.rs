@@ -22,7 +22,10 @@ use crate::payload::WireSample;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { device: u8, samples: u8 },
+    Append {
+        device: u8,
+        samples: u8,
+    },
     AppendEvent,
     Ack(usize),
     Reopen,
@@ -74,7 +77,14 @@ fn batch(device: u8, samples: u8) -> StoredBatch {
 }
 
 fn event() -> StoredEventDraft {
-    StoredEventDraft { gateway: "gw".into(), kind: "device_lost".into(), asset: "plc0".into(), severity: "warning".into(), ts: Utc::now(), details: serde_json::json!({}) }
+    StoredEventDraft {
+        gateway: "gw".into(),
+        kind: "device_lost".into(),
+        asset: "plc0".into(),
+        severity: "warning".into(),
+        ts: Utc::now(),
+        details: serde_json::json!({}),
+    }
 }
 
 async fn run(ops: Vec<Op>) {

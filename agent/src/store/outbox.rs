@@ -647,7 +647,14 @@ mod tests {
         StoredBatch {
             device: device.into(),
             samples: (0..n)
-                .map(|i| WireSample { tag: format!("t{i}"), v: Some(edge_drivers::Value::Int(i as i64)), q: "good".into(), ts: "2026-01-01T00:00:00.000Z".into(), server_ts: None, reason: None })
+                .map(|i| WireSample {
+                    tag: format!("t{i}"),
+                    v: Some(edge_drivers::Value::Int(i as i64)),
+                    q: "good".into(),
+                    ts: "2026-01-01T00:00:00.000Z".into(),
+                    server_ts: None,
+                    reason: None,
+                })
                 .collect(),
         }
     }

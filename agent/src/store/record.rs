@@ -51,7 +51,14 @@ mod tests {
     fn batch() -> StoredBatch {
         StoredBatch {
             device: "plc".into(),
-            samples: vec![WireSample { tag: "t".into(), v: Some(edge_drivers::Value::Int(7)), q: "good".into(), ts: "2026-01-01T00:00:00.000Z".into(), server_ts: None, reason: None }],
+            samples: vec![WireSample {
+                tag: "t".into(),
+                v: Some(edge_drivers::Value::Int(7)),
+                q: "good".into(),
+                ts: "2026-01-01T00:00:00.000Z".into(),
+                server_ts: None,
+                reason: None,
+            }],
         }
     }
 

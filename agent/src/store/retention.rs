@@ -108,13 +108,27 @@ mod tests {
         StoredBatch {
             device: "plc".into(),
             samples: (0..n)
-                .map(|i| WireSample { tag: format!("t{i}"), v: Some(edge_drivers::Value::Int(1)), q: "good".into(), ts: ts.into(), server_ts: None, reason: None })
+                .map(|i| WireSample {
+                    tag: format!("t{i}"),
+                    v: Some(edge_drivers::Value::Int(1)),
+                    q: "good".into(),
+                    ts: ts.into(),
+                    server_ts: None,
+                    reason: None,
+                })
                 .collect(),
         }
     }
 
     fn event() -> StoredEventDraft {
-        StoredEventDraft { gateway: "gw".into(), kind: "device_lost".into(), asset: "plc".into(), severity: "warning".into(), ts: Utc::now(), details: serde_json::json!({}) }
+        StoredEventDraft {
+            gateway: "gw".into(),
+            kind: "device_lost".into(),
+            asset: "plc".into(),
+            severity: "warning".into(),
+            ts: Utc::now(),
+            details: serde_json::json!({}),
+        }
     }
 
     fn seqs(o: &Outbox) -> Vec<u64> {
@@ -133,7 +147,7 @@ mod tests {
         }
         o.append(&[], &[event(), event()]).await.unwrap();
         let per_batch = (o.bytes() - 2 * 200) / 10; // events are well under 200 bytes
-        // When the bound leaves room for about half of the batches
+                                                    // When the bound leaves room for about half of the batches
         let max = o.bytes() - 5 * per_batch;
         let dropped = o.enforce_bounds(max, None, now).unwrap();
         // Then the oldest batches went, the newest stayed in order, the events stayed

@@ -182,9 +182,7 @@ impl Writer {
         let batches: Vec<StoredBatch> = gathered
             .batches
             .iter()
-            .flat_map(|(device, samples)| {
-                samples.chunks(max).map(|chunk| StoredBatch { device: device.clone(), samples: chunk.to_vec() })
-            })
+            .flat_map(|(device, samples)| samples.chunks(max).map(|chunk| StoredBatch { device: device.clone(), samples: chunk.to_vec() }))
             .collect();
         match self.outbox.append(&batches, &gathered.events).await {
             Ok(()) => {
@@ -279,8 +277,7 @@ impl Writer {
     fn publish_state(&self) {
         let o = &self.outbox;
         let c = &o.counters;
-        let (pending_batches, pending_events, disk, next) =
-            (o.pending_batches(), o.pending_events(), o.disk_bytes(), o.next_batch_seq());
+        let (pending_batches, pending_events, disk, next) = (o.pending_batches(), o.pending_events(), o.disk_bytes(), o.next_batch_seq());
         self.live.update(|s| {
             s.store.pending_batches = pending_batches;
             s.store.pending_events = pending_events;
@@ -326,7 +323,14 @@ mod tests {
         // When three batches' worth of samples (about 240 KB of records) are written
         let now = Utc::now();
         let samples: Vec<Sample> = (0..3000)
-            .map(|i| Sample { tag: format!("t{i}"), value: Some(Value::Int(i)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now })
+            .map(|i| Sample {
+                tag: format!("t{i}"),
+                value: Some(Value::Int(i)),
+                quality: Quality::Good,
+                source_ts: now,
+                server_ts: None,
+                agent_ts: now,
+            })
             .collect();
         tx.send(DeviceReport { device: "plc".into(), kind: ReportKind::Samples(samples) }).await.unwrap();
         drop(tx);
@@ -354,7 +358,13 @@ mod tests {
             flush_interval: Duration::from_millis(10),
             ..StoreConfig::default()
         };
-        let writer = Writer { outbox: outbox.clone(), gateway: "gw".into(), config, live: Live::new(GatewayView::default(), &[]), stored: Arc::default() };
+        let writer = Writer {
+            outbox: outbox.clone(),
+            gateway: "gw".into(),
+            config,
+            live: Live::new(GatewayView::default(), &[]),
+            stored: Arc::default(),
+        };
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));
         let now = Utc::now();
@@ -362,7 +372,14 @@ mod tests {
             device: "plc".into(),
             kind: ReportKind::Samples(
                 (from..from + n)
-                    .map(|i| Sample { tag: format!("t{i}"), value: Some(Value::Int(i)), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now })
+                    .map(|i| Sample {
+                        tag: format!("t{i}"),
+                        value: Some(Value::Int(i)),
+                        quality: Quality::Good,
+                        source_ts: now,
+                        server_ts: None,
+                        agent_ts: now,
+                    })
                     .collect(),
             ),
         };
@@ -389,10 +406,15 @@ mod tests {
         // (the writer ends once any further compaction is over: reads skip while one runs)
         drop(tx);
         task.await.unwrap();
-        let tags: Vec<String> =
-            outbox.telemetry_from(0, usize::MAX).into_iter().flat_map(|(_, b)| b.samples).map(|s| s.tag).collect();
+        let tags: Vec<String> = outbox.telemetry_from(0, usize::MAX).into_iter().flat_map(|(_, b)| b.samples).map(|s| s.tag).collect();
         let expected: Vec<String> = (20_000..25_000).map(|i| format!("t{i}")).collect();
-        assert!(tags.len() >= 5000, "{} samples held, {} batches pending, {} dropped", tags.len(), outbox.pending_batches(), outbox.counters.batches_dropped.load(Ordering::Relaxed));
+        assert!(
+            tags.len() >= 5000,
+            "{} samples held, {} batches pending, {} dropped",
+            tags.len(),
+            outbox.pending_batches(),
+            outbox.counters.batches_dropped.load(Ordering::Relaxed)
+        );
         assert_eq!(tags[tags.len() - 5000..], expected[..]);
     }
 

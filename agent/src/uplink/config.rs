@@ -179,11 +179,7 @@ impl MqttConfig {
         if self.port == 0 {
             issues.push(format!("{path}.port"), "must be 1–65535");
         }
-        if self.prefix.is_empty()
-            || self.prefix.contains(['+', '#'])
-            || self.prefix.starts_with('/')
-            || self.prefix.ends_with('/')
-        {
+        if self.prefix.is_empty() || self.prefix.contains(['+', '#']) || self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             issues.push(
                 format!("{path}.prefix"),
                 format!("{:?} is not a usable topic prefix: no wildcards, no leading or trailing '/'", self.prefix),
@@ -270,12 +266,8 @@ impl TlsConfig {
             Some(_) => {}
         }
         match (&self.client_cert_file, &self.client_key_file) {
-            (Some(_), None) => {
-                issues.push(format!("{path}.client_key_file"), "required with client_cert_file (set both or neither)")
-            }
-            (None, Some(_)) => {
-                issues.push(format!("{path}.client_cert_file"), "required with client_key_file (set both or neither)")
-            }
+            (Some(_), None) => issues.push(format!("{path}.client_key_file"), "required with client_cert_file (set both or neither)"),
+            (None, Some(_)) => issues.push(format!("{path}.client_cert_file"), "required with client_key_file (set both or neither)"),
             _ => {}
         }
         for (key, file) in [("client_cert_file", &self.client_cert_file), ("client_key_file", &self.client_key_file)] {
@@ -308,26 +300,17 @@ mod tests {
 
     #[test]
     fn tls_needs_a_ca_file_and_client_cert_and_key_come_together() {
-        let config = MqttConfig {
-            tls: Some(TlsConfig { client_cert_file: Some("gw.pem".into()), ..Default::default() }),
-            ..Default::default()
-        };
+        let config =
+            MqttConfig { tls: Some(TlsConfig { client_cert_file: Some("gw.pem".into()), ..Default::default() }), ..Default::default() };
         let p = problems(&config);
         assert!(p.iter().any(|p| p.starts_with("mqtt.tls.ca_file: required")), "{p:?}");
         assert!(p.iter().any(|p| p.starts_with("mqtt.tls.client_key_file: required with client_cert_file")), "{p:?}");
 
         let config = MqttConfig {
-            tls: Some(TlsConfig {
-                ca_file: Some("ca.pem".into()),
-                client_key_file: Some("gw.key".into()),
-                ..Default::default()
-            }),
+            tls: Some(TlsConfig { ca_file: Some("ca.pem".into()), client_key_file: Some("gw.key".into()), ..Default::default() }),
             ..Default::default()
         };
-        assert_eq!(
-            problems(&config),
-            vec!["mqtt.tls.client_cert_file: required with client_key_file (set both or neither)"]
-        );
+        assert_eq!(problems(&config), vec!["mqtt.tls.client_cert_file: required with client_key_file (set both or neither)"]);
 
         let config = MqttConfig {
             tls: Some(TlsConfig {
@@ -343,14 +326,12 @@ mod tests {
 
     #[test]
     fn a_password_needs_a_user_name_and_only_one_source() {
-        let config =
-            MqttConfig { password_file: Some("pw".into()), password_env: Some("PW".into()), ..Default::default() };
+        let config = MqttConfig { password_file: Some("pw".into()), password_env: Some("PW".into()), ..Default::default() };
         let p = problems(&config);
         assert!(p.iter().any(|p| p.starts_with("mqtt.password_env: set either")), "{p:?}");
         assert!(p.iter().any(|p| p.starts_with("mqtt.password_file: needs mqtt.username")), "{p:?}");
 
-        let config =
-            MqttConfig { username: Some("gw".into()), password_env: Some("MQTT_PW".into()), ..Default::default() };
+        let config = MqttConfig { username: Some("gw".into()), password_env: Some("MQTT_PW".into()), ..Default::default() };
         assert!(problems(&config).is_empty());
     }
 

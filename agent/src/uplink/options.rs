@@ -111,19 +111,13 @@ impl Prepared {
     }
 
     /// [`Prepared::load`] with the environment given as a function (for tests).
-    pub fn load_with_env(
-        config: &Config,
-        env: impl Fn(&str) -> Option<std::ffi::OsString>,
-    ) -> Result<Self, OptionsError> {
+    pub fn load_with_env(config: &Config, env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, OptionsError> {
         let mqtt = &config.mqtt;
         let (password, password_source) = match (&mqtt.password_file, &mqtt.password_env) {
-            (Some(path), _) => {
-                (Some(read_password_file(path)?), Some(format!("mqtt.password_file ({})", path.display())))
+            (Some(path), _) => (Some(read_password_file(path)?), Some(format!("mqtt.password_file ({})", path.display()))),
+            (None, Some(name)) => {
+                (Some(read_password_env(name, &env)?), Some(format!("the environment variable {name} (mqtt.password_env)")))
             }
-            (None, Some(name)) => (
-                Some(read_password_env(name, &env)?),
-                Some(format!("the environment variable {name} (mqtt.password_env)")),
-            ),
             (None, None) => (None, None),
         };
         let credentials = match (&mqtt.username, password) {
@@ -219,9 +213,9 @@ impl Prepared {
     /// A connection error as a sentence that says what to check.
     pub fn explain(&self, broker: &Broker, error: &ConnectionError) -> String {
         let why = match error {
-            ConnectionError::ConnectionRefused(
-                code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized),
-            ) => self.explain_login(&format!("{code:?}")),
+            ConnectionError::ConnectionRefused(code @ (ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized)) => {
+                self.explain_login(&format!("{code:?}"))
+            }
             ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => self.explain_client_id(),
             ConnectionError::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
             ConnectionError::Tls(e) => self.explain_tls_error(broker, e),
@@ -238,16 +232,10 @@ impl Prepared {
         use rumqttc::v5::ConnectionError as E;
         let why = match error {
             E::ConnectionRefused(
-                code @ (V5ReturnCode::BadUserNamePassword
-                | V5ReturnCode::NotAuthorized
-                | V5ReturnCode::BadAuthenticationMethod),
+                code @ (V5ReturnCode::BadUserNamePassword | V5ReturnCode::NotAuthorized | V5ReturnCode::BadAuthenticationMethod),
             ) => self.explain_login(&format!("{code:?}")),
-            E::ConnectionRefused(V5ReturnCode::BadClientId | V5ReturnCode::ClientIdentifierNotValid) => {
-                self.explain_client_id()
-            }
-            E::ConnectionRefused(
-                code @ (V5ReturnCode::RefusedProtocolVersion | V5ReturnCode::UnsupportedProtocolVersion),
-            ) => {
+            E::ConnectionRefused(V5ReturnCode::BadClientId | V5ReturnCode::ClientIdentifierNotValid) => self.explain_client_id(),
+            E::ConnectionRefused(code @ (V5ReturnCode::RefusedProtocolVersion | V5ReturnCode::UnsupportedProtocolVersion)) => {
                 format!("the broker refused the connection ({code:?}): it does not speak MQTT 5; set mqtt.protocol = \"3.1.1\"")
             }
             E::ConnectionRefused(code) => format!("the broker refused the connection ({code:?})"),
@@ -295,10 +283,7 @@ impl Prepared {
     }
 
     fn explain_tls(&self, broker: &Broker, e: &rustls::Error) -> String {
-        let ca = self
-            .ca_file
-            .as_ref()
-            .map_or_else(|| "mqtt.tls.ca_file".to_string(), |p| format!("mqtt.tls.ca_file ({})", p.display()));
+        let ca = self.ca_file.as_ref().map_or_else(|| "mqtt.tls.ca_file".to_string(), |p| format!("mqtt.tls.ca_file ({})", p.display()));
         match e {
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
                 format!("TLS: the broker's certificate is not signed by the CA in {ca} ({e})")
@@ -325,8 +310,13 @@ impl Prepared {
                 | rustls::AlertDescription::UnsupportedCertificate
                 | rustls::AlertDescription::AccessDenied),
             ) => match &self.client_cert_file {
-                Some(cert) => format!("TLS: the broker rejected this gateway's client certificate mqtt.tls.client_cert_file ({}) ({alert:?})", cert.display()),
-                None => format!("TLS: the broker refused the handshake ({alert:?}); does it require a client certificate (mqtt.tls.client_cert_file)?"),
+                Some(cert) => format!(
+                    "TLS: the broker rejected this gateway's client certificate mqtt.tls.client_cert_file ({}) ({alert:?})",
+                    cert.display()
+                ),
+                None => format!(
+                    "TLS: the broker refused the handshake ({alert:?}); does it require a client certificate (mqtt.tls.client_cert_file)?"
+                ),
             },
             rustls::Error::InvalidMessage(_) => format!("TLS: {e}; is this port a TLS listener?"),
             other => format!("TLS: {other}"),
@@ -345,8 +335,7 @@ fn read_file(key: &'static str, path: &Path) -> Result<Vec<u8>, OptionsError> {
 
 fn read_password_file(path: &Path) -> Result<String, OptionsError> {
     let bytes = read_file("password_file", path)?;
-    let problem =
-        |problem: &str| OptionsError::File { key: "password_file", path: path.to_path_buf(), problem: problem.into() };
+    let problem = |problem: &str| OptionsError::File { key: "password_file", path: path.to_path_buf(), problem: problem.into() };
     let text = String::from_utf8(bytes).map_err(|_| problem("the password is not UTF-8 text"))?;
     let password = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
     if password.is_empty() {
@@ -368,9 +357,8 @@ fn read_password_env(name: &str, env: &impl Fn(&str) -> Option<std::ffi::OsStrin
 fn pem_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, OptionsError> {
     let bytes = read_file(key, path)?;
     let problem = |problem: String| OptionsError::File { key, path: path.to_path_buf(), problem };
-    let certs = CertificateDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| problem(format!("not a valid PEM file: {e}")))?;
+    let certs =
+        CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>().map_err(|e| problem(format!("not a valid PEM file: {e}")))?;
     if certs.is_empty() {
         return Err(problem("no PEM certificate in it (expected a '-----BEGIN CERTIFICATE-----' block)".into()));
     }
@@ -379,10 +367,10 @@ fn pem_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stati
 
 fn tls_config(tls: &super::config::TlsConfig) -> Result<Arc<ClientConfig>, OptionsError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let ca_file = tls.ca_file.as_deref().ok_or_else(|| OptionsError::Config {
-        key: "tls.ca_file",
-        problem: "required when [mqtt.tls] is present".into(),
-    })?;
+    let ca_file = tls
+        .ca_file
+        .as_deref()
+        .ok_or_else(|| OptionsError::Config { key: "tls.ca_file", problem: "required when [mqtt.tls] is present".into() })?;
     let mut roots = RootCertStore::empty();
     for cert in pem_certs("tls.ca_file", ca_file)? {
         roots.add(cert).map_err(|e| OptionsError::File {
@@ -391,14 +379,9 @@ fn tls_config(tls: &super::config::TlsConfig) -> Result<Arc<ClientConfig>, Optio
             problem: format!("not a usable CA certificate: {e}"),
         })?;
     }
-    let webpki =
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().map_err(|e| {
-            OptionsError::File {
-                key: "tls.ca_file",
-                path: ca_file.to_path_buf(),
-                problem: format!("cannot verify servers with it: {e}"),
-            }
-        })?;
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().map_err(|e| {
+        OptionsError::File { key: "tls.ca_file", path: ca_file.to_path_buf(), problem: format!("cannot verify servers with it: {e}") }
+    })?;
     let verifier: Arc<dyn ServerCertVerifier> = match &tls.server_name {
         Some(name) => {
             let name = ServerName::try_from(name.trim().to_string()).map_err(|_| OptionsError::Config {
@@ -418,16 +401,11 @@ fn tls_config(tls: &super::config::TlsConfig) -> Result<Arc<ClientConfig>, Optio
         (Some(cert_file), Some(key_file)) => {
             let chain = pem_certs("tls.client_cert_file", cert_file)?;
             let key_bytes = read_file("tls.client_key_file", key_file)?;
-            let key_problem = |problem: String| OptionsError::File {
-                key: "tls.client_key_file",
-                path: key_file.to_path_buf(),
-                problem,
-            };
+            let key_problem = |problem: String| OptionsError::File { key: "tls.client_key_file", path: key_file.to_path_buf(), problem };
             let key = PrivateKeyDer::from_pem_slice(&key_bytes).map_err(|e| match e {
-                pem::Error::NoItemsFound => key_problem(
-                    "no PEM private key in it (expected a 'PRIVATE KEY', 'RSA PRIVATE KEY' or 'EC PRIVATE KEY' block)"
-                        .into(),
-                ),
+                pem::Error::NoItemsFound => {
+                    key_problem("no PEM private key in it (expected a 'PRIVATE KEY', 'RSA PRIVATE KEY' or 'EC PRIVATE KEY' block)".into())
+                }
                 e => key_problem(format!("not a valid PEM file: {e}")),
             })?;
             builder.with_client_auth_cert(chain, key).map_err(|e| match e {
@@ -586,10 +564,7 @@ mod tests {
         let e = p.explain_v5(&b, &E::ConnectionRefused(V5ReturnCode::UnsupportedProtocolVersion));
         assert!(e.contains("mqtt.protocol = \"3.1.1\""), "{e}");
         let down = E::Io(io::Error::from(io::ErrorKind::ConnectionRefused));
-        assert_eq!(
-            p.explain_v5(&b, &down),
-            "127.0.0.1:1883: connection refused (is the broker running and listening on this port?)"
-        );
+        assert_eq!(p.explain_v5(&b, &down), "127.0.0.1:1883: connection refused (is the broker running and listening on this port?)");
     }
 
     #[test]
@@ -603,10 +578,7 @@ mod tests {
     fn a_missing_ca_file_is_named() {
         let c = config(|c| c.mqtt.tls = Some(tls("nope.pem", None, None)));
         let e = error_of(&c);
-        assert!(
-            e.starts_with("mqtt.tls.ca_file = \"") && e.contains("nope.pem") && e.contains("cannot read the file"),
-            "{e}"
-        );
+        assert!(e.starts_with("mqtt.tls.ca_file = \"") && e.contains("nope.pem") && e.contains("cannot read the file"), "{e}");
     }
 
     #[test]
@@ -614,10 +586,7 @@ mod tests {
         // A key is not a certificate
         let c = config(|c| c.mqtt.tls = Some(tls("client.key", None, None)));
         let e = error_of(&c);
-        assert!(
-            e.starts_with("mqtt.tls.ca_file = ") && e.contains("client.key") && e.contains("no PEM certificate"),
-            "{e}"
-        );
+        assert!(e.starts_with("mqtt.tls.ca_file = ") && e.contains("client.key") && e.contains("no PEM certificate"), "{e}");
     }
 
     #[test]
@@ -631,10 +600,7 @@ mod tests {
     fn a_key_that_does_not_match_the_certificate_is_named() {
         let c = config(|c| c.mqtt.tls = Some(tls("ca.pem", Some("client.pem"), Some("other.key"))));
         let e = error_of(&c);
-        assert!(
-            e.starts_with("mqtt.tls.client_key_file = ") && e.contains("other.key") && e.contains("does not belong"),
-            "{e}"
-        );
+        assert!(e.starts_with("mqtt.tls.client_key_file = ") && e.contains("other.key") && e.contains("does not belong"), "{e}");
     }
 
     #[test]
@@ -642,9 +608,7 @@ mod tests {
         let c = config(|c| c.mqtt.tls = Some(tls("ca.pem", Some("client-v1.pem"), Some("client.key"))));
         let e = error_of(&c);
         assert!(
-            e.starts_with("mqtt.tls.client_cert_file = ")
-                && e.contains("client-v1.pem")
-                && e.contains("not a usable certificate"),
+            e.starts_with("mqtt.tls.client_cert_file = ") && e.contains("client-v1.pem") && e.contains("not a usable certificate"),
             "{e}"
         );
     }
@@ -652,10 +616,7 @@ mod tests {
     #[test]
     fn client_certificate_and_key_go_together() {
         let c = config(|c| c.mqtt.tls = Some(tls("ca.pem", Some("client.pem"), None)));
-        assert_eq!(
-            error_of(&c),
-            "mqtt.tls.client_cert_file: client_cert_file and client_key_file go together (set both or neither)"
-        );
+        assert_eq!(error_of(&c), "mqtt.tls.client_cert_file: client_cert_file and client_key_file go together (set both or neither)");
     }
 
     #[test]
@@ -695,10 +656,7 @@ mod tests {
             c.mqtt.password_file = Some(missing.clone());
         });
         let e = error_of(&c);
-        assert!(
-            e.starts_with("mqtt.password_file = ") && e.contains("missing") && e.contains("cannot read the file"),
-            "{e}"
-        );
+        assert!(e.starts_with("mqtt.password_file = ") && e.contains("missing") && e.contains("cannot read the file"), "{e}");
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
         let c = config(|c| {
@@ -715,10 +673,7 @@ mod tests {
             c.mqtt.password_env = Some("GW_MQTT_PASSWORD".into());
         });
         let p = Prepared::load_with_env(&c, |n| (n == "GW_MQTT_PASSWORD").then(|| "pw".into())).unwrap();
-        assert_eq!(
-            p.options(&p.brokers[0]).credentials().map(|l| (l.username, l.password)),
-            Some(("gw".to_string(), "pw".to_string()))
-        );
+        assert_eq!(p.options(&p.brokers[0]).credentials().map(|l| (l.username, l.password)), Some(("gw".to_string(), "pw".to_string())));
         assert_eq!(error_of(&c), "mqtt.password_env = \"GW_MQTT_PASSWORD\": the environment variable is not set");
     }
 
@@ -751,12 +706,7 @@ mod tests {
             rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
         ));
         let e = p.explain(&b, &unknown_ca);
-        assert!(
-            e.starts_with(
-                "127.0.0.1:1883: TLS: the broker's certificate is not signed by the CA in mqtt.tls.ca_file ("
-            ),
-            "{e}"
-        );
+        assert!(e.starts_with("127.0.0.1:1883: TLS: the broker's certificate is not signed by the CA in mqtt.tls.ca_file ("), "{e}");
         let refused = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
         let e = p.explain(&b, &refused);
         assert!(e.contains("refused the login") && e.contains("\"gw\"") && e.contains("PW"), "{e}");

@@ -182,8 +182,7 @@ impl Uplink {
                 }
             }
             let far = Instant::now() + Duration::from_secs(3600);
-            let wake =
-                if s.connected { s.schedule.wake_at().unwrap_or(far).min(Instant::now() + POLL_EVERY) } else { far };
+            let wake = if s.connected { s.schedule.wake_at().unwrap_or(far).min(Instant::now() + POLL_EVERY) } else { far };
             tokio::select! {
                 event = s.transport.poll() => match event {
                     Ok(event) => s.handle(event, &self.outbox, &mut backoff, &self.live),
@@ -330,8 +329,7 @@ impl Session {
                 // resend), but the outbox entry stays: it goes out again after the next
                 // (re)connection, when everything still in the outbox is resent.
                 let carried = self.tracker.acked(pkid);
-                let repeat =
-                    self.last_refusal.as_ref().is_some_and(|(r, at)| *r == reason && at.elapsed() < REPEAT_WARNING);
+                let repeat = self.last_refusal.as_ref().is_some_and(|(r, at)| *r == reason && at.elapsed() < REPEAT_WARNING);
                 if repeat {
                     debug!(pkid, %reason, ?carried, "the broker refused a publish");
                 } else {
@@ -413,8 +411,7 @@ impl Session {
             self.failures += 1;
             self.first_live_from = None;
             // Warn on a new reason, and now and then on a repeated one; debug otherwise.
-            let repeat =
-                self.last_warning.as_ref().is_some_and(|(r, at)| *r == reason && at.elapsed() < REPEAT_WARNING);
+            let repeat = self.last_warning.as_ref().is_some_and(|(r, at)| *r == reason && at.elapsed() < REPEAT_WARNING);
             if repeat {
                 debug!(%reason, failures = self.failures, "uplink connect failed");
             } else {
@@ -498,8 +495,7 @@ impl Session {
             self.cursor.next_event = seq + 1;
             room -= 1;
         }
-        let picked =
-            self.schedule.pick(room, self.window, Instant::now(), |from, limit| outbox.telemetry_from(from, limit));
+        let picked = self.schedule.pick(room, self.window, Instant::now(), |from, limit| outbox.telemetry_from(from, limit));
         let live_from = self.schedule.live_from();
         for (seq, batch) in picked {
             let topic = self.topics.telemetry(&batch.device);

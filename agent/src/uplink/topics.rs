@@ -43,8 +43,7 @@ impl Topics {
     /// A stored reply's topic: `{root}/{leaf}`, or `None` when `leaf` cannot be published
     /// (empty, wildcards, empty levels at its ends, NUL).
     pub fn reply(&self, leaf: &str) -> Option<String> {
-        let usable =
-            !leaf.is_empty() && !leaf.contains(['+', '#', '\0']) && !leaf.starts_with('/') && !leaf.ends_with('/');
+        let usable = !leaf.is_empty() && !leaf.contains(['+', '#', '\0']) && !leaf.starts_with('/') && !leaf.ends_with('/');
         usable.then(|| format!("{}/{leaf}", self.root))
     }
 }

@@ -102,24 +102,20 @@ impl Transport {
     /// Queues a QoS 1 publish (the packet id is assigned when it goes out).
     pub fn try_publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Result<(), QueueFull> {
         match self {
-            Transport::V4(client, _) => client
-                .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
-                .map_err(|e| QueueFull(e.to_string())),
-            Transport::V5(client, _) => client
-                .try_publish(topic, v5::mqttbytes::QoS::AtLeastOnce, retain, payload)
-                .map_err(|e| QueueFull(e.to_string())),
+            Transport::V4(client, _) => {
+                client.try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload).map_err(|e| QueueFull(e.to_string()))
+            }
+            Transport::V5(client, _) => {
+                client.try_publish(topic, v5::mqttbytes::QoS::AtLeastOnce, retain, payload).map_err(|e| QueueFull(e.to_string()))
+            }
         }
     }
 
     /// Queues a QoS 1 subscription to `filter`.
     pub fn try_subscribe(&self, filter: String) -> Result<(), QueueFull> {
         match self {
-            Transport::V4(client, _) => {
-                client.try_subscribe(filter, rumqttc::QoS::AtLeastOnce).map_err(|e| QueueFull(e.to_string()))
-            }
-            Transport::V5(client, _) => {
-                client.try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce).map_err(|e| QueueFull(e.to_string()))
-            }
+            Transport::V4(client, _) => client.try_subscribe(filter, rumqttc::QoS::AtLeastOnce).map_err(|e| QueueFull(e.to_string())),
+            Transport::V5(client, _) => client.try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce).map_err(|e| QueueFull(e.to_string())),
         }
     }
 
@@ -229,10 +225,7 @@ mod tests {
             v4_wire(Event::Incoming(Packet::Publish(publish))),
             Wire::Publish { topic: "a/cmd/ping".into(), payload: b"{}".to_vec() }
         );
-        assert_eq!(
-            v4_wire(Event::Incoming(Packet::PubAck(rumqttc::PubAck::new(7)))),
-            Wire::PubAck { pkid: 7, refused: None }
-        );
+        assert_eq!(v4_wire(Event::Incoming(Packet::PubAck(rumqttc::PubAck::new(7)))), Wire::PubAck { pkid: 7, refused: None });
         assert_eq!(v4_wire(Event::Outgoing(Outgoing::Publish(9))), Wire::SentPublish(9));
         assert_eq!(v4_wire(Event::Outgoing(Outgoing::Disconnect)), Wire::SentDisconnect);
         let ok = rumqttc::SubAck::new(1, vec![SubscribeReasonCode::Success(rumqttc::QoS::AtLeastOnce)]);
@@ -253,11 +246,8 @@ mod tests {
         );
         assert_eq!(v5_wire(v5::Event::Outgoing(Outgoing::Publish(3))), Wire::SentPublish(3));
         assert_eq!(v5_wire(v5::Event::Outgoing(Outgoing::Disconnect)), Wire::SentDisconnect);
-        let ok = m5::SubAck {
-            pkid: 1,
-            return_codes: vec![m5::SubscribeReasonCode::Success(v5::mqttbytes::QoS::AtLeastOnce)],
-            properties: None,
-        };
+        let ok =
+            m5::SubAck { pkid: 1, return_codes: vec![m5::SubscribeReasonCode::Success(v5::mqttbytes::QoS::AtLeastOnce)], properties: None };
         assert_eq!(v5_wire(v5::Event::Incoming(V5Packet::SubAck(ok))), Wire::SubAck { refused: false });
         let no = m5::SubAck { pkid: 1, return_codes: vec![m5::SubscribeReasonCode::NotAuthorized], properties: None };
         assert_eq!(v5_wire(v5::Event::Incoming(V5Packet::SubAck(no))), Wire::SubAck { refused: true });
@@ -266,8 +256,7 @@ mod tests {
 
     #[test]
     fn a_v5_puback_with_an_error_reason_is_not_an_acknowledgement() {
-        let ack =
-            |reason| v5_wire(v5::Event::Incoming(V5Packet::PubAck(m5::PubAck { pkid: 4, reason, properties: None })));
+        let ack = |reason| v5_wire(v5::Event::Incoming(V5Packet::PubAck(m5::PubAck { pkid: 4, reason, properties: None })));
         assert_eq!(ack(PubAckReason::Success), Wire::PubAck { pkid: 4, refused: None });
         // 0x10 is a success code: the broker took the message, nobody was subscribed
         assert_eq!(ack(PubAckReason::NoMatchingSubscribers), Wire::PubAck { pkid: 4, refused: None });
@@ -277,8 +266,7 @@ mod tests {
 
     #[test]
     fn clearing_empties_what_rumqttc_would_resend_for_either_version() {
-        let c: crate::config::Config =
-            toml::from_str("[gateway]\nid = \"gw\"\nsite = \"s\"\ndata_dir = \"/tmp/x\"\n").unwrap();
+        let c: crate::config::Config = toml::from_str("[gateway]\nid = \"gw\"\nsite = \"s\"\ndata_dir = \"/tmp/x\"\n").unwrap();
         for protocol in [Protocol::V311, Protocol::V5] {
             let mut c = c.clone();
             c.mqtt.protocol = protocol;

@@ -25,29 +25,15 @@ struct Family {
 }
 
 const fn gauge(name: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind: Kind::Gauge,
-        help,
-    }
+    Family { name, kind: Kind::Gauge, help }
 }
 
 const fn counter(name: &'static str, help: &'static str) -> Family {
-    Family {
-        name,
-        kind: Kind::Counter,
-        help,
-    }
+    Family { name, kind: Kind::Counter, help }
 }
 
-const DEVICE_CONNECTED: Family = gauge(
-    "device_connected",
-    "1 when the agent holds a connection to the device, else 0.",
-);
-const DEVICE_POLLS: Family = counter(
-    "device_polls_total",
-    "Polls of the device completed since the agent started.",
-);
+const DEVICE_CONNECTED: Family = gauge("device_connected", "1 when the agent holds a connection to the device, else 0.");
+const DEVICE_POLLS: Family = counter("device_polls_total", "Polls of the device completed since the agent started.");
 const DEVICE_REQUESTS: Family = counter("device_requests_total", "Requests the driver sent to the device.");
 const DEVICE_TIMEOUTS: Family = counter("device_timeouts_total", "Requests the device did not answer in time.");
 const DEVICE_EXCEPTIONS: Family = counter("device_exceptions_total", "Requests the device refused with a protocol exception.");
@@ -69,81 +55,36 @@ const OPCUA_NOTIFICATIONS_DROPPED: Family =
 const DEVICE_BACKED_OFF: Family = gauge("device_backed_off", "1 while the device is backed off after repeated failures.");
 const DEVICE_BACKOFFS: Family = counter("device_backoffs_total", "Times the device was backed off after repeated failures.");
 const DEVICE_SPLITS: Family = counter("device_request_splits_total", "Merged read requests split because the device refused them.");
-const TAG_QUALITY_GOOD: Family = gauge(
-    "tag_quality_good",
-    "Number of the device's tags whose last reading is of good quality.",
-);
-const STORE_PENDING_BATCHES: Family = gauge(
-    "store_pending_batches",
-    "Telemetry batches in the outbox waiting for their PUBACK.",
-);
-const STORE_PENDING_EVENTS: Family = gauge(
-    "store_pending_events",
-    "Events in the outbox waiting for their PUBACK.",
-);
+const TAG_QUALITY_GOOD: Family = gauge("tag_quality_good", "Number of the device's tags whose last reading is of good quality.");
+const STORE_PENDING_BATCHES: Family = gauge("store_pending_batches", "Telemetry batches in the outbox waiting for their PUBACK.");
+const STORE_PENDING_EVENTS: Family = gauge("store_pending_events", "Events in the outbox waiting for their PUBACK.");
 const STORE_DISK_BYTES: Family = gauge("store_disk_bytes", "Size of the store on disk, in bytes.");
-const STORE_NEXT_BATCH_SEQ: Family = gauge(
-    "store_next_batch_seq",
-    "The batch_seq the next telemetry batch will get.",
-);
-const STORE_BATCHES_STORED: Family = counter(
-    "store_batches_stored_total",
-    "Telemetry batches written to the store.",
-);
-const STORE_SAMPLES_STORED: Family = counter(
-    "store_samples_stored_total",
-    "Samples written to the store.",
-);
-const STORE_BATCHES_ACKED: Family = counter(
-    "store_batches_acked_total",
-    "Telemetry batches acknowledged by the broker and removed from the store.",
-);
-const STORE_CORRUPT_RECORDS: Family = counter(
-    "store_corrupt_records_total",
-    "Store records that failed their checksum or decoding; skipped and deleted.",
-);
+const STORE_NEXT_BATCH_SEQ: Family = gauge("store_next_batch_seq", "The batch_seq the next telemetry batch will get.");
+const STORE_BATCHES_STORED: Family = counter("store_batches_stored_total", "Telemetry batches written to the store.");
+const STORE_SAMPLES_STORED: Family = counter("store_samples_stored_total", "Samples written to the store.");
+const STORE_BATCHES_ACKED: Family =
+    counter("store_batches_acked_total", "Telemetry batches acknowledged by the broker and removed from the store.");
+const STORE_CORRUPT_RECORDS: Family =
+    counter("store_corrupt_records_total", "Store records that failed their checksum or decoding; skipped and deleted.");
 const STORE_BYTES: Family = gauge("store_bytes", "Bytes of records held in the outbox (bounded by store.max_bytes).");
 const STORE_MAX_BYTES: Family = gauge("store_max_bytes", "The store.max_bytes bound.");
-const STORE_BATCHES_DROPPED: Family = counter(
-    "store_batches_dropped_total",
-    "Telemetry batches dropped to keep the store within max_bytes / max_age (oldest first).",
-);
-const STORE_SAMPLES_DROPPED: Family = counter(
-    "store_samples_dropped_total",
-    "Samples dropped with those batches, or from memory while the store could not be written.",
-);
-const STORE_EVENTS_DROPPED: Family = counter(
-    "store_events_dropped_total",
-    "Events dropped because the store was full and no telemetry was left to drop.",
-);
-const STORE_WRITE_ERRORS: Family =
-    counter("store_write_errors_total", "Failed writes to the store.");
-const UPLINK_CONNECTED: Family = gauge(
-    "uplink_connected",
-    "1 when the MQTT connection to the broker is up, else 0.",
-);
-const UPLINK_CONNECTS: Family = counter(
-    "uplink_connects_total",
-    "Successful connections to the broker.",
-);
-const UPLINK_CONNECTION_ERRORS: Family = counter(
-    "uplink_connection_errors_total",
-    "Failed or lost connections to the broker.",
-);
-const UPLINK_PUBLISHED: Family = counter(
-    "uplink_published_total",
-    "Messages published to the broker.",
-);
-const UPLINK_ACKED: Family = counter(
-    "uplink_acked_total",
-    "Published messages acknowledged by the broker.",
-);
+const STORE_BATCHES_DROPPED: Family =
+    counter("store_batches_dropped_total", "Telemetry batches dropped to keep the store within max_bytes / max_age (oldest first).");
+const STORE_SAMPLES_DROPPED: Family =
+    counter("store_samples_dropped_total", "Samples dropped with those batches, or from memory while the store could not be written.");
+const STORE_EVENTS_DROPPED: Family =
+    counter("store_events_dropped_total", "Events dropped because the store was full and no telemetry was left to drop.");
+const STORE_WRITE_ERRORS: Family = counter("store_write_errors_total", "Failed writes to the store.");
+const UPLINK_CONNECTED: Family = gauge("uplink_connected", "1 when the MQTT connection to the broker is up, else 0.");
+const UPLINK_CONNECTS: Family = counter("uplink_connects_total", "Successful connections to the broker.");
+const UPLINK_CONNECTION_ERRORS: Family = counter("uplink_connection_errors_total", "Failed or lost connections to the broker.");
+const UPLINK_PUBLISHED: Family = counter("uplink_published_total", "Messages published to the broker.");
+const UPLINK_ACKED: Family = counter("uplink_acked_total", "Published messages acknowledged by the broker.");
 const UPLINK_FAILOVERS: Family = counter("uplink_failovers_total", "Switches to the other broker.");
-const UPLINK_COMMANDS_DROPPED: Family = counter(
-    "uplink_commands_dropped_total",
-    "Commands from the ERP dropped because the command handler was busy or gone.",
-);
-const STORE_COMPACT_ABOVE: Family = gauge("store_compact_above_bytes", "The store.compact_above bound: size on disk above which the outbox is compacted.");
+const UPLINK_COMMANDS_DROPPED: Family =
+    counter("uplink_commands_dropped_total", "Commands from the ERP dropped because the command handler was busy or gone.");
+const STORE_COMPACT_ABOVE: Family =
+    gauge("store_compact_above_bytes", "The store.compact_above bound: size on disk above which the outbox is compacted.");
 const STORE_COMPACTIONS: Family = counter("store_compactions_total", "Compactions of the outbox (rewritten into a fresh sled database).");
 const STORE_COMPACTION_FAILURES: Family =
     counter("store_compaction_failures_total", "Compactions that failed; the agent kept running on the store as it was.");
@@ -154,10 +95,7 @@ const STORE_LAST_COMPACTION_BYTES_BEFORE: Family =
 const STORE_LAST_COMPACTION_BYTES_AFTER: Family =
     gauge("store_last_compaction_bytes_after", "Size of the outbox on disk after the last compaction.");
 const STORE_PENDING_REPLIES: Family = gauge("store_pending_replies", "Command replies in the outbox waiting for their PUBACK.");
-const UPLINK_IN_FLIGHT: Family = gauge(
-    "uplink_in_flight",
-    "Published messages waiting for their acknowledgement.",
-);
+const UPLINK_IN_FLIGHT: Family = gauge("uplink_in_flight", "Published messages waiting for their acknowledgement.");
 
 const COMMANDS: Family = counter(
     "commands_total",
@@ -195,9 +133,7 @@ fn render_devices(out: &mut String, s: &Snapshot) {
     OPCUA_BAD_ITEMS.per_device(out, s, |d| c(d).bad_items);
     OPCUA_NOTIFICATIONS.per_device(out, s, |d| c(d).notifications);
     OPCUA_NOTIFICATIONS_DROPPED.per_device(out, s, |d| c(d).notifications_dropped);
-    TAG_QUALITY_GOOD.per_device(out, s, |d| {
-        d.tags.iter().filter(|t| t.quality == "good").count() as u64
-    });
+    TAG_QUALITY_GOOD.per_device(out, s, |d| d.tags.iter().filter(|t| t.quality == "good").count() as u64);
 }
 
 fn render_store(out: &mut String, s: &Snapshot) {
@@ -280,12 +216,7 @@ impl Family {
         self.header(out);
         for (device, view) in &s.devices {
             let device = escape_label_value(device);
-            let _ = writeln!(
-                out,
-                "edge_agent_{}{{device=\"{device}\"}} {}",
-                self.name,
-                value(view)
-            );
+            let _ = writeln!(out, "edge_agent_{}{{device=\"{device}\"}} {}", self.name, value(view));
         }
     }
 }
@@ -311,11 +242,7 @@ mod tests {
     use crate::live::{DeviceView, StoreView, TagView, UplinkView};
 
     fn tag(name: &str, quality: &str) -> TagView {
-        TagView {
-            name: name.into(),
-            quality: quality.into(),
-            ..Default::default()
-        }
+        TagView { name: name.into(), quality: quality.into(), ..Default::default() }
     }
 
     fn two_devices() -> Snapshot {
@@ -324,11 +251,7 @@ mod tests {
             name: "press-1".into(),
             connected: true,
             polls: 42,
-            tags: vec![
-                tag("temp", "good"),
-                tag("pressure", "good"),
-                tag("speed", "bad"),
-            ],
+            tags: vec![tag("temp", "good"), tag("pressure", "good"), tag("speed", "bad")],
             ..Default::default()
         };
         let odd = DeviceView {
@@ -483,11 +406,7 @@ mod tests {
             } else {
                 // Then every sample belongs to the family declared just before it
                 let name = line.split(['{', ' ']).next().unwrap_or_default();
-                assert_eq!(
-                    declared.last(),
-                    Some(&name),
-                    "sample {line:?} outside its family"
-                );
+                assert_eq!(declared.last(), Some(&name), "sample {line:?} outside its family");
                 assert!(name.starts_with("edge_agent_"));
             }
         }
@@ -511,9 +430,7 @@ mod tests {
         // Given an empty snapshot
         let text = render(&Snapshot::default());
         // Then the device families are declared but have no sample, and scalars are zero
-        assert!(text.contains(
-            "# TYPE edge_agent_device_connected gauge\n# HELP edge_agent_device_polls_total"
-        ));
+        assert!(text.contains("# TYPE edge_agent_device_connected gauge\n# HELP edge_agent_device_polls_total"));
         assert!(text.lines().any(|l| l == "edge_agent_uplink_connected 0"));
     }
 }

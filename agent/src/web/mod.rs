@@ -37,14 +37,8 @@ pub fn router(live: Live) -> Router {
 
 /// Serves [`router`] on `listener` until `cancel` fires, then lets open requests finish.
 /// The caller binds the listener, so it can report bind errors and the real port.
-pub async fn serve(
-    listener: TcpListener,
-    live: Live,
-    cancel: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(live))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+pub async fn serve(listener: TcpListener, live: Live, cancel: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(live)).with_graceful_shutdown(async move { cancel.cancelled().await }).await
 }
 
 async fn page() -> impl IntoResponse {
@@ -60,10 +54,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn prometheus(State(live): State<Live>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE), NO_STORE],
-        metrics::render(&live.snapshot()),
-    )
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE), NO_STORE], metrics::render(&live.snapshot()))
 }
 
 #[cfg(test)]
@@ -100,34 +91,18 @@ mod tests {
     async fn get(addr: SocketAddr, path: &str) -> Response {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .expect("write request");
+        stream.write_all(request.as_bytes()).await.expect("write request");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read response");
         let raw = String::from_utf8(raw).expect("utf-8 response");
         let (head, body) = raw.split_once("\r\n\r\n").expect("header/body separator");
         let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("status code");
-        Response {
-            status,
-            headers: headers.to_string(),
-            body: body.to_string(),
-        }
+        let status = status_line.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+        Response { status, headers: headers.to_string(), body: body.to_string() }
     }
 
     fn live_with_one_device() -> Live {
-        let gateway = GatewayView {
-            id: "gw-test".into(),
-            site: "plant-1".into(),
-            version: "0.1.0".into(),
-            started_at: Some(Utc::now()),
-        };
+        let gateway = GatewayView { id: "gw-test".into(), site: "plant-1".into(), version: "0.1.0".into(), started_at: Some(Utc::now()) };
         let live = Live::new(gateway, &[]);
         live.update(|s| {
             let tag = TagView {
@@ -151,13 +126,7 @@ mod tests {
         live
     }
 
-    async fn start(
-        live: Live,
-    ) -> (
-        SocketAddr,
-        CancellationToken,
-        JoinHandle<std::io::Result<()>>,
-    ) {
+    async fn start(live: Live) -> (SocketAddr, CancellationToken, JoinHandle<std::io::Result<()>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let cancel = CancellationToken::new();
@@ -178,9 +147,7 @@ mod tests {
         // When /api/status is fetched, then it is the JSON snapshot of what was put in Live
         let status = get(addr, "/api/status").await;
         assert_eq!(status.status, 200);
-        assert!(status
-            .header("content-type")
-            .is_some_and(|v| v.starts_with("application/json")));
+        assert!(status.header("content-type").is_some_and(|v| v.starts_with("application/json")));
         let json: serde_json::Value = serde_json::from_str(&status.body).expect("json body");
         assert_eq!(json["devices"]["press-1"]["tags"][0]["name"], "temperature");
         assert_eq!(json["devices"]["press-1"]["tags"][0]["value"], 21.5);
@@ -189,37 +156,21 @@ mod tests {
         // When / is fetched, then it is HTML that loads nothing from outside
         let page = get(addr, "/").await;
         assert_eq!(page.status, 200);
-        assert!(page
-            .header("content-type")
-            .is_some_and(|v| v.starts_with("text/html")));
+        assert!(page.header("content-type").is_some_and(|v| v.starts_with("text/html")));
         assert!(page.body.contains("api/status"));
-        assert!(
-            !page.body.contains("http://") && !page.body.contains("https://"),
-            "external URL in page"
-        );
-        assert!(
-            !page.body.contains("src=\"//") && !page.body.contains("href=\"//"),
-            "protocol-relative URL in page"
-        );
+        assert!(!page.body.contains("http://") && !page.body.contains("https://"), "external URL in page");
+        assert!(!page.body.contains("src=\"//") && !page.body.contains("href=\"//"), "protocol-relative URL in page");
 
         // When /metrics is fetched, then it is Prometheus text 0.0.4 with the device's line
         let metrics = get(addr, "/metrics").await;
         assert_eq!(metrics.status, 200);
-        assert!(metrics
-            .header("content-type")
-            .is_some_and(|v| v.starts_with("text/plain; version=0.0.4")));
-        assert!(metrics
-            .body
-            .lines()
-            .any(|l| l == "edge_agent_device_connected{device=\"press-1\"} 1"));
+        assert!(metrics.header("content-type").is_some_and(|v| v.starts_with("text/plain; version=0.0.4")));
+        assert!(metrics.body.lines().any(|l| l == "edge_agent_device_connected{device=\"press-1\"} 1"));
 
         // When the token is cancelled, then the server returns Ok
         cancel.cancel();
         let result = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
-        assert!(
-            matches!(result, Ok(Ok(Ok(())))),
-            "server did not stop cleanly: {result:?}"
-        );
+        assert!(matches!(result, Ok(Ok(Ok(())))), "server did not stop cleanly: {result:?}");
     }
 
     #[tokio::test]
@@ -237,22 +188,10 @@ mod tests {
     fn the_page_is_self_contained() {
         // Given the embedded page
         // Then it references no external stylesheet, script, image or font
-        for needle in [
-            "http://",
-            "https://",
-            "<link",
-            "src=",
-            "@import",
-            "url(",
-            "@font-face",
-        ] {
+        for needle in ["http://", "https://", "<link", "src=", "@import", "url(", "@font-face"] {
             assert!(!PAGE.contains(needle), "page contains {needle:?}");
         }
         // And it never inserts data as markup
-        assert!(
-            !PAGE.contains("innerHTML")
-                && !PAGE.contains("outerHTML")
-                && !PAGE.contains("insertAdjacentHTML")
-        );
+        assert!(!PAGE.contains("innerHTML") && !PAGE.contains("outerHTML") && !PAGE.contains("insertAdjacentHTML"));
     }
 }

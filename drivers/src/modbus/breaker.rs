@@ -33,7 +33,14 @@ pub enum Change {
 
 impl Breaker {
     pub fn new(threshold: u32, base: Duration, cap: Duration) -> Self {
-        Self { threshold: threshold.max(1), base: base.max(Duration::from_millis(10)), cap: cap.max(base), failures: 0, probes: 0, next_probe: None }
+        Self {
+            threshold: threshold.max(1),
+            base: base.max(Duration::from_millis(10)),
+            cap: cap.max(base),
+            failures: 0,
+            probes: 0,
+            next_probe: None,
+        }
     }
 
     pub fn is_open(&self) -> bool {

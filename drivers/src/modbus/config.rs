@@ -136,11 +136,13 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
     match device.protocol {
         Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => {
             match &device.address {
-                None => issues.push(format!("{path}.address"), format!("is required for {}: \"host:port\", e.g. \"192.168.1.10:502\"", device.protocol.as_str())),
-                Some(a) if a.parse::<SocketAddr>().is_err() => issues.push(
+                None => issues.push(
                     format!("{path}.address"),
-                    format!("{a:?} is not an IP address and port, e.g. \"192.168.1.10:502\""),
+                    format!("is required for {}: \"host:port\", e.g. \"192.168.1.10:502\"", device.protocol.as_str()),
                 ),
+                Some(a) if a.parse::<SocketAddr>().is_err() => {
+                    issues.push(format!("{path}.address"), format!("{a:?} is not an IP address and port, e.g. \"192.168.1.10:502\""))
+                }
                 Some(_) => {}
             }
             if device.serial.is_some() {
@@ -152,7 +154,8 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
                 issues.push(format!("{path}.address"), "a modbus-rtu device is on a serial port: set [devices.serial] port instead");
             }
             match &device.serial {
-                None => issues.push(format!("{path}.serial"), "is required for modbus-rtu: [devices.serial] with at least port = \"/dev/ttyUSB0\""),
+                None => issues
+                    .push(format!("{path}.serial"), "is required for modbus-rtu: [devices.serial] with at least port = \"/dev/ttyUSB0\""),
                 Some(s) => validate_serial(s, &format!("{path}.serial"), issues),
             }
         }
@@ -225,10 +228,7 @@ fn validate_tag(tag: &TagConfig, path: &str, address_base: u8, max_regs: u16, is
         );
     }
     if !bit_table && data_type == DataType::Bool && tag.bit.is_none() {
-        issues.push(
-            format!("{path}.type"),
-            "bool in a register needs `bit` (0–15); or read the register as u16",
-        );
+        issues.push(format!("{path}.type"), "bool in a register needs `bit` (0–15); or read the register as u16");
     }
     match tag.bit {
         Some(_) if bit_table || data_type != DataType::Bool => {
@@ -289,7 +289,11 @@ pub(crate) fn validate_buses(devices: &[DeviceConfig], issues: &mut Issues) {
                 if d.serial != f.serial && d.protocol == Protocol::ModbusRtu {
                     issues.push(
                         format!("devices[{i}].serial"),
-                        format!("shares port {:?} with device {:?} but its settings differ: one bus has one baud rate, parity and framing", d.serial.as_ref().map(|s| s.port.as_str()).unwrap_or(""), f.name),
+                        format!(
+                            "shares port {:?} with device {:?} but its settings differ: one bus has one baud rate, parity and framing",
+                            d.serial.as_ref().map(|s| s.port.as_str()).unwrap_or(""),
+                            f.name
+                        ),
                     );
                 }
             }

@@ -17,10 +17,7 @@ pub fn to_big_endian(regs: &[u16], order: ByteOrder) -> Vec<u8> {
     if order.words_reversed() {
         words.reverse();
     }
-    words
-        .into_iter()
-        .flat_map(|w| if order.bytes_swapped() { w.swap_bytes() } else { w }.to_be_bytes())
-        .collect()
+    words.into_iter().flat_map(|w| if order.bytes_swapped() { w.swap_bytes() } else { w }.to_be_bytes()).collect()
 }
 
 /// The registers that hold the big-endian bytes `be` (an even number of them) in `order`.
@@ -113,11 +110,8 @@ pub fn encode_string(text: &str, length: u16, byte_swap: bool) -> Vec<u16> {
 /// The text held in `regs` (see [`encode_string`]): up to the first NUL, trailing spaces
 /// removed; bytes that are not ASCII show as U+FFFD.
 pub fn decode_string(regs: &[u16], byte_swap: bool) -> String {
-    let bytes: Vec<u8> = regs
-        .iter()
-        .flat_map(|w| if byte_swap { w.swap_bytes() } else { *w }.to_be_bytes())
-        .take_while(|b| *b != 0)
-        .collect();
+    let bytes: Vec<u8> =
+        regs.iter().flat_map(|w| if byte_swap { w.swap_bytes() } else { *w }.to_be_bytes()).take_while(|b| *b != 0).collect();
     let text: String = bytes.iter().map(|&b| if b.is_ascii() { char::from(b) } else { '\u{FFFD}' }).collect();
     text.trim_end().to_string()
 }
@@ -308,7 +302,8 @@ mod tests {
         let mut t = tag(DataType::I16, ByteOrder::ABCD);
         t.scale = 0.5;
         t.offset = -10.0;
-        assert_eq!(decode_registers(&[0xFF9C], &t).unwrap(), Value::Float(-60.0)); // -100 * 0.5 - 10
+        assert_eq!(decode_registers(&[0xFF9C], &t).unwrap(), Value::Float(-60.0));
+        // -100 * 0.5 - 10
     }
 
     #[test]
@@ -321,10 +316,7 @@ mod tests {
 
     #[test]
     fn nan_in_a_float_register_is_an_error_not_a_value() {
-        assert_eq!(
-            decode_registers(&[0x7FC0, 0x0000], &tag(DataType::F32, ByteOrder::ABCD)),
-            Err(DecodeError::NotFinite)
-        );
+        assert_eq!(decode_registers(&[0x7FC0, 0x0000], &tag(DataType::F32, ByteOrder::ABCD)), Err(DecodeError::NotFinite));
     }
 
     #[test]
@@ -337,21 +329,27 @@ mod tests {
 
     #[test]
     fn a_short_register_slice_is_reported() {
-        assert_eq!(
-            decode_registers(&[0x0001], &tag(DataType::U32, ByteOrder::ABCD)),
-            Err(DecodeError::WrongLength { needed: 2, got: 1 })
-        );
+        assert_eq!(decode_registers(&[0x0001], &tag(DataType::U32, ByteOrder::ABCD)), Err(DecodeError::WrongLength { needed: 2, got: 1 }));
     }
 
     #[test]
     fn encode_then_decode_round_trips_for_every_type_and_order() {
-        let values = [(DataType::U16, 65_000.0), (DataType::I16, -32_000.0), (DataType::U32, 4_000_000_000.0),
-            (DataType::I32, -2_000_000_000.0), (DataType::F32, -1234.5)];
+        let values = [
+            (DataType::U16, 65_000.0),
+            (DataType::I16, -32_000.0),
+            (DataType::U32, 4_000_000_000.0),
+            (DataType::I32, -2_000_000_000.0),
+            (DataType::F32, -1234.5),
+        ];
         for order in [ByteOrder::ABCD, ByteOrder::CDAB, ByteOrder::BADC, ByteOrder::DCBA] {
             for (dt, v) in values {
                 let regs = encode_registers(v, dt, order);
                 let got = decode_registers(&regs, &tag(dt, order)).unwrap();
-                let got = match got { Value::Int(i) => i as f64, Value::Float(f) => f, other => panic!("{other:?}") };
+                let got = match got {
+                    Value::Int(i) => i as f64,
+                    Value::Float(f) => f,
+                    other => panic!("{other:?}"),
+                };
                 assert_eq!(got, v, "{dt:?} {order:?}");
             }
         }

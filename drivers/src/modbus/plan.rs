@@ -220,7 +220,12 @@ mod tests {
     fn a_split_cuts_at_the_widest_gap_and_reads_only_the_span_of_each_part() {
         // Tags at 0 (u16), 1 (f32), 10 (u16), 20 (u32) merged over gaps.
         let d = device(
-            &[(Table::Holding, 0, DataType::U16), (Table::Holding, 1, DataType::F32), (Table::Holding, 10, DataType::U16), (Table::Holding, 20, DataType::U32)],
+            &[
+                (Table::Holding, 0, DataType::U16),
+                (Table::Holding, 1, DataType::F32),
+                (Table::Holding, 10, DataType::U16),
+                (Table::Holding, 20, DataType::U32),
+            ],
             20,
         );
         let plan = plan_requests(&d);
@@ -230,7 +235,15 @@ mod tests {
         assert_eq!((a.start, a.count, a.tags.clone()), (0, 11, vec![(0, 0), (1, 1), (2, 10)]));
         assert_eq!((b.start, b.count, b.tags.clone()), (20, 2, vec![(3, 0)]));
         // A contiguous block is cut in the middle.
-        let d = device(&[(Table::Holding, 0, DataType::U16), (Table::Holding, 1, DataType::U16), (Table::Holding, 2, DataType::U16), (Table::Holding, 3, DataType::U16)], 0);
+        let d = device(
+            &[
+                (Table::Holding, 0, DataType::U16),
+                (Table::Holding, 1, DataType::U16),
+                (Table::Holding, 2, DataType::U16),
+                (Table::Holding, 3, DataType::U16),
+            ],
+            0,
+        );
         let (a, b) = split(&plan_requests(&d)[0], |i| d.tags[i].register_count()).unwrap();
         assert_eq!((a.start, a.count, b.start, b.count), (0, 2, 2, 2));
         assert_eq!(split(&ReadRequest { table: Table::Holding, start: 0, count: 1, tags: vec![(0, 0)] }, |_| 1), None);

@@ -77,7 +77,10 @@ impl From<tokio_modbus::Error> for TransportFailure {
         match &e {
             tokio_modbus::Error::Transport(io)
                 if io.raw_os_error() == Some(0)
-                    || matches!(io.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
+                    || matches!(
+                        io.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                    ) =>
             {
                 TransportFailure::Closed
             }
@@ -667,17 +670,34 @@ fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: 
             Some(regs) if matches!(req.table, Table::Coil | Table::Discrete) => Ok((Value::Bool(regs[0] != 0), None)),
             Some(regs) => decode_tag(regs, tag).map(|d| (d.value, d.clamped_from)).map_err(|e| e.to_string()),
         };
-        out.push((i, match decoded {
-            Ok((value, None)) => Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Good, source_ts: now, server_ts: None, agent_ts: now },
-            Ok((value, Some(raw))) => {
-                let reason = format!("clamped: read {raw}, outside [{}, {}]", show_limit(tag.clamp_min), show_limit(tag.clamp_max));
-                Sample { tag: tag.name.clone(), value: Some(value), quality: Quality::Uncertain(reason), source_ts: now, server_ts: None, agent_ts: now }
-            }
-            Err(reason) => {
-                stats.decode_errors += 1;
-                bad_sample(&tag.name, &reason)
-            }
-        }));
+        out.push((
+            i,
+            match decoded {
+                Ok((value, None)) => Sample {
+                    tag: tag.name.clone(),
+                    value: Some(value),
+                    quality: Quality::Good,
+                    source_ts: now,
+                    server_ts: None,
+                    agent_ts: now,
+                },
+                Ok((value, Some(raw))) => {
+                    let reason = format!("clamped: read {raw}, outside [{}, {}]", show_limit(tag.clamp_min), show_limit(tag.clamp_max));
+                    Sample {
+                        tag: tag.name.clone(),
+                        value: Some(value),
+                        quality: Quality::Uncertain(reason),
+                        source_ts: now,
+                        server_ts: None,
+                        agent_ts: now,
+                    }
+                }
+                Err(reason) => {
+                    stats.decode_errors += 1;
+                    bad_sample(&tag.name, &reason)
+                }
+            },
+        ));
     }
 }
 

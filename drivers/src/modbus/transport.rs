@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tracing::debug;
 use tokio_modbus::client::Context;
 use tokio_modbus::Slave;
 use tokio_serial::SerialPortBuilderExt;
+use tracing::debug;
 
 use crate::config::{DeviceConfig, Protocol};
 use crate::modbus::config::{Parity, SerialConfig};

@@ -311,7 +311,9 @@ async fn confirm(ctx: &mut Context, op: &WriteOp, stats: &mut DriverStats, limit
                 other => Err(WriteError::NotConfirmed(format!("wrote coil {address} = {value}, read back {other:?}"))),
             }
         }
-        WriteOp::Register { address, word } => compare(*address, &[*word], call(stats, limit, ctx.read_holding_registers(*address, 1)).await?),
+        WriteOp::Register { address, word } => {
+            compare(*address, &[*word], call(stats, limit, ctx.read_holding_registers(*address, 1)).await?)
+        }
         WriteOp::Registers { address, words } => {
             let n = u16::try_from(words.len()).unwrap_or(u16::MAX);
             compare(*address, words, call(stats, limit, ctx.read_holding_registers(*address, n)).await?)

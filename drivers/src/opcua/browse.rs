@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use opcua::client::Session;
 use opcua::types::{
-    AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeId, ReadValueId, ReferenceTypeId,
-    TimestampsToReturn, Variant,
+    AttributeId, BrowseDescription, BrowseDirection, BrowseResultMask, NodeClass, NodeId, ReadValueId, ReferenceTypeId, TimestampsToReturn,
+    Variant,
 };
 
 use super::value::{type_name, variant_value};
@@ -45,7 +45,13 @@ pub async fn browse(session: &Session, start: NodeId, depth: usize, limit: Durat
 }
 
 /// The children of `node` not seen yet, described, at `depth`.
-async fn level(session: &Session, node: &NodeId, depth: usize, seen: &mut HashSet<NodeId>, limit: Duration) -> Result<Vec<BrowsedNode>, String> {
+async fn level(
+    session: &Session,
+    node: &NodeId,
+    depth: usize,
+    seen: &mut HashSet<NodeId>,
+    limit: Duration,
+) -> Result<Vec<BrowsedNode>, String> {
     let mut found = Vec::new();
     for (id, name, class) in children_of(session, node, limit).await? {
         if seen.insert(id.clone()) {
@@ -152,7 +158,9 @@ pub fn config_snippet(nodes: &[BrowsedNode]) -> String {
 
 /// `2:Line 1.Speed` → `line_1_speed`.
 fn tag_name(browse_name: &str) -> String {
-    let bare = browse_name.split_once(':').map_or(browse_name, |(ns, rest)| if ns.chars().all(|c| c.is_ascii_digit()) { rest } else { browse_name });
+    let bare = browse_name
+        .split_once(':')
+        .map_or(browse_name, |(ns, rest)| if ns.chars().all(|c| c.is_ascii_digit()) { rest } else { browse_name });
     let mut s: String = bare.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c.to_ascii_lowercase() } else { '_' }).collect();
     s.truncate(64);
     if is_valid_name(&s) {

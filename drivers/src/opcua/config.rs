@@ -222,9 +222,8 @@ pub fn tag_address(tag: &TagConfig) -> Result<Address, String> {
 
 /// `ns=2;s=Name`, `ns=2;i=1001`, `ns=2;g=<guid>`, `ns=2;b=<base64>` (and `i=85` in ns 0).
 pub fn parse_node_id(text: &str) -> Result<NodeId, String> {
-    NodeId::from_str(text.trim()).map_err(|_| {
-        format!("{text:?} is not a NodeId: expected ns=<index>;i=<number>, ;s=<string>, ;g=<guid> or ;b=<base64>")
-    })
+    NodeId::from_str(text.trim())
+        .map_err(|_| format!("{text:?} is not a NodeId: expected ns=<index>;i=<number>, ;s=<string>, ;g=<guid> or ;b=<base64>"))
 }
 
 /// `/2:Plant/2:Line1/2:Speed`: browse names from the Objects folder, each `ns:Name`.
@@ -264,7 +263,10 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
 
 fn validate_opcua(ua: &OpcuaConfig, device: &DeviceConfig, path: &str, issues: &mut Issues) {
     if !ua.endpoint.starts_with("opc.tcp://") || ua.endpoint.len() <= "opc.tcp://".len() {
-        issues.push(format!("{path}.endpoint"), format!("{:?} is not an OPC-UA endpoint URL: expected opc.tcp://host:port/path", ua.endpoint));
+        issues.push(
+            format!("{path}.endpoint"),
+            format!("{:?} is not an OPC-UA endpoint URL: expected opc.tcp://host:port/path", ua.endpoint),
+        );
     }
     match (ua.security_policy, ua.security_mode) {
         (SecurityPolicy::None, SecurityMode::None) => {}
@@ -277,11 +279,8 @@ fn validate_opcua(ua: &OpcuaConfig, device: &DeviceConfig, path: &str, issues: &
         ),
         _ => {}
     }
-    let username_keys = [
-        ("username", ua.username.is_some()),
-        ("password_file", ua.password_file.is_some()),
-        ("password_env", ua.password_env.is_some()),
-    ];
+    let username_keys =
+        [("username", ua.username.is_some()), ("password_file", ua.password_file.is_some()), ("password_env", ua.password_env.is_some())];
     let cert_keys = [("user_certificate", ua.user_certificate.is_some()), ("user_private_key", ua.user_private_key.is_some())];
     match ua.identity {
         IdentityKind::Anonymous => {}
@@ -300,7 +299,10 @@ fn validate_opcua(ua: &OpcuaConfig, device: &DeviceConfig, path: &str, issues: &
                 }
             }
             if ua.security_policy == SecurityPolicy::None {
-                issues.push(format!("{path}.identity"), "a certificate identity needs a security_policy other than None (the token is signed)");
+                issues.push(
+                    format!("{path}.identity"),
+                    "a certificate identity needs a security_policy other than None (the token is signed)",
+                );
             }
         }
     }
@@ -341,7 +343,10 @@ fn validate_opcua(ua: &OpcuaConfig, device: &DeviceConfig, path: &str, issues: &
     }
     for (i, group) in ua.poll_groups.iter().enumerate() {
         if group != "*" && group != "default" && !device.poll_groups.contains_key(group) {
-            issues.push(format!("{path}.poll_groups[{i}]"), format!("no poll group {group:?} in this device (use \"*\" for all tags, \"default\" for tags without a group)"));
+            issues.push(
+                format!("{path}.poll_groups[{i}]"),
+                format!("no poll group {group:?} in this device (use \"*\" for all tags, \"default\" for tags without a group)"),
+            );
         }
     }
 }
@@ -356,7 +361,10 @@ fn validate_tag(tag: &TagConfig, path: &str, issues: &mut Issues) {
         ("byte_swap", tag.byte_swap),
     ] {
         if set {
-            issues.push(format!("{path}.{key}"), "only applies to Modbus tags; an OPC-UA tag has node_id or browse_path (its type comes from the server)");
+            issues.push(
+                format!("{path}.{key}"),
+                "only applies to Modbus tags; an OPC-UA tag has node_id or browse_path (its type comes from the server)",
+            );
         }
     }
     match (&tag.node_id, &tag.browse_path) {

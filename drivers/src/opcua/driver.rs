@@ -42,7 +42,13 @@ const MAX_BATCH: usize = 5_000;
 
 /// Runs device `device` until `cancel` fires or the agent stops listening. `pki` is the
 /// agent's OPC-UA PKI directory ([`super::session::pki_dir`]).
-pub async fn run_device(device: DeviceConfig, pki: PathBuf, reports: mpsc::Sender<DeviceReport>, writes: WriteInbox, cancel: CancellationToken) {
+pub async fn run_device(
+    device: DeviceConfig,
+    pki: PathBuf,
+    reports: mpsc::Sender<DeviceReport>,
+    writes: WriteInbox,
+    cancel: CancellationToken,
+) {
     let Some(ua) = device.opcua.clone() else {
         warn!(device = %device.name, "no [devices.opcua] settings; driver not started");
         return;
@@ -153,14 +159,22 @@ fn standing_warnings(ua: &OpcuaConfig, pki: &std::path::Path) -> Vec<String> {
     if ua.security_policy != super::config::SecurityPolicy::None {
         for c in super::pki::rejected(pki) {
             let short: String = c.thumbprint.chars().take(12).collect();
-            out.push(format!("rejected server certificate {} [{}]: trust it with `edge-agent opcua trust {short}`", c.subject, c.thumbprint));
+            out.push(format!(
+                "rejected server certificate {} [{}]: trust it with `edge-agent opcua trust {short}`",
+                c.subject, c.thumbprint
+            ));
         }
     }
     out
 }
 
 /// One session attempt under the endpoint's gate. `None`: cancelled.
-async fn attempt(client: &mut Client, ua: &OpcuaConfig, out: &mut Reporter, cancel: &CancellationToken) -> Option<Result<Connected, String>> {
+async fn attempt(
+    client: &mut Client,
+    ua: &OpcuaConfig,
+    out: &mut Reporter,
+    cancel: &CancellationToken,
+) -> Option<Result<Connected, String>> {
     let gate = endpoint_gate(&ua.endpoint);
     let _held = tokio::select! {
         () = cancel.cancelled() => return None,
@@ -283,7 +297,8 @@ async fn run_session(
     let dropped_before = out.stats.notifications_dropped;
     loop {
         let next_poll = st.groups.iter().zip(&poll_due).filter(|(g, _)| g.poll).map(|(_, d)| *d).min();
-        let wake = [Some(next_stats), next_poll, (!st.retry.is_empty()).then_some(next_retry)].into_iter().flatten().min().unwrap_or(next_stats);
+        let wake =
+            [Some(next_stats), next_poll, (!st.retry.is_empty()).then_some(next_retry)].into_iter().flatten().min().unwrap_or(next_stats);
         tokio::select! {
             biased;
             () = cancel.cancelled() => return stop(session).await,
@@ -557,8 +572,7 @@ fn is_node_gone(status: StatusCode) -> bool {
 impl SessionState<'_> {
     /// Reads polled group `g` once.
     async fn poll(&mut self, g: usize, out: &mut Reporter) -> Result<(), String> {
-        let items: Vec<(usize, NodeId)> =
-            self.groups[g].tags.iter().filter_map(|&i| self.items[i].node.clone().map(|n| (i, n))).collect();
+        let items: Vec<(usize, NodeId)> = self.groups[g].tags.iter().filter_map(|&i| self.items[i].node.clone().map(|n| (i, n))).collect();
         if items.is_empty() {
             return Ok(());
         }

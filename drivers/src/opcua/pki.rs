@@ -75,7 +75,8 @@ fn certs_in(dir: &Path, state: CertState) -> Result<Vec<CertInfo>, PkiError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => return Err(PkiError::Read { dir: dir.to_path_buf(), source }),
     };
-    let mut files: Vec<PathBuf> = entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "der")).collect();
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "der")).collect();
     files.sort();
     Ok(files.into_iter().map(|f| read_cert(state, f)).collect())
 }

@@ -148,7 +148,12 @@ pub async fn connect(client: &mut Client, ua: &OpcuaConfig, identity: IdentityTo
                 .collect();
             ConnectError::new(
                 Some(e.status()),
-                format!("the server offers no endpoint with {:?} / {:?} (it offers: {})", ua.security_policy, ua.security_mode, offered.join(", ")),
+                format!(
+                    "the server offers no endpoint with {:?} / {:?} (it offers: {})",
+                    ua.security_policy,
+                    ua.security_mode,
+                    offered.join(", ")
+                ),
             )
         })?
         .user_identity_token(identity)

@@ -308,8 +308,10 @@ pub async fn create_items(
 
 /// Reads the values of `items` with the Read service (polled groups, write read-backs).
 pub async fn read(session: &Session, items: &[(usize, NodeId)]) -> Result<Vec<(usize, DataValue)>, StatusCode> {
-    let request: Vec<ReadValueId> =
-        items.iter().map(|(_, n)| ReadValueId { node_id: n.clone(), attribute_id: AttributeId::Value as u32, ..Default::default() }).collect();
+    let request: Vec<ReadValueId> = items
+        .iter()
+        .map(|(_, n)| ReadValueId { node_id: n.clone(), attribute_id: AttributeId::Value as u32, ..Default::default() })
+        .collect();
     let values = session.read(&request, TimestampsToReturn::Both, 0.0).await.map_err(|e| e.status())?;
     Ok(items.iter().map(|(i, _)| *i).zip(values).collect())
 }
@@ -320,7 +322,14 @@ mod tests {
     use crate::config::{Interval, Protocol};
 
     fn tag(name: &str, group: Option<&str>) -> TagConfig {
-        TagConfig { name: name.into(), table: None, address: None, node_id: Some("ns=2;i=1".into()), poll_group: group.map(Into::into), ..Default::default() }
+        TagConfig {
+            name: name.into(),
+            table: None,
+            address: None,
+            node_id: Some("ns=2;i=1".into()),
+            poll_group: group.map(Into::into),
+            ..Default::default()
+        }
     }
 
     #[test]

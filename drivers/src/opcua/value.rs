@@ -113,9 +113,7 @@ fn hex(bytes: &[u8]) -> String {
 /// clamped values marked uncertain.
 fn engineering(tag: &TagConfig, v: Value, quality: Quality) -> (Option<Value>, Quality) {
     let raw = match v {
-        Value::Int(i) if tag.is_unscaled() && tag.clamp_min.is_none() && tag.clamp_max.is_none() => {
-            return (Some(Value::Int(i)), quality)
-        }
+        Value::Int(i) if tag.is_unscaled() && tag.clamp_min.is_none() && tag.clamp_max.is_none() => return (Some(Value::Int(i)), quality),
         Value::Int(i) => i as f64,
         Value::Float(f) => f,
         other => return (Some(other), quality),
@@ -147,7 +145,9 @@ pub fn to_variant(tag: &TagConfig, value: &Value, current: &Variant) -> Result<V
         let x = match value {
             Value::Int(i) => *i as f64,
             Value::Float(f) => *f,
-            Value::Bool(_) | Value::Text(_) => return Err(format!("the node holds a number ({}): the value must be a number", type_name(current))),
+            Value::Bool(_) | Value::Text(_) => {
+                return Err(format!("the node holds a number ({}): the value must be a number", type_name(current)))
+            }
         };
         if !x.is_finite() {
             return Err("the value is not a finite number".into());

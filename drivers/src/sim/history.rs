@@ -51,21 +51,11 @@ pub struct HistorySummary {
 
 /// The numeric tags of the register map, in map order (the CSV's feature columns).
 pub fn feature_tags() -> Vec<&'static str> {
-    REGISTER_MAP
-        .iter()
-        .filter(|p| p.data_type != DataType::Bool)
-        .map(|p| p.tag)
-        .collect()
+    REGISTER_MAP.iter().filter(|p| p.data_type != DataType::Bool).map(|p| p.tag).collect()
 }
 
 /// The label columns after the tags.
-pub const LABEL_COLUMNS: [&str; 5] = [
-    "pump_cavitation",
-    "heater_underheat",
-    "syrup_purity",
-    "bearing_life",
-    "bearing_rul_h",
-];
+pub const LABEL_COLUMNS: [&str; 5] = ["pump_cavitation", "heater_underheat", "syrup_purity", "bearing_life", "bearing_rul_h"];
 
 /// Simulates the mill and writes its history as CSV to `out`.
 pub fn write_csv(opts: &HistoryOptions, out: &mut impl Write) -> io::Result<HistorySummary> {
@@ -104,12 +94,7 @@ pub fn write_csv(opts: &HistoryOptions, out: &mut impl Write) -> io::Result<Hist
         let (cav, under) = (mill.pump_cavitating(), mill.heater_underheating());
         summary.cavitation_rows += u64::from(cav);
         summary.underheat_rows += u64::from(under);
-        text.push_str(&format!(
-            ",{},{},{:.4},{life}",
-            u8::from(cav),
-            u8::from(under),
-            mill.syrup_purity()
-        ));
+        text.push_str(&format!(",{},{},{:.4},{life}", u8::from(cav), u8::from(under), mill.syrup_purity()));
         pending.push((elapsed.as_secs_f64() / 3600.0, text));
         summary.rows += 1;
     }
@@ -126,20 +111,13 @@ pub fn write_csv(opts: &HistoryOptions, out: &mut impl Write) -> io::Result<Hist
 mod tests {
     use super::*;
 
-    fn history(
-        hours: u64,
-        every_s: u64,
-        random_faults: bool,
-        seed: u64,
-    ) -> (String, HistorySummary) {
+    fn history(hours: u64, every_s: u64, random_faults: bool, seed: u64) -> (String, HistorySummary) {
         let opts = HistoryOptions {
             seed,
             duration: Duration::from_secs(hours * 3600),
             every: Duration::from_secs(every_s),
             random_faults,
-            start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-                .unwrap()
-                .with_timezone(&Utc),
+            start: DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap().with_timezone(&Utc),
         };
         let mut out = Vec::new();
         let summary = write_csv(&opts, &mut out).unwrap();
@@ -164,9 +142,7 @@ mod tests {
         for row in &rows {
             assert_eq!(row.len(), header.len());
             for (name, field) in header.iter().zip(row).take(header.len() - 1).skip(1) {
-                let v: f64 = field
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{name} = {field:?}"));
+                let v: f64 = field.parse().unwrap_or_else(|_| panic!("{name} = {field:?}"));
                 assert!(v.is_finite(), "{name}");
             }
         }
@@ -181,22 +157,14 @@ mod tests {
         assert!(summary.bearing_failures >= 2, "{summary:?}");
 
         // Then within each finished life the RUL falls by one hour per hourly row and ends near 0
-        let rows: Vec<Vec<String>> = csv
-            .lines()
-            .skip(1)
-            .map(|l| l.split(',').map(str::to_string).collect())
-            .collect();
+        let rows: Vec<Vec<String>> = csv.lines().skip(1).map(|l| l.split(',').map(str::to_string).collect()).collect();
         let (life_col, rul_col) = (rows[0].len() - 2, rows[0].len() - 1);
         let mut last: Option<(String, f64)> = None;
         let mut ends = Vec::new();
         for row in &rows {
             let life = row[life_col].clone();
             if row[rul_col].is_empty() {
-                assert_eq!(
-                    life,
-                    summary.bearing_failures.to_string(),
-                    "only the last bearing has no RUL"
-                );
+                assert_eq!(life, summary.bearing_failures.to_string(), "only the last bearing has no RUL");
                 continue;
             }
             let rul: f64 = row[rul_col].parse().unwrap();

@@ -68,9 +68,7 @@ impl FromStr for Fault {
             "cavitation" => Ok(Fault::Cavitation),
             "underheat" | "purity" => Ok(Fault::Underheat),
             "bearing" | "bearing-wear" => Ok(Fault::BearingWear),
-            other => Err(format!(
-                "unknown fault {other:?}: expected cavitation, underheat (or purity) or bearing"
-            )),
+            other => Err(format!("unknown fault {other:?}: expected cavitation, underheat (or purity) or bearing")),
         }
     }
 }
@@ -103,13 +101,7 @@ struct Episode {
 
 impl Episode {
     fn new(mean_interval_s: f64, duration_s: (f64, f64), ramp_s: f64) -> Self {
-        Self {
-            mean_interval_s,
-            duration_s,
-            remaining_s: 0.0,
-            severity: 0.0,
-            ramp_s,
-        }
+        Self { mean_interval_s, duration_s, remaining_s: 0.0, severity: 0.0, ramp_s }
     }
 
     fn advance(&mut self, h: f64, random: bool, rng: &mut StdRng) {
@@ -235,22 +227,13 @@ impl Condition {
         let rng = &mut self.rng;
         // Bearing.
         let load = p.load.max(0.0);
-        self.wear += BEARING_RATE_PER_HOUR / 3600.0
-            * self.wear_rate
-            * load.powf(1.5)
-            * (self.wear + BEARING_OFFSET)
-            * h;
+        self.wear += BEARING_RATE_PER_HOUR / 3600.0 * self.wear_rate * load.powf(1.5) * (self.wear + BEARING_OFFSET) * h;
         if self.wear >= 1.0 {
             self.failures += 1;
             self.wear = rng.gen_range(0.0..0.02);
             self.wear_rate = 1.0 + 0.05 * normal(rng);
         }
-        lag(
-            &mut self.bearing_temp,
-            bearing_temp_target(load, self.wear),
-            600.0,
-            h,
-        );
+        lag(&mut self.bearing_temp, bearing_temp_target(load, self.wear), 600.0, h);
         // Pump suction follows the juice tank's level.
         ou(&mut self.suction_base, 1.2, 600.0, 0.04, h, rng);
         // Purity.
@@ -294,8 +277,7 @@ impl Condition {
 
     /// Hours until the bearing fails if the mill keeps crushing at the nominal feed.
     pub fn bearing_rul_hours(&self) -> f64 {
-        ((1.0 + BEARING_OFFSET) / (self.wear + BEARING_OFFSET)).ln()
-            / (BEARING_RATE_PER_HOUR * self.wear_rate)
+        ((1.0 + BEARING_OFFSET) / (self.wear + BEARING_OFFSET)).ln() / (BEARING_RATE_PER_HOUR * self.wear_rate)
     }
 
     pub fn failures(&self) -> u32 {
@@ -327,11 +309,7 @@ fn bearing_temp_target(load: f64, wear: f64) -> f64 {
 /// Syrup purity (%) the process tends to: cane quality, clarification, wet cane, vacuum.
 fn purity_target(p: &ProcessInputs, drift: f64) -> f64 {
     let underheat = (103.5 - p.heater_out_temp).max(0.0);
-    PURITY_BASE + 0.5 * (p.brix_in - 15.0)
-        - 0.4 * underheat
-        - 0.35 * p.wet
-        - 0.04 * (p.vacuum - 16.0)
-        + drift
+    PURITY_BASE + 0.5 * (p.brix_in - 15.0) - 0.4 * underheat - 0.35 * p.wet - 0.04 * (p.vacuum - 16.0) + drift
 }
 
 /// A standard normal draw (Box–Muller).

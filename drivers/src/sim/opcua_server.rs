@@ -214,12 +214,15 @@ impl OpcuaSim {
         let id = NodeId::new(r.ns, name.to_string());
         let space = r.manager.address_space().read();
         match space.find(&id)? {
-            opcua::server::address_space::NodeType::Variable(v) => v.value(
-                opcua::types::TimestampsToReturn::Neither,
-                &opcua::types::NumericRange::None,
-                &opcua::types::DataEncoding::Binary,
-                0.0,
-            ).value,
+            opcua::server::address_space::NodeType::Variable(v) => {
+                v.value(
+                    opcua::types::TimestampsToReturn::Neither,
+                    &opcua::types::NumericRange::None,
+                    &opcua::types::DataEncoding::Binary,
+                    0.0,
+                )
+                .value
+            }
             _ => None,
         }
     }
@@ -286,10 +289,8 @@ impl OpcuaSim {
         let url = self.endpoint();
         let endpoint = (url.as_str(), SecurityPolicy::None.to_uri(), MessageSecurityMode::None);
         let work = async {
-            let (session, event_loop) = client
-                .connect_to_matching_endpoint(endpoint, IdentityToken::new_user_name(user, pass))
-                .await
-                .map_err(|e| e.to_string())?;
+            let (session, event_loop) =
+                client.connect_to_matching_endpoint(endpoint, IdentityToken::new_user_name(user, pass)).await.map_err(|e| e.to_string())?;
             let events = event_loop.spawn();
             if !session.wait_for_connection().await {
                 return Err("the dropper's session did not come up".to_string());
@@ -359,19 +360,14 @@ async fn serve(options: SimOptions, port: u16) -> Result<Parts, String> {
         .trust_client_certs(true)
         .diagnostics_enabled(false)
         .discovery_urls(vec![url.clone()])
-        .with_node_manager(simple_node_manager(
-            NamespaceMetadata { namespace_uri: NAMESPACE.to_string(), ..Default::default() },
-            "sim",
-        ));
+        .with_node_manager(simple_node_manager(NamespaceMetadata { namespace_uri: NAMESPACE.to_string(), ..Default::default() }, "sim"));
     if let Some((user, pass)) = &options.user {
         builder = builder.add_user_token("user", ServerUserToken { user: user.clone(), pass: Some(pass.clone()), ..Default::default() });
         tokens.push("user".into());
     }
     if let Some(cert) = &options.x509_user {
-        builder = builder.add_user_token(
-            "x509",
-            ServerUserToken { user: "x509".into(), x509: Some(cert.display().to_string()), ..Default::default() },
-        );
+        builder = builder
+            .add_user_token("x509", ServerUserToken { user: "x509".into(), x509: Some(cert.display().to_string()), ..Default::default() });
         tokens.push("x509".into());
     }
     let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();

@@ -47,15 +47,11 @@ impl RegisterBank {
 }
 
 fn read_words(table: &HashMap<u16, u16>, start: u16, count: u16) -> Result<Vec<u16>, ExceptionCode> {
-    (0..count)
-        .map(|i| table.get(&start.wrapping_add(i)).copied().ok_or(ExceptionCode::IllegalDataAddress))
-        .collect()
+    (0..count).map(|i| table.get(&start.wrapping_add(i)).copied().ok_or(ExceptionCode::IllegalDataAddress)).collect()
 }
 
 fn read_bits(table: &HashMap<u16, bool>, start: u16, count: u16) -> Result<Vec<bool>, ExceptionCode> {
-    (0..count)
-        .map(|i| table.get(&start.wrapping_add(i)).copied().ok_or(ExceptionCode::IllegalDataAddress))
-        .collect()
+    (0..count).map(|i| table.get(&start.wrapping_add(i)).copied().ok_or(ExceptionCode::IllegalDataAddress)).collect()
 }
 
 struct BankService {

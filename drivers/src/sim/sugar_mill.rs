@@ -44,9 +44,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::modbus::decode::encode_registers;
+use crate::modbus::types::{ByteOrder, DataType, Table};
 pub use crate::sim::mill_condition::Fault;
 use crate::sim::mill_condition::{Condition, ConditionReadings, ProcessInputs};
-use crate::modbus::types::{ByteOrder, DataType, Table};
 use crate::sim::register_server::{RegisterBank, SharedBank};
 
 /// Where and how one tag of the simulated PLC is held.
@@ -594,8 +594,7 @@ impl SugarMill {
             evap_brix_in: noisy(self.brix_in, 0.05).max(0.0),
             evap_brix_out: noisy(self.brix_out, 0.1).max(0.0),
             evap_vacuum: noisy(self.vacuum, 0.1).max(0.0),
-            evap_last_effect_level: noisy(EVAP_LEVEL_SETPOINT + self.evap_level_dev + level_swing, 0.5)
-                .clamp(0.0, 100.0),
+            evap_last_effect_level: noisy(EVAP_LEVEL_SETPOINT + self.evap_level_dev + level_swing, 0.5).clamp(0.0, 100.0),
             boiler_drum_pressure: noisy(self.drum_pressure, 0.05),
             boiler_steam_flow: noisy(self.steam_flow, 1.5).max(0.0),
             boiler_drum_level: noisy(DRUM_LEVEL_SETPOINT + self.drum_level_dev + self.swell, 0.6).clamp(0.0, 100.0),
@@ -617,17 +616,7 @@ pub fn initial_bank(mill: &SugarMill) -> RegisterBank {
 /// Steps `mill` every `tick` (by `tick` of simulated time) and writes its readings into
 /// `bank`, until `cancel` fires. The bank is written once before the first step.
 pub async fn run(bank: SharedBank, mill: SugarMill, tick: Duration, cancel: CancellationToken) {
-    run_with(
-        bank,
-        mill,
-        RunOptions {
-            tick,
-            speed: 1.0,
-            faults: None,
-        },
-        cancel,
-    )
-    .await;
+    run_with(bank, mill, RunOptions { tick, speed: 1.0, faults: None }, cancel).await;
 }
 
 /// How [`run_with`] drives the mill.
@@ -643,18 +632,9 @@ pub struct RunOptions {
 }
 
 /// As [`run`], faster than real time and with faults injected on demand.
-pub async fn run_with(
-    bank: SharedBank,
-    mut mill: SugarMill,
-    mut opts: RunOptions,
-    cancel: CancellationToken,
-) {
+pub async fn run_with(bank: SharedBank, mut mill: SugarMill, mut opts: RunOptions, cancel: CancellationToken) {
     let tick = opts.tick.max(Duration::from_millis(1));
-    let speed = if opts.speed.is_finite() && opts.speed > 0.0 {
-        opts.speed
-    } else {
-        1.0
-    };
+    let speed = if opts.speed.is_finite() && opts.speed > 0.0 { opts.speed } else { 1.0 };
     let step = tick.mul_f64(speed);
     let publish = |mill: &SugarMill| {
         let mut guard = bank.write().unwrap_or_else(PoisonError::into_inner);
@@ -864,10 +844,7 @@ mod tests {
                     let words = if table == Table::Holding { &bank.holding } else { &bank.input };
                     let regs: Vec<u16> = (0..tag.data_type().register_count())
                         .map(|i| {
-                            words
-                                .get(&(address + i))
-                                .copied()
-                                .unwrap_or_else(|| panic!("{}: register {} missing", tag.name, address + i))
+                            words.get(&(address + i)).copied().unwrap_or_else(|| panic!("{}: register {} missing", tag.name, address + i))
                         })
                         .collect();
                     match decode_registers(&regs, tag).unwrap_or_else(|e| panic!("{}: {e}", tag.name)) {
@@ -1043,11 +1020,8 @@ mod tests {
         // Given a mill with a half-worn bearing and no random faults
         let mut mill = SugarMill::new(21);
         mill.set_random_faults(false);
-        let (vib0, temp0, rul0) = (
-            mean_over(&mut mill, "mill_bearing_vibration", 600),
-            mean_over(&mut mill, "mill_bearing_temp", 600),
-            mill.bearing_rul_hours(),
-        );
+        let (vib0, temp0, rul0) =
+            (mean_over(&mut mill, "mill_bearing_vibration", 600), mean_over(&mut mill, "mill_bearing_temp", 600), mill.bearing_rul_hours());
 
         // When it crushes for another 100 hours (ten-second steps)
         for _ in 0..100 {
@@ -1055,18 +1029,12 @@ mod tests {
         }
 
         // Then vibration and temperature have risen and the life left has fallen by about 100 h
-        let (vib1, temp1, rul1) = (
-            mean_over(&mut mill, "mill_bearing_vibration", 600),
-            mean_over(&mut mill, "mill_bearing_temp", 600),
-            mill.bearing_rul_hours(),
-        );
+        let (vib1, temp1, rul1) =
+            (mean_over(&mut mill, "mill_bearing_vibration", 600), mean_over(&mut mill, "mill_bearing_temp", 600), mill.bearing_rul_hours());
         assert_eq!(mill.bearing_failures(), 0);
         assert!(vib1 > vib0 + 0.3, "vibration {vib0:.2} -> {vib1:.2}");
         assert!(temp1 > temp0 + 1.0, "temperature {temp0:.1} -> {temp1:.1}");
-        assert!(
-            (rul0 - rul1 - 100.0).abs() < 25.0,
-            "RUL {rul0:.0} h -> {rul1:.0} h"
-        );
+        assert!((rul0 - rul1 - 100.0).abs() < 25.0, "RUL {rul0:.0} h -> {rul1:.0} h");
     }
 
     #[test]
@@ -1076,10 +1044,7 @@ mod tests {
         mill.set_random_faults(false);
         mill.inject(Fault::BearingWear);
         let rul = mill.bearing_rul_hours();
-        assert!(
-            (30.0..70.0).contains(&rul),
-            "injected wear leaves {rul:.0} h"
-        );
+        assert!((30.0..70.0).contains(&rul), "injected wear leaves {rul:.0} h");
 
         // When it runs past that
         for _ in 0..(rul + 20.0) as u64 {
@@ -1096,35 +1061,25 @@ mod tests {
         // Given a steady mill
         let mut mill = SugarMill::new(23);
         mill.set_random_faults(false);
-        let (suction0, vib0) = (
-            mean_over(&mut mill, "juice_pump_suction_pressure", 600),
-            mean_over(&mut mill, "juice_pump_vibration", 600),
-        );
+        let (suction0, vib0) =
+            (mean_over(&mut mill, "juice_pump_suction_pressure", 600), mean_over(&mut mill, "juice_pump_vibration", 600));
         assert!(!mill.pump_cavitating());
 
         // When the pump cavitates
         mill.inject(Fault::Cavitation);
         mean_over(&mut mill, "juice_pump_vibration", 300);
-        let (suction1, vib1) = (
-            mean_over(&mut mill, "juice_pump_suction_pressure", 600),
-            mean_over(&mut mill, "juice_pump_vibration", 600),
-        );
+        let (suction1, vib1) =
+            (mean_over(&mut mill, "juice_pump_suction_pressure", 600), mean_over(&mut mill, "juice_pump_vibration", 600));
 
         // Then suction falls and vibration rises while it lasts
         assert!(mill.pump_cavitating());
-        assert!(
-            suction1 < suction0 - 0.4,
-            "suction {suction0:.2} -> {suction1:.2}"
-        );
+        assert!(suction1 < suction0 - 0.4, "suction {suction0:.2} -> {suction1:.2}");
         assert!(vib1 > vib0 + 2.0, "vibration {vib0:.2} -> {vib1:.2}");
         // And after its 30 minutes the pump is back to normal
         mean_over(&mut mill, "juice_pump_vibration", 1200);
         assert!(!mill.pump_cavitating());
         let vib2 = mean_over(&mut mill, "juice_pump_vibration", 600);
-        assert!(
-            (vib2 - vib0).abs() < 0.5,
-            "vibration after {vib2:.2}, before {vib0:.2}"
-        );
+        assert!((vib2 - vib0).abs() < 0.5, "vibration after {vib2:.2}, before {vib0:.2}");
     }
 
     #[test]
@@ -1147,10 +1102,7 @@ mod tests {
         }
 
         // Then the juice leaves the heater colder and the purity falls below spec
-        assert!(
-            outlet1 < outlet0 - 5.0,
-            "outlet {outlet0:.1} -> {outlet1:.1}"
-        );
+        assert!(outlet1 < outlet0 - 5.0, "outlet {outlet0:.1} -> {outlet1:.1}");
         assert!(lowest < 85.0, "lowest purity {lowest:.2}");
         // And a lab analysis was made meanwhile, holding a value close to the truth
         assert!(mill.lab_samples() > samples);
@@ -1166,12 +1118,7 @@ mod tests {
         for _ in 0..24 * 360 {
             mill.step_in(Duration::from_secs(10), Duration::from_secs(10));
             // Then the purity stays above 85 % and the pump never cavitates
-            assert!(
-                mill.syrup_purity() > 85.0,
-                "purity {} at {:?}",
-                mill.syrup_purity(),
-                mill.elapsed()
-            );
+            assert!(mill.syrup_purity() > 85.0, "purity {} at {:?}", mill.syrup_purity(), mill.elapsed());
             assert!(!mill.pump_cavitating() && !mill.heater_underheating());
         }
     }
@@ -1182,10 +1129,7 @@ mod tests {
             assert_eq!(fault.name().parse::<Fault>(), Ok(fault));
         }
         assert_eq!("purity".parse::<Fault>(), Ok(Fault::Underheat));
-        assert!("meltdown"
-            .parse::<Fault>()
-            .unwrap_err()
-            .contains("cavitation"));
+        assert!("meltdown".parse::<Fault>().unwrap_err().contains("cavitation"));
     }
 
     #[tokio::test]
@@ -1196,21 +1140,14 @@ mod tests {
         let (faults, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut mill = SugarMill::new(26);
         mill.set_random_faults(false);
-        let opts = RunOptions {
-            tick: Duration::from_millis(10),
-            speed: 600.0,
-            faults: Some(rx),
-        };
+        let opts = RunOptions { tick: Duration::from_millis(10), speed: 600.0, faults: Some(rx) };
         let task = tokio::spawn(run_with(bank.clone(), mill, opts, cancel.clone()));
 
         // When a cavitation is injected and half a second goes by (five plant minutes)
         faults.send(Fault::Cavitation).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
         cancel.cancel();
-        tokio::time::timeout(Duration::from_secs(2), task)
-            .await
-            .expect("run ends when cancelled")
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task).await.expect("run ends when cancelled").unwrap();
 
         // Then the pump's suction register shows the cavitation (below 0.8 bar; normal is 1.2)
         let raw = bank.read().unwrap().holding[&10];

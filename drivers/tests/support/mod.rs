@@ -118,9 +118,7 @@ impl Peer {
             Request::WriteSingleRegister(..)
             | Request::WriteMultipleRegisters(..)
             | Request::WriteSingleCoil(..)
-            | Request::WriteMultipleCoils(..) => {
-                Err(ExceptionCode::IllegalDataAddress)
-            }
+            | Request::WriteMultipleCoils(..) => Err(ExceptionCode::IllegalDataAddress),
             _ => Err(ExceptionCode::IllegalFunction),
         };
         (delay, result.map(Some))

@@ -104,7 +104,14 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], opts: &TrainOptions) -> Res
     }
     let fit_rows: Vec<&[f32]> = rows[..split].iter().map(|r| r.as_slice()).collect();
     let normalization = crate::norm::fit(&fit_rows, d);
-    let z: Vec<Vec<f32>> = rows.iter().map(|r| { let mut o = Vec::new(); normalization.apply(r, &mut o); o }).collect();
+    let z: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            let mut o = Vec::new();
+            normalization.apply(r, &mut o);
+            o
+        })
+        .collect();
     let offsets = centred(kernel);
     let k = offsets.len();
     let mut params = Params::new(opts.seed);
@@ -123,7 +130,15 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], opts: &TrainOptions) -> Res
         errors(w, &x, &offsets)?.mean_all()
     };
     let validate = |w: &Weights| -> candle_core::Result<f64> { Ok(errors(w, &cal_x, &offsets)?.mean_all()?.to_scalar::<f32>()? as f64) };
-    let fit_opts = FitOptions { epochs: opts.epochs.unwrap_or(60), batch: 32, lr: 3e-3, weight_decay: 1e-4, patience: 15, max_per_epoch: opts.max_examples_per_epoch, seed: opts.seed };
+    let fit_opts = FitOptions {
+        epochs: opts.epochs.unwrap_or(60),
+        batch: 32,
+        lr: 3e-3,
+        weight_decay: 1e-4,
+        patience: 15,
+        max_per_epoch: opts.max_examples_per_epoch,
+        seed: opts.seed,
+    };
     let (best, report) = nn::fit(&params, fit_ends.len(), &loss, &validate, &fit_opts)?;
     let cal_raw: Vec<f64> = values(&errors(&best, &cal_x, &offsets)?.mean(1)?)?.into_iter().map(|v| v as f64).collect();
     let threshold = (quantile(&cal_raw, 1.0 - opts.false_alarm_rate) * opts.threshold_margin).max(1e-9);

@@ -36,7 +36,10 @@ pub enum Loaded {
 pub fn load(m: &Manifest, bytes: &[u8]) -> Result<Loaded, String> {
     let w = crate::nn::from_safetensors(bytes).map_err(|e| format!("not a safetensors file: {e}"))?;
     let norm_ok = m.normalization.mean.len() == m.inputs.len() && m.normalization.std.len() == m.inputs.len();
-    let regimes_ok = m.regimes.as_ref().is_some_and(|r| r.stats.iter().all(|s| s.mean.len() == m.inputs.len()) && r.by.iter().all(|&i| i < m.inputs.len()));
+    let regimes_ok = m
+        .regimes
+        .as_ref()
+        .is_some_and(|r| r.stats.iter().all(|s| s.mean.len() == m.inputs.len()) && r.by.iter().all(|&i| i < m.inputs.len()));
     if !norm_ok && !regimes_ok {
         return Err(format!("normalisation has {} values for {} inputs", m.normalization.mean.len(), m.inputs.len()));
     }

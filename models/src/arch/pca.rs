@@ -80,7 +80,14 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], opts: &TrainOptions) -> Res
         return Err(TrainError::TooFewRows { needed: 3, found: rows.len() });
     }
     let normalization = crate::norm::fit(&fit_rows, d);
-    let z: Vec<Vec<f32>> = rows.iter().map(|r| { let mut o = Vec::new(); normalization.apply(r, &mut o); o }).collect();
+    let z: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            let mut o = Vec::new();
+            normalization.apply(r, &mut o);
+            o
+        })
+        .collect();
     let mut cov = vec![0.0f64; d * d];
     for r in &z[..split] {
         for i in 0..d {
@@ -103,13 +110,25 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], opts: &TrainOptions) -> Res
     let components: Vec<Vec<f32>> = vecs[..k].iter().map(|v| v.iter().map(|x| *x as f32).collect()).collect();
     let mut pca = Pca { components: components.clone(), eigenvalues: eigenvalues.clone(), t2_threshold: 1.0, q_threshold: 1.0 };
     let cal_rows = if split < z.len() { &z[split..] } else { &z[..] };
-    let (t2s, qs): (Vec<f64>, Vec<f64>) = cal_rows.iter().map(|r| { let (t2, q, _, _) = pca.stats(r); (t2 as f64, q as f64) }).unzip();
+    let (t2s, qs): (Vec<f64>, Vec<f64>) = cal_rows
+        .iter()
+        .map(|r| {
+            let (t2, q, _, _) = pca.stats(r);
+            (t2 as f64, q as f64)
+        })
+        .unzip();
     let level = 1.0 - opts.false_alarm_rate;
     let t2_threshold = (quantile(&t2s, level) * opts.threshold_margin).max(1e-6);
     let q_threshold = (quantile(&qs, level) * opts.threshold_margin).max(1e-6);
     pca.t2_threshold = t2_threshold as f32;
     pca.q_threshold = q_threshold as f32;
-    let flagged = cal_rows.iter().filter(|r| { let (t2, q, _, _) = pca.stats(r); t2 > pca.t2_threshold || q > pca.q_threshold }).count();
+    let flagged = cal_rows
+        .iter()
+        .filter(|r| {
+            let (t2, q, _, _) = pca.stats(r);
+            t2 > pca.t2_threshold || q > pca.q_threshold
+        })
+        .count();
     let mut w = Weights::new();
     let dev = Device::Cpu;
     let flat: Vec<f32> = components.iter().flatten().copied().collect();

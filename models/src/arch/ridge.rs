@@ -170,7 +170,14 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], target: &[f32], mlp: bool, 
     train_with_lags(inputs, rows, target, mlp, opts, lags)
 }
 
-fn train_with_lags(inputs: Vec<String>, rows: &[Vec<f32>], target: &[f32], mlp: bool, opts: &TrainOptions, lags: Vec<usize>) -> Result<Trained, TrainError> {
+fn train_with_lags(
+    inputs: Vec<String>,
+    rows: &[Vec<f32>],
+    target: &[f32],
+    mlp: bool,
+    opts: &TrainOptions,
+    lags: Vec<usize>,
+) -> Result<Trained, TrainError> {
     let max_lag = lags.iter().max().copied().unwrap_or(0);
     let d = inputs.len();
     let n_rows = rows.len();
@@ -180,9 +187,23 @@ fn train_with_lags(inputs: Vec<String>, rows: &[Vec<f32>], target: &[f32], mlp: 
     }
     let fit_rows: Vec<&[f32]> = rows[..split_row].iter().map(|r| r.as_slice()).collect();
     let normalization = crate::norm::fit(&fit_rows, d);
-    let z: Vec<Vec<f32>> = rows.iter().map(|r| { let mut o = Vec::new(); normalization.apply(r, &mut o); o }).collect();
+    let z: Vec<Vec<f32>> = rows
+        .iter()
+        .map(|r| {
+            let mut o = Vec::new();
+            normalization.apply(r, &mut o);
+            o
+        })
+        .collect();
     let ends: Vec<usize> = (max_lag..n_rows).filter(|&e| target[e].is_finite()).collect();
-    let feats: Vec<Vec<f32>> = ends.iter().map(|&e| { let mut f = Vec::new(); features(&z, e, &lags, &mut f); f }).collect();
+    let feats: Vec<Vec<f32>> = ends
+        .iter()
+        .map(|&e| {
+            let mut f = Vec::new();
+            features(&z, e, &lags, &mut f);
+            f
+        })
+        .collect();
     let ys: Vec<f32> = ends.iter().map(|&e| target[e]).collect();
     let n_fit = ends.iter().filter(|&&e| e < split_row).count();
     let (xf, xv) = feats.split_at(n_fit);
@@ -235,7 +256,15 @@ fn train_with_lags(inputs: Vec<String>, rows: &[Vec<f32>], target: &[f32], mlp: 
                 let out = values(&mlp_forward(w, &prefix, &x_val)?)?;
                 Ok(out.iter().zip(&val_target).map(|(o, t)| ((o - t) as f64).powi(2)).sum::<f64>() / val_target.len().max(1) as f64)
             };
-            let fit_opts = FitOptions { epochs: opts.epochs.unwrap_or(200), batch: 64, lr: 2e-3, weight_decay: 1e-2, patience: 20, max_per_epoch: usize::MAX, seed: opts.seed.wrapping_add(j as u64) };
+            let fit_opts = FitOptions {
+                epochs: opts.epochs.unwrap_or(200),
+                batch: 64,
+                lr: 2e-3,
+                weight_decay: 1e-2,
+                patience: 20,
+                max_per_epoch: usize::MAX,
+                seed: opts.seed.wrapping_add(j as u64),
+            };
             let (best_w, report) = nn::fit(&params, xf.len(), &loss, &validate, &fit_opts)?;
             epochs += report.epochs as f64;
             w.extend(best_w);

@@ -87,7 +87,10 @@ fn ensemble(w: &Weights, x: &Tensor, members: usize, levels: usize, kernel: usiz
     let mut sum: Option<Tensor> = None;
     for m in 0..members {
         let y = forward(w, &format!("m{m}"), x, levels, kernel)?;
-        sum = Some(match sum { Some(s) => (s + y)?, None => y });
+        sum = Some(match sum {
+            Some(s) => (s + y)?,
+            None => y,
+        });
     }
     match sum {
         Some(s) => s / members as f64,
@@ -107,7 +110,8 @@ impl Tcn {
             w,
         };
         let probe = Tensor::zeros((1, m.window, t.net_inputs.len()), candle_core::DType::F32, &Device::Cpu).map_err(|e| e.to_string())?;
-        ensemble(&t.w, &probe, t.members, t.levels, t.kernel).map_err(|e| format!("weights do not fit {} net inputs: {e}", t.net_inputs.len()))?;
+        ensemble(&t.w, &probe, t.members, t.levels, t.kernel)
+            .map_err(|e| format!("weights do not fit {} net inputs: {e}", t.net_inputs.len()))?;
         Ok(t)
     }
 
@@ -115,7 +119,13 @@ impl Tcn {
         let mut out = Vec::with_capacity(ends.len());
         for chunk in ends.chunks(512) {
             let picks: Vec<(usize, usize)> = chunk.iter().map(|&e| (e + 1 - m.window.min(e + 1), e)).collect();
-            let y = values(&last(&ensemble(&self.w, &windows(z, &picks, m.window, &self.net_inputs)?, self.members, self.levels, self.kernel)?)?)?;
+            let y = values(&last(&ensemble(
+                &self.w,
+                &windows(z, &picks, m.window, &self.net_inputs)?,
+                self.members,
+                self.levels,
+                self.kernel,
+            )?)?)?;
             for v in y {
                 let value = (v * self.cap).clamp(0.0, self.cap);
                 out.push(Prediction::Rul { value, lower: (value + self.band.0).max(0.0), upper: (value + self.band.1).max(0.0) });
@@ -131,7 +141,15 @@ impl Tcn {
 /// crop of `window - 1 + L` rows trains `L` windows in one pass (the first `window - 1` rows
 /// are history only). Each unit is padded in front with copies of its first row, exactly as
 /// inference pads a unit shorter than the window.
-pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], rul: &[f32], groups: &[std::ops::Range<usize>], regimes: Option<Regimes>, normalization: crate::manifest::Normalization, opts: &TrainOptions) -> Result<Trained, TrainError> {
+pub fn train(
+    inputs: Vec<String>,
+    rows: &[Vec<f32>],
+    rul: &[f32],
+    groups: &[std::ops::Range<usize>],
+    regimes: Option<Regimes>,
+    normalization: crate::manifest::Normalization,
+    opts: &TrainOptions,
+) -> Result<Trained, TrainError> {
     let (hidden, kernel) = (opts.hidden.unwrap_or(32), 3usize);
     // Default: 4 levels (receptive field 31 rows = the window). A given window gets the most
     // levels whose receptive field fits in it; older rows of the window are then unused.
@@ -142,7 +160,12 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], rul: &[f32], groups: &[std:
     };
     let members = opts.members.unwrap_or(3).max(1);
     let cap = opts.rul_cap;
-    let probe = Manifest { inputs: inputs.clone(), regimes: regimes.clone(), normalization: normalization.clone(), ..crate::train::blank_manifest() };
+    let probe = Manifest {
+        inputs: inputs.clone(),
+        regimes: regimes.clone(),
+        normalization: normalization.clone(),
+        ..crate::train::blank_manifest()
+    };
     let z = super::normalize_rows(&probe, rows);
     let net_in = net_inputs(inputs.len(), &regimes);
     let c = net_in.len();
@@ -216,7 +239,10 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], rul: &[f32], groups: &[std:
         let mut sum: Option<Tensor> = None;
         for m in 0..members {
             let p = predict_unit(&all, &format!("m{m}"), ux, uy.len(), window, c, levels, kernel)?;
-            sum = Some(match sum { Some(s) => (s + p)?, None => p });
+            sum = Some(match sum {
+                Some(s) => (s + p)?,
+                None => p,
+            });
         }
         if let Some(s) = sum {
             let p = values(&(s / members as f64)?)?;
@@ -237,7 +263,11 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], rul: &[f32], groups: &[std:
             ("kernel".into(), kernel as f64),
             ("hidden".into(), hidden as f64),
         ]),
-        calibration: BTreeMap::from([("cap".into(), cap as f64), ("band_lower".into(), quantile(&resid, 0.1)), ("band_upper".into(), quantile(&resid, 0.9))]),
+        calibration: BTreeMap::from([
+            ("cap".into(), cap as f64),
+            ("band_lower".into(), quantile(&resid, 0.1)),
+            ("band_upper".into(), quantile(&resid, 0.9)),
+        ]),
         metrics: BTreeMap::from([("validation_rmse_capped".into(), val_rmse), ("epochs_mean".into(), epochs / members as f64)]),
         weights: all,
     })
@@ -245,7 +275,16 @@ pub fn train(inputs: Vec<String>, rows: &[Vec<f32>], rul: &[f32], groups: &[std:
 
 /// One member's outputs at every real row of a padded unit: (len,).
 #[allow(clippy::too_many_arguments)]
-fn predict_unit(w: &Weights, prefix: &str, x: &[f32], len: usize, window: usize, c: usize, levels: usize, kernel: usize) -> candle_core::Result<Tensor> {
+fn predict_unit(
+    w: &Weights,
+    prefix: &str,
+    x: &[f32],
+    len: usize,
+    window: usize,
+    c: usize,
+    levels: usize,
+    kernel: usize,
+) -> candle_core::Result<Tensor> {
     let t = Tensor::from_vec(x.to_vec(), (1, len + window - 1, c), &Device::Cpu)?;
     forward(w, prefix, &t, levels, kernel)?.narrow(1, window - 1, len)?.squeeze(0)
 }

@@ -53,21 +53,12 @@ impl Calendar {
         if self.shifts.is_empty() {
             return u32::MAX;
         }
-        self.shifts
-            .iter()
-            .filter(|s| s.start <= t && t < s.end)
-            .map(|s| s.crew)
-            .sum()
+        self.shifts.iter().filter(|s| s.start <= t && t < s.end).map(|s| s.crew).sum()
     }
 
     /// Crew still free at `t`: on site minus booked.
     pub fn crew_free(&self, t: f64) -> u32 {
-        let booked: u32 = self
-            .booked
-            .iter()
-            .filter(|b| b.start <= t && t < b.end)
-            .map(|b| b.crew)
-            .sum();
+        let booked: u32 = self.booked.iter().filter(|b| b.start <= t && t < b.end).map(|b| b.crew).sum();
         self.crew_on_site(t).saturating_sub(booked)
     }
 
@@ -97,21 +88,13 @@ mod tests {
 
     fn day_shift(day: u32, crew: u32) -> Shift {
         let start = 24.0 * day as f64 + 6.0;
-        Shift {
-            start,
-            end: start + 8.0,
-            crew,
-        }
+        Shift { start, end: start + 8.0, crew }
     }
 
     #[test]
     fn crew_is_free_only_on_shift_and_bookings_take_from_it() {
         // Given a day shift of three fitters on day 0 and a booking of two of them
-        let mut cal = Calendar {
-            shifts: vec![day_shift(0, 3)],
-            horizon: 48.0,
-            ..Default::default()
-        };
+        let mut cal = Calendar { shifts: vec![day_shift(0, 3)], horizon: 48.0, ..Default::default() };
         cal.book(8.0, 10.0, 2);
 
         // Then nobody is free at night, three at 07:00, one during the booking
@@ -130,12 +113,7 @@ mod tests {
     fn a_planned_stop_with_its_own_crew_overrides_the_shifts() {
         let cal = Calendar {
             shifts: vec![day_shift(0, 1)],
-            stops: vec![PlannedStop {
-                name: "sunday".into(),
-                start: 0.0,
-                end: 24.0,
-                crew: Some(6),
-            }],
+            stops: vec![PlannedStop { name: "sunday".into(), start: 0.0, end: 24.0, crew: Some(6) }],
             horizon: 48.0,
             booked: vec![],
         };
@@ -145,10 +123,7 @@ mod tests {
 
     #[test]
     fn without_shifts_the_crew_is_not_limited() {
-        let cal = Calendar {
-            horizon: 10.0,
-            ..Default::default()
-        };
+        let cal = Calendar { horizon: 10.0, ..Default::default() };
         assert!(cal.fits(0.0, 5.0, 40));
     }
 }

@@ -38,10 +38,7 @@ impl RulEstimate {
 fn normal_cdf(z: f64) -> f64 {
     let x = z / std::f64::consts::SQRT_2;
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let poly = t
-        * (0.254_829_592
-            + t * (-0.284_496_736
-                + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
+    let poly = t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
     let erf = 1.0 - poly * (-x * x).exp();
     let erf = if x >= 0.0 { erf } else { -erf };
     0.5 * (1.0 + erf)
@@ -53,11 +50,7 @@ mod tests {
 
     #[test]
     fn the_band_edges_are_the_ten_and_ninety_percent_points_and_the_value_the_median() {
-        let r = RulEstimate {
-            value: 100.0,
-            lower: 80.0,
-            upper: 140.0,
-        };
+        let r = RulEstimate { value: 100.0, lower: 80.0, upper: 140.0 };
         assert!((r.failure_probability_by(80.0) - 0.10).abs() < 1e-4);
         assert!((r.failure_probability_by(100.0) - 0.50).abs() < 1e-6);
         assert!((r.failure_probability_by(140.0) - 0.90).abs() < 1e-4);
@@ -65,11 +58,7 @@ mod tests {
 
     #[test]
     fn the_risk_grows_with_time_and_stays_a_probability() {
-        let r = RulEstimate {
-            value: 50.0,
-            lower: 30.0,
-            upper: 90.0,
-        };
+        let r = RulEstimate { value: 50.0, lower: 30.0, upper: 90.0 };
         let mut last = 0.0;
         for t in (0..300).map(|h| h as f64) {
             let p = r.failure_probability_by(t);
@@ -82,11 +71,7 @@ mod tests {
 
     #[test]
     fn a_band_of_zero_width_is_a_step_at_the_value() {
-        let r = RulEstimate {
-            value: 10.0,
-            lower: 10.0,
-            upper: 10.0,
-        };
+        let r = RulEstimate { value: 10.0, lower: 10.0, upper: 10.0 };
         assert_eq!(r.failure_probability_by(9.99), 0.0);
         assert_eq!(r.failure_probability_by(10.0), 1.0);
     }
