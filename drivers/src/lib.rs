@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod log_limit;
 pub mod modbus;
 pub mod opcua;
 pub mod sample;
