@@ -4,7 +4,7 @@
 //! (Prometheus semantics) so a scrape never misses a drop or an error.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use chrono::{DateTime, Utc};
 use edge_drivers::{DeviceConfig, DriverStats, Quality, Sample, Value};
@@ -12,7 +12,22 @@ use serde::Serialize;
 
 /// Shared handle to the live state.
 #[derive(Clone, Default)]
-pub struct Live(Arc<RwLock<Snapshot>>);
+pub struct Live {
+    state: Arc<RwLock<Snapshot>>,
+    /// Remembers when `store.write_errors` last grew (see [`store_writable`]).
+    write_errors_seen: Arc<Mutex<WriteErrorsSeen>>,
+}
+
+/// The last `store.write_errors` seen by [`Live::snapshot`], and when it last grew.
+#[derive(Debug, Default)]
+struct WriteErrorsSeen {
+    count: u64,
+    grew_at: Option<DateTime<Utc>>,
+}
+
+/// A store write that failed less than this long ago makes the store count as not writable
+/// (the writer retries every tick, so a store that stays broken keeps failing).
+const WRITE_ERROR_RECENT_S: i64 = 10;
 
 /// Everything the page shows, at one instant. Serialised as `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,6 +42,43 @@ pub struct Snapshot {
     pub commands: CommandsView,
     /// The local models (`[[models]]`), by name.
     pub models: BTreeMap<String, crate::analytics::status::ModelView>,
+    /// Every long-lived task of the agent, by name (see `runtime::supervise`).
+    pub tasks: BTreeMap<String, TaskView>,
+    /// The health verdict, computed from the rest of this snapshot when it is taken
+    /// (see [`crate::health`]).
+    pub health: crate::health::Health,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    #[default]
+    Running,
+    /// Ended unexpectedly; waiting for its back-off before it starts again.
+    Restarting,
+    /// Ended unexpectedly and is not restarted: the agent stops and exits non-zero.
+    Failed,
+    /// Stopped by the agent (shutdown or reload).
+    Stopped,
+}
+
+/// One long-lived task in the task register.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TaskView {
+    pub name: String,
+    /// A core task is one the data path needs (store writer, sample feed, model event
+    /// sink, uplink, command handler): while one is down `/readyz` fails.
+    pub core: bool,
+    /// What happens when it ends unexpectedly: `restart` (with back-off) or `exit` (the
+    /// agent stops in order and exits non-zero, so systemd restarts it).
+    pub on_failure: String,
+    pub state: TaskState,
+    /// Restarts after an unexpected end, since the agent (re)started.
+    pub restarts: u64,
+    /// Why it last ended unexpectedly (the panic message or the error).
+    pub last_exit: Option<String>,
+    pub last_exit_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -120,6 +172,9 @@ pub struct UplinkView {
     pub failovers: u64,
     /// Commands from the ERP dropped because the handler was busy or gone.
     pub commands_dropped: u64,
+    /// Source time of the oldest telemetry batch still waiting in the outbox (the backlog's
+    /// age); `None` when the outbox holds no batch.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
 }
 
 /// Commands from the ERP since the agent started (see `commands::handler`).
@@ -133,6 +188,12 @@ pub struct CommandsView {
     pub failed: u64,
     /// Repeats of a command already carried out (same id): answered, not run again.
     pub duplicates: u64,
+}
+
+impl TaskView {
+    pub fn alive(&self) -> bool {
+        self.state == TaskState::Running
+    }
 }
 
 impl Live {
@@ -154,22 +215,39 @@ impl Live {
                 (d.name.clone(), view)
             })
             .collect();
-        Live(Arc::new(RwLock::new(Snapshot { gateway, devices, ..Default::default() })))
+        Live { state: Arc::new(RwLock::new(Snapshot { gateway, devices, ..Default::default() })), write_errors_seen: Arc::default() }
     }
 
+    /// A copy of the state, with its health verdict computed for this instant.
     pub fn snapshot(&self) -> Snapshot {
-        let mut snapshot = match self.0.read() {
+        let mut snapshot = match self.state.read() {
             Ok(s) => s.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        snapshot.generated_at = Some(Utc::now());
+        let now = Utc::now();
+        snapshot.generated_at = Some(now);
+        let writable = self.store_writable(&snapshot.store, now);
+        snapshot.health = crate::health::evaluate(&snapshot, writable, now);
         snapshot
+    }
+
+    /// Whether the store can be written now.
+    // TODO(store.writable): when the store helpers' `StoreView::writable` field lands,
+    // return `store.writable` here and drop `WriteErrorsSeen`. Until then: not writable
+    // while a write failed within the last `WRITE_ERROR_RECENT_S` seconds.
+    fn store_writable(&self, store: &StoreView, now: DateTime<Utc>) -> bool {
+        let mut seen = self.write_errors_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if store.write_errors > seen.count {
+            seen.grew_at = Some(now);
+        }
+        seen.count = store.write_errors;
+        seen.grew_at.is_none_or(|at| (now - at).num_seconds() >= WRITE_ERROR_RECENT_S)
     }
 
     /// Runs `f` on the state under the write lock. A poisoned lock (a panic elsewhere
     /// while holding it) is recovered: the state is plain data and stays usable.
     pub fn update<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
-        match self.0.write() {
+        match self.state.write() {
             Ok(mut s) => f(&mut s),
             Err(poisoned) => f(&mut poisoned.into_inner()),
         }

@@ -64,9 +64,12 @@ fn init_logging() {
     // rumqttd is only the demo's embedded broker; its connection chatter is not the agent's news.
     let filter =
         EnvFilter::try_from_env("EDGE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn,tokio_modbus=warn"));
+    // A log line that cannot be written (stderr closed while journald restarts) is dropped
+    // and counted, never an error: see `runtime::log_sink`.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(runtime::log_sink::Stderr)
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
@@ -94,7 +97,7 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("edge-agent: cannot start the async runtime: {e}");
+            runtime::log_sink::eprint_line(&format!("edge-agent: cannot start the async runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -104,7 +107,7 @@ fn main() -> ExitCode {
                 let config = match load_file(&path) {
                     Ok(c) => c,
                     Err(e) => {
-                        eprint!("{e}");
+                        runtime::log_sink::eprint_line(e.to_string().trim_end());
                         return Ok(Some(EXIT_BAD_CONFIG));
                     }
                 };
@@ -127,7 +130,7 @@ fn main() -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(code)) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("edge-agent: {e:#}");
+            runtime::log_sink::eprint_line(&format!("edge-agent: {e:#}"));
             ExitCode::FAILURE
         }
     }

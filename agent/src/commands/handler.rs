@@ -108,7 +108,16 @@ enum Verdict {
 
 impl Handler {
     /// Handles commands until `cancel` fires. A command in progress is finished first.
-    pub async fn run(self, mut inbound: mpsc::Receiver<InboundCommand>, cancel: CancellationToken) {
+    pub async fn run(self, inbound: mpsc::Receiver<InboundCommand>, cancel: CancellationToken) {
+        Arc::new(self).run_shared(Arc::new(tokio::sync::Mutex::new(inbound)), cancel).await;
+    }
+
+    /// [`Handler::run`] for a supervised task that may be started again after a panic: the
+    /// queue and the handler (its memory of recent command ids, its counters) outlive the
+    /// task. A command being handled when the task died gets no reply; the ERP sends it
+    /// again after its timeout, and a repeat of one already carried out is not run twice.
+    pub async fn run_shared(self: Arc<Self>, inbound: Arc<tokio::sync::Mutex<mpsc::Receiver<InboundCommand>>>, cancel: CancellationToken) {
+        let mut inbound = inbound.lock().await;
         loop {
             let command = tokio::select! {
                 () = cancel.cancelled() => return,

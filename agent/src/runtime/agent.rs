@@ -11,6 +11,12 @@
 //!
 //! `reload` (a command from the ERP) stops everything in the same order and starts it
 //! again with the new config, in the same process; the outbox stays open across it.
+//!
+//! Every task is supervised (see [`super::supervise`] for which are restarted and why):
+//! the drivers, the status page, the uplink and the command handler are restarted with
+//! back-off; when the store writer, the sample feed or the model event sink ends
+//! unexpectedly, the agent stops in the order above and [`run`] returns an error, so the
+//! process exits non-zero and systemd starts it again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,7 +36,7 @@ use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::supervise::supervise;
+use super::supervise::{supervise, watch_once, Once, Register};
 use crate::analytics::Analytics;
 use crate::commands::{Handler, InboundCommand};
 use crate::config::Config;
@@ -78,6 +84,7 @@ pub async fn run_with_file(
         };
         match run_once(&config, outbox, config_file.clone(), shutdown.as_mut(), started).await? {
             Stop::Shutdown => return Ok(()),
+            Stop::Fatal(cause) => anyhow::bail!("{cause}; the agent stopped so that systemd restarts it"),
             Stop::Reload(new) => {
                 info!("restarting with the reloaded config");
                 config = *new;
@@ -90,6 +97,8 @@ pub async fn run_with_file(
 enum Stop {
     Shutdown,
     Reload(Box<Config>),
+    /// A task that cannot be restarted in the process ended (see `supervise::watch_once`).
+    Fatal(String),
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Outbox> {
@@ -128,9 +137,20 @@ async fn run_once(
         &config.devices,
     );
     live.update(|s| s.store.next_batch_seq = outbox.next_batch_seq());
+    let register = Register::new(live.clone());
+    // Cancelled when the agent starts to stop: tasks ending after that are expected to.
+    let stopping = CancellationToken::new();
+    let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(8);
+    let once = |name: &str| Once {
+        name: name.to_string(),
+        core: true,
+        register: register.clone(),
+        stopping: stopping.clone(),
+        fatal: fatal_tx.clone(),
+    };
 
     let web_cancel = CancellationToken::new();
-    let web = if config.web.enabled { Some(start_web(config, &live, &web_cancel).await?) } else { None };
+    let web = if config.web.enabled { Some(start_web(config, &live, &register, &web_cancel).await?) } else { None };
 
     // Drivers → feed (the models take their inputs) → writer; the command handler → each
     // driver's write queue.
@@ -151,7 +171,7 @@ async fn run_once(
         }
         let name = members.iter().map(|(d, _)| d.name.as_str()).collect::<Vec<_>>().join(", ");
         let (tx, cancel) = (drivers_tx.clone(), driver_cancel.clone());
-        drivers.push(supervise(format!("device {name}"), driver_cancel.clone(), move || {
+        drivers.push(supervise(format!("driver {name}"), false, register.clone(), driver_cancel.clone(), move || {
             let (members, tx, cancel) = (members.clone(), tx.clone(), cancel.clone());
             async move {
                 run_bus(members, tx, cancel).await;
@@ -165,7 +185,7 @@ async fn run_once(
         writers.insert(device.name.clone(), write_tx);
         let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
         let (device, tx, cancel) = (device.clone(), drivers_tx.clone(), driver_cancel.clone());
-        drivers.push(supervise(format!("device {}", device.name), driver_cancel.clone(), move || {
+        drivers.push(supervise(format!("driver {}", device.name), false, register.clone(), driver_cancel.clone(), move || {
             let (device, pki, tx, cancel, inbox) = (device.clone(), pki.clone(), tx.clone(), cancel.clone(), inbox.clone());
             async move {
                 edge_drivers::opcua::run_device(device, pki, tx, inbox, cancel).await;
@@ -181,8 +201,8 @@ async fn run_once(
     let (events_tx, events_rx) = mpsc::channel(crate::analytics::sink::QUEUE);
     let analytics = Analytics::start(config, &live, events_tx, reports_tx.clone());
     let lab = analytics.lab_inbox();
-    let mut sink = tokio::spawn(crate::analytics::sink::run(outbox.clone(), stored.clone(), events_rx));
-    let mut feed = tokio::spawn(async move {
+    let mut sink = watch_once(once("model-events"), crate::analytics::sink::run(outbox.clone(), stored.clone(), events_rx), |_| None);
+    let feed = async move {
         while let Some(report) = drivers_rx.recv().await {
             analytics.offer(&report);
             if reports_tx.send(report).await.is_err() {
@@ -190,7 +210,8 @@ async fn run_once(
             }
         }
         analytics
-    });
+    };
+    let mut feed = watch_once(once("sample-feed"), feed, |_| None);
     let writer = Writer {
         outbox: outbox.clone(),
         gateway: config.gateway.id.clone(),
@@ -198,7 +219,7 @@ async fn run_once(
         live: live.clone(),
         stored: stored.clone(),
     };
-    let mut writer = tokio::spawn(writer.run(reports_rx));
+    let mut writer = watch_once(once("store-writer"), writer.run(reports_rx), |_| None);
 
     // Uplink → command handler → drivers; a good `reload` comes back on `restart_rx`.
     let (commands_tx, commands_rx) = mpsc::channel::<InboundCommand>(64);
@@ -216,11 +237,28 @@ async fn run_once(
         lab,
     };
     let handler_cancel = CancellationToken::new();
-    let mut handler = tokio::spawn(handler.run(commands_rx, handler_cancel.clone()));
+    // A restarted handler takes the same queue and the same memory of recent command ids.
+    let (handler, commands_rx) = (Arc::new(handler), Arc::new(tokio::sync::Mutex::new(commands_rx)));
+    let cancel = handler_cancel.clone();
+    let mut handler = supervise("command-handler".into(), true, register.clone(), handler_cancel.clone(), move || {
+        let (handler, commands_rx, cancel) = (handler.clone(), commands_rx.clone(), cancel.clone());
+        async move {
+            handler.run_shared(commands_rx, cancel).await;
+            Ok(())
+        }
+    });
 
+    // A restarted uplink starts a new MQTT session; the outbox holds what is unpublished.
     let (uplink_stop, uplink_stop_rx) = watch::channel(None);
-    let uplink = Uplink { config: config.clone(), outbox: outbox.clone(), live: live.clone(), stored };
-    let mut uplink = tokio::spawn(uplink.run_with_commands(uplink_stop_rx, Some(commands_tx)));
+    let (cfg, ob, lv) = (config.clone(), outbox.clone(), live.clone());
+    let mut uplink = supervise("uplink".into(), true, register.clone(), stopping.clone(), move || {
+        let uplink = Uplink { config: cfg.clone(), outbox: ob.clone(), live: lv.clone(), stored: stored.clone() };
+        let (stop, commands) = (uplink_stop_rx.clone(), Some(commands_tx.clone()));
+        async move {
+            uplink.run_with_commands(stop, commands).await;
+            Ok(())
+        }
+    });
 
     info!(gateway = %config.gateway.id, devices = config.devices.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "agent running");
     on_started(Started { web: web.as_ref().map(|(addr, _)| *addr) });
@@ -228,11 +266,14 @@ async fn run_once(
     let stop = tokio::select! {
         () = &mut shutdown => Stop::Shutdown,
         Some(new) = restart_rx.recv() => Stop::Reload(new),
+        Some(cause) = fatal_rx.recv() => Stop::Fatal(cause),
     };
+    stopping.cancel();
     let deadline = Instant::now() + config.gateway.shutdown_timeout;
     match &stop {
         Stop::Shutdown => info!(timeout = ?config.gateway.shutdown_timeout, "shutting down"),
         Stop::Reload(_) => info!(timeout = ?config.gateway.shutdown_timeout, "reload: stopping everything before restarting"),
+        Stop::Fatal(cause) => error!(%cause, timeout = ?config.gateway.shutdown_timeout, "a task that cannot be restarted ended: stopping the agent"),
     }
 
     // A command in progress finishes first; then no new write can reach a driver.
@@ -250,21 +291,22 @@ async fn run_once(
     }
     // The feed ends with the drivers; then the model threads (their inboxes close).
     match timeout_at(deadline, &mut feed).await {
-        Ok(Ok(analytics)) => {
+        Ok(Ok(Some(analytics))) => {
             let stopping = tokio::task::spawn_blocking(move || analytics.stop());
             if timeout_at(deadline, stopping).await.is_err() {
                 warn!("the model threads did not stop in time");
             }
         }
-        Ok(Err(e)) => error!(error = %e, "the sample feed failed"),
+        // Logged by `watch_once`; the model threads end when their inboxes drop.
+        Ok(Ok(None)) | Ok(Err(_)) => {}
         Err(_) => {
             warn!("the sample feed did not stop in time");
             feed.abort();
         }
     }
     match timeout_at(deadline, &mut writer).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, "store writer failed"),
+        // A failure is logged by `watch_once`.
+        Ok(_) => {}
         Err(_) => {
             warn!("store writer did not finish in time");
             writer.abort();
@@ -294,13 +336,18 @@ async fn run_once(
     Ok(stop)
 }
 
-async fn start_web(config: &Config, live: &Live, cancel: &CancellationToken) -> anyhow::Result<(std::net::SocketAddr, JoinHandle<()>)> {
+async fn start_web(
+    config: &Config,
+    live: &Live,
+    register: &Register,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(std::net::SocketAddr, JoinHandle<()>)> {
     let listen = config.web.listen.clone();
     let listener = bind_web(&listen).await.with_context(|| format!("cannot listen on web.listen = {listen}"))?;
     let addr = listener.local_addr()?;
     let mut first = Some(listener);
     let (live, cancel2) = (live.clone(), cancel.clone());
-    let task = supervise("status page".into(), cancel.clone(), move || {
+    let task = supervise("status-page".into(), false, register.clone(), cancel.clone(), move || {
         let (live, cancel, listen, listener) = (live.clone(), cancel2.clone(), addr, first.take());
         async move {
             let listener = match listener {

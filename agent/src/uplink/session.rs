@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use edge_drivers::backoff::Backoff;
+use edge_drivers::log_limit::LogLimit;
 use rand::Rng;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Notify};
@@ -52,6 +53,8 @@ const POLL_EVERY: Duration = Duration::from_millis(500);
 const OPTIONS_RETRY: Duration = Duration::from_secs(30);
 /// The same connect error is logged as a warning at most this often (at debug otherwise).
 const REPEAT_WARNING: Duration = Duration::from_secs(300);
+/// How often the age of the oldest batch in the outbox is read again (one store read).
+const BACKLOG_AGE_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Uplink {
     pub config: Config,
@@ -109,6 +112,11 @@ struct Session {
     last_warning: Option<(String, Instant)>,
     /// The last refused publish (MQTT 5 PUBACK reason) logged as a warning, and when.
     last_refusal: Option<(String, Instant)>,
+    /// Source time of the oldest batch in the outbox, and when it was last read.
+    oldest_pending: Option<(Option<chrono::DateTime<Utc>>, Instant)>,
+    /// Warnings that can repeat on every message, by kind: a store error on the ack path
+    /// (one per acked publish while the store fails), a command dropped.
+    repeated: LogLimit,
 }
 
 impl Uplink {
@@ -161,6 +169,8 @@ impl Uplink {
             commands_dropped: 0,
             last_warning: None,
             last_refusal: None,
+            oldest_pending: None,
+            repeated: LogLimit::default(),
         };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
 
@@ -171,7 +181,7 @@ impl Uplink {
             if s.connected {
                 s.fill(&self.outbox);
             }
-            self.show(&s);
+            self.show(&mut s);
             if let Some(d) = deadline {
                 let drained = s.tracker.is_empty()
                     && self.outbox.pending_replies() == 0
@@ -260,7 +270,8 @@ impl Uplink {
         }
     }
 
-    fn show(&self, s: &Session) {
+    fn show(&self, s: &mut Session) {
+        let oldest_pending_at = self.oldest_pending(s);
         let in_flight = s.tracker.in_flight() as u64;
         let (pending_batches, pending_events) = (self.outbox.pending_batches(), self.outbox.pending_events());
         let pending_replies = self.outbox.pending_replies();
@@ -270,11 +281,33 @@ impl Uplink {
             v.uplink.in_flight = in_flight;
             v.uplink.failovers = failovers;
             v.uplink.commands_dropped = commands_dropped;
+            v.uplink.oldest_pending_at = oldest_pending_at;
             v.store.pending_batches = pending_batches;
             v.store.pending_events = pending_events;
             v.store.pending_replies = pending_replies;
             v.store.batches_acked = acked;
         });
+    }
+}
+
+impl Uplink {
+    /// The source time of the oldest reading in the oldest batch still in the outbox (the
+    /// backlog's age, for the health verdict), read at most once a second.
+    fn oldest_pending(&self, s: &mut Session) -> Option<chrono::DateTime<Utc>> {
+        if self.outbox.pending_batches() == 0 {
+            s.oldest_pending = None;
+            return None;
+        }
+        if let Some((at, read)) = s.oldest_pending {
+            if read.elapsed() < BACKLOG_AGE_EVERY {
+                return at;
+            }
+        }
+        let at = self.outbox.telemetry_from(0, 1).first().and_then(|(_, batch)| {
+            batch.samples.iter().filter_map(|x| chrono::DateTime::parse_from_rfc3339(&x.ts).ok()).min().map(|t| t.with_timezone(&Utc))
+        });
+        s.oldest_pending = Some((at, Instant::now()));
+        at
     }
 }
 
@@ -347,7 +380,10 @@ impl Session {
                 };
                 if let Err(e) = result {
                     // The entry stays and is sent again later: a duplicate, never a loss.
-                    error!(error = %e, pkid, "could not delete an acknowledged entry");
+                    // While the store fails this happens on every ack: one line a minute.
+                    if let Some(suppressed) = self.repeated.allow("ack") {
+                        error!(error = %e, pkid, suppressed, "could not delete an acknowledged entry");
+                    }
                 }
                 live.update(|v| v.uplink.acked += 1);
             }
@@ -381,7 +417,9 @@ impl Session {
             return; // our own reply, echoed back by the cmd/+ subscription
         }
         let Some(tx) = &self.commands else {
-            warn!(command = name, "command received but no command handler is running; dropped");
+            if let Some(suppressed) = self.repeated.allow("no handler") {
+                warn!(command = name, suppressed, "command received but no command handler is running; dropped");
+            }
             return;
         };
         let command = InboundCommand { name: name.to_string(), payload };
@@ -389,11 +427,15 @@ impl Session {
             Ok(()) => debug!(command = name, "command forwarded"),
             Err(TrySendError::Full(c)) => {
                 self.commands_dropped += 1;
-                warn!(command = %c.name, dropped = self.commands_dropped, "command handler busy (queue full); command dropped");
+                if let Some(suppressed) = self.repeated.allow("handler busy") {
+                    warn!(command = %c.name, dropped = self.commands_dropped, suppressed, "command handler busy (queue full); command dropped");
+                }
             }
             Err(TrySendError::Closed(c)) => {
                 self.commands_dropped += 1;
-                warn!(command = %c.name, dropped = self.commands_dropped, "command handler stopped; command dropped");
+                if let Some(suppressed) = self.repeated.allow("handler stopped") {
+                    warn!(command = %c.name, dropped = self.commands_dropped, suppressed, "command handler stopped; command dropped");
+                }
             }
         }
     }

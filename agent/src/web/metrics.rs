@@ -5,6 +5,7 @@
 
 use std::fmt::Write as _;
 
+use crate::health::{HealthState, ReasonCode};
 use crate::live::{DeviceView, Snapshot};
 
 /// The `content-type` a Prometheus server expects for the text format.
@@ -97,6 +98,18 @@ const STORE_LAST_COMPACTION_BYTES_AFTER: Family =
 const STORE_PENDING_REPLIES: Family = gauge("store_pending_replies", "Command replies in the outbox waiting for their PUBACK.");
 const UPLINK_IN_FLIGHT: Family = gauge("uplink_in_flight", "Published messages waiting for their acknowledgement.");
 
+const HEALTH: Family = gauge(
+    "health",
+    "The health verdict: 1 for the current state (ok, attention, degraded, fault), 0 for the others. The reasons are in edge_agent_health_reasons and /api/status.",
+);
+const HEALTH_REASONS: Family =
+    gauge("health_reasons", "Reasons of the health verdict now, by stable code (0 when the code does not apply); their words are in /api/status.");
+const READY: Family = gauge("ready", "1 when every core task runs and the store can be written (/readyz answers 200), else 0.");
+const TASK_UP: Family = gauge("task_up", "1 while the agent's long-lived task runs, 0 while it is down (restarting, failed or stopped).");
+const TASK_RESTARTS: Family = counter("task_restarts_total", "Restarts of the task after it ended unexpectedly (a panic or an error).");
+const LOG_LINES_LOST: Family =
+    counter("log_lines_lost_total", "Log lines that could not be written to stderr (closed, full) and were dropped.");
+
 const COMMANDS: Family = counter(
     "commands_total",
     "Commands from the ERP by result: accepted (done), rejected (refused, nothing done), failed (sent, the device refused or did not answer), duplicate (same id again: answered, not run again).",
@@ -105,6 +118,7 @@ const COMMANDS: Family = counter(
 /// Renders every metric of `s`, one family after the other, ending with a newline.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
+    render_health(&mut out, s);
     render_devices(&mut out, s);
     render_store(&mut out, s);
     render_uplink(&mut out, s);
@@ -112,6 +126,27 @@ pub fn render(s: &Snapshot) -> String {
     // Local models: one sample per model in each family (analytics/metrics.rs).
     crate::analytics::metrics::render(&mut out, s);
     out
+}
+
+fn render_health(out: &mut String, s: &Snapshot) {
+    let h = &s.health;
+    let states: Vec<(&str, u64)> = HealthState::ALL.iter().map(|st| (st.as_str(), u64::from(*st == h.state))).collect();
+    HEALTH.labelled(out, "state", &states);
+    HEALTH_REASONS.header(out);
+    // Every code, always: a stable set of series (a level label would change with the reason).
+    for code in ReasonCode::ALL {
+        let _ = writeln!(out, "edge_agent_{}{{code=\"{}\"}} {}", HEALTH_REASONS.name, code.as_str(), h.count(code));
+    }
+    READY.scalar(out, u64::from(h.ready));
+    TASK_UP.header(out);
+    for (name, t) in &s.tasks {
+        let _ = writeln!(out, "edge_agent_{}{{task=\"{}\"}} {}", TASK_UP.name, escape_label_value(name), u64::from(t.alive()));
+    }
+    TASK_RESTARTS.header(out);
+    for (name, t) in &s.tasks {
+        let _ = writeln!(out, "edge_agent_{}{{task=\"{}\"}} {}", TASK_RESTARTS.name, escape_label_value(name), t.restarts);
+    }
+    LOG_LINES_LOST.scalar(out, crate::runtime::log_sink::lines_lost());
 }
 
 fn render_devices(out: &mut String, s: &Snapshot) {
@@ -410,8 +445,40 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 48 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 54 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn renders_the_health_verdict_its_reasons_and_the_task_register() {
+        // Given a snapshot whose uplink task restarted once and is down again, and one
+        // disconnected device
+        let mut s = two_devices();
+        let t = crate::live::TaskView {
+            name: "uplink".into(),
+            core: true,
+            state: crate::live::TaskState::Restarting,
+            restarts: 2,
+            ..Default::default()
+        };
+        s.tasks.insert(t.name.clone(), t);
+        s.health = crate::health::evaluate(&s, true, chrono::Utc::now());
+        // When it is rendered
+        let text = render(&s);
+        // Then the state is one-hot, the reasons are counted by code, and each task has its lines
+        for expected in [
+            "edge_agent_health{state=\"ok\"} 0",
+            "edge_agent_health{state=\"fault\"} 1",
+            "edge_agent_health_reasons{code=\"task_down\"} 1",
+            "edge_agent_health_reasons{code=\"device_disconnected\"} 1",
+            "edge_agent_health_reasons{code=\"anomaly_active\"} 0",
+            "edge_agent_ready 0",
+            "edge_agent_task_up{task=\"uplink\"} 0",
+            "edge_agent_task_restarts_total{task=\"uplink\"} 2",
+            "# TYPE edge_agent_task_restarts_total counter",
+        ] {
+            assert!(lines(&text).contains(&expected), "missing {expected:?} in\n{text}");
+        }
     }
 
     #[test]

@@ -2,15 +2,18 @@
 //!
 //! - `GET /`: the status page, one self-contained file (no external assets: the plant
 //!   floor has no internet). It polls `/api/status` every 2 s.
-//! - `GET /api/status`: the [`Snapshot`](crate::live::Snapshot) as JSON.
+//! - `GET /api/status`: the [`Snapshot`](crate::live::Snapshot) as JSON, with the health
+//!   verdict (`health`: state, ready, reasons) and the task register (`tasks`).
 //! - `GET /healthz`: liveness, `200 ok` while the process serves HTTP.
+//! - `GET /readyz`: readiness, `200 ready` unless a core task is down or the store cannot
+//!   be written; then `503` and the reasons, one a line.
 //! - `GET /metrics`: Prometheus text format 0.0.4.
 
 pub mod config;
 pub mod metrics;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -31,6 +34,7 @@ pub fn router(live: Live) -> Router {
         .route("/", get(page))
         .route("/api/status", get(status))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
         .with_state(live)
 }
@@ -51,6 +55,18 @@ async fn status(State(live): State<Live>) -> impl IntoResponse {
 
 async fn healthz() -> impl IntoResponse {
     ([NO_STORE], "ok")
+}
+
+async fn readyz(State(live): State<Live>) -> impl IntoResponse {
+    let health = live.snapshot().health;
+    if health.ready {
+        return (StatusCode::OK, [NO_STORE], "ready".to_string());
+    }
+    let mut body = format!("not ready: {}\n", health.state.as_str());
+    for r in &health.reasons {
+        body.push_str(&format!("{}: {}\n", r.code.as_str(), r.message));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, [NO_STORE], body)
 }
 
 async fn prometheus(State(live): State<Live>) -> impl IntoResponse {
@@ -171,6 +187,37 @@ mod tests {
         cancel.cancel();
         let result = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
         assert!(matches!(result, Ok(Ok(Ok(())))), "server did not stop cleanly: {result:?}");
+    }
+
+    #[tokio::test]
+    async fn readyz_fails_with_the_reasons_while_a_core_task_is_down() {
+        // Given the server, and a core task running
+        let live = live_with_one_device();
+        live.update(|s| {
+            let t = crate::live::TaskView { name: "uplink".into(), core: true, ..Default::default() };
+            s.tasks.insert(t.name.clone(), t);
+        });
+        let (addr, cancel, _server) = start(live.clone()).await;
+        // Then /readyz is 200 ready
+        let ready = get(addr, "/readyz").await;
+        assert_eq!((ready.status, ready.body.as_str()), (200, "ready"));
+        // When the task goes down
+        live.update(|s| {
+            if let Some(t) = s.tasks.get_mut("uplink") {
+                t.state = crate::live::TaskState::Restarting;
+                t.last_exit = Some("panicked: boom".into());
+            }
+        });
+        // Then /readyz is 503 with the verdict and the reason, and /api/status says the same
+        let not_ready = get(addr, "/readyz").await;
+        assert_eq!(not_ready.status, 503);
+        assert!(not_ready.body.starts_with("not ready: fault\ntask_down: task uplink is down (panicked: boom)"), "{}", not_ready.body);
+        let status: serde_json::Value = serde_json::from_str(&get(addr, "/api/status").await.body).expect("json");
+        assert_eq!(status["health"]["state"], "fault");
+        assert_eq!(status["health"]["ready"], false);
+        assert_eq!(status["health"]["reasons"][0]["code"], "task_down");
+        assert_eq!(status["tasks"]["uplink"]["state"], "restarting");
+        cancel.cancel();
     }
 
     #[tokio::test]
