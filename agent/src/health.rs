@@ -163,7 +163,7 @@ pub fn evaluate(s: &Snapshot, store_writable: bool, now: DateTime<Utc>) -> Healt
     // Worst first; the order within a level is the order of the checks above.
     reasons.sort_by(|a, b| b.level.cmp(&a.level));
     let state = reasons.iter().map(|r| r.level).max().unwrap_or_default();
-    let core_down = s.tasks.values().any(|t| t.core && t.state != TaskState::Running);
+    let core_down = s.tasks.values().any(|t| t.core && !t.alive());
     Health { state, ready: !core_down && store_writable, reasons }
 }
 
@@ -176,7 +176,7 @@ fn tasks(s: &Snapshot, now: DateTime<Utc>, out: &mut Vec<Reason>) {
         let level = if t.core { HealthState::Fault } else { HealthState::Degraded };
         let cause = t.last_exit.as_deref().unwrap_or("no cause known");
         let message = match t.state {
-            TaskState::Running => {
+            TaskState::Running | TaskState::Finished => {
                 if let Some(at) = t.last_exit_at.filter(|at| (now - *at).num_seconds() < RECENT_RESTART_S) {
                     out.push(reason(
                         ReasonCode::TaskRestarted,

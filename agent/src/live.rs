@@ -61,6 +61,8 @@ pub enum TaskState {
     Failed,
     /// Stopped by the agent (shutdown or reload).
     Stopped,
+    /// Ended by itself with nothing left to do (the model event sink when no model runs).
+    Finished,
 }
 
 /// One long-lived task in the task register.
@@ -191,8 +193,9 @@ pub struct CommandsView {
 }
 
 impl TaskView {
+    /// Running, or done with its work: nothing is missing.
     pub fn alive(&self) -> bool {
-        self.state == TaskState::Running
+        matches!(self.state, TaskState::Running | TaskState::Finished)
     }
 }
 

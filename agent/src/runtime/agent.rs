@@ -147,6 +147,7 @@ async fn run_once(
         register: register.clone(),
         stopping: stopping.clone(),
         fatal: fatal_tx.clone(),
+        may_finish: false,
     };
 
     let web_cancel = CancellationToken::new();
@@ -201,7 +202,9 @@ async fn run_once(
     let (events_tx, events_rx) = mpsc::channel(crate::analytics::sink::QUEUE);
     let analytics = Analytics::start(config, &live, events_tx, reports_tx.clone());
     let lab = analytics.lab_inbox();
-    let mut sink = watch_once(once("model-events"), crate::analytics::sink::run(outbox.clone(), stored.clone(), events_rx), |_| None);
+    // The sink ends by itself when no model runs (every sender of its queue is gone).
+    let sink_task = Once { may_finish: true, ..once("model-events") };
+    let mut sink = watch_once(sink_task, crate::analytics::sink::run(outbox.clone(), stored.clone(), events_rx), |_| None);
     let feed = async move {
         while let Some(report) = drivers_rx.recv().await {
             analytics.offer(&report);

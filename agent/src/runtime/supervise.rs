@@ -34,6 +34,10 @@ use tracing::{error, info, warn};
 
 use crate::live::{Live, TaskState, TaskView};
 
+/// A task that ran this long before it failed counts as having worked: its back-off
+/// starts again from the shortest delay.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
 /// What happens when a task ends unexpectedly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
@@ -126,7 +130,12 @@ where
     tokio::spawn(async move {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
+            let started = tokio::time::Instant::now();
             let outcome = tokio::spawn(super::fault::inject(name.clone(), make())).await;
+            // A task that ran for a good while before failing starts again from a short delay.
+            if started.elapsed() >= STABLE_AFTER {
+                backoff.reset();
+            }
             if cancel.is_cancelled() {
                 if let Err(join) = &outcome {
                     error!(task = %name, error = %join, "task failed while stopping");
@@ -160,6 +169,9 @@ pub struct Once {
     pub stopping: CancellationToken,
     /// Where the runtime hears that the agent must stop and exit non-zero.
     pub fatal: mpsc::Sender<String>,
+    /// The task may end by itself when its work is done (the model event sink, when no
+    /// model runs): that is no failure. A panic still is.
+    pub may_finish: bool,
 }
 
 /// Spawns `fut` once. If it panics, or ends before `stopping` fires, or its output is a
@@ -170,7 +182,7 @@ where
     T: Send + 'static,
     Fut: Future<Output = T> + Send + 'static,
 {
-    let Once { name, core, register, stopping, fatal } = task;
+    let Once { name, core, register, stopping, fatal, may_finish } = task;
     register.add(&name, core, OnFailure::Exit);
     tokio::spawn(async move {
         let outcome = tokio::spawn(super::fault::inject(name.clone(), fut)).await;
@@ -185,6 +197,10 @@ where
         let expected = stopping.is_cancelled();
         match (cause, expected) {
             (None, true) => register.set(&name, TaskState::Stopped),
+            (None, false) if may_finish => {
+                info!(task = %name, "task finished: nothing left for it to do");
+                register.set(&name, TaskState::Finished);
+            }
             (Some(cause), true) => {
                 error!(task = %name, %cause, "task failed while stopping");
                 register.exited(&name, &cause, TaskState::Failed);
@@ -261,7 +277,7 @@ mod tests {
         // Given a task under the exit policy that panics
         let live = Live::default();
         let (fatal, mut fatal_rx) = mpsc::channel(4);
-        let task = Once { name: "store-writer".into(), core: true, register: Register::new(live.clone()), stopping: CancellationToken::new(), fatal };
+        let task = Once { name: "store-writer".into(), core: true, register: Register::new(live.clone()), stopping: CancellationToken::new(), fatal, may_finish: false };
         let handle = watch_once(task, async { panic!("disk on fire") }, |_: &()| None);
         // Then its output is gone, the runtime hears why, and the register says failed
         assert!(handle.await.unwrap().is_none());
@@ -278,7 +294,7 @@ mod tests {
         let (fatal, mut fatal_rx) = mpsc::channel(4);
         let stopping = CancellationToken::new();
         stopping.cancel();
-        let task = Once { name: "sample-feed".into(), core: true, register: Register::new(live.clone()), stopping, fatal };
+        let task = Once { name: "sample-feed".into(), core: true, register: Register::new(live.clone()), stopping, fatal, may_finish: false };
         // When the task returns its value
         let out = watch_once(task, async { 7 }, |_| None).await.unwrap();
         // Then the value comes back, nothing is fatal, and it is listed as stopped
