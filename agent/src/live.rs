@@ -293,6 +293,11 @@ impl Live {
         });
     }
 
+    /// Whether `device` is shown as connected (cheaper than a whole snapshot).
+    pub fn device_connected(&self, device: &str) -> bool {
+        self.update(|s| s.devices.get(device).is_some_and(|d| d.connected))
+    }
+
     pub fn record_connection(&self, device: &str, connected: bool, error: Option<String>) {
         self.update(|s| {
             if let Some(d) = s.devices.get_mut(device) {

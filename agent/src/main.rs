@@ -66,12 +66,17 @@ fn init_logging() {
         EnvFilter::try_from_env("EDGE_AGENT_LOG").unwrap_or_else(|_| EnvFilter::new("info,rumqttd=off,rumqttc=warn,tokio_modbus=warn"));
     // A log line that cannot be written (stderr closed while journald restarts) is dropped
     // and counted, never an error: see `runtime::log_sink`.
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Other crates' lines (a library logging every retry) pass once a minute per source
+    // line; the agent's own rate-limit themselves (`edge_drivers::log_limit`).
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(runtime::log_sink::Stderr)
         .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(runtime::log_sink::LibraryLimit::default());
+    tracing_subscriber::registry().with(filter).with(layer).init();
 }
 
 fn main() -> ExitCode {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use edge_drivers::log_limit::SharedLogLimit;
 use edge_drivers::modbus::{WriteError, WriteRequest};
 use edge_drivers::Value;
 use serde_json::{json, Map};
@@ -73,6 +74,9 @@ pub struct Handler {
     pub recent: RecentCommands,
     /// Where `cmd/lab` hands lab values to the quality models.
     pub lab: crate::analytics::LabInbox,
+    /// Rejected and repeated commands are logged once a minute per command and kind, with
+    /// the count held back (an ERP retrying a bad command must not fill the journal).
+    pub log_limit: SharedLogLimit<String>,
 }
 
 /// How a command ended: what to reply, what to record, and whether to restart.
@@ -206,7 +210,9 @@ impl Handler {
     fn repeat(&self, name: &str, id: &str, reply: serde_json::Value) -> Outcome {
         let duplicates = self.counters.duplicates.fetch_add(1, Ordering::Relaxed) + 1;
         self.live.update(|s| s.commands.duplicates = duplicates);
-        warn!(command = name, %id, duplicates, "command repeated (same id and payload): answered with the first reply, not carried out again");
+        if let Some(suppressed) = self.log_limit.allow(format!("{name}/repeated")) {
+            warn!(command = name, %id, duplicates, suppressed, "command repeated (same id and payload): answered with the first reply, not carried out again");
+        }
         Outcome { reply, event: None, restart: None }
     }
 
@@ -342,7 +348,10 @@ impl Handler {
         if ok {
             info!(command = %audit.command, %id, accepted, rejected, failed, "command executed");
         } else {
-            warn!(command = %audit.command, %id, reason = %why, accepted, rejected, failed, "{}", kind.replace('_', " "));
+            // Every one is in the audit event and the counters; the log gets one a minute.
+            if let Some(suppressed) = self.log_limit.allow(format!("{}/{kind}", audit.command)) {
+                warn!(command = %audit.command, %id, reason = %why, accepted, rejected, failed, suppressed, "{}", kind.replace('_', " "));
+            }
         }
 
         let event = StoredEventDraft {
@@ -500,6 +509,7 @@ tag = "pump"
             stored: Arc::default(),
             recent: Default::default(),
             lab: Default::default(),
+            log_limit: SharedLogLimit::default(),
         };
         Fixture { handler, outbox, seen, restart_rx, _dir: dir }
     }

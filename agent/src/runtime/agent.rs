@@ -170,11 +170,13 @@ async fn run_once(
             writers.insert(device.name.clone(), write_tx);
             members.push((device, inbox));
         }
-        let name = members.iter().map(|(d, _)| d.name.as_str()).collect::<Vec<_>>().join(", ");
-        let (tx, cancel) = (drivers_tx.clone(), driver_cancel.clone());
-        drivers.push(supervise(format!("driver {name}"), false, register.clone(), driver_cancel.clone(), move || {
+        let names: Vec<String> = members.iter().map(|(d, _)| d.name.clone()).collect();
+        let (tx, cancel, lv) = (drivers_tx.clone(), driver_cancel.clone(), live.clone());
+        drivers.push(supervise(format!("driver {}", names.join(", ")), false, register.clone(), driver_cancel.clone(), move || {
             let (members, tx, cancel) = (members.clone(), tx.clone(), cancel.clone());
+            let down = DevicesDown(lv.clone(), names.clone());
             async move {
+                let _down = down;
                 run_bus(members, tx, cancel).await;
                 Ok(())
             }
@@ -185,10 +187,12 @@ async fn run_once(
         let (write_tx, inbox) = write_channel(16);
         writers.insert(device.name.clone(), write_tx);
         let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
-        let (device, tx, cancel) = (device.clone(), drivers_tx.clone(), driver_cancel.clone());
+        let (device, tx, cancel, lv) = (device.clone(), drivers_tx.clone(), driver_cancel.clone(), live.clone());
         drivers.push(supervise(format!("driver {}", device.name), false, register.clone(), driver_cancel.clone(), move || {
             let (device, pki, tx, cancel, inbox) = (device.clone(), pki.clone(), tx.clone(), cancel.clone(), inbox.clone());
+            let down = DevicesDown(lv.clone(), vec![device.name.clone()]);
             async move {
+                let _down = down;
                 edge_drivers::opcua::run_device(device, pki, tx, inbox, cancel).await;
                 Ok(())
             }
@@ -238,6 +242,7 @@ async fn run_once(
         stored: stored.clone(),
         recent: Default::default(),
         lab,
+        log_limit: Default::default(),
     };
     let handler_cancel = CancellationToken::new();
     // A restarted handler takes the same queue and the same memory of recent command ids.
@@ -337,6 +342,21 @@ async fn run_once(
     }
     info!(pending_batches = outbox.pending_batches(), pending_events = outbox.pending_events(), "stopped");
     Ok(stop)
+}
+
+/// Marks a driver task's devices disconnected when the task ends, a panic included: the
+/// connection went with it, and the page must not go on saying "connected". The restarted
+/// driver reports its new connection as usual.
+struct DevicesDown(Live, Vec<String>);
+
+impl Drop for DevicesDown {
+    fn drop(&mut self) {
+        for device in &self.1 {
+            if self.0.device_connected(device) {
+                self.0.record_connection(device, false, Some("its driver task ended".into()));
+            }
+        }
+    }
 }
 
 async fn start_web(

@@ -52,3 +52,71 @@ pub fn eprint_line(message: &str) {
         LOST.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Lines of other crates (the OPC-UA and MQTT libraries' retries) held back by
+/// [`LibraryLimit`] since the start.
+static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+
+/// How many lines of other crates [`LibraryLimit`] held back since the start.
+pub fn library_lines_suppressed() -> u64 {
+    SUPPRESSED.load(Ordering::Relaxed)
+}
+
+/// A filter for the log layer: the agent's own lines (targets `edge_agent…`,
+/// `edge_drivers…`, which rate-limit themselves with `log_limit`) all pass; a line of
+/// another crate (a library that logs each retry: OPC-UA, MQTT) passes once a minute per
+/// place in its source, and the ones held back are counted
+/// (`edge_agent_log_lines_suppressed_total`): a library's line cannot carry our count.
+pub struct LibraryLimit {
+    limit: edge_drivers::log_limit::SharedLogLimit<tracing::callsite::Identifier>,
+}
+
+impl Default for LibraryLimit {
+    fn default() -> Self {
+        LibraryLimit { limit: edge_drivers::log_limit::SharedLogLimit::new(edge_drivers::log_limit::DEFAULT_PERIOD) }
+    }
+}
+
+fn ours(target: &str) -> bool {
+    target.starts_with("edge_agent") || target.starts_with("edge_drivers")
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for LibraryLimit {
+    fn enabled(&self, _meta: &tracing::Metadata<'_>, _cx: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        true
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        let meta = event.metadata();
+        if ours(meta.target()) {
+            return true;
+        }
+        let pass = self.limit.allow(meta.callsite()).is_some();
+        if !pass {
+            SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+        }
+        pass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_to_stderr_reports_success_whatever_happens() {
+        // Given the writer (stderr may or may not be usable under the test harness)
+        let mut w = Stderr;
+        // When a line is written, then it is reported written in full, never an error
+        assert_eq!(w.write(b"log_sink test line\n").ok(), Some(19));
+        assert!(w.flush().is_ok());
+    }
+
+    #[test]
+    fn the_agents_own_targets_are_never_held_back() {
+        assert!(ours("edge_agent::uplink::session"));
+        assert!(ours("edge_drivers::modbus::poller"));
+        assert!(!ours("opcua_client::session"));
+        assert!(!ours("rumqttc::state"));
+    }
+}

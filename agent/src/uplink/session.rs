@@ -64,6 +64,21 @@ pub struct Uplink {
     pub stored: Arc<Notify>,
 }
 
+/// Marks the uplink disconnected when dropped (the task ended or was dropped mid-flight).
+struct MarkDisconnected(Live);
+
+impl Drop for MarkDisconnected {
+    fn drop(&mut self) {
+        self.0.update(|v| {
+            if v.uplink.connected {
+                v.uplink.since = Some(Utc::now());
+            }
+            v.uplink.connected = false;
+            v.uplink.in_flight = 0;
+        });
+    }
+}
+
 /// A command that arrived on `{root}/cmd/{name}`, for the command handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundCommand {
@@ -131,6 +146,9 @@ impl Uplink {
     /// `commands`. The uplink never waits for the handler: when the channel is full the
     /// command is dropped, logged and counted.
     pub async fn run_with_commands(self, mut shutdown: UplinkShutdown, commands: Option<mpsc::Sender<InboundCommand>>) {
+        // However this task ends (a panic included), the page must not go on saying
+        // "connected": the connection went with the task.
+        let _disconnected = MarkDisconnected(self.live.clone());
         let mut deadline: Option<Instant> = *shutdown.borrow();
         let Some(prepared) = self.prepare(&mut shutdown, &mut deadline).await else {
             info!(pending_batches = self.outbox.pending_batches(), "uplink stopped");

@@ -109,6 +109,10 @@ const TASK_UP: Family = gauge("task_up", "1 while the agent's long-lived task ru
 const TASK_RESTARTS: Family = counter("task_restarts_total", "Restarts of the task after it ended unexpectedly (a panic or an error).");
 const LOG_LINES_LOST: Family =
     counter("log_lines_lost_total", "Log lines that could not be written to stderr (closed, full) and were dropped.");
+const LOG_LINES_SUPPRESSED: Family = counter(
+    "log_lines_suppressed_total",
+    "Log lines of other crates (library retries) held back by the once-a-minute limit; the agent's own lines carry suppressed = n.",
+);
 
 const COMMANDS: Family = counter(
     "commands_total",
@@ -147,6 +151,7 @@ fn render_health(out: &mut String, s: &Snapshot) {
         let _ = writeln!(out, "edge_agent_{}{{task=\"{}\"}} {}", TASK_RESTARTS.name, escape_label_value(name), t.restarts);
     }
     LOG_LINES_LOST.scalar(out, crate::runtime::log_sink::lines_lost());
+    LOG_LINES_SUPPRESSED.scalar(out, crate::runtime::log_sink::library_lines_suppressed());
 }
 
 fn render_devices(out: &mut String, s: &Snapshot) {
@@ -445,7 +450,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 54 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 55 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 

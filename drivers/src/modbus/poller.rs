@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::DeviceConfig;
+use crate::log_limit::LogLimit;
 use crate::modbus::breaker::{Breaker, Change};
 use crate::modbus::deadband::Deadbands;
 use crate::modbus::decode::decode_tag;
@@ -139,6 +140,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
         drain: None,
         units: devices.into_iter().map(|(d, _)| Unit::new(d)).collect(),
         reports,
+        log_limit: LogLimit::default(),
     };
     let connect_limit = bus.units.iter().map(|u| u.cfg.timeout).max().unwrap_or(Duration::from_secs(1));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -315,6 +317,9 @@ struct Bus {
     drain: Option<Duration>,
     units: Vec<Unit>,
     reports: mpsc::Sender<DeviceReport>,
+    /// Warnings that repeat every poll (a refused register, a timeout), one line a minute
+    /// per device and register range, with the count held back.
+    log_limit: LogLimit<String>,
 }
 
 impl Bus {
@@ -377,7 +382,10 @@ impl Bus {
                         req.start,
                         req.count
                     );
-                    warn!(device = %unit.cfg.name, %reason, "device refused a read");
+                    let key = format!("{}/{}/{}+{}/{exception}", unit.cfg.name, req.table.as_str(), req.start, req.count);
+                    if let Some(suppressed) = self.log_limit.allow(key) {
+                        warn!(device = %unit.cfg.name, %reason, suppressed, "device refused a read");
+                    }
                     for &(t, _) in &req.tags {
                         samples.push((t, bad_sample(&unit.cfg.tags[t].name, &reason)));
                     }
@@ -509,7 +517,9 @@ impl Bus {
                 return Outcome::ReceiverGone;
             }
         } else if !samples.is_empty() {
-            warn!(device = %unit.cfg.name, %reason, "poll failed");
+            if let Some(suppressed) = self.log_limit.allow(format!("{}/poll failed", unit.cfg.name)) {
+                warn!(device = %unit.cfg.name, %reason, suppressed, "poll failed");
+            }
             if let Outcome::ReceiverGone = self.deliver(u, samples).await {
                 return Outcome::ReceiverGone;
             }

@@ -34,6 +34,7 @@ use super::session::{build_client, connect, endpoint_gate, identity, Connected};
 use super::subscription::{self, Event, Group, Heartbeat};
 use super::value::{bad_sample, to_sample, to_variant};
 use crate::config::DeviceConfig;
+use crate::log_limit::LogLimit;
 use crate::modbus::write::{WriteError, WriteInbox, WriteRequest};
 use crate::sample::{DeviceReport, DriverStats, ReportKind, Sample, Value};
 
@@ -53,7 +54,7 @@ pub async fn run_device(
         warn!(device = %device.name, "no [devices.opcua] settings; driver not started");
         return;
     };
-    let mut out = Reporter { device: device.name.clone(), reports, stats: DriverStats::default(), sent: None };
+    let mut out = Reporter { device: device.name.clone(), reports, stats: DriverStats::default(), sent: None, log_limit: LogLimit::default() };
     if ua.auto_trust_server_certificate {
         warn!(device = %device.name, "auto_trust_server_certificate is on: the server's certificate is trusted without an operator");
     }
@@ -120,7 +121,9 @@ pub async fn run_device(
                 match end {
                     SessionEnd::Stopped => return,
                     SessionEnd::Lost(reason) => {
-                        warn!(device = %device.name, endpoint = %ua.endpoint, reason = %reason, "OPC-UA session lost; rebuilding");
+                        if let Some(suppressed) = out.log_limit.allow("session lost") {
+                            warn!(device = %device.name, endpoint = %ua.endpoint, reason = %reason, suppressed, "OPC-UA session lost; rebuilding");
+                        }
                         let now = Utc::now();
                         let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &reason, now)).collect();
                         if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(reason.clone())).await {
@@ -246,6 +249,8 @@ struct SessionState<'a> {
     reported_bad: HashMap<usize, String>,
     events: subscription::Events,
     generation: u64,
+    /// Subscriptions lost or silent again and again within the session: one line a minute.
+    log_limit: LogLimit,
 }
 
 async fn run_session(
@@ -277,6 +282,7 @@ async fn run_session(
         reported_bad: HashMap::new(),
         events: tx,
         generation,
+        log_limit: LogLimit::default(),
     };
     st.subs = vec![None; st.groups.len()];
     st.watch = vec![None; st.groups.len()];
@@ -443,7 +449,9 @@ impl SessionState<'_> {
             if !self.groups[g].poll && self.subs[g].is_none() {
                 if let Err(e) = self.create_group_subscription(g, out).await {
                     // Tried again with the group's items on the next retry.
-                    warn!(device = %self.device.name, error = %e, "OPC-UA subscription not created");
+                    if let Some(suppressed) = out.log_limit.allow("subscription not created") {
+                        warn!(device = %self.device.name, error = %e, suppressed, "OPC-UA subscription not created");
+                    }
                     for i in self.groups[g].tags.clone() {
                         self.retry.insert(i);
                         self.report_bad(i, &e, &mut bad, out);
@@ -525,7 +533,9 @@ impl SessionState<'_> {
                 // means the subscription is no longer this session's.
                 let current = self.watch.get(group).and_then(Option::as_ref).is_some_and(|(h, _)| h.same_as(&from));
                 if current && self.subs[group].is_some() {
-                    warn!(device = %self.device.name, %status, "OPC-UA subscription lost; creating it again");
+                    if let Some(suppressed) = self.log_limit.allow("subscription lost") {
+                        warn!(device = %self.device.name, %status, suppressed, "OPC-UA subscription lost; creating it again");
+                    }
                     self.subscription_lost(group, &format!("subscription lost: the server ended it ({status})"), batch);
                 }
             }
@@ -539,7 +549,9 @@ impl SessionState<'_> {
             let Some((heartbeat, limit)) = &self.watch[g] else { continue };
             let silence = heartbeat.silence();
             if self.subs[g].is_some() && silence > *limit {
-                warn!(device = %self.device.name, silence = ?silence, "OPC-UA subscription silent (no data, no keep-alive): the server dropped it; creating it again");
+                if let Some(suppressed) = self.log_limit.allow("subscription silent") {
+                    warn!(device = %self.device.name, silence = ?silence, suppressed, "OPC-UA subscription silent (no data, no keep-alive): the server dropped it; creating it again");
+                }
                 let reason = format!("subscription lost: no data and no keep-alive from the server for {:.1} s", silence.as_secs_f64());
                 self.subscription_lost(g, &reason, batch);
             }
@@ -675,6 +687,10 @@ struct Reporter {
     stats: DriverStats,
     /// The counters last sent (sent again only when they changed).
     sent: Option<DriverStats>,
+    /// Warnings that repeat while a server misbehaves (a session lost again and again, a
+    /// subscription refused on every retry): one line a minute per kind, with the count
+    /// held back. Kept across sessions.
+    log_limit: LogLimit,
 }
 
 impl Reporter {
