@@ -108,7 +108,11 @@ async fn an_uplink_task_that_panics_is_restarted_keeps_publishing_and_the_verdic
     assert!(health["reasons"].as_array().unwrap().iter().any(|r| r["code"] == "task_restarted" && r["subject"] == "uplink"), "{health}");
     // And /metrics says the same
     let metrics = http_get(web, "/metrics").await;
-    for line in ["edge_agent_task_restarts_total{task=\"uplink\"} 1", "edge_agent_task_up{task=\"uplink\"} 1", "edge_agent_health{state=\"degraded\"} 1"] {
+    for line in [
+        "edge_agent_task_restarts_total{task=\"uplink\"} 1",
+        "edge_agent_task_up{task=\"uplink\"} 1",
+        "edge_agent_health{state=\"degraded\"} 1",
+    ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
     // And the log has the cause
@@ -160,7 +164,7 @@ async fn a_store_writer_that_panics_makes_the_agent_stop_in_order_and_exit_non_z
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_stderr_does_not_stop_the_agent_from_publishing() {
-    // Given an agent logging at debug level (a line every few milliseconds) into a pipe
+    // Given an agent logging into a pipe
     let cancel = CancellationToken::new();
     let plc = support::plc::counting_plc(&cancel, &[0], Duration::from_millis(50)).await;
     let broker = Mosquitto::start().await;
@@ -168,7 +172,7 @@ async fn closing_stderr_does_not_stop_the_agent_from_publishing() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, web) = (dir.path().join("agent.toml"), free_port());
     std::fs::write(&cfg, config(&dir.path().join("data"), broker.port, plc, web, TAGS)).unwrap();
-    let mut child = start_agent(&cfg, &[("EDGE_AGENT_LOG", "debug")], Stdio::piped());
+    let mut child = start_agent(&cfg, &[], Stdio::piped());
     let mut stderr = child.stderr.take().expect("stderr pipe");
     let mut agent = Killed(child);
     // and running: it published a batch
@@ -184,9 +188,11 @@ async fn closing_stderr_does_not_stop_the_agent_from_publishing() {
 
     // When the reading end of its stderr is closed (as when journald restarts)
     drop(stderr);
-    // and it has tried to log since
+    // and something worth a warning happens: the broker goes away
+    let mut broker = broker;
+    broker.stop();
     let mut lost = 0;
-    for _ in 0..100 {
+    for _ in 0..200 {
         lost = support::metric(&http_get(web, "/metrics").await, "edge_agent_log_lines_lost_total");
         if lost > 0 {
             break;
@@ -194,10 +200,14 @@ async fn closing_stderr_does_not_stop_the_agent_from_publishing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(lost > 0, "the agent never wrote to its closed stderr");
+    // and comes back
+    let before = erp.ready();
+    broker.restart().await;
+    erp.wait_resubscribed(before).await;
 
-    // Then it keeps publishing new readings
+    // Then the agent reconnects and keeps publishing new readings
     let before = newest(&erp);
-    wait_for("new batches with stderr closed", Duration::from_secs(20), || (newest(&erp) >= before + 10).then_some(())).await;
+    wait_for("new batches with stderr closed", Duration::from_secs(30), || (newest(&erp) >= before + 10).then_some(())).await;
     // And no task died or restarted, and it is ready
     let st = status(web).await;
     // (the model event sink has finished: this agent runs no model)

@@ -161,7 +161,7 @@ pub fn evaluate(s: &Snapshot, store_writable: bool, now: DateTime<Utc>) -> Healt
     devices(s, now, &mut reasons);
     models(s, now, &mut reasons);
     // Worst first; the order within a level is the order of the checks above.
-    reasons.sort_by(|a, b| b.level.cmp(&a.level));
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.level));
     let state = reasons.iter().map(|r| r.level).max().unwrap_or_default();
     let core_down = s.tasks.values().any(|t| t.core && !t.alive());
     Health { state, ready: !core_down && store_writable, reasons }

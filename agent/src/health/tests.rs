@@ -198,10 +198,16 @@ fn a_model_that_failed_to_load_is_degraded() {
 fn an_active_anomaly_needs_attention_not_ok() {
     // Given an anomaly model reporting an anomaly for 3 minutes, mostly on two tags
     let mut s = healthy();
-    let prediction = PredictionView { value: 2.5, contributions: vec![("vibration".into(), 0.7), ("temp".into(), 0.2)], ..Default::default() };
+    let prediction =
+        PredictionView { value: 2.5, contributions: vec![("vibration".into(), 0.7), ("temp".into(), 0.2)], ..Default::default() };
     s.models.insert(
         "m1".into(),
-        ModelView { active: true, last_event_at: Some(now() - Duration::minutes(3)), last_prediction: Some(prediction), ..model("anomaly") },
+        ModelView {
+            active: true,
+            last_event_at: Some(now() - Duration::minutes(3)),
+            last_prediction: Some(prediction),
+            ..model("anomaly")
+        },
     );
     // Then the verdict is attention (ready), with the asset and tags in words
     let h = evaluate(&s, true, now());

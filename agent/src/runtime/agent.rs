@@ -281,7 +281,9 @@ async fn run_once(
     match &stop {
         Stop::Shutdown => info!(timeout = ?config.gateway.shutdown_timeout, "shutting down"),
         Stop::Reload(_) => info!(timeout = ?config.gateway.shutdown_timeout, "reload: stopping everything before restarting"),
-        Stop::Fatal(cause) => error!(%cause, timeout = ?config.gateway.shutdown_timeout, "a task that cannot be restarted ended: stopping the agent"),
+        Stop::Fatal(cause) => {
+            error!(%cause, timeout = ?config.gateway.shutdown_timeout, "a task that cannot be restarted ended: stopping the agent")
+        }
     }
 
     // A command in progress finishes first; then no new write can reach a driver.

@@ -70,7 +70,13 @@ impl Register {
         self.live.update(|s| {
             s.tasks.insert(
                 name.to_string(),
-                TaskView { name: name.to_string(), core, on_failure: on_failure.as_str().into(), state: TaskState::Running, ..Default::default() },
+                TaskView {
+                    name: name.to_string(),
+                    core,
+                    on_failure: on_failure.as_str().into(),
+                    state: TaskState::Running,
+                    ..Default::default()
+                },
             );
         });
     }
@@ -258,9 +264,8 @@ mod tests {
         // Given a core task that always fails
         let cancel = CancellationToken::new();
         let live = Live::default();
-        let _handle = supervise("uplink".into(), true, Register::new(live.clone()), cancel.clone(), || async {
-            Err(anyhow::anyhow!("no luck"))
-        });
+        let _handle =
+            supervise("uplink".into(), true, Register::new(live.clone()), cancel.clone(), || async { Err(anyhow::anyhow!("no luck")) });
         // When it has failed once and waits for its back-off
         tokio::time::sleep(Duration::from_millis(1)).await;
         // Then the verdict is a fault, not ready, naming the task and the cause
@@ -277,7 +282,14 @@ mod tests {
         // Given a task under the exit policy that panics
         let live = Live::default();
         let (fatal, mut fatal_rx) = mpsc::channel(4);
-        let task = Once { name: "store-writer".into(), core: true, register: Register::new(live.clone()), stopping: CancellationToken::new(), fatal, may_finish: false };
+        let task = Once {
+            name: "store-writer".into(),
+            core: true,
+            register: Register::new(live.clone()),
+            stopping: CancellationToken::new(),
+            fatal,
+            may_finish: false,
+        };
         let handle = watch_once(task, async { panic!("disk on fire") }, |_: &()| None);
         // Then its output is gone, the runtime hears why, and the register says failed
         assert!(handle.await.unwrap().is_none());
@@ -294,7 +306,8 @@ mod tests {
         let (fatal, mut fatal_rx) = mpsc::channel(4);
         let stopping = CancellationToken::new();
         stopping.cancel();
-        let task = Once { name: "sample-feed".into(), core: true, register: Register::new(live.clone()), stopping, fatal, may_finish: false };
+        let task =
+            Once { name: "sample-feed".into(), core: true, register: Register::new(live.clone()), stopping, fatal, may_finish: false };
         // When the task returns its value
         let out = watch_once(task, async { 7 }, |_| None).await.unwrap();
         // Then the value comes back, nothing is fatal, and it is listed as stopped

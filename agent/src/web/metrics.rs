@@ -102,8 +102,10 @@ const HEALTH: Family = gauge(
     "health",
     "The health verdict: 1 for the current state (ok, attention, degraded, fault), 0 for the others. The reasons are in edge_agent_health_reasons and /api/status.",
 );
-const HEALTH_REASONS: Family =
-    gauge("health_reasons", "Reasons of the health verdict now, by stable code (0 when the code does not apply); their words are in /api/status.");
+const HEALTH_REASONS: Family = gauge(
+    "health_reasons",
+    "Reasons of the health verdict now, by stable code (0 when the code does not apply); their words are in /api/status.",
+);
 const READY: Family = gauge("ready", "1 when every core task runs and the store can be written (/readyz answers 200), else 0.");
 const TASK_UP: Family = gauge("task_up", "1 while the agent's long-lived task runs, 0 while it is down (restarting, failed or stopped).");
 const TASK_RESTARTS: Family = counter("task_restarts_total", "Restarts of the task after it ended unexpectedly (a panic or an error).");

@@ -54,7 +54,8 @@ pub async fn run_device(
         warn!(device = %device.name, "no [devices.opcua] settings; driver not started");
         return;
     };
-    let mut out = Reporter { device: device.name.clone(), reports, stats: DriverStats::default(), sent: None, log_limit: LogLimit::default() };
+    let mut out =
+        Reporter { device: device.name.clone(), reports, stats: DriverStats::default(), sent: None, log_limit: LogLimit::default() };
     if ua.auto_trust_server_certificate {
         warn!(device = %device.name, "auto_trust_server_certificate is on: the server's certificate is trusted without an operator");
     }
