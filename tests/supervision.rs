@@ -115,6 +115,8 @@ async fn an_uplink_task_that_panics_is_restarted_keeps_publishing_and_the_verdic
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing {line:?} in\n{metrics}");
     }
+    // And the agent is ready again (a core task runs again, the store is writable)
+    assert_eq!(http_get(web, "/readyz").await, "ready");
     // And the log has the cause
     assert!(log_text().contains("task ended unexpectedly; restarting"), "{}", log_text());
 

@@ -314,6 +314,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_store_write_that_just_failed_makes_the_verdict_a_fault_and_not_ready() {
+        // Given a running agent's state with no failed store write
+        let live = Live::default();
+        assert!(live.snapshot().health.ready);
+        // When a store write fails
+        live.update(|s| s.store.write_errors += 1);
+        // Then the store counts as not writable: a fault, not ready
+        let h = live.snapshot().health;
+        assert!(!h.ready);
+        assert_eq!(h.state, crate::health::HealthState::Fault);
+        assert_eq!(h.count(crate::health::ReasonCode::StoreUnwritable), 1);
+    }
+
+    #[test]
     fn regression_a_driver_that_counts_its_polls_is_believed_over_the_batches_it_sends() {
         let device = DeviceConfig { name: "plc".into(), ..DeviceConfig::default() };
         let live = Live::new(GatewayView::default(), &[device]);
