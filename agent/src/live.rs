@@ -102,6 +102,16 @@ pub struct StoreView {
     pub last_compaction_ms: u64,
     pub last_compaction_bytes_before: u64,
     pub last_compaction_bytes_after: u64,
+    /// False from a failed write until the store has been reopened (a full disk).
+    pub writable: bool,
+    /// Reopens of the store after an I/O error.
+    pub reopens: u64,
+    /// Of `samples_dropped`: gathered samples dropped before they could be written, past the
+    /// memory bound while the store was unwritable, or at shutdown.
+    pub samples_dropped_memory_bound: u64,
+    pub samples_dropped_shutdown: u64,
+    /// Acks waiting for the store to be writable (their entries are not sent again).
+    pub deferred_acks: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
