@@ -91,6 +91,42 @@ async fn an_ack_on_an_unwritable_store_is_kept_applied_after_the_reopen_and_the_
     assert_eq!(seqs(&o), vec![2]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_found_unreadable_at_a_reopen_is_moved_aside_reported_and_numbering_goes_on() {
+    // Given a writer that stored a batch, then hit a full disk, and whose database is
+    // unreadable at the reopen (as after sled opened it on a full disk)
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(dir.path()).unwrap();
+    let live = Live::new(GatewayView::default(), &[]);
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(writer(&outbox, &live).run(rx));
+    tx.send(report(0, 10)).await.unwrap();
+    wait_until("the first batch", || outbox.counters.samples_stored.load(Ordering::Relaxed) == 10).await;
+    let next_before = outbox.next_batch_seq();
+    outbox.counters.disk.corrupt_next_reopen();
+    outbox.counters.disk.set_full(true);
+    tx.send(report(10, 10)).await.unwrap();
+    wait_until("the store unwritable", || !outbox.is_writable()).await;
+    // When space returns
+    outbox.counters.disk.set_full(false);
+    // Then the store works again: the old one is set aside, the ERP gets a store_reset
+    // event, the lost batch is counted, and numbers go on above every earlier one
+    wait_until("writes resumed", || outbox.counters.samples_stored.load(Ordering::Relaxed) == 20).await;
+    drop(tx);
+    task.await.unwrap();
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("outbox.unreadable-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    let kinds: Vec<String> = outbox.events_from(0, usize::MAX).into_iter().map(|(_, e)| e.0.kind).collect();
+    assert!(kinds.contains(&"store_reset".to_string()), "{kinds:?}");
+    assert_eq!(outbox.counters.batches_dropped.load(Ordering::Relaxed), 1);
+    let seqs = seqs(&outbox);
+    assert!(!seqs.is_empty() && seqs.iter().all(|&s| s >= next_before), "{seqs:?} after {next_before}");
+}
+
 fn writer(outbox: &Outbox, live: &Live) -> Writer {
     let config = StoreConfig {
         max_bytes: ByteSize::mib(8),

@@ -21,9 +21,9 @@ use tracing::{debug, error, warn};
 
 use super::record::{self, StoredBatch, StoredEvent};
 
-const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
-const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
-const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
+pub(super) const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
+pub(super) const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
+pub(super) const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
 
 /// How long `open` waits for a store locked by a closing instance.
 pub(super) const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(10) };
@@ -35,7 +35,7 @@ pub(super) fn is_lock_error(e: &sled::Error) -> bool {
 
 /// Errors that mean the files are not a store this sled can read; I/O errors (permissions,
 /// a failing disk) are not among them: moving the store aside would not help.
-fn is_unreadable(e: &sled::Error) -> bool {
+pub(super) fn is_unreadable(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_))
 }
 
@@ -680,6 +680,16 @@ impl Outbox {
             self.mark_unwritable(e);
         }
         result
+    }
+
+    /// The number the next reply will get.
+    pub(super) fn next_reply_seq(&self) -> u64 {
+        *self.next_reply.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the deferred acks (their entries went with an unreadable store).
+    pub(super) fn clear_deferred_acks(&self) {
+        self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The durable marks (batch, event, reply): numbers below them are on disk.

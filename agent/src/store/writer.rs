@@ -89,7 +89,10 @@ const SHUTDOWN_ATTEMPTS: u32 = 5;
 /// While the store is unwritable: the reopen running on a blocking thread, if any, and
 /// when to try the next one.
 struct Recovery {
-    running: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    running: Option<tokio::task::JoinHandle<Result<Option<std::path::PathBuf>, StoreError>>>,
+    /// Set when a reopen found the database unreadable and moved it here: a `store_reset`
+    /// event is due.
+    reset: Option<std::path::PathBuf>,
     next_try: Option<Instant>,
     backoff: Backoff,
     /// At shutdown: wait for a reopen to finish rather than gather meanwhile.
@@ -98,7 +101,7 @@ struct Recovery {
 
 impl Default for Recovery {
     fn default() -> Self {
-        Self { running: None, next_try: None, backoff: Backoff::new(REOPEN_BACKOFF.0, REOPEN_BACKOFF.1), wait: false }
+        Self { running: None, reset: None, next_try: None, backoff: Backoff::new(REOPEN_BACKOFF.0, REOPEN_BACKOFF.1), wait: false }
     }
 }
 
@@ -257,6 +260,10 @@ impl Writer {
             self.publish_state();
             return;
         }
+        if let Some(aside) = recovery.reset.take() {
+            let details = serde_json::json!({ "moved_aside_to": aside.display().to_string() });
+            gathered.events.push(self.event("store_reset", &self.gateway, "critical", details));
+        }
         if gathered.is_empty() {
             self.publish_state();
             return;
@@ -301,9 +308,10 @@ impl Writer {
             }
             let outcome = running.await.unwrap_or_else(|e| Err(StoreError::FlushTask(e.to_string())));
             match outcome {
-                Ok(()) => {
+                Ok(moved_aside) => {
                     r.backoff.reset();
                     r.next_try = None;
+                    r.reset = moved_aside.or(r.reset.take());
                 }
                 Err(e) => {
                     let delay = r.backoff.next_delay();
