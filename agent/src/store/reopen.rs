@@ -72,6 +72,9 @@ impl Outbox {
         #[cfg(test)]
         self.counters.disk.fail_reopen()?;
         probe_write(&self.dir)?;
+        // Read before the write lock: an append holds the numbers' lock while it waits for
+        // the handles. (Appends to an unwritable store fail before they number anything.)
+        let numbers = (self.next_batch_seq(), self.next_event_seq(), self.next_reply_seq());
         let started = Instant::now();
         let mut guard = self.handles.write().unwrap_or_else(|p| p.into_inner());
         // sled writes by path: the old instance must be gone before the new one opens.
@@ -88,7 +91,7 @@ impl Outbox {
         let opened = open_waiting_for_lock(&path);
         let (h, moved_aside) = match opened {
             Ok(h) => (h, None),
-            Err(e) if is_unreadable(&e) => self.replace_unreadable_in_place(&path, &e)?,
+            Err(e) if is_unreadable(&e) => self.replace_unreadable_in_place(&path, &e, numbers)?,
             Err(e) => return Err(e.into()),
         };
         let discarded = self.discard_unconfirmed(&h)?;
@@ -108,12 +111,16 @@ impl Outbox {
     /// The reopened database is unreadable: it goes to `outbox.unreadable-{time}` and a
     /// fresh one takes its place, numbered on from the numbers in memory (never reused).
     /// What it held is lost: counted as dropped, and the acks waiting for it are moot.
-    fn replace_unreadable_in_place(&self, path: &Path, why: &sled::Error) -> Result<(Handles, Option<PathBuf>), StoreError> {
+    fn replace_unreadable_in_place(
+        &self,
+        path: &Path,
+        why: &sled::Error,
+        (batch, event, reply): (u64, u64, u64),
+    ) -> Result<(Handles, Option<PathBuf>), StoreError> {
         let aside = self.dir.join(format!("outbox.unreadable-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
         error!(path = %path.display(), error = %why, aside = %aside.display(), "the store cannot be read after a reopen; moving it aside and starting a fresh one");
         std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside { path: path.to_path_buf(), source })?;
         let h = open_waiting_for_lock(path)?;
-        let (batch, event, reply) = (self.next_batch_seq(), self.next_event_seq(), self.next_reply_seq());
         h.meta.insert(NEXT_BATCH_SEQ, &key(batch))?;
         h.meta.insert(NEXT_EVENT_SEQ, &key(event))?;
         h.meta.insert(NEXT_REPLY_SEQ, &key(reply))?;
