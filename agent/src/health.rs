@@ -151,12 +151,13 @@ impl Health {
     }
 }
 
-/// The verdict for snapshot `s` at `now`. `store_writable` is the store's own answer (see
-/// `Live::snapshot`). Pure: the same inputs give the same verdict.
-pub fn evaluate(s: &Snapshot, store_writable: bool, now: DateTime<Utc>) -> Health {
+/// The verdict for snapshot `s` at `now` (the store's writability is its own answer,
+/// `store.writable`). Pure: the same inputs give the same verdict.
+pub fn evaluate(s: &Snapshot, now: DateTime<Utc>) -> Health {
+    let store_writable = s.store.writable;
     let mut reasons = Vec::new();
     tasks(s, now, &mut reasons);
-    store(s, store_writable, &mut reasons);
+    store(s, &mut reasons);
     uplink(s, now, &mut reasons);
     devices(s, now, &mut reasons);
     models(s, now, &mut reasons);
@@ -202,9 +203,9 @@ fn restarts(t: &TaskView) -> String {
     }
 }
 
-fn store(s: &Snapshot, writable: bool, out: &mut Vec<Reason>) {
+fn store(s: &Snapshot, out: &mut Vec<Reason>) {
     let st = &s.store;
-    if !writable {
+    if !st.writable {
         out.push(reason(
             ReasonCode::StoreUnwritable,
             HealthState::Fault,

@@ -4,30 +4,17 @@
 //! (Prometheus semantics) so a scrape never misses a drop or an error.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
 use edge_drivers::{DeviceConfig, DriverStats, Quality, Sample, Value};
 use serde::Serialize;
 
 /// Shared handle to the live state.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Live {
     state: Arc<RwLock<Snapshot>>,
-    /// Remembers when `store.write_errors` last grew (see [`store_writable`]).
-    write_errors_seen: Arc<Mutex<WriteErrorsSeen>>,
 }
-
-/// The last `store.write_errors` seen by [`Live::snapshot`], and when it last grew.
-#[derive(Debug, Default)]
-struct WriteErrorsSeen {
-    count: u64,
-    grew_at: Option<DateTime<Utc>>,
-}
-
-/// A store write that failed less than this long ago makes the store count as not writable
-/// (the writer retries every tick, so a store that stays broken keeps failing).
-const WRITE_ERROR_RECENT_S: i64 = 10;
 
 /// Everything the page shows, at one instant. Serialised as `/api/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -156,6 +143,16 @@ pub struct StoreView {
     pub last_compaction_ms: u64,
     pub last_compaction_bytes_before: u64,
     pub last_compaction_bytes_after: u64,
+    /// False from a failed write until the store has been reopened (a full disk).
+    pub writable: bool,
+    /// Reopens of the store after an I/O error.
+    pub reopens: u64,
+    /// Of `samples_dropped`: gathered samples dropped before they could be written, past the
+    /// memory bound while the store was unwritable, or at shutdown.
+    pub samples_dropped_memory_bound: u64,
+    pub samples_dropped_shutdown: u64,
+    /// Acks waiting for the store to be writable (their entries are not sent again).
+    pub deferred_acks: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -199,6 +196,12 @@ impl TaskView {
     }
 }
 
+impl Default for Live {
+    fn default() -> Self {
+        Live::new(GatewayView::default(), &[])
+    }
+}
+
 impl Live {
     pub fn new(gateway: GatewayView, devices: &[DeviceConfig]) -> Self {
         let devices = devices
@@ -218,7 +221,9 @@ impl Live {
                 (d.name.clone(), view)
             })
             .collect();
-        Live { state: Arc::new(RwLock::new(Snapshot { gateway, devices, ..Default::default() })), write_errors_seen: Arc::default() }
+        // The store counts as writable until the writer says otherwise (a failed write).
+        let store = StoreView { writable: true, ..Default::default() };
+        Live { state: Arc::new(RwLock::new(Snapshot { gateway, devices, store, ..Default::default() })) }
     }
 
     /// A copy of the state, with its health verdict computed for this instant.
@@ -229,22 +234,8 @@ impl Live {
         };
         let now = Utc::now();
         snapshot.generated_at = Some(now);
-        let writable = self.store_writable(&snapshot.store, now);
-        snapshot.health = crate::health::evaluate(&snapshot, writable, now);
+        snapshot.health = crate::health::evaluate(&snapshot, now);
         snapshot
-    }
-
-    /// Whether the store can be written now.
-    // TODO(store.writable): when the store helpers' `StoreView::writable` field lands,
-    // return `store.writable` here and drop `WriteErrorsSeen`. Until then: not writable
-    // while a write failed within the last `WRITE_ERROR_RECENT_S` seconds.
-    fn store_writable(&self, store: &StoreView, now: DateTime<Utc>) -> bool {
-        let mut seen = self.write_errors_seen.lock().unwrap_or_else(|p| p.into_inner());
-        if store.write_errors > seen.count {
-            seen.grew_at = Some(now);
-        }
-        seen.count = store.write_errors;
-        seen.grew_at.is_none_or(|at| (now - at).num_seconds() >= WRITE_ERROR_RECENT_S)
     }
 
     /// Runs `f` on the state under the write lock. A poisoned lock (a panic elsewhere
@@ -314,13 +305,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_store_write_that_just_failed_makes_the_verdict_a_fault_and_not_ready() {
+    fn a_store_the_writer_reports_unwritable_makes_the_verdict_a_fault_and_not_ready() {
         // Given a running agent's state with no failed store write
         let live = Live::default();
         assert!(live.snapshot().health.ready);
-        // When a store write fails
-        live.update(|s| s.store.write_errors += 1);
-        // Then the store counts as not writable: a fault, not ready
+        // When a store write fails (the writer marks the store unwritable until a reopen)
+        live.update(|s| {
+            s.store.write_errors += 1;
+            s.store.writable = false;
+        });
+        // Then the verdict is a fault, not ready
         let h = live.snapshot().health;
         assert!(!h.ready);
         assert_eq!(h.state, crate::health::HealthState::Fault);

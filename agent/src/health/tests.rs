@@ -22,7 +22,7 @@ fn healthy() -> Snapshot {
     }
     s.uplink = UplinkView { broker: "10.0.0.5:1883".into(), connected: true, connects: 1, since: Some(now()), ..Default::default() };
     s.devices.insert("plc1".into(), DeviceView { name: "plc1".into(), connected: true, since: Some(now()), ..Default::default() });
-    s.store = StoreView { max_bytes: 1000, ..Default::default() };
+    s.store = StoreView { max_bytes: 1000, writable: true, ..Default::default() };
     s
 }
 
@@ -33,7 +33,7 @@ fn codes(h: &Health) -> Vec<ReasonCode> {
 #[test]
 fn a_healthy_gateway_is_ok_and_ready_with_no_reasons() {
     // Given everything running and connected
-    let h = evaluate(&healthy(), true, now());
+    let h = evaluate(&healthy(), now());
     // Then the verdict is ok, ready, with no reason
     assert_eq!(h.state, HealthState::Ok);
     assert!(h.ready);
@@ -49,7 +49,7 @@ fn a_core_task_restarting_is_a_fault_and_not_ready() {
     t.restarts = 1;
     t.last_exit = Some("panicked: boom".into());
     // When the verdict is computed
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     // Then it is a fault, not ready, and says which task, why, and what happens
     assert_eq!(h.state, HealthState::Fault);
     assert!(!h.ready);
@@ -66,7 +66,7 @@ fn a_failed_core_task_says_the_agent_is_stopping() {
     t.state = TaskState::Failed;
     t.last_exit = Some("panicked: disk on fire".into());
     // Then the verdict is a fault that says systemd restarts the agent
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Fault);
     assert!(!h.ready);
     assert!(h.reasons[0].message.contains("systemd restarts it"), "{}", h.reasons[0].message);
@@ -78,7 +78,7 @@ fn a_non_core_task_down_is_degraded_but_ready() {
     let mut s = healthy();
     s.tasks.get_mut("status-page").unwrap().state = TaskState::Restarting;
     // Then the verdict is degraded and the agent stays ready
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Degraded);
     assert!(h.ready);
     assert_eq!(codes(&h), vec![ReasonCode::TaskDown]);
@@ -93,12 +93,12 @@ fn a_task_restarted_lately_keeps_the_verdict_degraded_for_five_minutes() {
     t.last_exit = Some("panicked: bad".into());
     t.last_exit_at = Some(now() - Duration::minutes(2));
     // Then the verdict is degraded (ready) and names the restart
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Degraded);
     assert!(h.ready);
     assert_eq!(h.reasons[0].message, "task command-handler restarted 2 min ago (panicked: bad), 3 restarts so far");
     // And 6 minutes after the restart it is ok again
-    assert_eq!(evaluate(&s, true, now() + Duration::minutes(4)).state, HealthState::Ok);
+    assert_eq!(evaluate(&s, now() + Duration::minutes(4)).state, HealthState::Ok);
 }
 
 #[test]
@@ -107,7 +107,8 @@ fn a_store_that_cannot_be_written_is_a_fault_and_not_ready() {
     let mut s = healthy();
     s.store.write_errors = 1204;
     // When the store says it is not writable
-    let h = evaluate(&s, false, now());
+    s.store.writable = false;
+    let h = evaluate(&s, now());
     // Then the verdict is a fault and not ready
     assert_eq!(h.state, HealthState::Fault);
     assert!(!h.ready);
@@ -119,9 +120,9 @@ fn a_store_that_cannot_be_written_is_a_fault_and_not_ready() {
 fn a_store_nine_tenths_full_is_degraded() {
     let mut s = healthy();
     s.store.bytes = 899;
-    assert_eq!(evaluate(&s, true, now()).state, HealthState::Ok);
+    assert_eq!(evaluate(&s, now()).state, HealthState::Ok);
     s.store.bytes = 930;
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Degraded);
     assert_eq!(codes(&h), vec![ReasonCode::StoreNearlyFull]);
     assert!(h.reasons[0].message.starts_with("the store is 93 % full"), "{}", h.reasons[0].message);
@@ -137,7 +138,7 @@ fn an_uplink_down_says_for_how_long_and_what_is_buffered() {
     s.uplink.oldest_pending_at = Some(now() - Duration::hours(2));
     s.store.pending_batches = 1204;
     // Then the verdict is degraded (still ready: everything is buffered) with the sentence
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Degraded);
     assert!(h.ready);
     assert_eq!(h.reasons[0].code, ReasonCode::UplinkDown);
@@ -148,7 +149,7 @@ fn an_uplink_down_says_for_how_long_and_what_is_buffered() {
 fn an_uplink_that_never_connected_says_not_yet() {
     let mut s = healthy();
     s.uplink = UplinkView { broker: "10.0.0.5:1883".into(), ..Default::default() };
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Degraded);
     assert_eq!(h.reasons[0].message, "uplink not connected yet to 10.0.0.5:1883, nothing buffered");
 }
@@ -159,12 +160,12 @@ fn a_connected_uplink_with_an_old_backlog_is_degraded() {
     let mut s = healthy();
     s.store.pending_batches = 5;
     s.uplink.oldest_pending_at = Some(now() - Duration::minutes(11));
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(codes(&h), vec![ReasonCode::BacklogOld]);
     assert_eq!(h.state, HealthState::Degraded);
     // And a backlog of 9 minutes is not worth a reason
     s.uplink.oldest_pending_at = Some(now() - Duration::minutes(9));
-    assert_eq!(evaluate(&s, true, now()).state, HealthState::Ok);
+    assert_eq!(evaluate(&s, now()).state, HealthState::Ok);
 }
 
 #[test]
@@ -174,7 +175,7 @@ fn a_disconnected_device_is_degraded_with_its_name_and_error() {
     d.connected = false;
     d.since = Some(now() - Duration::seconds(45));
     d.last_error = Some("timeout".into());
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Degraded);
     assert!(h.ready);
     assert_eq!(h.reasons[0].subject.as_deref(), Some("plc1"));
@@ -189,7 +190,7 @@ fn model(kind: &str) -> ModelView {
 fn a_model_that_failed_to_load_is_degraded() {
     let mut s = healthy();
     s.models.insert("m1".into(), ModelView { state: "failed".into(), error: Some("no such file".into()), ..model("anomaly") });
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Degraded);
     assert_eq!(h.reasons[0].message, "model m1 is not loaded: no such file");
 }
@@ -210,7 +211,7 @@ fn an_active_anomaly_needs_attention_not_ok() {
         },
     );
     // Then the verdict is attention (ready), with the asset and tags in words
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Attention);
     assert!(h.ready);
     assert_eq!(h.reasons[0].code, ReasonCode::AnomalyActive);
@@ -222,7 +223,7 @@ fn a_quality_deviation_and_maintenance_due_need_attention() {
     let mut s = healthy();
     s.models.insert("q".into(), ModelView { name: "q".into(), active: true, ..model("quality") });
     s.models.insert("r".into(), ModelView { name: "r".into(), active: true, ..model("rul") });
-    let h = evaluate(&s, true, now());
+    let h = evaluate(&s, now());
     assert_eq!(h.state, HealthState::Attention);
     assert_eq!(codes(&h), vec![ReasonCode::QualityDeviation, ReasonCode::MaintenanceDue]);
 }
@@ -233,7 +234,8 @@ fn the_verdict_is_the_worst_reason_and_lists_the_worst_first() {
     let mut s = healthy();
     s.models.insert("m1".into(), ModelView { active: true, ..model("anomaly") });
     s.devices.get_mut("plc1").unwrap().connected = false;
-    let h = evaluate(&s, false, now());
+    s.store.writable = false;
+    let h = evaluate(&s, now());
     // Then the verdict is the fault, and the reasons go fault, degraded, attention
     assert_eq!(h.state, HealthState::Fault);
     assert_eq!(codes(&h), vec![ReasonCode::StoreUnwritable, ReasonCode::DeviceDisconnected, ReasonCode::AnomalyActive]);

@@ -201,8 +201,9 @@ impl Outbox {
                 return Err(e.into());
             }
         };
-        // Acks that came during the copy (the uplink does not wait for a compaction).
-        self.apply_deferred_acks(&fresh);
+        // Acks that came during the copy (the uplink does not wait for a compaction); any
+        // that fail stay deferred and are logged.
+        let _ = self.apply_deferred_acks(&fresh);
         let after = fresh.db.size_on_disk().unwrap_or(0);
         *guard = Some(fresh);
         if let Err(e) = remove_dir_if_present(&self.dir.join(OLD)).and_then(|()| sync_dir(&self.dir)) {
@@ -286,7 +287,7 @@ impl Outbox {
 /// Opens a database this process has just closed. sled's threads can keep its file (and so
 /// its lock) open for a moment after the last handle is dropped, so a lock error is retried
 /// for a while rather than taken for another instance.
-fn open_waiting_for_lock(path: &Path) -> Result<Handles, sled::Error> {
+pub(super) fn open_waiting_for_lock(path: &Path) -> Result<Handles, sled::Error> {
     let started = Instant::now();
     loop {
         match Handles::open(path) {

@@ -10,11 +10,14 @@ pub mod compaction;
 pub mod config;
 pub mod outbox;
 pub mod record;
+pub mod reopen;
 pub mod retention;
 pub mod writer;
 
 #[cfg(test)]
 mod compaction_tests;
+#[cfg(test)]
+mod disk_fault_tests;
 #[cfg(test)]
 mod model_tests;
 

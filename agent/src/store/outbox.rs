@@ -10,8 +10,9 @@
 //! (`compaction.rs`) can swap the whole database for a rewritten copy: every method takes
 //! the lock briefly (never across an await), and never while already holding it.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, TryLockError};
 use std::time::Duration;
 
@@ -20,9 +21,9 @@ use tracing::{debug, error, warn};
 
 use super::record::{self, StoredBatch, StoredEvent};
 
-const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
-const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
-const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
+pub(super) const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
+pub(super) const NEXT_EVENT_SEQ: &[u8] = b"next_event_seq";
+pub(super) const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
 
 /// How long `open` waits for a store locked by a closing instance.
 pub(super) const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(10) };
@@ -34,7 +35,7 @@ pub(super) fn is_lock_error(e: &sled::Error) -> bool {
 
 /// Errors that mean the files are not a store this sled can read; I/O errors (permissions,
 /// a failing disk) are not among them: moving the store aside would not help.
-fn is_unreadable(e: &sled::Error) -> bool {
+pub(super) fn is_unreadable(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_) | sled::Error::ReportableBug(_))
 }
 
@@ -78,6 +79,23 @@ pub struct OutboxCounters {
     pub last_compaction_ms: AtomicU64,
     pub last_compaction_bytes_before: AtomicU64,
     pub last_compaction_bytes_after: AtomicU64,
+    /// Gathered samples dropped before they could be written, while the store could not
+    /// be written: from memory past its bound, or at shutdown (also in `samples_dropped`).
+    pub samples_dropped_memory_bound: AtomicU64,
+    pub samples_dropped_shutdown: AtomicU64,
+    /// Times the database was closed and opened again after an I/O error (`reopen.rs`).
+    pub reopens: AtomicU64,
+    /// Set after a failed write, flush or delete: sled keeps an I/O error once it has had
+    /// one, so nothing is written until [`Outbox::reopen`] has succeeded.
+    pub(super) unwritable: AtomicBool,
+    /// After a failed flush: the next (batch, event, reply) numbers at that moment. What was
+    /// numbered below them and above the durable marks was never confirmed; a reopen
+    /// removes it (the writer still holds it and writes it again).
+    pub(super) unconfirmed_below: Mutex<Option<(u64, u64, u64)>>,
+    /// A line per minute for failed deletes of acknowledged entries.
+    pub(super) log_limit: edge_drivers::log_limit::SharedLogLimit,
+    #[cfg(test)]
+    pub(super) disk: super::reopen::TestDisk,
 }
 
 /// The sled database and its trees. Never cloned out of [`Outbox::handles`]' lock: a
@@ -114,7 +132,7 @@ impl Handles {
 }
 
 /// The record trees (meta holds only the sequence counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum TreeId {
     Telemetry,
     Events,
@@ -165,8 +183,10 @@ pub struct Outbox {
     run_start: Arc<AtomicU64>,
     /// Acks that came while a compaction held the store: the uplink does not wait for a
     /// compaction (it would hold a runtime worker, and the MQTT keep-alive, for the whole
-    /// pause). Applied by the compaction once it is done, or by the next ack.
-    deferred_acks: Arc<Mutex<Vec<(TreeId, u64)>>>,
+    /// pause). Applied by the compaction once it is done, or by the next ack. Also acks
+    /// that could not be applied because the store was unwritable (a full disk): applied
+    /// after the reopen. Reads skip deferred entries, so an acked entry is not sent again.
+    deferred_acks: Arc<Mutex<BTreeSet<(TreeId, u64)>>>,
     /// The size on disk last read, shown while a compaction holds the store.
     last_disk_bytes: Arc<AtomicU64>,
 }
@@ -382,7 +402,10 @@ impl Outbox {
         let h = match self.try_handles() {
             Some(Ok(h)) => h,
             Some(Err(e)) => {
-                error!(tree = name, error = %e, "store read failed");
+                // Closed after an I/O error until the reopen: a line a minute, not per read.
+                if let Some(suppressed) = self.counters.log_limit.allow("store read") {
+                    error!(tree = name, error = %e, suppressed, "store read failed");
+                }
                 return out;
             }
             None => {
@@ -393,6 +416,7 @@ impl Outbox {
             }
         };
         let tree = h.tree(id);
+        let deferred = self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for entry in tree.range(key(from)..key(below)) {
             if out.len() >= limit {
                 break;
@@ -408,6 +432,9 @@ impl Outbox {
                 self.drop_corrupt(tree, id, &k, "key is not a sequence number");
                 continue;
             };
+            if Self::ack_is_deferred(&deferred, id, seq) {
+                continue;
+            }
             match record::decode::<T>(&v) {
                 Ok(r) => out.push((seq, r)),
                 Err(e) => self.drop_corrupt(tree, id, &k, &e.to_string()),
@@ -463,27 +490,74 @@ impl Outbox {
     }
 
     /// The broker acknowledged entry `seq` of `id`: it goes, now or, while a compaction
-    /// holds the store, right after it (see `deferred_acks`).
+    /// holds the store or the store cannot be written, later (see `deferred_acks`). An ack
+    /// is never lost to a broken disk: it waits in memory for the reopen, and reads skip
+    /// the entry meanwhile. Only a crash before then sends it again (QoS 1 allows that).
     fn ack(&self, id: TreeId, seq: u64) -> Result<(), StoreError> {
-        let Some(h) = self.try_handles() else {
-            self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).push((id, seq));
-            debug!(tree = id.name(), seq, "ack deferred: a compaction holds the store");
+        if !self.is_writable() {
+            self.defer_ack(id, seq, "the store is unwritable");
             return Ok(());
+        }
+        let h = match self.try_handles() {
+            Some(Ok(h)) => h,
+            None => {
+                self.defer_ack(id, seq, "a compaction holds the store");
+                return Ok(());
+            }
+            Some(Err(_closed)) => {
+                self.defer_ack(id, seq, "the store is closed");
+                return Ok(());
+            }
         };
-        let h = h?;
-        self.apply_deferred_acks(&h);
-        self.remove_acked(&h, id, seq)
+        if let Err(e) = self.apply_deferred_acks(&h).and_then(|()| self.remove_acked(&h, id, seq)) {
+            drop(h);
+            self.mark_unwritable(&e);
+            self.defer_ack(id, seq, "the delete failed");
+        }
+        Ok(())
     }
 
-    /// Applies the acks deferred during a compaction, to `h` (the store as it is now).
-    pub(super) fn apply_deferred_acks(&self, h: &Handles) {
-        let deferred = std::mem::take(&mut *self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()));
-        for (id, seq) in deferred {
-            if let Err(e) = self.remove_acked(h, id, seq) {
-                // The entry stays and is sent again later: a duplicate, never a loss.
-                error!(tree = id.name(), seq, error = %e, "could not delete an acknowledged entry");
+    fn defer_ack(&self, id: TreeId, seq: u64, why: &str) {
+        self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).insert((id, seq));
+        debug!(tree = id.name(), seq, why, "ack deferred");
+    }
+
+    /// Acks waiting to be applied (shown on the page).
+    pub fn deferred_acks(&self) -> u64 {
+        self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).len() as u64
+    }
+
+    /// Applies the deferred acks to `h` (the store as it is now). Those that fail stay
+    /// deferred for the next try; returns the first error.
+    pub(super) fn apply_deferred_acks(&self, h: &Handles) -> Result<(), StoreError> {
+        let mut deferred = self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner());
+        if deferred.is_empty() {
+            return Ok(());
+        }
+        let mut first_error = None;
+        deferred.retain(|&(id, seq)| match self.remove_acked(h, id, seq) {
+            Ok(()) => false,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                true
+            }
+        });
+        let left = deferred.len();
+        drop(deferred);
+        match first_error {
+            None => Ok(()),
+            Some(e) => {
+                if let Some(suppressed) = self.counters.log_limit.allow("deferred acks") {
+                    error!(error = %e, left, suppressed, "could not delete acknowledged entries; kept until the store can be written");
+                }
+                Err(e)
             }
         }
+    }
+
+    /// Whether `seq` of `id` was acknowledged but not yet deleted: reads skip it.
+    fn ack_is_deferred(deferred: &BTreeSet<(TreeId, u64)>, id: TreeId, seq: u64) -> bool {
+        !deferred.is_empty() && deferred.contains(&(id, seq))
     }
 
     fn remove_acked(&self, h: &Handles, id: TreeId, seq: u64) -> Result<(), StoreError> {
@@ -505,6 +579,8 @@ impl Outbox {
 
     /// [`Outbox::remove`] with the handles the caller holds.
     fn remove_from(&self, h: &Handles, id: TreeId, seq: u64) -> Result<Option<sled::IVec>, StoreError> {
+        #[cfg(test)]
+        self.counters.disk.fail_write()?;
         let old = h.tree(id).remove(key(seq))?;
         if let Some(v) = &old {
             self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
@@ -577,16 +653,49 @@ impl Outbox {
     /// Flushes everything written so far to disk. The flush runs on a blocking thread under
     /// the read lock, rather than with sled's `flush_async`, which keeps the database alive
     /// in its own thread pool where a compaction could not wait for it to close.
+    ///
+    /// A failure marks the store unwritable and remembers what was numbered so far as
+    /// unconfirmed (see `reopen.rs`).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let handles = self.handles.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        #[cfg(test)]
+        let counters = self.counters.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
             let guard = handles.read().unwrap_or_else(|p| p.into_inner());
             let h = guard.as_ref().ok_or(StoreError::Closed)?;
+            #[cfg(test)]
+            counters.disk.fail_write()?;
             h.db.flush()?;
             Ok(())
         })
         .await
-        .map_err(|e| StoreError::FlushTask(e.to_string()))?
+        .map_err(|e| StoreError::FlushTask(e.to_string()))
+        .and_then(|r| r);
+        if let Err(e) = &result {
+            let numbered = (self.next_batch_seq(), self.next_event_seq(), *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut below = self.counters.unconfirmed_below.lock().unwrap_or_else(|p| p.into_inner());
+            let (b, ev, r) = below.unwrap_or(numbered);
+            *below = Some((b.max(numbered.0), ev.max(numbered.1), r.max(numbered.2)));
+            drop(below);
+            self.mark_unwritable(e);
+        }
+        result
+    }
+
+    /// The number the next reply will get.
+    pub(super) fn next_reply_seq(&self) -> u64 {
+        *self.next_reply.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the deferred acks (their entries went with an unreadable store).
+    pub(super) fn clear_deferred_acks(&self) {
+        self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// The durable marks (batch, event, reply): numbers below them are on disk.
+    pub(super) fn durable_below(&self) -> (u64, u64, u64) {
+        let (b, e) = *self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        (b, e, self.durable_reply.load(Ordering::SeqCst))
     }
 }
 

@@ -5,6 +5,12 @@
 //! flushed. That interval is the durability window. Connection changes become events.
 //! When every report sender is gone (shutdown), whatever is gathered is written and the
 //! task ends.
+//!
+//! When a write fails (a full disk), the store is unwritable until it has been reopened
+//! (`reopen.rs`): the writer keeps gathering in memory within a bound, tries a reopen with
+//! back-off on a blocking thread, and writes what it holds once that succeeds. Every
+//! sample dropped meanwhile (past the memory bound, or still held at shutdown) is counted
+//! and reported in the next `buffer_overflow` event.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -12,12 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use edge_drivers::backoff::Backoff;
 use edge_drivers::{DeviceReport, ReportKind};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use super::outbox::{Outbox, StoredEventDraft};
+use super::outbox::{Outbox, OutboxCounters, StoreError, StoredEventDraft};
 use super::record::StoredBatch;
 use super::retention::Dropped;
 use crate::config::StoreConfig;
@@ -48,6 +55,8 @@ const OVERFLOW_EVENT_EVERY: Duration = Duration::from_secs(60);
 #[derive(Default)]
 struct Overflow {
     pending: Dropped,
+    /// Gathered samples dropped before they could be written (store unwritable).
+    unwritten: u64,
     last: Option<Instant>,
 }
 
@@ -67,6 +76,63 @@ type Compaction = Option<tokio::task::JoinHandle<()>>;
 
 /// While the store cannot be written, samples kept in memory per device, in batches' worth.
 const BATCHES_KEPT_WHEN_UNWRITABLE: usize = 10;
+
+/// Back-off between reopens of an unwritable store: the first soon (a disk freed by an
+/// operator), then up to half a minute apart (each try writes a small probe file).
+const REOPEN_BACKOFF: (Duration, Duration) =
+    if cfg!(test) { (Duration::from_millis(10), Duration::from_millis(50)) } else { (Duration::from_millis(500), Duration::from_secs(30)) };
+
+/// At shutdown, how many times an unwritable store is reopened and written before what is
+/// still gathered is given up (counted). The agent's `shutdown_timeout` ends it sooner.
+const SHUTDOWN_ATTEMPTS: u32 = 5;
+
+/// While the store is unwritable: the reopen running on a blocking thread, if any, and
+/// when to try the next one.
+struct Recovery {
+    running: Option<tokio::task::JoinHandle<Result<Option<std::path::PathBuf>, StoreError>>>,
+    /// Set when a reopen found the database unreadable and moved it here: a `store_reset`
+    /// event is due.
+    reset: Option<std::path::PathBuf>,
+    next_try: Option<Instant>,
+    backoff: Backoff,
+    /// At shutdown: wait for a reopen to finish rather than gather meanwhile.
+    wait: bool,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Self { running: None, reset: None, next_try: None, backoff: Backoff::new(REOPEN_BACKOFF.0, REOPEN_BACKOFF.1), wait: false }
+    }
+}
+
+/// What the writer holds and has not written. Whatever is still in it when the writer ends
+/// (shutdown with an unwritable store, or the task aborted at `shutdown_timeout`) is
+/// counted as dropped, logged and shown, so no path loses samples silently.
+struct Held {
+    gathered: Gathered,
+    counters: Arc<OutboxCounters>,
+    live: Live,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let samples: u64 = self.gathered.batches.values().map(|s| s.len() as u64).sum();
+        let events = self.gathered.events.len() as u64;
+        if samples == 0 && events == 0 {
+            return;
+        }
+        let c = &self.counters;
+        c.samples_dropped.fetch_add(samples, Ordering::Relaxed);
+        c.samples_dropped_shutdown.fetch_add(samples, Ordering::Relaxed);
+        c.events_dropped.fetch_add(events, Ordering::Relaxed);
+        error!(samples, events, "the store could not be written before the writer stopped: samples and events dropped");
+        self.live.update(|s| {
+            s.store.samples_dropped = c.samples_dropped.load(Ordering::Relaxed);
+            s.store.samples_dropped_shutdown = c.samples_dropped_shutdown.load(Ordering::Relaxed);
+            s.store.events_dropped = c.events_dropped.load(Ordering::Relaxed);
+        });
+    }
+}
 /// While a compaction runs, samples kept in memory per device, in batches' worth: a
 /// compaction of a full store on an SD card may take a minute (see BENCHMARKS.md).
 const BATCHES_KEPT_WHILE_COMPACTING: usize = 100;
@@ -85,39 +151,50 @@ impl Gathered {
 impl Writer {
     /// Runs until `reports` is closed and drained.
     pub async fn run(self, mut reports: mpsc::Receiver<DeviceReport>) {
-        let mut gathered = Gathered::default();
+        let mut held = Held { gathered: Gathered::default(), counters: self.outbox.counters.clone(), live: self.live.clone() };
+        let gathered = &mut held.gathered;
         let mut overflow = Overflow::default();
         let mut compaction: Compaction = None;
+        let mut recovery = Recovery::default();
         let mut ticker = tokio::time::interval(self.config.flush_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.publish_state();
         loop {
             tokio::select! {
                 report = reports.recv() => match report {
                     Some(report) => {
-                        let full = self.take(report, &mut gathered);
+                        let full = self.take(report, gathered);
                         if full {
-                            self.write(&mut gathered, &mut overflow, &mut compaction).await;
+                            self.write(gathered, &mut overflow, &mut compaction, &mut recovery).await;
                         }
                     }
                     None => break,
                 },
-                _ = ticker.tick() => self.write(&mut gathered, &mut overflow, &mut compaction).await,
+                _ = ticker.tick() => self.write(gathered, &mut overflow, &mut compaction, &mut recovery).await,
             }
         }
-        // Shutdown: let a running compaction finish, then write what is left, retrying
-        // briefly so a transient error loses nothing.
+        // Shutdown: let a running compaction finish, then write what is left, reopening an
+        // unwritable store a few times (what is still held after that is counted as
+        // dropped when `held` goes, as it is if the agent aborts this at its deadline).
         if let Some(running) = compaction.take() {
             if let Err(e) = running.await {
                 error!(error = %e, "the store compaction task failed");
             }
             self.publish_state();
         }
-        for _ in 0..3 {
+        recovery.wait = true;
+        for attempt in 0..SHUTDOWN_ATTEMPTS {
             if gathered.is_empty() {
                 break;
             }
-            self.write(&mut gathered, &mut overflow, &mut compaction).await;
+            if attempt > 0 {
+                tokio::time::sleep(REOPEN_BACKOFF.0 * attempt).await;
+            }
+            recovery.next_try = None;
+            self.write(gathered, &mut overflow, &mut compaction, &mut recovery).await;
         }
+        drop(held);
+        self.publish_state();
         info!("store writer finished");
     }
 
@@ -163,20 +240,33 @@ impl Writer {
         }
     }
 
-    async fn write(&self, gathered: &mut Gathered, overflow: &mut Overflow, compaction: &mut Compaction) {
-        if gathered.is_empty() {
+    async fn write(&self, gathered: &mut Gathered, overflow: &mut Overflow, compaction: &mut Compaction, recovery: &mut Recovery) {
+        if gathered.is_empty() && self.outbox.is_writable() {
             return;
         }
         if let Some(running) = compaction.take() {
             if !running.is_finished() {
                 // Gathered meanwhile, written once it is over (memory bounded, drops counted).
                 *compaction = Some(running);
-                self.bound_memory(gathered, BATCHES_KEPT_WHILE_COMPACTING, "store busy with a compaction");
+                overflow.unwritten += self.bound_memory(gathered, BATCHES_KEPT_WHILE_COMPACTING, "store busy with a compaction");
                 return;
             }
             if let Err(e) = running.await {
                 error!(error = %e, "the store compaction task failed");
             }
+        }
+        if !self.recover(recovery).await {
+            overflow.unwritten += self.bound_memory(gathered, BATCHES_KEPT_WHEN_UNWRITABLE, "store unwritable");
+            self.publish_state();
+            return;
+        }
+        if let Some(aside) = recovery.reset.take() {
+            let details = serde_json::json!({ "moved_aside_to": aside.display().to_string() });
+            gathered.events.push(self.event("store_reset", &self.gateway, "critical", details));
+        }
+        if gathered.is_empty() {
+            self.publish_state();
+            return;
         }
         let max = self.config.max_batch_samples.max(1);
         let batches: Vec<StoredBatch> = gathered
@@ -193,18 +283,57 @@ impl Writer {
                 self.publish_state();
             }
             Err(e) => {
-                // Kept in memory and retried on the next tick; the disk may be full, so make
-                // room in the outbox and keep memory bounded meanwhile.
-                error!(error = %e, batches = batches.len(), "store write failed; will retry");
-                self.live.update(|s| s.store.write_errors += 1);
-                let room = self.outbox.bytes().saturating_sub(self.outbox.bytes() / 10);
-                if let Err(e) = self.outbox.enforce_bounds(room, None, Utc::now()) {
-                    error!(error = %e, "could not make room in the store");
+                // Kept in memory (bounded) and written once the store has been reopened:
+                // sled keeps an I/O error, so retrying on the same handle is pointless.
+                self.outbox.mark_unwritable(&e);
+                if let Some(suppressed) = self.outbox.counters.log_limit.allow("store write") {
+                    error!(error = %e, batches = batches.len(), suppressed, "store write failed; kept in memory, the store is reopened with back-off");
                 }
-                self.bound_memory(gathered, BATCHES_KEPT_WHEN_UNWRITABLE, "store unwritable");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.live.update(|s| s.store.write_errors += 1);
+                recovery.next_try = Some(Instant::now() + recovery.backoff.next_delay());
+                overflow.unwritten += self.bound_memory(gathered, BATCHES_KEPT_WHEN_UNWRITABLE, "store unwritable");
+                self.publish_state();
             }
         }
+    }
+
+    /// True when the store is writable, possibly after a reopen that finished just now.
+    /// Otherwise starts a reopen on a blocking thread when the back-off allows (and at
+    /// shutdown waits for it).
+    async fn recover(&self, r: &mut Recovery) -> bool {
+        if let Some(running) = r.running.take() {
+            if !running.is_finished() && !r.wait {
+                r.running = Some(running);
+                return false;
+            }
+            let outcome = running.await.unwrap_or_else(|e| Err(StoreError::FlushTask(e.to_string())));
+            match outcome {
+                Ok(moved_aside) => {
+                    r.backoff.reset();
+                    r.next_try = None;
+                    r.reset = moved_aside.or(r.reset.take());
+                }
+                Err(e) => {
+                    let delay = r.backoff.next_delay();
+                    r.next_try = Some(Instant::now() + delay);
+                    if let Some(suppressed) = self.outbox.counters.log_limit.allow("store reopen") {
+                        warn!(error = %e, retry_in_ms = delay.as_millis() as u64, suppressed, "the store cannot be reopened yet");
+                    }
+                }
+            }
+        }
+        if self.outbox.is_writable() {
+            return true;
+        }
+        if r.next_try.is_some_and(|at| Instant::now() < at) {
+            return false;
+        }
+        let outbox = self.outbox.clone();
+        r.running = Some(tokio::task::spawn_blocking(move || outbox.reopen()));
+        if r.wait {
+            return Box::pin(self.recover(r)).await;
+        }
+        false
     }
 
     /// Drops what the store bounds require and tells the ERP with a `buffer_overflow` event:
@@ -216,7 +345,7 @@ impl Writer {
             Ok(dropped) => overflow.add(dropped),
             Err(e) => error!(error = %e, "could not enforce the store bounds"),
         }
-        if overflow.pending.is_empty() || overflow.last.is_some_and(|t| t.elapsed() < OVERFLOW_EVENT_EVERY) {
+        if (overflow.pending.is_empty() && overflow.unwritten == 0) || overflow.last.is_some_and(|t| t.elapsed() < OVERFLOW_EVENT_EVERY) {
             return;
         }
         let d = overflow.pending;
@@ -229,6 +358,7 @@ impl Writer {
                 "dropped_samples": d.samples,
                 "dropped_events": d.events,
                 "dropped_too_old": d.too_old,
+                "dropped_unwritten_samples": overflow.unwritten,
                 "max_bytes": max,
                 "bytes": self.outbox.bytes(),
             }),
@@ -236,6 +366,7 @@ impl Writer {
         match self.outbox.append(&[], &[event]).await {
             Ok(()) => {
                 overflow.pending = Dropped::default();
+                overflow.unwritten = 0;
                 overflow.last = Some(Instant::now());
             }
             Err(e) => error!(error = %e, "could not store the buffer_overflow event"),
@@ -257,8 +388,8 @@ impl Writer {
     }
 
     /// While the store cannot be written, keep at most `batches` batches' worth of samples
-    /// per device in memory, dropping (and counting) the oldest.
-    fn bound_memory(&self, gathered: &mut Gathered, batches: usize, why: &str) {
+    /// per device in memory, dropping (and counting) the oldest. Returns how many went.
+    fn bound_memory(&self, gathered: &mut Gathered, batches: usize, why: &'static str) -> u64 {
         let cap = self.config.max_batch_samples.saturating_mul(batches);
         let mut dropped = 0u64;
         for samples in gathered.batches.values_mut() {
@@ -269,15 +400,21 @@ impl Writer {
             }
         }
         if dropped > 0 {
-            self.outbox.counters.samples_dropped.fetch_add(dropped, Ordering::Relaxed);
-            error!(dropped, "{why}: oldest gathered samples dropped from memory");
+            let c = &self.outbox.counters;
+            c.samples_dropped.fetch_add(dropped, Ordering::Relaxed);
+            c.samples_dropped_memory_bound.fetch_add(dropped, Ordering::Relaxed);
+            if let Some(suppressed) = c.log_limit.allow(why) {
+                error!(dropped, suppressed, "{why}: oldest gathered samples dropped from memory");
+            }
         }
+        dropped
     }
 
     fn publish_state(&self) {
         let o = &self.outbox;
         let c = &o.counters;
         let (pending_batches, pending_events, disk, next) = (o.pending_batches(), o.pending_events(), o.disk_bytes(), o.next_batch_seq());
+        let (writable, deferred_acks) = (o.is_writable(), o.deferred_acks());
         self.live.update(|s| {
             s.store.pending_batches = pending_batches;
             s.store.pending_events = pending_events;
@@ -298,6 +435,11 @@ impl Writer {
             s.store.last_compaction_ms = c.last_compaction_ms.load(Ordering::Relaxed);
             s.store.last_compaction_bytes_before = c.last_compaction_bytes_before.load(Ordering::Relaxed);
             s.store.last_compaction_bytes_after = c.last_compaction_bytes_after.load(Ordering::Relaxed);
+            s.store.writable = writable;
+            s.store.reopens = c.reopens.load(Ordering::Relaxed);
+            s.store.samples_dropped_memory_bound = c.samples_dropped_memory_bound.load(Ordering::Relaxed);
+            s.store.samples_dropped_shutdown = c.samples_dropped_shutdown.load(Ordering::Relaxed);
+            s.store.deferred_acks = deferred_acks;
         });
     }
 }

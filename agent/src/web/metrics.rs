@@ -76,6 +76,14 @@ const STORE_SAMPLES_DROPPED: Family =
 const STORE_EVENTS_DROPPED: Family =
     counter("store_events_dropped_total", "Events dropped because the store was full and no telemetry was left to drop.");
 const STORE_WRITE_ERRORS: Family = counter("store_write_errors_total", "Failed writes to the store.");
+const STORE_WRITABLE: Family = gauge("store_writable", "1 while the store takes writes; 0 from a failed write until it has been reopened.");
+const STORE_REOPENS: Family = counter("store_reopens_total", "Reopens of the store after an I/O error (a full disk).");
+const STORE_UNWRITTEN_SAMPLES_DROPPED: Family = counter(
+    "store_unwritten_samples_dropped_total",
+    "Samples dropped before they could be written (also in store_samples_dropped_total), by reason: memory_bound (past the bound kept in memory while the store was unwritable or compacting), shutdown (still held when the writer stopped).",
+);
+const STORE_DEFERRED_ACKS: Family =
+    gauge("store_deferred_acks", "Acknowledged entries waiting to be deleted until the store can be written; they are not sent again.");
 const UPLINK_CONNECTED: Family = gauge("uplink_connected", "1 when the MQTT connection to the broker is up, else 0.");
 const UPLINK_CONNECTS: Family = counter("uplink_connects_total", "Successful connections to the broker.");
 const UPLINK_CONNECTION_ERRORS: Family = counter("uplink_connection_errors_total", "Failed or lost connections to the broker.");
@@ -195,6 +203,14 @@ fn render_store(out: &mut String, s: &Snapshot) {
     STORE_SAMPLES_DROPPED.scalar(out, st.samples_dropped);
     STORE_EVENTS_DROPPED.scalar(out, st.events_dropped);
     STORE_WRITE_ERRORS.scalar(out, st.write_errors);
+    STORE_WRITABLE.scalar(out, u64::from(st.writable));
+    STORE_REOPENS.scalar(out, st.reopens);
+    STORE_UNWRITTEN_SAMPLES_DROPPED.labelled(
+        out,
+        "reason",
+        &[("memory_bound", st.samples_dropped_memory_bound), ("shutdown", st.samples_dropped_shutdown)],
+    );
+    STORE_DEFERRED_ACKS.scalar(out, st.deferred_acks);
     render_compaction(out, st);
 }
 
@@ -327,6 +343,11 @@ mod tests {
             last_compaction_ms: 1250,
             last_compaction_bytes_before: 3200000,
             last_compaction_bytes_after: 1500000,
+            writable: false,
+            reopens: 2,
+            samples_dropped_memory_bound: 40,
+            samples_dropped_shutdown: 7,
+            deferred_acks: 3,
         };
         s.uplink = UplinkView {
             broker: "10.0.0.5:1883".into(),
@@ -412,6 +433,27 @@ mod tests {
     }
 
     #[test]
+    fn renders_whether_the_store_is_writable_its_reopens_and_what_was_dropped_before_written() {
+        // Given a snapshot of a store that a full disk made unwritable
+        let s = two_devices();
+        // When it is rendered
+        let text = render(&s);
+        // Then the gauge, the counters and the drops by reason are there with their types
+        for expected in [
+            "# TYPE edge_agent_store_writable gauge",
+            "edge_agent_store_writable 0",
+            "# TYPE edge_agent_store_reopens_total counter",
+            "edge_agent_store_reopens_total 2",
+            "# TYPE edge_agent_store_unwritten_samples_dropped_total counter",
+            "edge_agent_store_unwritten_samples_dropped_total{reason=\"memory_bound\"} 40",
+            "edge_agent_store_unwritten_samples_dropped_total{reason=\"shutdown\"} 7",
+            "edge_agent_store_deferred_acks 3",
+        ] {
+            assert!(lines(&text).contains(&expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn renders_command_counts_by_result() {
         // Given a snapshot after commands of every outcome
         let mut s = two_devices();
@@ -452,7 +494,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 55 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 59 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
@@ -469,7 +511,7 @@ mod tests {
             ..Default::default()
         };
         s.tasks.insert(t.name.clone(), t);
-        s.health = crate::health::evaluate(&s, true, chrono::Utc::now());
+        s.health = crate::health::evaluate(&s, chrono::Utc::now());
         // When it is rendered
         let text = render(&s);
         // Then the state is one-hot, the reasons are counted by code, and each task has its lines
