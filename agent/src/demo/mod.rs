@@ -7,6 +7,7 @@
 pub mod artifacts;
 pub mod broker;
 pub mod plant;
+pub mod warmup;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,8 +83,12 @@ fn speed_up(config: &mut Config, speed: f64) {
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    let config = demo_config(&opts)?;
-    let plant_addrs = plant::start(&config, opts.speed, &opts.faults).await?;
+    let mut config = demo_config(&opts)?;
+    let mut mills = plant::mills(&config);
+    // The models' windows start full of the mill's own recent past (marked as warm-up),
+    // so their outputs are on the page within seconds.
+    warmup::prepare(&mut config, opts.speed, &mut mills);
+    let plant_addrs = plant::start(mills, opts.speed, &opts.faults).await?;
     let broker_addr: SocketAddr =
         format!("{}:{}", config.mqtt.host, config.mqtt.port).parse().context("the demo broker needs an IP address in mqtt.host")?;
     broker::start(broker_addr, Duration::from_secs(5)).await?;
