@@ -1,10 +1,11 @@
 //! `edge-agent demo` at normal speed: its three models show an output within 30 s of the
 //! start (their windows start full of the simulated mill's recent past, marked as
-//! warm-up), and nothing computed from that invented past leaves the gateway.
+//! warm-up), nothing computed from that invented past leaves the gateway, and the demo's
+//! console prints the events from the first one.
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -33,7 +34,7 @@ async fn the_demo_shows_all_three_models_outputs_within_30_s_and_publishes_none_
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--web-listen", &format!("127.0.0.1:{web}"), "--mqtt-port", &mqtt.to_string(), "--modbus-port", &modbus.to_string()])
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("console.txt")).unwrap())
             .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
             .spawn()
             .expect("start edge-agent demo"),
@@ -87,4 +88,8 @@ async fn the_demo_shows_all_three_models_outputs_within_30_s_and_publishes_none_
         .filter(|k| !matches!(k.as_str(), "model_loaded" | "device_connected"))
         .collect();
     assert!(raised.is_empty(), "events from warm-up windows: {raised:?}");
+
+    // And the demo's console printed the first event of the start, which no later `watch` can see
+    let console = std::fs::read_to_string(dir.path().join("console.txt")).unwrap();
+    assert!(console.lines().any(|l| l.starts_with("event  device_connected") && l.contains("mill-plc")), "console:\n{console}");
 }

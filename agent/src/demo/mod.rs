@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod broker;
+pub mod events;
 pub mod plant;
 pub mod warmup;
 
@@ -95,6 +96,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     let topic_filter = format!("{}/#", config.mqtt.prefix);
     let root = config.topic_root();
+    // Subscribed before the agent connects, so the console shows every event from the first.
+    let events_here = match events::print_from_start(broker_addr, format!("{root}/events")).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the demo's console will not print the events");
+            false
+        }
+    };
     crate::runtime::run(config, crate::runtime::shutdown_signal(), move |started| {
         println!();
         println!("edge-agent demo is running: simulated sugar mill -> agent -> embedded MQTT broker");
@@ -110,6 +119,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         println!("  MQTT broker:                {broker_addr}   topics under {root}/");
         if let Some(web) = started.web {
             println!("  Status page:                http://{web}/");
+        }
+        if events_here {
+            println!("  Events:                     printed below as they happen (every one, from the start)");
         }
         println!("  Watch the MQTT stream:      edge-agent watch --port {}", broker_addr.port());
         println!(
