@@ -69,8 +69,7 @@ async fn the_demo_shows_all_three_models_outputs_within_30_s_and_publishes_none_
 
     // And when a few batches of the mill's live telemetry have been published after that
     let seen = erp.batch_seqs().len();
-    support::wait_for("three more telemetry batches", Duration::from_secs(20), || (erp.batch_seqs().len() >= seen + 3).then_some(()))
-        .await;
+    support::wait_for("three more telemetry batches", Duration::from_secs(20), || (erp.batch_seqs().len() >= seen + 3).then_some(())).await;
 
     // Then the ERP received every batch from the first (batch_seq 1, no gap: nothing went
     // by before it subscribed), and none of them carries the models' outputs

@@ -63,7 +63,14 @@ impl Windower {
     /// `names`: the inputs (`device/tag`) in model order.
     pub fn new(names: Vec<String>, window: usize, row_interval: Duration) -> Self {
         let latest = vec![None; names.len()];
-        Windower { names, latest, rows: VecDeque::new(), window: window.max(1), max_age: (row_interval * 3).max(Duration::from_secs(2)), warm: 0 }
+        Windower {
+            names,
+            latest,
+            rows: VecDeque::new(),
+            window: window.max(1),
+            max_age: (row_interval * 3).max(Duration::from_secs(2)),
+            warm: 0,
+        }
     }
 
     /// Records a reading of input `index`.

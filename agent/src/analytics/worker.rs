@@ -338,9 +338,13 @@ impl Worker {
             _ => 0.0,
         };
         match prediction {
-            Prediction::Anomaly { score, contributions } => {
-                PredictionView { at: Some(wall), value: *score as f64, lower: None, upper: None, contributions: self.by_tag(model, contributions) }
-            }
+            Prediction::Anomaly { score, contributions } => PredictionView {
+                at: Some(wall),
+                value: *score as f64,
+                lower: None,
+                upper: None,
+                contributions: self.by_tag(model, contributions),
+            },
             Prediction::Quality { value, lower, upper } | Prediction::Rul { value, lower, upper } => PredictionView {
                 at: Some(wall),
                 value: *value as f64 + bias,

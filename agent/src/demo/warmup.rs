@@ -82,7 +82,9 @@ pub fn prepare(config: &mut Config, speed: f64, mills: &mut [(SocketAddr, SugarM
         let cfg = &mut config.models[plan.model];
         match rows {
             Some(rows) => cfg.warm_up = Some(WarmUp { rows, source: SOURCE.into() }),
-            None => warn!(model = %cfg.name, "the simulated mill does not have every input of the model: its window fills from live readings"),
+            None => {
+                warn!(model = %cfg.name, "the simulated mill does not have every input of the model: its window fills from live readings")
+            }
         }
     }
 }
