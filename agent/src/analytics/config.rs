@@ -118,6 +118,10 @@ pub struct ModelConfig {
     /// RUL: highest acceptable probability of a failure before the proposed window.
     #[serde(default = "default_max_risk")]
     pub max_risk: f64,
+    /// Rows the window starts with (`edge-agent demo` only; not a config key: see
+    /// [`super::warmup`]).
+    #[serde(skip)]
+    pub warm_up: Option<super::warmup::WarmUp>,
 }
 
 fn default_row_interval() -> Duration {

@@ -14,7 +14,7 @@ const FAMILIES: [Family; 10] = [
         "model_loaded",
         "gauge",
         "1 when the model's artifact loaded and its thread runs, 0 when it failed (disabled) or is loading.",
-        |v, _| u64::from(v.state == "running"),
+        |v, _| u64::from(v.state == "running" || v.state == super::warmup::WARM_UP_STATE),
     ),
     ("model_active", "gauge", "1 while the model's condition is raised: an anomaly, a quality deviation or a maintenance due.", |v, _| {
         u64::from(v.active)

@@ -18,6 +18,7 @@
 //! - [`calendar`]: `[calendar]` → the scheduler's hours from now (`edge_models::schedule`).
 //! - [`embedded`]: the demo's artifacts, compiled in; [`sink`]: events → outbox.
 //! - [`status`]: what the status page and `/metrics` show.
+//! - [`warmup`]: a window filled at start from the demo's simulated history (demo only).
 //!
 //! A model that cannot be loaded (missing, corrupt, or not matching its config) raises
 //! `model_failed` and is disabled; the other models and the rest of the agent run on.
@@ -31,6 +32,7 @@ pub mod hold;
 pub mod metrics;
 pub mod sink;
 pub mod status;
+pub mod warmup;
 pub mod window;
 pub mod worker;
 

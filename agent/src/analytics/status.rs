@@ -69,7 +69,9 @@ pub struct ModelView {
     pub kind: String,
     pub asset: String,
     pub artifact: String,
-    /// `loading`, `running` or `failed`.
+    /// `loading`, `running`, `warm-up` (running, but its window still holds warm-up rows:
+    /// the demo's simulated history; outputs shown here only, neither published nor
+    /// evented) or `failed`.
     pub state: String,
     /// Why it failed to load (the model is disabled; the others run).
     pub error: Option<String>,
@@ -79,6 +81,9 @@ pub struct ModelView {
     pub window: usize,
     /// Rows in the window now (inference starts when it is full).
     pub filled: usize,
+    /// Rows of the window that are warm-up rows, not live readings (the demo only; 0 on
+    /// a real plant). Each live row pushes one out.
+    pub warm_up_rows: usize,
     /// Why the last row could not be taken.
     pub last_gap: Option<String>,
     pub last_prediction: Option<PredictionView>,

@@ -45,6 +45,8 @@ pub struct Windower {
     window: usize,
     /// A reading older than this cannot go into a row.
     max_age: Duration,
+    /// How many of the oldest rows are warm-up rows (see [`super::warmup`]).
+    warm: usize,
 }
 
 /// A tag value as a number: numbers as they are, booleans as 0/1, text as nothing.
@@ -61,7 +63,14 @@ impl Windower {
     /// `names`: the inputs (`device/tag`) in model order.
     pub fn new(names: Vec<String>, window: usize, row_interval: Duration) -> Self {
         let latest = vec![None; names.len()];
-        Windower { names, latest, rows: VecDeque::new(), window: window.max(1), max_age: (row_interval * 3).max(Duration::from_secs(2)) }
+        Windower {
+            names,
+            latest,
+            rows: VecDeque::new(),
+            window: window.max(1),
+            max_age: (row_interval * 3).max(Duration::from_secs(2)),
+            warm: 0,
+        }
     }
 
     /// Records a reading of input `index`.
@@ -87,14 +96,35 @@ impl Windower {
             };
             if let Some(gap) = gap {
                 self.rows.clear();
+                self.warm = 0;
                 return Err(gap);
             }
         }
         self.rows.push_back(row);
+        self.trim();
+        Ok(())
+    }
+
+    /// Starts the window with warm-up rows (oldest first; rows of the wrong width are
+    /// left out, and only the newest `window` are kept). Live rows push them out one by one.
+    pub fn prefill(&mut self, rows: &[Vec<f32>]) {
+        self.rows.clear();
+        self.rows.extend(rows.iter().filter(|r| r.len() == self.names.len()).cloned());
+        self.warm = self.rows.len();
+        self.trim();
+    }
+
+    fn trim(&mut self) {
         while self.rows.len() > self.window {
             self.rows.pop_front();
+            self.warm = self.warm.saturating_sub(1);
         }
-        Ok(())
+        self.warm = self.warm.min(self.rows.len());
+    }
+
+    /// How many rows of the window are warm-up rows, not live ones.
+    pub fn warm_rows(&self) -> usize {
+        self.warm
     }
 
     /// The full window, oldest first; `None` until `window` rows in a row were taken.
@@ -150,5 +180,33 @@ mod tests {
         assert_eq!(numeric(&Some(Value::Text("x".into()))), None);
         assert_eq!(numeric(&Some(Value::Bool(true))), Some(1.0));
         assert_eq!(numeric(&Some(Value::Float(f64::NAN))), None);
+    }
+
+    #[test]
+    fn warm_up_rows_fill_the_window_and_live_rows_push_them_out_one_by_one() {
+        // Given a window of three rows started with four warm-up rows
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(100);
+        let mut w = Windower::new(vec!["plc/a".into()], 3, ms);
+        w.prefill(&[vec![-1.0], vec![0.0], vec![1.0], vec![2.0]]);
+
+        // Then the window is full at once with the newest three, all of them warm-up rows
+        assert_eq!(w.window(), Some(vec![vec![0.0], vec![1.0], vec![2.0]]));
+        assert_eq!(w.warm_rows(), 3);
+
+        // When live rows come, each pushes out the oldest warm-up row
+        for i in 0..3u32 {
+            let now = t0 + ms * i;
+            w.record(0, &Some(Value::Float(10.0 + i as f64)), &Quality::Good, now);
+            w.take_row(now).unwrap();
+            assert_eq!(w.warm_rows(), 2 - i as usize);
+        }
+        // Then the window holds live rows only
+        assert_eq!(w.window(), Some(vec![vec![10.0], vec![11.0], vec![12.0]]));
+
+        // And a gap right after a prefill drops the warm-up rows with the rest
+        w.prefill(&[vec![1.0], vec![2.0], vec![3.0]]);
+        assert_eq!(w.take_row(t0 + Duration::from_secs(60)), Err(Gap::Stale("plc/a".into())));
+        assert_eq!((w.filled(), w.warm_rows()), (0, 0));
     }
 }

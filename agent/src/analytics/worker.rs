@@ -19,6 +19,7 @@ use super::calendar::expand;
 use super::config::{CalendarConfig, ModelConfig, ANALYTICS_DEVICE, EMBEDDED_PREFIX};
 use super::detect::{AnomalyDetector, LabValue, QualityDetector, Raised, RulDetector};
 use super::status::{ModelCounters, ModelView, PredictionView};
+use super::warmup::WARM_UP_STATE;
 use super::window::{numeric, Windower};
 use crate::live::Live;
 use crate::store::StoredEventDraft;
@@ -145,6 +146,22 @@ impl Worker {
         let period = self.cfg.period();
         let mut next_row = Instant::now() + row_interval;
         let mut last_inference: Option<Instant> = None;
+        if let Some(warm_up) = &self.cfg.warm_up {
+            // The demo only: the window starts full of the simulated plant's recent past,
+            // so the first output is on the page now (marked as warm-up, never published).
+            windower.prefill(&warm_up.rows);
+            let warm = windower.warm_rows();
+            info!(model = %name, rows = warm, source = %warm_up.source, "window started with warm-up rows");
+            self.set_view(|v| {
+                v.filled = warm;
+                v.warm_up_rows = warm;
+            });
+            if let Some(rows) = windower.window() {
+                let now = Instant::now();
+                last_inference = Some(now);
+                self.infer(&model, &rows, &mut detector, now, warm);
+            }
+        }
         let mut last_lab_tag: Option<f64> = None;
         loop {
             match inbox.recv_timeout(next_row.saturating_duration_since(Instant::now())) {
@@ -179,18 +196,25 @@ impl Worker {
                     self.set_view(|v| {
                         v.filled = 0;
                         v.last_gap = Some(gap);
+                        end_warm_up(v);
                     });
                     continue;
                 }
             }
             let due = last_inference.is_none_or(|t| now.saturating_duration_since(t) + row_interval / 2 >= period);
             let Some(rows) = windower.window().filter(|_| due) else {
-                let filled = windower.filled();
-                self.set_view(|v| v.filled = filled);
+                let (filled, warm) = (windower.filled(), windower.warm_rows());
+                self.set_view(|v| {
+                    v.filled = filled;
+                    v.warm_up_rows = warm;
+                    if warm == 0 {
+                        end_warm_up(v);
+                    }
+                });
                 continue;
             };
             last_inference = Some(now);
-            self.infer(&model, &rows, &mut detector, now);
+            self.infer(&model, &rows, &mut detector, now, windower.warm_rows());
         }
         info!(model = %name, "model thread stopped");
     }
@@ -204,7 +228,9 @@ impl Worker {
         self.set_view(|v| v.lab = Some(view));
     }
 
-    fn infer(&self, model: &Model, rows: &[Vec<f32>], detector: &mut Detector, now: Instant) {
+    /// Runs the model on `rows`; `warm`: how many of them are warm-up rows (then the
+    /// output is shown on the page only: no detector, no event, no telemetry).
+    fn infer(&self, model: &Model, rows: &[Vec<f32>], detector: &mut Detector, now: Instant, warm: usize) {
         let started = Instant::now();
         let result = model.infer(rows);
         let micros = started.elapsed().as_micros() as u64;
@@ -224,18 +250,24 @@ impl Worker {
         };
         self.counters.inferences.fetch_add(1, Ordering::Relaxed);
         let wall = Utc::now();
+        if warm > 0 {
+            let view = self.warm_up_view(model, &prediction, detector, wall);
+            let counters = self.counters.view();
+            self.set_view(|v| {
+                v.last_prediction = Some(view);
+                v.filled = v.window;
+                v.warm_up_rows = warm;
+                v.state = WARM_UP_STATE.into();
+                v.last_gap = None;
+                v.counters = counters;
+            });
+            return;
+        }
         let version = model.manifest().version.clone();
         let name = &self.cfg.name;
         let (view, raised, telemetry) = match (&prediction, detector) {
             (Prediction::Anomaly { score, contributions }, Detector::Anomaly(d)) => {
-                // Contributions by the config's `device/tag`, in the manifest's order.
-                let by_tag: Vec<(String, f32)> = contributions
-                    .iter()
-                    .map(|(input, share)| {
-                        let i = model.manifest().inputs.iter().position(|x| x == input);
-                        (i.and_then(|i| self.cfg.inputs.get(i)).cloned().unwrap_or_else(|| input.clone()), *share)
-                    })
-                    .collect();
+                let by_tag = self.by_tag(model, contributions);
                 let raised = d.update(*score, &by_tag, now, wall);
                 let view = PredictionView { at: Some(wall), value: *score as f64, lower: None, upper: None, contributions: by_tag };
                 (view, raised, vec![(format!("{name}_score"), *score as f64), (format!("{name}_active"), f64::from(u8::from(d.active())))])
@@ -288,6 +320,7 @@ impl Worker {
             v.filled = v.window;
             v.last_gap = None;
             v.counters = counters;
+            end_warm_up(v);
             if raised.is_some() {
                 v.active = active;
             }
@@ -295,6 +328,42 @@ impl Worker {
         if let Some(r) = raised {
             self.raise(r, Some(&version));
         }
+    }
+
+    /// A prediction on a window that still holds warm-up rows, as the page shows it: the
+    /// quality model's lab bias applied, the detectors left untouched.
+    fn warm_up_view(&self, model: &Model, prediction: &Prediction, detector: &Detector, wall: chrono::DateTime<Utc>) -> PredictionView {
+        let bias = match detector {
+            Detector::Quality(q) => q.bias,
+            _ => 0.0,
+        };
+        match prediction {
+            Prediction::Anomaly { score, contributions } => PredictionView {
+                at: Some(wall),
+                value: *score as f64,
+                lower: None,
+                upper: None,
+                contributions: self.by_tag(model, contributions),
+            },
+            Prediction::Quality { value, lower, upper } | Prediction::Rul { value, lower, upper } => PredictionView {
+                at: Some(wall),
+                value: *value as f64 + bias,
+                lower: Some(*lower as f64 + bias),
+                upper: Some(*upper as f64 + bias),
+                contributions: vec![],
+            },
+        }
+    }
+
+    /// Anomaly contributions by the config's `device/tag`, in the manifest's order.
+    fn by_tag(&self, model: &Model, contributions: &[(String, f32)]) -> Vec<(String, f32)> {
+        contributions
+            .iter()
+            .map(|(input, share)| {
+                let i = model.manifest().inputs.iter().position(|x| x == input);
+                (i.and_then(|i| self.cfg.inputs.get(i)).cloned().unwrap_or_else(|| input.clone()), *share)
+            })
+            .collect()
     }
 
     fn view_active(&self) -> bool {
@@ -361,5 +430,13 @@ impl Worker {
                 f(v);
             }
         });
+    }
+}
+
+/// The window holds live rows only (or was emptied by a gap): the model is `running`.
+fn end_warm_up(v: &mut ModelView) {
+    v.warm_up_rows = 0;
+    if v.state == WARM_UP_STATE {
+        v.state = "running".into();
     }
 }

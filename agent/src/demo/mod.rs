@@ -6,7 +6,9 @@
 
 pub mod artifacts;
 pub mod broker;
+pub mod events;
 pub mod plant;
+pub mod warmup;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,14 +84,26 @@ fn speed_up(config: &mut Config, speed: f64) {
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    let config = demo_config(&opts)?;
-    let plant_addrs = plant::start(&config, opts.speed, &opts.faults).await?;
+    let mut config = demo_config(&opts)?;
+    let mut mills = plant::mills(&config);
+    // The models' windows start full of the mill's own recent past (marked as warm-up),
+    // so their outputs are on the page within seconds.
+    warmup::prepare(&mut config, opts.speed, &mut mills);
+    let plant_addrs = plant::start(mills, opts.speed, &opts.faults).await?;
     let broker_addr: SocketAddr =
         format!("{}:{}", config.mqtt.host, config.mqtt.port).parse().context("the demo broker needs an IP address in mqtt.host")?;
     broker::start(broker_addr, Duration::from_secs(5)).await?;
 
     let topic_filter = format!("{}/#", config.mqtt.prefix);
     let root = config.topic_root();
+    // Subscribed before the agent connects, so the console shows every event from the first.
+    let events_here = match events::print_from_start(broker_addr, format!("{root}/events")).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "the demo's console will not print the events");
+            false
+        }
+    };
     crate::runtime::run(config, crate::runtime::shutdown_signal(), move |started| {
         println!();
         println!("edge-agent demo is running: simulated sugar mill -> agent -> embedded MQTT broker");
@@ -105,6 +119,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         println!("  MQTT broker:                {broker_addr}   topics under {root}/");
         if let Some(web) = started.web {
             println!("  Status page:                http://{web}/");
+        }
+        if events_here {
+            println!("  Events:                     printed below as they happen (every one, from the start)");
         }
         println!("  Watch the MQTT stream:      edge-agent watch --port {}", broker_addr.port());
         println!(

@@ -12,18 +12,22 @@ use tracing::{error, info};
 
 use crate::config::Config;
 
-/// Starts one simulated mill per distinct device address; returns the addresses served.
-/// `speed`: plant seconds per wall-clock second; `faults`: injected into every mill, each
-/// after its wall-clock delay.
-pub async fn start(config: &Config, speed: f64, faults: &[(Fault, Duration)]) -> anyhow::Result<Vec<SocketAddr>> {
+/// One simulated mill per distinct device address of `config`, each with its own seed.
+pub fn mills(config: &Config) -> Vec<(SocketAddr, SugarMill)> {
     let addrs: BTreeSet<SocketAddr> = config.devices.iter().filter_map(|d| d.address.as_deref()?.parse().ok()).collect();
+    addrs.into_iter().enumerate().map(|(i, addr)| (addr, SugarMill::new(0x5EED + i as u64))).collect()
+}
+
+/// Serves each mill at its address, running from the state it is in; returns the
+/// addresses served. `speed`: plant seconds per wall-clock second; `faults`: injected into
+/// every mill, each after its wall-clock delay.
+pub async fn start(mills: Vec<(SocketAddr, SugarMill)>, speed: f64, faults: &[(Fault, Duration)]) -> anyhow::Result<Vec<SocketAddr>> {
     let cancel = CancellationToken::new(); // the plant lives as long as the demo process
     let mut served = Vec::new();
-    for (i, addr) in addrs.into_iter().enumerate() {
+    for (addr, mill) in mills {
         let (listener, local) = register_server::bind(addr)
             .await
             .with_context(|| format!("cannot start the simulated PLC on {addr} (is the port in use? try --modbus-port)"))?;
-        let mill = SugarMill::new(0x5EED + i as u64);
         let bank = sugar_mill::initial_bank(&mill).shared();
         let (fault_tx, fault_rx) = tokio::sync::mpsc::unbounded_channel();
         for &(fault, delay) in faults {
