@@ -11,5 +11,6 @@ pub mod agent;
 pub mod fault;
 pub mod log_sink;
 pub mod supervise;
+pub mod systemd;
 
 pub use agent::{run, shutdown_signal};

@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::DeviceConfig;
+use crate::heartbeat::Heartbeat;
 use crate::log_limit::LogLimit;
 use crate::modbus::breaker::{Breaker, Change};
 use crate::modbus::deadband::Deadbands;
@@ -100,6 +101,17 @@ pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport
 /// result to `reports` and executing the writes that arrive on each device's inbox.
 /// Returns when cancelled or when the receiving side is gone.
 pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Sender<DeviceReport>, cancel: CancellationToken) {
+    run_bus_beating(devices, reports, cancel, Heartbeat::new()).await;
+}
+
+/// [`run_bus`], beating `heartbeat` on every turn of its loops and promising its planned
+/// waits (the back-off after a failed connect, the next poll), for the agent's watchdog.
+pub async fn run_bus_beating(
+    devices: Vec<(DeviceConfig, WriteInbox)>,
+    reports: mpsc::Sender<DeviceReport>,
+    cancel: CancellationToken,
+    heartbeat: Heartbeat,
+) {
     let Some((first, _)) = devices.first() else { return };
     let link = match Link::of(first) {
         Ok(link) => link,
@@ -153,6 +165,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
         // Kept until a connection is made: a line that would not fall silent is drained
         // again on the next try.
         let drain = bus.drain.filter(|_| link.is_shared_line());
+        heartbeat.alive_until(Instant::now() + connect_limit);
         let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit, drain);
         tokio::pin!(connect);
         let outcome = loop {
@@ -171,7 +184,9 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
                         return;
                     }
                 }
-                let sleep = tokio::time::sleep(backoff.next_delay());
+                let delay = backoff.next_delay();
+                heartbeat.alive_until(Instant::now() + delay);
+                let sleep = tokio::time::sleep(delay);
                 tokio::pin!(sleep);
                 loop {
                     tokio::select! {
@@ -195,8 +210,10 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
 
         // 2. Poll and write until the connection fails.
         let reason = loop {
+            heartbeat.beat();
             let (at, job) = bus.next_job();
             let write = if at > Instant::now() {
+                heartbeat.alive_until(at);
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = sleep_until(at) => None,
