@@ -47,13 +47,21 @@ impl Drop for Killed {
     }
 }
 
-fn start_agent(config_path: &Path, log: &Path, env: &[(&str, &str)]) -> Killed {
+/// The real binary; with `journal`, its stderr (the log file) is announced as a journald
+/// stream (`JOURNAL_STREAM=<dev>:<ino>` of the log file), as systemd does.
+fn start_agent(config_path: &Path, log: &Path, env: &[(&str, &str)], journal: bool) -> Killed {
+    use std::os::unix::fs::MetadataExt;
     let out = std::fs::File::create(log).expect("create the agent log");
+    let meta = out.metadata().expect("stat the agent log");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
     cmd.arg("run").arg("--config").arg(config_path).env("EDGE_AGENT_LOG", "info").stdout(Stdio::null()).stderr(out);
     cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID").env_remove("JOURNAL_STREAM");
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    if journal {
+        cmd.env("JOURNAL_STREAM", &stream);
     }
     Killed(cmd.spawn().expect("start edge-agent"))
 }
@@ -111,6 +119,7 @@ async fn the_agent_tells_its_service_manager_ready_status_watchdog_pings_and_sto
         &cfg,
         &log,
         &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")],
+        false,
     );
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut got = Vec::new();
@@ -155,7 +164,7 @@ async fn sighup_rereads_the_config_file_and_a_broken_one_is_refused_while_the_ag
     let data = dir.path().join("data");
     std::fs::write(&cfg, config(&data, broker.port, plc, web, COUNTER)).unwrap();
     let log = dir.path().join("agent.log");
-    let agent = start_agent(&cfg, &log, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())]);
+    let agent = start_agent(&cfg, &log, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())], true);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut got = Vec::new();
     assert!(read_until(&socket, &mut got, Duration::from_secs(20), |m| m.contains("READY=1")).await, "{got:?}\n{}", log_text());
@@ -176,11 +185,13 @@ async fn sighup_rereads_the_config_file_and_a_broken_one_is_refused_while_the_ag
     // When the file is broken and SIGHUP arrives
     std::fs::write(&cfg, "[gateway]\nid = \n").unwrap();
     signal(&agent.0, "HUP");
-    // Then the refusal is logged with the report, and the agent keeps running and publishing
+    // Then the refusal is logged with the report, as an error for journald (`<3>`, no
+    // timestamp), and the agent keeps running and publishing
     wait_for("the refusal in the log", Duration::from_secs(10), || {
-        log_text().contains("SIGHUP: the config was not reloaded; the agent keeps running with the old one").then_some(())
+        log_text().lines().any(|l| l.starts_with("<3>SIGHUP: the config was not reloaded; the agent keeps running with the old one")).then_some(())
     })
     .await;
+    assert!(log_text().lines().any(|l| l.starts_with("<6>agent running")), "{}", log_text());
     let before = erp.batch_seqs().into_iter().max().unwrap_or(0);
     wait_for("new batches after the refused reload", Duration::from_secs(20), || {
         (erp.batch_seqs().into_iter().max().unwrap_or(0) >= before + 3).then_some(())

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod fault;
+pub mod journal;
 pub mod log_sink;
 pub mod supervise;
 pub mod systemd;
