@@ -5,10 +5,10 @@
 
 mod support;
 
-use tokio::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use tokio::net::UnixDatagram;
 
 use support::agent::config;
 use support::broker::Mosquitto;
@@ -115,18 +115,14 @@ async fn the_agent_tells_its_service_manager_ready_status_watchdog_pings_and_sto
     std::fs::write(&cfg, config(&dir.path().join("data"), broker.port, plc, web, COUNTER)).unwrap();
     let log = dir.path().join("agent.log");
     // When the agent starts with NOTIFY_SOCKET and a 2 s watchdog
-    let agent = start_agent(
-        &cfg,
-        &log,
-        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")],
-        false,
-    );
+    let agent = start_agent(&cfg, &log, &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")], false);
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut got = Vec::new();
 
     // Then READY=1 arrives, and a STATUS= line with the verdict
     assert!(read_until(&socket, &mut got, Duration::from_secs(20), |m| m.contains("READY=1")).await, "{got:?}\n{}", log_text());
-    let status = |m: &str| m.lines().any(|l| ["ok", "attention", "degraded", "fault"].iter().any(|s| l.starts_with(&format!("STATUS={s}"))));
+    let status =
+        |m: &str| m.lines().any(|l| ["ok", "attention", "degraded", "fault"].iter().any(|s| l.starts_with(&format!("STATUS={s}"))));
     assert!(read_until(&socket, &mut got, Duration::from_secs(10), status).await, "{got:?}");
     support::wait_listening(loopback(web), Duration::from_secs(10)).await;
     // And WATCHDOG=1 pings keep coming while every loop beats (at least 3 within 4 s: every
@@ -188,7 +184,10 @@ async fn sighup_rereads_the_config_file_and_a_broken_one_is_refused_while_the_ag
     // Then the refusal is logged with the report, as an error for journald (`<3>`, no
     // timestamp), and the agent keeps running and publishing
     wait_for("the refusal in the log", Duration::from_secs(10), || {
-        log_text().lines().any(|l| l.starts_with("<3>SIGHUP: the config was not reloaded; the agent keeps running with the old one")).then_some(())
+        log_text()
+            .lines()
+            .any(|l| l.starts_with("<3>SIGHUP: the config was not reloaded; the agent keeps running with the old one"))
+            .then_some(())
     })
     .await;
     assert!(log_text().lines().any(|l| l.starts_with("<6>agent running")), "{}", log_text());

@@ -147,11 +147,14 @@ pub fn spawn_status(notifier: Notifier, live: Live, cancel: CancellationToken) -
 /// while the agent stops (an orderly stop is bounded by `gateway.shutdown_timeout`).
 #[derive(Clone, Default)]
 pub struct Watched {
-    inner: Arc<Mutex<Option<(Live, Vec<(String, Heartbeat)>)>>>,
+    inner: Arc<Mutex<Option<(Live, Loops)>>>,
 }
 
+/// Each watched loop's heartbeat, by task name.
+pub type Loops = Vec<(String, Heartbeat)>;
+
 impl Watched {
-    pub fn set(&self, live: Live, loops: Vec<(String, Heartbeat)>) {
+    pub fn set(&self, live: Live, loops: Loops) {
         *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = Some((live, loops));
     }
 

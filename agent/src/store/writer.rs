@@ -320,7 +320,14 @@ mod tests {
         let outbox = Outbox::open(dir.path()).unwrap();
         let config = StoreConfig { max_bytes: ByteSize::kib(64), compact_above: Some(ByteSize::kib(128)), ..StoreConfig::default() };
         let live = Live::new(GatewayView::default(), &[]);
-        let writer = Writer { outbox: outbox.clone(), gateway: "gw".into(), config, live: live.clone(), stored: Arc::default(), heartbeat: Default::default() };
+        let writer = Writer {
+            outbox: outbox.clone(),
+            gateway: "gw".into(),
+            config,
+            live: live.clone(),
+            stored: Arc::default(),
+            heartbeat: Default::default(),
+        };
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));
         // When three batches' worth of samples (about 240 KB of records) are written

@@ -153,12 +153,7 @@ impl Uplink {
     /// [`Uplink::run_with_commands`], beating `heartbeat` on every turn of its loop and
     /// promising its planned waits (settings retry, start delay, reconnect delay), for the
     /// agent's watchdog.
-    pub async fn run_beating(
-        self,
-        mut shutdown: UplinkShutdown,
-        commands: Option<mpsc::Sender<InboundCommand>>,
-        heartbeat: Heartbeat,
-    ) {
+    pub async fn run_beating(self, mut shutdown: UplinkShutdown, commands: Option<mpsc::Sender<InboundCommand>>, heartbeat: Heartbeat) {
         // However this task ends (a panic included), the page must not go on saying
         // "connected": the connection went with the task.
         let _disconnected = MarkDisconnected(self.live.clone());
