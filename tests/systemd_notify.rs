@@ -201,3 +201,55 @@ async fn sighup_rereads_the_config_file_and_a_broken_one_is_refused_while_the_ag
     assert_eq!(http_get(web, "/readyz").await, "ready");
     cancel.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_uplink_loop_stops_the_watchdog_pings_and_the_verdict_says_why() {
+    // Given an agent with a 2 s watchdog whose uplink task hangs 1 s after it starts
+    // (EDGE_AGENT_TEST_HANG, debug builds only: never polled again, never ended)
+    let cancel = CancellationToken::new();
+    let plc = support::plc::counting_plc(&cancel, &[0, 7], Duration::from_millis(50)).await;
+    let broker = Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let (cfg, web) = (dir.path().join("agent.toml"), free_port());
+    std::fs::write(&cfg, config(&dir.path().join("data"), broker.port, plc, web, COUNTER)).unwrap();
+    let log = dir.path().join("agent.log");
+    let _agent = start_agent(
+        &cfg,
+        &log,
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000"), ("EDGE_AGENT_TEST_HANG", "uplink@1000")],
+        false,
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut got = Vec::new();
+    assert!(read_until(&socket, &mut got, Duration::from_secs(20), |m| m.contains("READY=1")).await, "{got:?}\n{}", log_text());
+    // Pings come while the uplink still beats
+    assert!(read_until(&socket, &mut got, Duration::from_secs(5), |m| m.trim() == "WATCHDOG=1").await, "{got:?}");
+
+    // When the uplink has been silent past its allowance (15 s, confirmed on a second check)
+    wait_for("the hang in the log", Duration::from_secs(40), || {
+        log_text().contains("task looks hung (no progress): the systemd watchdog is no longer fed").then_some(())
+    })
+    .await;
+    // Then, once what was queued before is read, no WATCHDOG=1 arrives any more (3 s:
+    // three periods of the pinger)
+    while read_until(&socket, &mut got, Duration::from_millis(100), |_| true).await {}
+    let start = got.len();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        read_until(&socket, &mut got, deadline.saturating_duration_since(Instant::now()), |_| false).await;
+    }
+    let pings = got[start..].iter().filter(|m| m.trim() == "WATCHDOG=1").count();
+    assert_eq!(pings, 0, "{got:?}");
+    // And the register and the verdict name the uplink as hung, and the log line too
+    let st: serde_json::Value = serde_json::from_str(&http_get(web, "/api/status").await).unwrap();
+    assert!(st["tasks"]["uplink"]["hung_for_s"].as_u64().is_some_and(|s| s >= 15), "{st}");
+    let health = &st["health"];
+    assert_eq!(health["state"], "fault", "{health}");
+    assert!(health["reasons"].as_array().unwrap().iter().any(|r| r["code"] == "task_hung" && r["subject"] == "uplink"), "{health}");
+    assert!(log_text().lines().any(|l| l.contains("task looks hung") && l.contains("uplink")), "{}", log_text());
+    // And the STATUS= line sent to systemd says so
+    assert!(got.iter().any(|m| m.starts_with("STATUS=fault") && m.contains("uplink makes no progress")), "{got:?}");
+    cancel.cancel();
+}
