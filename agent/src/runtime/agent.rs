@@ -203,7 +203,7 @@ async fn run_once(
     let mut drivers = Vec::new();
     let mut writers = HashMap::new();
     // The loops the systemd watchdog watches, by task name.
-    let mut loops: Vec<(String, Heartbeat)> = Vec::new();
+    let mut loops: systemd::Loops = Vec::new();
     // Devices sharing a serial bus or a converter share one connection and one task.
     for bus in group_by_bus(&config.devices) {
         let mut members = Vec::new();
@@ -215,7 +215,7 @@ async fn run_once(
         let names: Vec<String> = members.iter().map(|(d, _)| d.name.clone()).collect();
         let (tx, cancel, lv) = (drivers_tx.clone(), driver_cancel.clone(), live.clone());
         let (task, beat) = (format!("driver {}", names.join(", ")), Heartbeat::new());
-        loops.push((task.clone(), beat.clone()));
+        loops.push((task.clone(), beat.clone(), Duration::ZERO));
         drivers.push(supervise(task, false, register.clone(), driver_cancel.clone(), move || {
             let (members, tx, cancel, beat) = (members.clone(), tx.clone(), cancel.clone(), beat.clone());
             let down = DevicesDown(lv.clone(), names.clone());
@@ -233,7 +233,7 @@ async fn run_once(
         let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
         let (device, tx, cancel, lv) = (device.clone(), drivers_tx.clone(), driver_cancel.clone(), live.clone());
         let (task, beat) = (format!("driver {}", device.name), Heartbeat::new());
-        loops.push((task.clone(), beat.clone()));
+        loops.push((task.clone(), beat.clone(), Duration::ZERO));
         drivers.push(supervise(task, false, register.clone(), driver_cancel.clone(), move || {
             let (device, pki, tx, cancel, inbox) = (device.clone(), pki.clone(), tx.clone(), cancel.clone(), inbox.clone());
             let down = DevicesDown(lv.clone(), vec![device.name.clone()]);
@@ -274,7 +274,8 @@ async fn run_once(
         stored: stored.clone(),
         heartbeat: Heartbeat::new(),
     };
-    loops.push(("store-writer".into(), writer.heartbeat.clone()));
+    // With no reading coming, the writer's loop turns once per flush interval.
+    loops.push(("store-writer".into(), writer.heartbeat.clone(), config.store.flush_interval));
     let mut writer = watch_once(once("store-writer"), writer.run(reports_rx), |_| None);
 
     // Uplink → command handler → drivers; a good `reload` comes back on `restart_rx`.
@@ -308,7 +309,7 @@ async fn run_once(
     // A restarted uplink starts a new MQTT session; the outbox holds what is unpublished.
     let (uplink_stop, uplink_stop_rx) = watch::channel(None);
     let (cfg, ob, lv, beat) = (config.clone(), outbox.clone(), live.clone(), Heartbeat::new());
-    loops.push(("uplink".into(), beat.clone()));
+    loops.push(("uplink".into(), beat.clone(), Duration::ZERO));
     let mut uplink = supervise("uplink".into(), true, register.clone(), stopping.clone(), move || {
         let uplink = Uplink { config: cfg.clone(), outbox: ob.clone(), live: lv.clone(), stored: stored.clone() };
         let (stop, commands, beat) = (uplink_stop_rx.clone(), Some(commands_tx.clone()), beat.clone());

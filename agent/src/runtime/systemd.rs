@@ -150,8 +150,10 @@ pub struct Watched {
     inner: Arc<Mutex<Option<(Live, Loops)>>>,
 }
 
-/// Each watched loop's heartbeat, by task name.
-pub type Loops = Vec<(String, Heartbeat)>;
+/// Each watched loop's heartbeat, by task name, with its own slack on top of the common
+/// allowance: the longest wait it takes on purpose without promising it (the store
+/// writer's `store.flush_interval` tick when no reading comes).
+pub type Loops = Vec<(String, Heartbeat, Duration)>;
 
 impl Watched {
     pub fn set(&self, live: Live, loops: Loops) {
@@ -162,7 +164,7 @@ impl Watched {
         *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// The running loops silent for more than `allowance` at `now`, with how long. A task
+    /// The running loops silent for more than `allowance` (and their slack) at `now`, with how long. A task
     /// the register does not show running (waiting for its restart, stopped) is the
     /// supervisor's business, not a hang.
     fn overdue(&self, now: Instant, allowance: Duration) -> (Option<Live>, Vec<(String, Duration)>) {
@@ -171,9 +173,10 @@ impl Watched {
         let tasks = live.snapshot().tasks;
         let overdue = loops
             .iter()
-            .filter(|(name, _)| tasks.get(name).is_some_and(|t| t.state == TaskState::Running))
-            .map(|(name, hb)| (name.clone(), hb.overdue(now)))
-            .filter(|(_, d)| *d > allowance)
+            .filter(|(name, _, _)| tasks.get(name).is_some_and(|t| t.state == TaskState::Running))
+            .map(|(name, hb, slack)| (name.clone(), hb.overdue(now), *slack))
+            .filter(|(_, d, slack)| *d > allowance + *slack)
+            .map(|(name, d, _)| (name, d))
             .collect();
         (Some(live.clone()), overdue)
     }

@@ -233,6 +233,7 @@ pub async fn run_bus_beating(
                     Err(reason) => break reason,
                 }
             }
+            heartbeat.alive_until(Instant::now() + bus.budget(job));
             let outcome = tokio::select! {
                 () = cancel.cancelled() => return,
                 o = bus.run(&mut ctx, job) => o,
@@ -356,6 +357,17 @@ impl Bus {
         }
         // A device always has a group (validation requires a tag); stay total anyway.
         best.unwrap_or((Instant::now() + Duration::from_secs(3600), Job::Probe { unit: 0 }))
+    }
+
+    /// The longest `job` can take on a slow but working device: every request of it at
+    /// the device's timeout (the watchdog does not take that for a hang).
+    fn budget(&self, job: Job) -> Duration {
+        let (unit, requests) = match job {
+            Job::Poll { unit, group } => (unit, self.units.get(unit).and_then(|u| u.groups.get(group)).map_or(1, |g| g.plan.len())),
+            Job::Probe { unit } => (unit, 1),
+        };
+        let timeout = self.units.get(unit).map_or(Duration::from_secs(1), |u| u.cfg.timeout);
+        (timeout + self.frame_gap.unwrap_or_default()).saturating_mul(u32::try_from(requests).unwrap_or(u32::MAX))
     }
 
     async fn run(&mut self, ctx: &mut Context, job: Job) -> Outcome {
