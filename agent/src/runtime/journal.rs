@@ -50,9 +50,15 @@ where
     N: for<'a> FormatFields<'a> + 'static,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        write!(writer, "<{}>", priority(event.metadata().level()))?;
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
-        writeln!(writer)
+        let mut text = String::new();
+        ctx.field_format().format_fields(Writer::new(&mut text), event)?;
+        // journald takes each line of the stream as an entry of its own: a multi-line
+        // message (a config report) keeps its priority on every line.
+        let p = priority(event.metadata().level());
+        for line in text.lines() {
+            writeln!(writer, "<{p}>{line}")?;
+        }
+        Ok(())
     }
 }
 
@@ -89,9 +95,10 @@ mod tests {
             tracing::warn!(device = "plc1", "cannot connect");
             tracing::info!("agent running");
             tracing::debug!(delay = 3, "reconnect delay");
+            tracing::error!("config refused:\nline 2: missing value");
         });
         // Then each line starts with its priority (err 3, warning 4, info 6, debug 7) and
-        // holds the message and its fields only
+        // holds the message and its fields only; a second line of a message keeps the priority
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text.lines().collect::<Vec<_>>(),
@@ -100,6 +107,8 @@ mod tests {
                 "<4>cannot connect device=\"plc1\"",
                 "<6>agent running",
                 "<7>reconnect delay delay=3",
+                "<3>config refused:",
+                "<3>line 2: missing value",
             ]
         );
     }
