@@ -82,6 +82,7 @@ pub async fn run_device_beating(
     out.stats.warnings = standing_warnings(&ua, &pki);
     let (ua2, pki2, t) = (ua.clone(), pki.clone(), device.timeout);
     // Creating the client creates the agent's key pair on first run: seconds of CPU.
+    out.heartbeat.alive_until(Instant::now() + Duration::from_secs(60));
     let mut client = match tokio::task::spawn_blocking(move || build_client(&ua2, &pki2, t)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -105,7 +106,8 @@ pub async fn run_device_beating(
     let mut had_session = false;
     loop {
         generation += 1;
-        out.heartbeat.alive_until(Instant::now() + ua.connect_timeout);
+        // The endpoint's gate may first wait for another device's attempt on the same server.
+        out.heartbeat.alive_until(Instant::now() + ua.connect_timeout * 2);
         let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
         match attempt {
             None => return,
