@@ -214,6 +214,7 @@ enabled = false
         config: config.store.clone(),
         live: live.clone(),
         stored: stored.clone(),
+        heartbeat: Default::default(),
     };
     let writer = tokio::spawn(writer.run(rx));
     let (stop_tx, stop_rx) = watch::channel(None);

@@ -14,8 +14,10 @@
 //!   not connected, a model is not loaded, the store is nearly full, a task restarted lately
 //!   or a non-core task (a driver, the status page) is down.
 //! - **fault**: data is being lost or nothing gets through: a core task is down (store
-//!   writer, sample feed, model event sink, uplink, command handler) or the store cannot be
-//!   written. `/readyz` fails exactly then ([`Health::ready`]).
+//!   writer, sample feed, model event sink, uplink, command handler), a watched loop is
+//!   hung (the systemd watchdog restarts the agent), or the store cannot be written.
+//!   `/readyz` fails while a core task is down or the store cannot be written
+//!   ([`Health::ready`]).
 //!
 //! The operator page's OK / DEGRADED / FAULT overview maps `attention` to OK for the
 //! gateway and shows the anomaly in the process view.
@@ -70,6 +72,9 @@ pub enum ReasonCode {
     TaskDown,
     /// A task ended unexpectedly and was restarted within the last 5 minutes.
     TaskRestarted,
+    /// A task runs but its loop makes no progress: the systemd watchdog is no longer fed,
+    /// so systemd restarts the agent.
+    TaskHung,
     /// The store cannot be written: readings are held in memory, then dropped.
     StoreUnwritable,
     /// The store holds 90 % or more of `store.max_bytes`: the oldest telemetry goes next.
@@ -91,9 +96,10 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 11] = [
+    pub const ALL: [ReasonCode; 12] = [
         ReasonCode::TaskDown,
         ReasonCode::TaskRestarted,
+        ReasonCode::TaskHung,
         ReasonCode::StoreUnwritable,
         ReasonCode::StoreNearlyFull,
         ReasonCode::UplinkDown,
@@ -110,6 +116,7 @@ impl ReasonCode {
         match self {
             ReasonCode::TaskDown => "task_down",
             ReasonCode::TaskRestarted => "task_restarted",
+            ReasonCode::TaskHung => "task_hung",
             ReasonCode::StoreUnwritable => "store_unwritable",
             ReasonCode::StoreNearlyFull => "store_nearly_full",
             ReasonCode::UplinkDown => "uplink_down",
@@ -178,6 +185,14 @@ fn tasks(s: &Snapshot, now: DateTime<Utc>, out: &mut Vec<Reason>) {
         let cause = t.last_exit.as_deref().unwrap_or("no cause known");
         let message = match t.state {
             TaskState::Running | TaskState::Finished => {
+                if let Some(silent) = t.hung_for_s {
+                    out.push(reason(
+                        ReasonCode::TaskHung,
+                        HealthState::Fault,
+                        Some(name),
+                        format!("task {name} makes no progress ({silent} s without a sign of life); systemd restarts the agent"),
+                    ));
+                }
                 if let Some(at) = t.last_exit_at.filter(|at| (now - *at).num_seconds() < RECENT_RESTART_S) {
                     out.push(reason(
                         ReasonCode::TaskRestarted,

@@ -68,6 +68,9 @@ pub struct TaskView {
     /// Why it last ended unexpectedly (the panic message or the error).
     pub last_exit: Option<String>,
     pub last_exit_at: Option<DateTime<Utc>>,
+    /// Set while the task runs but its loop shows no progress (seconds since it last did):
+    /// the systemd watchdog is no longer fed, and systemd restarts the agent.
+    pub hung_for_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

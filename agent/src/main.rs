@@ -71,12 +71,24 @@ fn init_logging() {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     use tracing_subscriber::Layer as _;
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(runtime::log_sink::Stderr)
-        .log_internal_errors(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_filter(runtime::log_sink::LibraryLimit::default());
-    tracing_subscriber::registry().with(filter).with(layer).init();
+    // Under systemd, stderr is journald's: `<N>` priorities and no timestamp (runtime::journal).
+    let journal = runtime::journal::stderr_is_journal();
+    let journal_layer = journal.then(|| {
+        tracing_subscriber::fmt::layer()
+            .event_format(runtime::journal::JournalFormat)
+            .with_writer(runtime::log_sink::Stderr)
+            .log_internal_errors(false)
+            .with_ansi(false)
+            .with_filter(runtime::log_sink::LibraryLimit::default())
+    });
+    let plain_layer = (!journal).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(runtime::log_sink::Stderr)
+            .log_internal_errors(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_filter(runtime::log_sink::LibraryLimit::default())
+    });
+    tracing_subscriber::registry().with(filter).with(journal_layer).with(plain_layer).init();
 }
 
 fn main() -> ExitCode {

@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod heartbeat;
 pub mod log_limit;
 pub mod modbus;
 pub mod opcua;

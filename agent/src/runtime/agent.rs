@@ -27,9 +27,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use edge_drivers::modbus::{group_by_bus, run_bus, write_channel};
+use edge_drivers::heartbeat::Heartbeat;
+use edge_drivers::modbus::{group_by_bus, run_bus_beating, write_channel};
 use edge_drivers::DeviceReport;
 use tokio::net::TcpListener;
+use tokio::signal::unix::Signal;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
@@ -37,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use super::supervise::{supervise, watch_once, Once, Register};
+use super::systemd::{self, Note, Notifier, Watched};
 use crate::analytics::Analytics;
 use crate::commands::{Handler, InboundCommand};
 use crate::config::Config;
@@ -69,12 +72,47 @@ pub async fn run_with_file(
 ) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let mut on_started = Some(on_started);
+    // systemd (`Type=notify`): no-ops unless started by it. The watchdog outlives reloads.
+    let sd = Sd { notifier: Notifier::from_env(), watched: Watched::default() };
+    let watchdog = systemd::spawn_watchdog(sd.notifier.clone(), sd.watched.clone(), sd_notify::watchdog_enabled());
+    // `systemctl reload` (SIGHUP) re-reads the file, as the `reload` command does.
+    let mut hangup = match &config_file {
+        Some(_) => match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!(error = %e, "cannot install the SIGHUP handler: `systemctl reload` will not work (the `reload` command does)");
+                None
+            }
+        },
+        None => None,
+    };
+    let result = run_loop(&mut config, config_file, shutdown.as_mut(), &mut on_started, &sd, &mut hangup).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    result
+}
+
+/// systemd's notifier and the loops its watchdog watches.
+struct Sd {
+    notifier: Notifier,
+    watched: Watched,
+}
+
+async fn run_loop(
+    config: &mut Config,
+    config_file: Option<PathBuf>,
+    mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    on_started: &mut Option<impl FnOnce(Started)>,
+    sd: &Sd,
+    hangup: &mut Option<Signal>,
+) -> anyhow::Result<()> {
     // sled lets one handle open a store: keep it across reloads (unless data_dir moves).
     let mut store: Option<(PathBuf, Outbox)> = None;
     loop {
         let outbox = match store.take() {
             Some((dir, outbox)) if dir == config.gateway.data_dir => outbox,
-            _ => open_store(&config).await?,
+            _ => open_store(config).await?,
         };
         store = Some((config.gateway.data_dir.clone(), outbox.clone()));
         let started = |s: Started| {
@@ -82,12 +120,12 @@ pub async fn run_with_file(
                 f(s);
             }
         };
-        match run_once(&config, outbox, config_file.clone(), shutdown.as_mut(), started).await? {
+        match run_once(config, outbox, config_file.clone(), shutdown.as_mut(), started, sd, hangup).await? {
             Stop::Shutdown => return Ok(()),
             Stop::Fatal(cause) => anyhow::bail!("{cause}; the agent stopped so that systemd restarts it"),
             Stop::Reload(new) => {
                 info!("restarting with the reloaded config");
-                config = *new;
+                *config = *new;
             }
         }
     }
@@ -126,6 +164,8 @@ async fn run_once(
     config_file: Option<PathBuf>,
     mut shutdown: Pin<&mut impl Future<Output = ()>>,
     on_started: impl FnOnce(Started),
+    sd: &Sd,
+    hangup: &mut Option<Signal>,
 ) -> anyhow::Result<Stop> {
     let live = Live::new(
         GatewayView {
@@ -162,6 +202,8 @@ async fn run_once(
     let driver_cancel = CancellationToken::new();
     let mut drivers = Vec::new();
     let mut writers = HashMap::new();
+    // The loops the systemd watchdog watches, by task name.
+    let mut loops: systemd::Loops = Vec::new();
     // Devices sharing a serial bus or a converter share one connection and one task.
     for bus in group_by_bus(&config.devices) {
         let mut members = Vec::new();
@@ -172,12 +214,14 @@ async fn run_once(
         }
         let names: Vec<String> = members.iter().map(|(d, _)| d.name.clone()).collect();
         let (tx, cancel, lv) = (drivers_tx.clone(), driver_cancel.clone(), live.clone());
-        drivers.push(supervise(format!("driver {}", names.join(", ")), false, register.clone(), driver_cancel.clone(), move || {
-            let (members, tx, cancel) = (members.clone(), tx.clone(), cancel.clone());
+        let (task, beat) = (format!("driver {}", names.join(", ")), Heartbeat::new());
+        loops.push((task.clone(), beat.clone(), Duration::ZERO));
+        drivers.push(supervise(task, false, register.clone(), driver_cancel.clone(), move || {
+            let (members, tx, cancel, beat) = (members.clone(), tx.clone(), cancel.clone(), beat.clone());
             let down = DevicesDown(lv.clone(), names.clone());
             async move {
                 let _down = down;
-                run_bus(members, tx, cancel).await;
+                run_bus_beating(members, tx, cancel, beat).await;
                 Ok(())
             }
         }));
@@ -188,12 +232,15 @@ async fn run_once(
         writers.insert(device.name.clone(), write_tx);
         let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
         let (device, tx, cancel, lv) = (device.clone(), drivers_tx.clone(), driver_cancel.clone(), live.clone());
-        drivers.push(supervise(format!("driver {}", device.name), false, register.clone(), driver_cancel.clone(), move || {
+        let (task, beat) = (format!("driver {}", device.name), Heartbeat::new());
+        loops.push((task.clone(), beat.clone(), Duration::ZERO));
+        drivers.push(supervise(task, false, register.clone(), driver_cancel.clone(), move || {
             let (device, pki, tx, cancel, inbox) = (device.clone(), pki.clone(), tx.clone(), cancel.clone(), inbox.clone());
             let down = DevicesDown(lv.clone(), vec![device.name.clone()]);
+            let beat = beat.clone();
             async move {
                 let _down = down;
-                edge_drivers::opcua::run_device(device, pki, tx, inbox, cancel).await;
+                edge_drivers::opcua::run_device_beating(device, pki, tx, inbox, cancel, beat).await;
                 Ok(())
             }
         }));
@@ -225,7 +272,10 @@ async fn run_once(
         config: config.store.clone(),
         live: live.clone(),
         stored: stored.clone(),
+        heartbeat: Heartbeat::new(),
     };
+    // With no reading coming, the writer's loop turns once per flush interval.
+    loops.push(("store-writer".into(), writer.heartbeat.clone(), config.store.flush_interval));
     let mut writer = watch_once(once("store-writer"), writer.run(reports_rx), |_| None);
 
     // Uplink → command handler → drivers; a good `reload` comes back on `restart_rx`.
@@ -233,7 +283,7 @@ async fn run_once(
     let (restart_tx, mut restart_rx) = mpsc::channel(1);
     let handler = Handler {
         config: Arc::new(config.clone()),
-        config_file,
+        config_file: config_file.clone(),
         outbox: outbox.clone(),
         live: live.clone(),
         writers,
@@ -258,25 +308,45 @@ async fn run_once(
 
     // A restarted uplink starts a new MQTT session; the outbox holds what is unpublished.
     let (uplink_stop, uplink_stop_rx) = watch::channel(None);
-    let (cfg, ob, lv) = (config.clone(), outbox.clone(), live.clone());
+    let (cfg, ob, lv, beat) = (config.clone(), outbox.clone(), live.clone(), Heartbeat::new());
+    loops.push(("uplink".into(), beat.clone(), Duration::ZERO));
     let mut uplink = supervise("uplink".into(), true, register.clone(), stopping.clone(), move || {
         let uplink = Uplink { config: cfg.clone(), outbox: ob.clone(), live: lv.clone(), stored: stored.clone() };
-        let (stop, commands) = (uplink_stop_rx.clone(), Some(commands_tx.clone()));
+        let (stop, commands, beat) = (uplink_stop_rx.clone(), Some(commands_tx.clone()), beat.clone());
         async move {
-            uplink.run_with_commands(stop, commands).await;
+            uplink.run_beating(stop, commands, beat).await;
             Ok(())
         }
     });
 
     info!(gateway = %config.gateway.id, devices = config.devices.len(), broker = %format!("{}:{}", config.mqtt.host, config.mqtt.port), "agent running");
     on_started(Started { web: web.as_ref().map(|(addr, _)| *addr) });
+    sd.watched.set(live.clone(), loops);
+    sd.notifier.notify(Note::Ready);
+    let status_cancel = CancellationToken::new();
+    let status = systemd::spawn_status(sd.notifier.clone(), live.clone(), status_cancel.clone());
 
-    let stop = tokio::select! {
-        () = &mut shutdown => Stop::Shutdown,
-        Some(new) = restart_rx.recv() => Stop::Reload(new),
-        Some(cause) = fatal_rx.recv() => Stop::Fatal(cause),
+    let stop = loop {
+        tokio::select! {
+            () = &mut shutdown => break Stop::Shutdown,
+            Some(new) = restart_rx.recv() => break Stop::Reload(new),
+            Some(cause) = fatal_rx.recv() => break Stop::Fatal(cause),
+            Some(()) = next_hangup(hangup) => {
+                if let Some(path) = &config_file {
+                    if let Some(new) = reread(path).await {
+                        break Stop::Reload(Box::new(new));
+                    }
+                }
+            }
+        }
     };
     stopping.cancel();
+    // An orderly stop is bounded by the shutdown timeout: the watchdog is fed meanwhile.
+    sd.watched.clear();
+    sd.notifier.notify(match stop {
+        Stop::Reload(_) => Note::Reloading,
+        Stop::Shutdown | Stop::Fatal(_) => Note::Stopping,
+    });
     let deadline = Instant::now() + config.gateway.shutdown_timeout;
     match &stop {
         Stop::Shutdown => info!(timeout = ?config.gateway.shutdown_timeout, "shutting down"),
@@ -339,6 +409,10 @@ async fn run_once(
             task.abort();
         }
     }
+    status_cancel.cancel();
+    if let Some(task) = status {
+        let _ = task.await;
+    }
     if let Err(e) = outbox.flush().await {
         error!(error = %e, "final store flush failed");
     }
@@ -397,6 +471,43 @@ async fn bind_web(listen: &str) -> std::io::Result<TcpListener> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             other => return other,
+        }
+    }
+}
+
+/// The next SIGHUP; never, without a handler.
+async fn next_hangup(hangup: &mut Option<Signal>) -> Option<()> {
+    match hangup {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How long reading the config file again may take (as for the `reload` command).
+const REREAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SIGHUP: reads and checks the config file again, as the `reload` command does. A good
+/// config comes back for the restart; a bad one is refused, logged with its report, and the
+/// running config kept.
+async fn reread(path: &std::path::Path) -> Option<Config> {
+    info!(file = %path.display(), "SIGHUP received: reading the config again");
+    let p = path.to_path_buf();
+    match tokio::time::timeout(REREAD_TIMEOUT, tokio::task::spawn_blocking(move || crate::config::load_file(&p))).await {
+        Ok(Ok(Ok(config))) => {
+            info!(devices = config.devices.len(), "SIGHUP: the config is valid; the agent restarts with it now");
+            Some(config)
+        }
+        Ok(Ok(Err(report))) => {
+            error!(file = %path.display(), report = %report.to_string().trim_end(), "SIGHUP: the config was not reloaded; the agent keeps running with the old one");
+            None
+        }
+        Ok(Err(join)) => {
+            error!(error = %join, "SIGHUP: reading the config failed; the agent keeps running with the old one");
+            None
+        }
+        Err(_) => {
+            error!(file = %path.display(), timeout = ?REREAD_TIMEOUT, "SIGHUP: reading the config took too long; the agent keeps running with the old one");
+            None
         }
     }
 }

@@ -8,6 +8,10 @@
 //! `EDGE_AGENT_TEST_PANIC=<task>@<ms>`: the task of that name (as in the task register,
 //! e.g. `uplink`, `store-writer`) panics `<ms>` milliseconds after it started, once per
 //! process (a restarted task runs normally).
+//!
+//! `EDGE_AGENT_TEST_HANG=<task>@<ms>`: the task of that name hangs `<ms>` milliseconds
+//! after it started: it is never polled again but does not end, as a loop stuck in a
+//! blocking call would (`tests/systemd_notify.rs`: the watchdog stops being fed).
 
 use std::future::Future;
 
@@ -40,5 +44,32 @@ pub async fn inject<F: Future>(task: String, fut: F) -> F::Output {
             FIRED.store(true, Ordering::SeqCst);
             panic!("injected by EDGE_AGENT_TEST_PANIC in task {name}");
         }
+    }
+}
+
+/// Runs `fut` as task `task`; in a debug build, with the hang above when it names `task`.
+#[cfg(not(debug_assertions))]
+pub async fn hang<F: Future>(_task: String, fut: F) -> F::Output {
+    fut.await
+}
+
+#[cfg(debug_assertions)]
+pub async fn hang<F: Future>(task: String, fut: F) -> F::Output {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    static PLAN: OnceLock<Option<(String, Duration)>> = OnceLock::new();
+    let plan = PLAN.get_or_init(|| {
+        let spec = std::env::var("EDGE_AGENT_TEST_HANG").ok()?;
+        let (name, ms) = spec.rsplit_once('@')?;
+        Some((name.to_string(), Duration::from_millis(ms.parse().ok()?)))
+    });
+    let Some((_, after)) = plan.as_ref().filter(|(name, _)| *name == task) else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    tokio::select! {
+        out = &mut fut => out,
+        () = tokio::time::sleep(*after) => std::future::pending().await,
     }
 }

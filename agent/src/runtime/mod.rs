@@ -9,7 +9,9 @@
 
 pub mod agent;
 pub mod fault;
+pub mod journal;
 pub mod log_sink;
 pub mod supervise;
+pub mod systemd;
 
 pub use agent::{run, shutdown_signal};

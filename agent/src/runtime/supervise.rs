@@ -137,7 +137,7 @@ where
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let started = tokio::time::Instant::now();
-            let outcome = tokio::spawn(super::fault::inject(name.clone(), make())).await;
+            let outcome = tokio::spawn(super::fault::inject(name.clone(), super::fault::hang(name.clone(), make()))).await;
             // A task that ran for a good while before failing starts again from a short delay.
             if started.elapsed() >= STABLE_AFTER {
                 backoff.reset();

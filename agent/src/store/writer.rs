@@ -38,6 +38,8 @@ pub struct Writer {
     pub live: Live,
     /// Woken after every successful write, so the uplink publishes without polling.
     pub stored: Arc<Notify>,
+    /// Beaten on every turn of the loop, for the systemd watchdog.
+    pub heartbeat: edge_drivers::heartbeat::Heartbeat,
 }
 
 #[derive(Default)]
@@ -160,6 +162,7 @@ impl Writer {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         self.publish_state();
         loop {
+            self.heartbeat.beat();
             tokio::select! {
                 report = reports.recv() => match report {
                     Some(report) => {
@@ -459,7 +462,14 @@ mod tests {
         let outbox = Outbox::open(dir.path()).unwrap();
         let config = StoreConfig { max_bytes: ByteSize::kib(64), compact_above: Some(ByteSize::kib(128)), ..StoreConfig::default() };
         let live = Live::new(GatewayView::default(), &[]);
-        let writer = Writer { outbox: outbox.clone(), gateway: "gw".into(), config, live: live.clone(), stored: Arc::default() };
+        let writer = Writer {
+            outbox: outbox.clone(),
+            gateway: "gw".into(),
+            config,
+            live: live.clone(),
+            stored: Arc::default(),
+            heartbeat: Default::default(),
+        };
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));
         // When three batches' worth of samples (about 240 KB of records) are written
@@ -506,6 +516,7 @@ mod tests {
             config,
             live: Live::new(GatewayView::default(), &[]),
             stored: Arc::default(),
+            heartbeat: Default::default(),
         };
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));

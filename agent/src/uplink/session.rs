@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use edge_drivers::backoff::Backoff;
+use edge_drivers::heartbeat::Heartbeat;
 use edge_drivers::log_limit::LogLimit;
 use rand::Rng;
 use tokio::sync::mpsc::error::TrySendError;
@@ -145,12 +146,20 @@ impl Uplink {
     /// [`Uplink::run`], forwarding every command that arrives on `{root}/cmd/+` to
     /// `commands`. The uplink never waits for the handler: when the channel is full the
     /// command is dropped, logged and counted.
-    pub async fn run_with_commands(self, mut shutdown: UplinkShutdown, commands: Option<mpsc::Sender<InboundCommand>>) {
+    pub async fn run_with_commands(self, shutdown: UplinkShutdown, commands: Option<mpsc::Sender<InboundCommand>>) {
+        self.run_beating(shutdown, commands, Heartbeat::new()).await;
+    }
+
+    /// [`Uplink::run_with_commands`], beating `heartbeat` on every turn of its loop and
+    /// promising its planned waits (settings retry, start delay, reconnect delay), for the
+    /// agent's watchdog.
+    pub async fn run_beating(self, mut shutdown: UplinkShutdown, commands: Option<mpsc::Sender<InboundCommand>>, heartbeat: Heartbeat) {
         // However this task ends (a panic included), the page must not go on saying
         // "connected": the connection went with the task.
         let _disconnected = MarkDisconnected(self.live.clone());
         let mut deadline: Option<Instant> = *shutdown.borrow();
-        let Some(prepared) = self.prepare(&mut shutdown, &mut deadline).await else {
+        heartbeat.beat();
+        let Some(prepared) = self.prepare(&mut shutdown, &mut deadline, &heartbeat).await else {
             info!(pending_batches = self.outbox.pending_batches(), "uplink stopped");
             return;
         };
@@ -160,7 +169,7 @@ impl Uplink {
         // task first runs instead made the first batch `historical` now and then on a loaded
         // machine, when the writer stored it before the uplink task was scheduled.
         let first_live_from = self.outbox.first_batch_seq_this_run();
-        self.start_delay(&mut shutdown, &mut deadline).await;
+        self.start_delay(&mut shutdown, &mut deadline, &heartbeat).await;
 
         let window = usize::from(self.config.mqtt.max_inflight);
         let broker = prepared.brokers[0].clone();
@@ -193,6 +202,7 @@ impl Uplink {
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
 
         loop {
+            heartbeat.beat();
             if deadline.is_some() {
                 s.schedule.unbounded();
             }
@@ -222,6 +232,7 @@ impl Uplink {
                         let delay = backoff.next_delay();
                         debug!(?delay, "uplink reconnect delay");
                         let until = deadline.map_or(Instant::now() + delay, |d| d.min(Instant::now() + delay));
+                        heartbeat.alive_until(until);
                         tokio::select! {
                             () = tokio::time::sleep_until(until) => {}
                             Ok(()) = shutdown.changed() => deadline = *shutdown.borrow(),
@@ -246,7 +257,7 @@ impl Uplink {
     /// Loads the TLS files and the password. A problem is logged (naming the key and the
     /// file) and retried every 30 s, so that a certificate provisioned after the agent
     /// started is picked up; meanwhile everything stays in the outbox. `None`: shutdown.
-    async fn prepare(&self, shutdown: &mut UplinkShutdown, deadline: &mut Option<Instant>) -> Option<Prepared> {
+    async fn prepare(&self, shutdown: &mut UplinkShutdown, deadline: &mut Option<Instant>, heartbeat: &Heartbeat) -> Option<Prepared> {
         loop {
             match Prepared::load(&self.config) {
                 Ok(p) => return Some(p),
@@ -261,6 +272,7 @@ impl Uplink {
             if deadline.is_some() {
                 return None;
             }
+            heartbeat.alive_until(Instant::now() + OPTIONS_RETRY * 2);
             tokio::select! {
                 () = tokio::time::sleep(OPTIONS_RETRY) => {}
                 changed = shutdown.changed() => match changed {
@@ -275,13 +287,14 @@ impl Uplink {
     /// Waits a uniformly random time in `[0, mqtt.start_delay_max]` before the first
     /// connect, so that gateways powered up together do not all connect at once. A
     /// shutdown cuts it short (the uplink then tries to drain until the deadline).
-    async fn start_delay(&self, shutdown: &mut UplinkShutdown, deadline: &mut Option<Instant>) {
+    async fn start_delay(&self, shutdown: &mut UplinkShutdown, deadline: &mut Option<Instant>, heartbeat: &Heartbeat) {
         let max = self.config.mqtt.start_delay_max;
         if max.is_zero() || deadline.is_some() {
             return;
         }
         let delay = rand::thread_rng().gen_range(Duration::ZERO..=max);
         info!(?delay, ?max, "uplink: random delay before the first connect (mqtt.start_delay_max)");
+        heartbeat.alive_until(Instant::now() + delay);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             Ok(()) = shutdown.changed() => *deadline = *shutdown.borrow(),

@@ -23,6 +23,6 @@ pub mod types;
 pub mod write;
 
 pub use config::{group_by_bus, SerialConfig};
-pub use poller::{run_bus, run_device};
+pub use poller::{run_bus, run_bus_beating, run_device};
 pub use types::{ByteOrder, DataType, Table};
 pub use write::{write_channel, WriteError, WriteInbox, WriteRequest};

@@ -43,6 +43,7 @@ use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::DeviceConfig;
+use crate::heartbeat::Heartbeat;
 use crate::log_limit::LogLimit;
 use crate::modbus::breaker::{Breaker, Change};
 use crate::modbus::deadband::Deadbands;
@@ -100,6 +101,17 @@ pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport
 /// result to `reports` and executing the writes that arrive on each device's inbox.
 /// Returns when cancelled or when the receiving side is gone.
 pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Sender<DeviceReport>, cancel: CancellationToken) {
+    run_bus_beating(devices, reports, cancel, Heartbeat::new()).await;
+}
+
+/// [`run_bus`], beating `heartbeat` on every turn of its loops and promising its planned
+/// waits (the back-off after a failed connect, the next poll), for the agent's watchdog.
+pub async fn run_bus_beating(
+    devices: Vec<(DeviceConfig, WriteInbox)>,
+    reports: mpsc::Sender<DeviceReport>,
+    cancel: CancellationToken,
+    heartbeat: Heartbeat,
+) {
     let Some((first, _)) = devices.first() else { return };
     let link = match Link::of(first) {
         Ok(link) => link,
@@ -153,6 +165,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
         // Kept until a connection is made: a line that would not fall silent is drained
         // again on the next try.
         let drain = bus.drain.filter(|_| link.is_shared_line());
+        heartbeat.alive_until(Instant::now() + connect_limit);
         let connect = link.connect(bus.units[0].cfg.unit_id, connect_limit, drain);
         tokio::pin!(connect);
         let outcome = loop {
@@ -171,7 +184,9 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
                         return;
                     }
                 }
-                let sleep = tokio::time::sleep(backoff.next_delay());
+                let delay = backoff.next_delay();
+                heartbeat.alive_until(Instant::now() + delay);
+                let sleep = tokio::time::sleep(delay);
                 tokio::pin!(sleep);
                 loop {
                     tokio::select! {
@@ -195,8 +210,10 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
 
         // 2. Poll and write until the connection fails.
         let reason = loop {
+            heartbeat.beat();
             let (at, job) = bus.next_job();
             let write = if at > Instant::now() {
+                heartbeat.alive_until(at);
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = sleep_until(at) => None,
@@ -216,6 +233,7 @@ pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Se
                     Err(reason) => break reason,
                 }
             }
+            heartbeat.alive_until(Instant::now() + bus.budget(job));
             let outcome = tokio::select! {
                 () = cancel.cancelled() => return,
                 o = bus.run(&mut ctx, job) => o,
@@ -339,6 +357,17 @@ impl Bus {
         }
         // A device always has a group (validation requires a tag); stay total anyway.
         best.unwrap_or((Instant::now() + Duration::from_secs(3600), Job::Probe { unit: 0 }))
+    }
+
+    /// The longest `job` can take on a slow but working device: every request of it at
+    /// the device's timeout (the watchdog does not take that for a hang).
+    fn budget(&self, job: Job) -> Duration {
+        let (unit, requests) = match job {
+            Job::Poll { unit, group } => (unit, self.units.get(unit).and_then(|u| u.groups.get(group)).map_or(1, |g| g.plan.len())),
+            Job::Probe { unit } => (unit, 1),
+        };
+        let timeout = self.units.get(unit).map_or(Duration::from_secs(1), |u| u.cfg.timeout);
+        (timeout + self.frame_gap.unwrap_or_default()).saturating_mul(u32::try_from(requests).unwrap_or(u32::MAX))
     }
 
     async fn run(&mut self, ctx: &mut Context, job: Job) -> Outcome {

@@ -34,6 +34,7 @@ use super::session::{build_client, connect, endpoint_gate, identity, Connected};
 use super::subscription::{self, Event, Group, Heartbeat};
 use super::value::{bad_sample, to_sample, to_variant};
 use crate::config::DeviceConfig;
+use crate::heartbeat::Heartbeat as LoopHeartbeat;
 use crate::log_limit::LogLimit;
 use crate::modbus::write::{WriteError, WriteInbox, WriteRequest};
 use crate::sample::{DeviceReport, DriverStats, ReportKind, Sample, Value};
@@ -50,18 +51,38 @@ pub async fn run_device(
     writes: WriteInbox,
     cancel: CancellationToken,
 ) {
+    run_device_beating(device, pki, reports, writes, cancel, LoopHeartbeat::new()).await;
+}
+
+/// [`run_device`], beating `heartbeat` on every turn of its loops and promising its
+/// planned waits (a connect, the reconnect delay), for the agent's watchdog.
+pub async fn run_device_beating(
+    device: DeviceConfig,
+    pki: PathBuf,
+    reports: mpsc::Sender<DeviceReport>,
+    writes: WriteInbox,
+    cancel: CancellationToken,
+    heartbeat: LoopHeartbeat,
+) {
     let Some(ua) = device.opcua.clone() else {
         warn!(device = %device.name, "no [devices.opcua] settings; driver not started");
         return;
     };
-    let mut out =
-        Reporter { device: device.name.clone(), reports, stats: DriverStats::default(), sent: None, log_limit: LogLimit::default() };
+    let mut out = Reporter {
+        device: device.name.clone(),
+        reports,
+        stats: DriverStats::default(),
+        sent: None,
+        log_limit: LogLimit::default(),
+        heartbeat,
+    };
     if ua.auto_trust_server_certificate {
         warn!(device = %device.name, "auto_trust_server_certificate is on: the server's certificate is trusted without an operator");
     }
     out.stats.warnings = standing_warnings(&ua, &pki);
     let (ua2, pki2, t) = (ua.clone(), pki.clone(), device.timeout);
     // Creating the client creates the agent's key pair on first run: seconds of CPU.
+    out.heartbeat.alive_until(Instant::now() + Duration::from_secs(60));
     let mut client = match tokio::task::spawn_blocking(move || build_client(&ua2, &pki2, t)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -85,6 +106,8 @@ pub async fn run_device(
     let mut had_session = false;
     loop {
         generation += 1;
+        // The endpoint's gate may first wait for another device's attempt on the same server.
+        out.heartbeat.alive_until(Instant::now() + ua.connect_timeout * 2);
         let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
         match attempt {
             None => return,
@@ -142,6 +165,7 @@ pub async fn run_device(
         }
         out.flush_stats().await;
         let until = Instant::now() + delay.next_delay();
+        out.heartbeat.alive_until(until);
         if !wait_refusing_writes(until, &mut writes, &cancel).await {
             return;
         }
@@ -289,6 +313,7 @@ async fn run_session(
     st.watch = vec![None; st.groups.len()];
     st.created = vec![false; st.groups.len()];
     let deadline = Instant::now() + ua.connect_timeout;
+    out.heartbeat.alive_until(deadline);
     let setup = tokio::select! {
         () = cancel.cancelled() => return stop(session).await,
         r = timeout_at_deadline(deadline, st.build(out)) => r,
@@ -303,6 +328,7 @@ async fn run_session(
     let mut next_stats = Instant::now() + Duration::from_secs(1);
     let dropped_before = out.stats.notifications_dropped;
     loop {
+        out.heartbeat.beat();
         let next_poll = st.groups.iter().zip(&poll_due).filter(|(g, _)| g.poll).map(|(_, d)| *d).min();
         let wake =
             [Some(next_stats), next_poll, (!st.retry.is_empty()).then_some(next_retry)].into_iter().flatten().min().unwrap_or(next_stats);
@@ -692,6 +718,8 @@ struct Reporter {
     /// subscription refused on every retry): one line a minute per kind, with the count
     /// held back. Kept across sessions.
     log_limit: LogLimit,
+    /// Beaten by the session loop, for the agent's watchdog.
+    heartbeat: LoopHeartbeat,
 }
 
 impl Reporter {

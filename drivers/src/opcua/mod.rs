@@ -19,6 +19,6 @@ pub mod subscription;
 pub mod value;
 
 pub use config::OpcuaConfig;
-pub use driver::run_device;
+pub use driver::{run_device, run_device_beating};
 pub use opcua::types::NodeId;
 pub use session::pki_dir;
