@@ -287,6 +287,7 @@ impl Writer {
             s.store.samples_stored = c.samples_stored.load(Ordering::Relaxed);
             s.store.batches_acked = c.batches_acked.load(Ordering::Relaxed);
             s.store.corrupt_records = c.corrupt_records.load(Ordering::Relaxed);
+            (s.store.store_resets, s.store.read_panics) = (c.store_resets.load(Ordering::Relaxed), c.read_panics.load(Ordering::Relaxed));
             s.store.batches_dropped = c.batches_dropped.load(Ordering::Relaxed);
             s.store.samples_dropped = c.samples_dropped.load(Ordering::Relaxed);
             s.store.events_dropped = c.events_dropped.load(Ordering::Relaxed);
