@@ -139,7 +139,10 @@ async fn a_damaged_store_never_stops_the_agent_and_never_makes_a_batch_seq_mean_
         assert_no_batch_seq_with_two_contents(&erp);
         // and a store that lost anything says so (sled may also have read around the damage)
         let counted = metric(&http_get(web, "/metrics").await, "edge_agent_store_resets_total") as usize;
-        wait_for("a store_reset event for every reset counted", Duration::from_secs(10), || (resets().len() - before == counted).then_some(())).await;
+        wait_for("a store_reset event for every reset counted", Duration::from_secs(10), || {
+            (resets().len() - before == counted).then_some(())
+        })
+        .await;
         for r in resets() {
             assert!(schema.is_valid(&r.json), "{}", r.json);
         }

@@ -134,9 +134,14 @@ async fn a_store_with_bits_flipped_in_sleds_files_opens_every_time_and_never_reu
             // and a store that lost any batch it held says so, with a bound that covers it
             let held = outbox.pending_batches();
             if held < held_before || outbox.moved_aside.is_some() {
-                let reset =
-                    outbox.reset.clone().unwrap_or_else(|| panic!("seed {seed} ({what}) start {start}: holds {held} of {held_before}, no reset"));
-                assert!(reset.batches_possibly_lost.unwrap_or(u64::MAX) >= held_before - held.min(held_before), "seed {seed} ({what}): {reset:?}");
+                let reset = outbox
+                    .reset
+                    .clone()
+                    .unwrap_or_else(|| panic!("seed {seed} ({what}) start {start}: holds {held} of {held_before}, no reset"));
+                assert!(
+                    reset.batches_possibly_lost.unwrap_or(u64::MAX) >= held_before - held.min(held_before),
+                    "seed {seed} ({what}): {reset:?}"
+                );
                 assert_eq!(outbox.counters.store_resets.load(Ordering::Relaxed), 1);
                 resets += 1;
             }

@@ -71,7 +71,9 @@ impl Marks {
         let mut b = [0u8; SLOT];
         b[0..4].copy_from_slice(MAGIC);
         b[4..8].copy_from_slice(&VERSION.to_le_bytes());
-        for (i, v) in [generation, self.next_batch, self.next_event, self.next_reply, self.oldest_batch, self.oldest_event].into_iter().enumerate() {
+        for (i, v) in
+            [generation, self.next_batch, self.next_event, self.next_reply, self.oldest_batch, self.oldest_event].into_iter().enumerate()
+        {
             b[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
         }
         let crc = crc32fast::hash(&b[0..56]);
@@ -150,7 +152,7 @@ impl HighWater {
             return Ok(());
         }
         let generation = self.generation + 1;
-        let slot = (generation % 2) as u64 * SLOT as u64;
+        let slot = (generation % 2) * SLOT as u64;
         self.file.write_all_at(&new.encode(generation), slot)?;
         self.file.sync_data()?;
         self.generation = generation;

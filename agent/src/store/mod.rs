@@ -20,9 +20,9 @@ pub mod writer;
 #[cfg(test)]
 mod compaction_tests;
 #[cfg(test)]
-mod model_tests;
-#[cfg(test)]
 mod damage_tests;
+#[cfg(test)]
+mod model_tests;
 
 pub use compaction::Compacted;
 pub use damage::StoreReset;

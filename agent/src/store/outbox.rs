@@ -215,7 +215,8 @@ impl Outbox {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("outbox");
         super::compaction::restore_missing_outbox(dir)?;
-        let (high_water, loaded) = HighWater::open(dir).map_err(|source| StoreError::Io { path: dir.join(super::highwater::FILE), source })?;
+        let (high_water, loaded) =
+            HighWater::open(dir).map_err(|source| StoreError::Io { path: dir.join(super::highwater::FILE), source })?;
         let high_water = Arc::new(Mutex::new(high_water));
         let mut outbox = Self::open_waiting(dir, &path, &high_water)?;
         // Holding the store's lock now, so no other instance is compacting it.
@@ -370,7 +371,8 @@ impl Outbox {
     /// The oldest telemetry batch and event held (the next numbers if none).
     fn oldest_held(&self) -> Result<(u64, u64), StoreError> {
         let h = self.handles()?;
-        let first = |tree: &sled::Tree, none: u64| -> Result<u64, sled::Error> { Ok(tree.first()?.and_then(|(k, _)| seq_of(&k)).unwrap_or(none)) };
+        let first =
+            |tree: &sled::Tree, none: u64| -> Result<u64, sled::Error> { Ok(tree.first()?.and_then(|(k, _)| seq_of(&k)).unwrap_or(none)) };
         let (nb, ne) = *self.seqs.lock().unwrap_or_else(|p| p.into_inner());
         Ok((first(&h.telemetry, nb)?, first(&h.events, ne)?))
     }

@@ -86,8 +86,10 @@ const UPLINK_COMMANDS_DROPPED: Family =
 const STORE_COMPACT_ABOVE: Family =
     gauge("store_compact_above_bytes", "The store.compact_above bound: size on disk above which the outbox is compacted.");
 const STORE_COMPACTIONS: Family = counter("store_compactions_total", "Compactions of the outbox (rewritten into a fresh sled database).");
-const STORE_RESETS: Family =
-    counter("store_resets_total", "Store resets found at start (moved aside, newest records lost, numbering unknown); each a store_reset event.");
+const STORE_RESETS: Family = counter(
+    "store_resets_total",
+    "Store resets found at start (moved aside, newest records lost, numbering unknown); each a store_reset event.",
+);
 const STORE_READ_PANICS: Family = counter("store_read_panics_total", "Store reads that sled panicked on (damaged data); contained.");
 const STORE_COMPACTION_FAILURES: Family =
     counter("store_compaction_failures_total", "Compactions that failed; the agent kept running on the store as it was.");
