@@ -52,7 +52,7 @@ pub struct StoreReset {
 }
 
 /// What the store itself says after opening: its next numbers, and how many batches and
-/// events it holds.
+/// events it holds of the window the marks describe (`oldest..next`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StoreState {
     pub next: (u64, u64, u64),

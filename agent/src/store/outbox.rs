@@ -326,11 +326,19 @@ impl Outbox {
     /// [`Outbox::reset`], counted and logged.
     fn settle_numbering(&mut self, loaded: Loaded) -> Result<(), StoreError> {
         let next_reply = *self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
-        let store = StoreState {
-            next: (self.next_batch_seq(), self.next_event_seq(), next_reply),
-            held_batches: self.pending_batches(),
-            held_events: self.pending_events(),
+        // What the store holds of the window the marks describe (an older copy of the
+        // store can also hold records acknowledged before that window).
+        let (held_batches, held_events) = match loaded {
+            Loaded::Found(m) => {
+                let h = self.handles()?;
+                let count = |tree: &sled::Tree, from: u64, below: u64| tree.range(key(from)..key(below.max(from))).count() as u64;
+                damage::contained("counting the store", || {
+                    Ok((count(&h.telemetry, m.oldest_batch, m.next_batch), count(&h.events, m.oldest_event, m.next_event)))
+                })?
+            }
+            _ => (self.pending_batches(), self.pending_events()),
         };
+        let store = StoreState { next: (self.next_batch_seq(), self.next_event_seq(), next_reply), held_batches, held_events };
         let moved = self.reset.take().and_then(|r| Some((r.moved_aside?, r.error.unwrap_or_default())));
         let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
         let (next, reset) = damage::continue_numbering(store, loaded, moved, now_ms);
