@@ -203,3 +203,45 @@ async fn a_store_that_comes_up_without_its_newest_records_continues_above_them_a
     }
     receive(&mut erp, &outbox);
 }
+
+/// Not a test: counts how sled 0.34 fails on many damaged stores (for the README's
+/// figures). `cargo test -p edge-agent --lib store::damage_tests::survey -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn survey_of_sled_failures_on_damaged_stores() {
+    let good = tempfile::tempdir().unwrap();
+    let mut tag = 0;
+    for _run in 0..4 {
+        let outbox = Outbox::open(good.path()).unwrap();
+        for _ in 0..700 {
+            tag += 1;
+            outbox.append(&[batch(tag, if tag % 50 == 0 { 400 } else { 5 })], &[]).await.unwrap();
+        }
+        for (seq, _) in outbox.telemetry_from(0, 300) {
+            outbox.ack_telemetry(seq).unwrap();
+        }
+    }
+    let (mut panics, mut errors, mut lost, mut fine) = (0, 0, 0, 0);
+    let mut kinds = std::collections::BTreeSet::new();
+    for seed in 0..120u64 {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(good.path(), dir.path());
+        damage(&dir.path().join("outbox"), seed);
+        for _start in 0..2 {
+            let outbox = Outbox::open(dir.path()).unwrap();
+            match &outbox.reset {
+                Some(r) if r.error.as_deref().is_some_and(|e| e.contains("panicked")) => {
+                    panics += 1;
+                    kinds.insert(r.error.clone().unwrap_or_default().chars().take(90).collect::<String>());
+                }
+                Some(r) if r.reason == "unreadable" => errors += 1,
+                Some(_) => lost += 1,
+                None => fine += 1,
+            }
+            receive(&mut ErpView::new(), &outbox);
+            panics += outbox.counters.read_panics.load(Ordering::Relaxed);
+            outbox.append(&[batch(0, 4)], &[]).await.unwrap();
+        }
+    }
+    eprintln!("240 starts of 120 damaged stores: {panics} sled panics (contained), {errors} errors on open, {lost} silent losses caught, {fine} without loss; panics: {kinds:#?}");
+}
