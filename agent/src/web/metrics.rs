@@ -420,7 +420,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 48 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 50 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
