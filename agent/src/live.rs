@@ -128,6 +128,10 @@ pub struct StoreView {
     pub batches_acked: u64,
     /// Records that failed their checksum or could not be decoded; skipped and deleted.
     pub corrupt_records: u64,
+    /// Resets of the store found at start (moved aside, newest records lost, numbering
+    /// unknown), each raised as a `store_reset` event; and reads sled panicked on.
+    pub store_resets: u64,
+    pub read_panics: u64,
     /// Bytes of records held, bounded by `store.max_bytes`.
     pub bytes: u64,
     pub max_bytes: u64,

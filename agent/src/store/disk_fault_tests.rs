@@ -120,8 +120,13 @@ async fn a_store_found_unreadable_at_a_reopen_is_moved_aside_reported_and_number
         .filter(|e| e.file_name().to_string_lossy().starts_with("outbox.unreadable-"))
         .collect();
     assert_eq!(aside.len(), 1);
-    let kinds: Vec<String> = outbox.events_from(0, usize::MAX).into_iter().map(|(_, e)| e.0.kind).collect();
-    assert!(kinds.contains(&"store_reset".to_string()), "{kinds:?}");
+    let events: Vec<_> = outbox.events_from(0, usize::MAX).into_iter().map(|(_, e)| e.0).collect();
+    let reset = events.iter().find(|e| e.kind == "store_reset").unwrap_or_else(|| panic!("no store_reset in {events:?}"));
+    // with the same details as a reset found at start, and counted
+    assert_eq!(reset.details["reason"], "unreadable", "{reset:?}");
+    assert!(reset.details["moved_aside_to"].as_str().is_some_and(|p| p.contains("outbox.unreadable-")), "{reset:?}");
+    assert!(reset.details["next_batch_seq"].as_u64().is_some_and(|n| n >= next_before), "{reset:?}");
+    assert_eq!(outbox.counters.store_resets.load(Ordering::Relaxed), 1);
     assert_eq!(outbox.counters.batches_dropped.load(Ordering::Relaxed), 1);
     let seqs = seqs(&outbox);
     assert!(!seqs.is_empty() && seqs.iter().all(|&s| s >= next_before), "{seqs:?} after {next_before}");
@@ -134,7 +139,14 @@ fn writer(outbox: &Outbox, live: &Live) -> Writer {
         flush_interval: Duration::from_millis(10),
         ..StoreConfig::default()
     };
-    Writer { outbox: outbox.clone(), gateway: "gw".into(), config, live: live.clone(), stored: Arc::default() }
+    Writer {
+        outbox: outbox.clone(),
+        gateway: "gw".into(),
+        config,
+        live: live.clone(),
+        stored: Arc::default(),
+        heartbeat: Default::default(),
+    }
 }
 
 fn report(from: i64, n: i64) -> DeviceReport {

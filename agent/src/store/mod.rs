@@ -4,10 +4,14 @@
 //! - [`record`]: the on-disk record (checksummed).
 //! - [`outbox`]: the sled trees, sequence numbers and counters.
 //! - [`writer`]: the task that turns device reports into batches on the flush interval.
+//! - [`highwater`]: the numbering's high-water marks, kept outside the sled files.
+//! - [`damage`]: containing sled's panics, and never numbering below the marks after damage.
 //! - [`compaction`]: rewriting the outbox into a fresh database when sled's files grow.
 
 pub mod compaction;
 pub mod config;
+pub mod damage;
+pub mod highwater;
 pub mod outbox;
 pub mod record;
 pub mod reopen;
@@ -17,10 +21,13 @@ pub mod writer;
 #[cfg(test)]
 mod compaction_tests;
 #[cfg(test)]
+mod damage_tests;
+#[cfg(test)]
 mod disk_fault_tests;
 #[cfg(test)]
 mod model_tests;
 
 pub use compaction::Compacted;
+pub use damage::StoreReset;
 pub use outbox::{Outbox, StoreError, StoredEventDraft, StoredReply};
 pub use record::{StoredBatch, StoredEvent};

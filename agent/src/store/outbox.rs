@@ -19,6 +19,8 @@ use std::time::Duration;
 use chrono::Utc;
 use tracing::{debug, error, warn};
 
+use super::damage::{self, StoreReset, StoreState};
+use super::highwater::{HighWater, Loaded, Marks};
 use super::record::{self, StoredBatch, StoredEvent};
 
 pub(super) const NEXT_BATCH_SEQ: &[u8] = b"next_batch_seq";
@@ -96,6 +98,11 @@ pub struct OutboxCounters {
     pub(super) log_limit: edge_drivers::log_limit::SharedLogLimit,
     #[cfg(test)]
     pub(super) disk: super::reopen::TestDisk,
+    /// Resets of the store found on open (moved aside, newest records lost, numbering
+    /// unknown): each raised as a `store_reset` event.
+    pub store_resets: AtomicU64,
+    /// Reads that sled panicked on (damaged data), contained.
+    pub read_panics: AtomicU64,
 }
 
 /// The sled database and its trees. Never cloned out of [`Outbox::handles`]' lock: a
@@ -111,14 +118,18 @@ pub(super) struct Handles {
 }
 
 impl Handles {
+    /// Opens the database; a panic of sled on damaged files is contained (an error that
+    /// marks the store unreadable).
     pub(super) fn open(path: &Path) -> Result<Self, sled::Error> {
-        let db = sled::Config::new().path(path).mode(sled::Mode::LowSpace).open()?;
-        Ok(Self {
-            telemetry: db.open_tree("telemetry")?,
-            events: db.open_tree("events")?,
-            replies: db.open_tree("replies")?,
-            meta: db.open_tree("meta")?,
-            db,
+        damage::contained("opening the store", || {
+            let db = sled::Config::new().path(path).mode(sled::Mode::LowSpace).open()?;
+            Ok(Self {
+                telemetry: db.open_tree("telemetry")?,
+                events: db.open_tree("events")?,
+                replies: db.open_tree("replies")?,
+                meta: db.open_tree("meta")?,
+                db,
+            })
         })
     }
 
@@ -178,6 +189,14 @@ pub struct Outbox {
     pub counters: Arc<OutboxCounters>,
     /// Set when the store could not be opened and was moved aside (path of the old one).
     pub moved_aside: Option<PathBuf>,
+    /// Set when open found the store reset (moved aside, newest records lost, numbering
+    /// unknown): the agent raises it as a `store_reset` event.
+    pub reset: Option<StoreReset>,
+    /// The high-water marks of the numbering (`highwater.rs`), raised before anything
+    /// numbered is published.
+    high_water: Arc<Mutex<HighWater>>,
+    /// A read hit damaged data that sled panicked on (logged once).
+    read_damaged: Arc<std::sync::atomic::AtomicBool>,
     /// The first batch number of the current run of the agent (set at open and by
     /// [`Outbox::mark_run_start`] when a reload restarts everything).
     run_start: Arc<AtomicU64>,
@@ -209,17 +228,29 @@ impl Outbox {
     /// a few seconds, then refused with a clear error.
     ///
     /// A compaction cut short by a crash is finished or undone first (`compaction.rs`).
+    ///
+    /// Numbering never goes backwards: it continues at or above the high-water marks kept
+    /// beside the store (`highwater.rs`), and a store found to have lost numbers it had
+    /// handed out is reported in [`Outbox::reset`].
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("outbox");
         super::compaction::restore_missing_outbox(dir)?;
+        let (high_water, loaded) =
+            HighWater::open(dir).map_err(|source| StoreError::Io { path: dir.join(super::highwater::FILE), source })?;
+        let high_water = Arc::new(Mutex::new(high_water));
+        let mut outbox = Self::open_waiting(dir, &path, &high_water)?;
+        // Holding the store's lock now, so no other instance is compacting it.
+        super::compaction::remove_leftovers(dir);
+        outbox.settle_numbering(loaded)?;
+        Ok(outbox)
+    }
+
+    fn open_waiting(dir: &Path, path: &Path, high_water: &Arc<Mutex<HighWater>>) -> Result<Self, StoreError> {
+        let path = path.to_path_buf();
         let mut waited = Duration::ZERO;
         loop {
-            match Self::open_at(dir, &path) {
-                Ok(outbox) => {
-                    // Holding the store's lock now, so no other instance is compacting it.
-                    super::compaction::remove_leftovers(dir);
-                    return Ok(outbox);
-                }
+            match Self::open_at(dir, &path, high_water) {
+                Ok(outbox) => return Ok(outbox),
                 Err(StoreError::Sled(e)) if is_lock_error(&e) => {
                     if waited >= LOCK_WAIT {
                         return Err(StoreError::Locked { path, waited });
@@ -227,40 +258,66 @@ impl Outbox {
                     std::thread::sleep(Duration::from_millis(100));
                     waited += Duration::from_millis(100);
                 }
-                Err(StoreError::Sled(e)) if is_unreadable(&e) => return Self::replace_unreadable(dir, &path, &e),
+                Err(StoreError::Sled(e)) if is_unreadable(&e) => return Self::replace_unreadable(dir, &path, &e, high_water),
                 Err(other) => return Err(other),
             }
         }
     }
 
-    fn replace_unreadable(dir: &Path, path: &Path, why: &sled::Error) -> Result<Self, StoreError> {
-        let aside = dir.join(format!("outbox.unreadable-{}", Utc::now().format("%Y%m%dT%H%M%SZ")));
+    fn replace_unreadable(dir: &Path, path: &Path, why: &sled::Error, high_water: &Arc<Mutex<HighWater>>) -> Result<Self, StoreError> {
+        let aside = dir.join(format!("outbox.unreadable-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
         error!(path = %path.display(), error = %why, aside = %aside.display(), "store cannot be read; moving it aside and starting a fresh one");
         std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside { path: path.to_path_buf(), source })?;
-        let mut fresh = Self::open_at(dir, path)?;
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            warn!(error = %e, "cannot sync the data dir after moving the store aside");
+        }
+        let mut fresh = Self::open_at(dir, path, high_water)?;
         fresh.moved_aside = Some(aside);
-        fresh.continue_numbering_after_reset()?;
+        fresh.reset = Some(StoreReset {
+            reason: "unreadable",
+            moved_aside: fresh.moved_aside.clone(),
+            batches_possibly_lost: None,
+            events_possibly_lost: None,
+            lost_batch_seqs: None,
+            next_batch_seq: 1,
+            error: Some(why.to_string()),
+        });
         Ok(fresh)
     }
 
-    fn open_at(dir: &Path, path: &Path) -> Result<Self, StoreError> {
+    fn open_at(dir: &Path, path: &Path, high_water: &Arc<Mutex<HighWater>>) -> Result<Self, StoreError> {
         let h = Handles::open(path)?;
-        let next = |tree: &sled::Tree, name: &[u8]| -> Result<u64, StoreError> {
-            let saved = h.meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
-            let after_last = tree.last()?.and_then(|(k, _)| seq_of(&k)).map_or(1, |s| s + 1);
-            Ok(saved.max(after_last))
-        };
-        let seqs = (next(&h.telemetry, NEXT_BATCH_SEQ)?, next(&h.events, NEXT_EVENT_SEQ)?);
-        let next_reply = next(&h.replies, NEXT_REPLY_SEQ)?;
-        let mut bytes = 0u64;
-        let mut lens = [0u64; 3];
-        for (i, tree) in [&h.telemetry, &h.events, &h.replies].into_iter().enumerate() {
-            for entry in tree.iter() {
-                let (_, v) = entry?;
-                bytes += v.len() as u64;
-                lens[i] += 1;
+        // The full scan reads every record: sled can panic on a damaged one.
+        let scanned = damage::contained("reading the store", || {
+            let next = |tree: &sled::Tree, name: &[u8]| -> Result<u64, sled::Error> {
+                let saved = h.meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
+                let after_last = tree.last()?.and_then(|(k, _)| seq_of(&k)).map_or(1, |s| s + 1);
+                Ok(saved.max(after_last))
+            };
+            let seqs = (next(&h.telemetry, NEXT_BATCH_SEQ)?, next(&h.events, NEXT_EVENT_SEQ)?);
+            let next_reply = next(&h.replies, NEXT_REPLY_SEQ)?;
+            let mut bytes = 0u64;
+            let mut lens = [0u64; 3];
+            for (i, tree) in [&h.telemetry, &h.events, &h.replies].into_iter().enumerate() {
+                for entry in tree.iter() {
+                    let (_, v) = entry?;
+                    bytes += v.len() as u64;
+                    lens[i] += 1;
+                }
             }
-        }
+            Ok((seqs, next_reply, bytes, lens))
+        });
+        let (seqs, next_reply, bytes, lens) = match scanned {
+            Ok(v) => v,
+            Err(e) => {
+                // Closing goes in the same containment: sled flushes when it closes.
+                let _ = damage::contained("closing the damaged store", move || {
+                    drop(h);
+                    Ok(())
+                });
+                return Err(e.into());
+            }
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             handles: Arc::new(RwLock::new(Some(h))),
@@ -273,32 +330,107 @@ impl Outbox {
             durable: Arc::new(Mutex::new(seqs)),
             counters: Arc::default(),
             moved_aside: None,
+            reset: None,
+            high_water: high_water.clone(),
+            read_damaged: Arc::default(),
             run_start: Arc::new(AtomicU64::new(seqs.0)),
             deferred_acks: Arc::default(),
             last_disk_bytes: Arc::default(),
         })
     }
 
-    /// The numbers of the unreadable store are lost with it. Starting again at 1 would make
-    /// new data look like duplicates to the ERP; instead numbering restarts at the current
-    /// Unix time in milliseconds, always above any earlier number, and the jump shows the
-    /// ERP a gap (data that may have been lost with the old store).
-    fn continue_numbering_after_reset(&mut self) -> Result<(), StoreError> {
-        let base = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1).max(1);
-        let seqs = (base, base);
-        {
+    /// Checks the store's numbers against the high-water marks and continues at or above
+    /// both (`damage::continue_numbering`): numbers the ERP may have seen are never handed
+    /// out again, whatever sled lost. Starting again lower would make new data look like
+    /// duplicates to the ERP; the jump instead shows it a gap. A reset found here is kept in
+    /// [`Outbox::reset`], counted and logged.
+    fn settle_numbering(&mut self, loaded: Loaded) -> Result<(), StoreError> {
+        let next_reply = *self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
+        // What the store holds of the window the marks describe (an older copy of the
+        // store can also hold records acknowledged before that window).
+        let (held_batches, held_events) = match loaded {
+            Loaded::Found(m) => {
+                let h = self.handles()?;
+                let count = |tree: &sled::Tree, from: u64, below: u64| tree.range(key(from)..key(below.max(from))).count() as u64;
+                damage::contained("counting the store", || {
+                    Ok((count(&h.telemetry, m.oldest_batch, m.next_batch), count(&h.events, m.oldest_event, m.next_event)))
+                })?
+            }
+            _ => (self.pending_batches(), self.pending_events()),
+        };
+        let store = StoreState { next: (self.next_batch_seq(), self.next_event_seq(), next_reply), held_batches, held_events };
+        let moved = self.reset.take().and_then(|r| Some((r.moved_aside?, r.error.unwrap_or_default())));
+        let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
+        let (next, reset) = damage::continue_numbering(store, loaded, moved, now_ms);
+        if next != store.next {
             let h = self.handles()?;
-            h.meta.insert(NEXT_BATCH_SEQ, &key(base))?;
-            h.meta.insert(NEXT_EVENT_SEQ, &key(base))?;
-            h.meta.insert(NEXT_REPLY_SEQ, &key(base))?;
+            h.meta.insert(NEXT_BATCH_SEQ, &key(next.0))?;
+            h.meta.insert(NEXT_EVENT_SEQ, &key(next.1))?;
+            h.meta.insert(NEXT_REPLY_SEQ, &key(next.2))?;
             h.db.flush()?;
+            drop(h);
+            *self.seqs.lock().unwrap_or_else(|p| p.into_inner()) = (next.0, next.1);
+            *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = (next.0, next.1);
+            *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()) = next.2;
+            self.durable_reply.store(next.2, Ordering::SeqCst);
+            self.run_start.store(next.0, Ordering::SeqCst);
         }
-        *self.seqs.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
-        *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = seqs;
-        *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()) = base;
-        self.durable_reply.store(base, Ordering::SeqCst);
-        self.run_start.store(base, Ordering::SeqCst);
+        let oldest = self.oldest_held()?;
+        let marks = Marks { next_batch: next.0, next_event: next.1, next_reply: next.2, oldest_batch: oldest.0, oldest_event: oldest.1 };
+        self.high_water_lock().raise(marks).map_err(|source| StoreError::Io { path: self.dir.join(super::highwater::FILE), source })?;
+        if let Some(r) = &reset {
+            self.counters.store_resets.fetch_add(1, Ordering::Relaxed);
+            error!(
+                reason = r.reason,
+                batches_possibly_lost = ?r.batches_possibly_lost,
+                lost_batch_seqs = ?r.lost_batch_seqs,
+                next_batch_seq = r.next_batch_seq,
+                "store reset: numbering continues above every number handed out before"
+            );
+        }
+        self.reset = reset;
         Ok(())
+    }
+
+    fn high_water_lock(&self) -> std::sync::MutexGuard<'_, HighWater> {
+        self.high_water.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The oldest telemetry batch and event held (the next numbers if none).
+    fn oldest_held(&self) -> Result<(u64, u64), StoreError> {
+        let h = self.handles()?;
+        let first =
+            |tree: &sled::Tree, none: u64| -> Result<u64, sled::Error> { Ok(tree.first()?.and_then(|(k, _)| seq_of(&k)).unwrap_or(none)) };
+        let (nb, ne) = *self.seqs.lock().unwrap_or_else(|p| p.into_inner());
+        Ok((first(&h.telemetry, nb)?, first(&h.events, ne)?))
+    }
+
+    /// Raises the high-water marks to the numbers written so far and waits until they are
+    /// on disk. Called after the flush and before the new entries become readable, so the
+    /// marks cover every number ever published. One `fdatasync` per append.
+    /// `next`: the next (batch, event, reply) numbers after what was written (0: unchanged).
+    async fn raise_high_water(&self, next: (u64, u64, u64)) -> Result<(), StoreError> {
+        let (nb, ne, nr) = next;
+        let (ob, oe) = match self.oldest_held() {
+            Ok(o) => o,
+            // The window cannot be narrowed: keep the last one (wider, still a bound).
+            Err(_) => {
+                let m = self.high_water_lock().marks();
+                (m.oldest_batch, m.oldest_event)
+            }
+        };
+        let marks = Marks { next_batch: nb, next_event: ne, next_reply: nr, oldest_batch: ob, oldest_event: oe };
+        let hw = self.high_water.clone();
+        let path = self.dir.join(super::highwater::FILE);
+        tokio::task::spawn_blocking(move || hw.lock().unwrap_or_else(|p| p.into_inner()).raise(marks))
+            .await
+            .map_err(|e| StoreError::FlushTask(e.to_string()))?
+            .map_err(|source| StoreError::Io { path, source })
+    }
+
+    /// The high-water marks last written (for tests and the model).
+    pub fn high_water(&self) -> Marks {
+        self.high_water_lock().marks()
     }
 
     /// The sled handles, read-locked. Hold the guard only briefly, never across an await,
@@ -369,6 +501,7 @@ impl Outbox {
             *seqs
         };
         self.flush().await?;
+        self.raise_high_water((written.0, written.1, 0)).await?;
         // Only now may readers (the uplink) see the new entries.
         let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
         durable.0 = durable.0.max(written.0);
@@ -416,28 +549,45 @@ impl Outbox {
             }
         };
         let tree = h.tree(id);
+        // sled can panic on damaged pages it meets only now (the open's scan read the
+        // records, not every page a range visits later): contained, and what was read so
+        // far is returned.
+        // Acked entries whose delete is deferred (store unwritable) are not sent again.
         let deferred = self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        for entry in tree.range(key(from)..key(below)) {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = match entry {
-                Ok(kv) => kv,
-                Err(e) => {
-                    error!(tree = name, error = %e, "store read failed");
+        let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            for entry in tree.range(key(from)..key(below)) {
+                if out.len() >= limit {
                     break;
                 }
-            };
-            let Some(seq) = seq_of(&k) else {
-                self.drop_corrupt(tree, id, &k, "key is not a sequence number");
-                continue;
-            };
-            if Self::ack_is_deferred(&deferred, id, seq) {
-                continue;
+                let (k, v) = match entry {
+                    Ok(kv) => kv,
+                    Err(e) => {
+                        error!(tree = name, error = %e, "store read failed");
+                        break;
+                    }
+                };
+                let Some(seq) = seq_of(&k) else {
+                    self.drop_corrupt(tree, id, &k, "key is not a sequence number");
+                    continue;
+                };
+                if Self::ack_is_deferred(&deferred, id, seq) {
+                    continue;
+                }
+                match record::decode::<T>(&v) {
+                    Ok(r) => out.push((seq, r)),
+                    Err(e) => self.drop_corrupt(tree, id, &k, &e.to_string()),
+                }
             }
-            match record::decode::<T>(&v) {
-                Ok(r) => out.push((seq, r)),
-                Err(e) => self.drop_corrupt(tree, id, &k, &e.to_string()),
+        }));
+        if let Err(payload) = scan {
+            self.counters.read_panics.fetch_add(1, Ordering::Relaxed);
+            if !self.read_damaged.swap(true, Ordering::Relaxed) {
+                error!(
+                    tree = name,
+                    from,
+                    panic = %damage::panic_message(&payload),
+                    "the store is damaged: sled panicked reading it (contained, counted in read_panics, logged once); what lies past the damage cannot be read in this run"
+                );
             }
         }
         out
@@ -476,6 +626,7 @@ impl Outbox {
             seq
         };
         self.flush().await?;
+        self.raise_high_water((0, 0, seq + 1)).await?;
         self.durable_reply.fetch_max(seq + 1, Ordering::SeqCst);
         Ok(seq)
     }

@@ -264,7 +264,14 @@ impl Writer {
             return;
         }
         if let Some(aside) = recovery.reset.take() {
-            let details = serde_json::json!({ "moved_aside_to": aside.display().to_string() });
+            // The same shape as a reset found at start (`schemas/event.schema.json`,
+            // store_reset_details); what the unreadable store held cannot be counted.
+            self.outbox.counters.store_resets.fetch_add(1, Ordering::Relaxed);
+            let details = serde_json::json!({
+                "reason": "unreadable",
+                "moved_aside_to": aside.display().to_string(),
+                "next_batch_seq": self.outbox.next_batch_seq(),
+            });
             gathered.events.push(self.event("store_reset", &self.gateway, "critical", details));
         }
         if gathered.is_empty() {
@@ -427,6 +434,7 @@ impl Writer {
             s.store.samples_stored = c.samples_stored.load(Ordering::Relaxed);
             s.store.batches_acked = c.batches_acked.load(Ordering::Relaxed);
             s.store.corrupt_records = c.corrupt_records.load(Ordering::Relaxed);
+            (s.store.store_resets, s.store.read_panics) = (c.store_resets.load(Ordering::Relaxed), c.read_panics.load(Ordering::Relaxed));
             s.store.batches_dropped = c.batches_dropped.load(Ordering::Relaxed);
             s.store.samples_dropped = c.samples_dropped.load(Ordering::Relaxed);
             s.store.events_dropped = c.events_dropped.load(Ordering::Relaxed);

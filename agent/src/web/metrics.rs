@@ -95,6 +95,11 @@ const UPLINK_COMMANDS_DROPPED: Family =
 const STORE_COMPACT_ABOVE: Family =
     gauge("store_compact_above_bytes", "The store.compact_above bound: size on disk above which the outbox is compacted.");
 const STORE_COMPACTIONS: Family = counter("store_compactions_total", "Compactions of the outbox (rewritten into a fresh sled database).");
+const STORE_RESETS: Family = counter(
+    "store_resets_total",
+    "Store resets found at start (moved aside, newest records lost, numbering unknown); each a store_reset event.",
+);
+const STORE_READ_PANICS: Family = counter("store_read_panics_total", "Store reads that sled panicked on (damaged data); contained.");
 const STORE_COMPACTION_FAILURES: Family =
     counter("store_compaction_failures_total", "Compactions that failed; the agent kept running on the store as it was.");
 const STORE_LAST_COMPACTION_MS: Family =
@@ -197,6 +202,8 @@ fn render_store(out: &mut String, s: &Snapshot) {
     STORE_SAMPLES_STORED.scalar(out, st.samples_stored);
     STORE_BATCHES_ACKED.scalar(out, st.batches_acked);
     STORE_CORRUPT_RECORDS.scalar(out, st.corrupt_records);
+    STORE_RESETS.scalar(out, st.store_resets);
+    STORE_READ_PANICS.scalar(out, st.read_panics);
     STORE_BYTES.scalar(out, st.bytes);
     STORE_MAX_BYTES.scalar(out, st.max_bytes);
     STORE_BATCHES_DROPPED.scalar(out, st.batches_dropped);
@@ -331,6 +338,8 @@ mod tests {
             samples_stored: 1200,
             batches_acked: 97,
             corrupt_records: 2,
+            store_resets: 1,
+            read_panics: 0,
             bytes: 40960,
             max_bytes: 1048576,
             batches_dropped: 5,
@@ -403,6 +412,7 @@ mod tests {
             "edge_agent_store_samples_stored_total 1200",
             "edge_agent_store_batches_acked_total 97",
             "edge_agent_store_corrupt_records_total 2",
+            "edge_agent_store_resets_total 1",
             "edge_agent_store_bytes 40960",
             "edge_agent_store_max_bytes 1048576",
             "edge_agent_store_batches_dropped_total 5",
@@ -494,7 +504,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 59 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 61 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
