@@ -9,7 +9,7 @@ use crate::live::Snapshot;
 /// (name after `edge_agent_`, type, help, value).
 type Family = (&'static str, &'static str, &'static str, fn(&ModelView, &CountersView) -> u64);
 
-const FAMILIES: [Family; 10] = [
+const FAMILIES: [Family; 11] = [
     (
         "model_loaded",
         "gauge",
@@ -35,6 +35,9 @@ const FAMILIES: [Family; 10] = [
         c.samples_dropped
     }),
     ("model_events_total", "counter", "Events the model raised (model_loaded and model_failed included).", |_, c| c.events),
+    ("model_panics_total", "counter", "Times the model's thread panicked; each time it was started again after a back-off.", |_, c| {
+        c.panics
+    }),
     ("model_outputs_dropped_total", "counter", "Events and prediction telemetry lost because the queue to the store was full.", |_, c| {
         c.events_dropped + c.telemetry_dropped
     }),

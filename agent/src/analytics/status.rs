@@ -24,6 +24,8 @@ pub struct ModelCounters {
     pub last_latency_us: AtomicU64,
     pub max_latency_us: AtomicU64,
     pub lab_values: AtomicU64,
+    /// Times the model's thread panicked (contained; the model was started again).
+    pub panics: AtomicU64,
 }
 
 /// A copy of [`ModelCounters`] for a snapshot.
@@ -40,6 +42,7 @@ pub struct CountersView {
     pub last_latency_us: u64,
     pub max_latency_us: u64,
     pub lab_values: u64,
+    pub panics: u64,
 }
 
 impl ModelCounters {
@@ -57,6 +60,7 @@ impl ModelCounters {
             last_latency_us: l(&self.last_latency_us),
             max_latency_us: l(&self.max_latency_us),
             lab_values: l(&self.lab_values),
+            panics: l(&self.panics),
         }
     }
 }

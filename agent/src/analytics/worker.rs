@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use edge_drivers::{DeviceReport, Quality, ReportKind, Sample, Value};
@@ -84,9 +84,63 @@ pub fn load(cfg: &ModelConfig) -> Result<Model, String> {
     Ok(model)
 }
 
+/// The first back-off after a model's thread panicked, and the longest.
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(60);
+/// A run this long resets the back-off to its first step.
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
+
+/// Runs `body` until it returns; after a panic, calls `on_panic` (with the panic's message
+/// and the back-off), waits out the back-off while draining `inbox` (so the feed sees a
+/// live queue and counts nothing as dropped), and runs `body` again. Returns when `body`
+/// returns or the inbox's senders are all gone.
+fn restart_on_panic<T>(inbox: &Receiver<T>, mut body: impl FnMut(&Receiver<T>), mut on_panic: impl FnMut(&str, Duration)) {
+    let mut delay = RESTART_FIRST;
+    loop {
+        let started = Instant::now();
+        let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(inbox))) else { return };
+        if started.elapsed() >= RESTART_RESET_AFTER {
+            delay = RESTART_FIRST;
+        }
+        on_panic(&crate::runtime::supervise::panic_message(payload), delay);
+        let until = Instant::now() + delay;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match inbox.recv_timeout(left) {
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        delay = (delay * 2).min(RESTART_MAX);
+    }
+}
+
 impl Worker {
-    /// The thread's body: runs until every sender of `inbox` is gone.
+    /// The thread's body: runs the model until every sender of `inbox` is gone. A panic
+    /// (a bug, or a dependency that panics on data it did not expect) is contained: the
+    /// model shows as failed with the panic's message, is counted, and is started again
+    /// after a back-off, while the rest of the agent runs on. Restarting is safe: a model
+    /// holds nothing that is not in the live state or the store, only its window, which
+    /// fills again.
     pub fn run(self, inbox: Receiver<Input>) {
+        let name = self.cfg.name.clone();
+        restart_on_panic(
+            &inbox,
+            |inbox| self.run_once(inbox),
+            |why, retry_in| {
+                error!(model = %name, panic = %why, retry_in = ?retry_in, "the model's thread panicked; the model is started again");
+                self.counters.panics.fetch_add(1, Ordering::Relaxed);
+                self.counters.loaded.store(false, Ordering::Relaxed);
+                self.set_view(|v| {
+                    v.state = "failed".into();
+                    v.error = Some(format!("panicked: {why}; started again in {} s", retry_in.as_secs()));
+                    v.active = false;
+                });
+            },
+        );
+    }
+
+    /// One run of the model: load it, then read, window and infer until the inbox closes.
+    fn run_once(&self, inbox: &Receiver<Input>) {
         let name = self.cfg.name.clone();
         let model = match load(&self.cfg) {
             Ok(m) => m,
@@ -438,5 +492,64 @@ fn end_warm_up(v: &mut ModelView) {
     v.warm_up_rows = 0;
     if v.state == WARM_UP_STATE {
         v.state = "running".into();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::sync_channel;
+
+    #[test]
+    fn a_model_thread_that_panics_is_reported_and_started_again_with_a_growing_back_off() {
+        // Given a model body that panics on its first two runs, then runs until its inbox closes
+        let (tx, rx) = sync_channel::<u32>(4);
+        let mut runs = 0;
+        let mut panics = Vec::new();
+        let started = Instant::now();
+        let closer = std::thread::spawn(move || {
+            // The feed keeps offering readings meanwhile; then the agent stops.
+            for i in 0..20 {
+                let _ = tx.try_send(i);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        // When it runs under restart_on_panic
+        restart_on_panic(
+            &rx,
+            |inbox| {
+                runs += 1;
+                if runs <= 2 {
+                    panic!("bad data {runs}");
+                }
+                while inbox.recv().is_ok() {}
+            },
+            |why, retry_in| panics.push((why.to_string(), retry_in)),
+        );
+        closer.join().unwrap();
+        // Then each panic was reported with its message and a doubling back-off,
+        assert_eq!(panics, vec![("bad data 1".to_string(), Duration::from_secs(1)), ("bad data 2".to_string(), Duration::from_secs(2))]);
+        // the body ran a third time, and the back-off was waited out (not a busy loop)
+        assert_eq!(runs, 3);
+        assert!(started.elapsed() >= Duration::from_secs(3), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_model_thread_that_panics_while_the_agent_stops_is_not_started_again() {
+        // Given a body that always panics and an inbox whose senders are gone
+        let (tx, rx) = sync_channel::<u32>(1);
+        drop(tx);
+        let mut runs = 0;
+        // When it runs under restart_on_panic
+        restart_on_panic(
+            &rx,
+            |_| {
+                runs += 1;
+                panic!("always");
+            },
+            |_, _| {},
+        );
+        // Then it ran once: the back-off saw the closed inbox and returned
+        assert_eq!(runs, 1);
     }
 }
