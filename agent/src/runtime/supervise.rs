@@ -30,6 +30,7 @@ use edge_drivers::backoff::Backoff;
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
 use crate::live::{Live, TaskState, TaskView};
@@ -137,7 +138,11 @@ where
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         loop {
             let started = tokio::time::Instant::now();
-            let outcome = tokio::spawn(super::fault::inject(name.clone(), super::fault::hang(name.clone(), make()))).await;
+            // Abort-on-drop: aborting this supervisor (the shutdown deadline, a reload) must
+            // stop the task too; a dropped plain JoinHandle would leave it running detached
+            // (an old uplink sharing the new one's MQTT client id, a driver polling on).
+            let outcome =
+                AbortOnDropHandle::new(tokio::spawn(super::fault::inject(name.clone(), super::fault::hang(name.clone(), make())))).await;
             // A task that ran for a good while before failing starts again from a short delay.
             if started.elapsed() >= STABLE_AFTER {
                 backoff.reset();
@@ -191,7 +196,8 @@ where
     let Once { name, core, register, stopping, fatal, may_finish } = task;
     register.add(&name, core, OnFailure::Exit);
     tokio::spawn(async move {
-        let outcome = tokio::spawn(super::fault::inject(name.clone(), fut)).await;
+        // Abort-on-drop, as in `supervise`: aborting the watcher stops the task.
+        let outcome = AbortOnDropHandle::new(tokio::spawn(super::fault::inject(name.clone(), fut))).await;
         let (output, cause) = match outcome {
             Ok(v) => {
                 let cause = failure(&v).map(|e| format!("failed: {e}"));
@@ -257,6 +263,62 @@ mod tests {
         cancel.cancel();
         handle.await.unwrap();
         assert_eq!(live.snapshot().tasks["flaky"].state, TaskState::Stopped);
+    }
+
+    /// A task that counts every 100 ms while it runs.
+    fn ticker(ticks: &Arc<AtomicU32>) -> impl FnMut() -> std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> {
+        let ticks = ticks.clone();
+        move || {
+            let ticks = ticks.clone();
+            Box::pin(async move {
+                loop {
+                    ticks.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn regression_aborting_a_supervised_task_at_the_deadline_stops_the_task_not_only_its_supervisor() {
+        // Given a supervised task that runs on (it ignores cancellation, as a stuck one would)
+        let ticks = Arc::new(AtomicU32::new(0));
+        let handle = supervise("stuck".into(), true, Register::new(Live::default()), CancellationToken::new(), ticker(&ticks));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // When the agent aborts it at the shutdown deadline
+        handle.abort();
+        assert!(handle.await.unwrap_err().is_cancelled());
+        let at_abort = ticks.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Then the task itself has stopped (an uplink left running would share the next
+        // one's MQTT client id)
+        assert!(at_abort > 0);
+        assert_eq!(ticks.load(Ordering::SeqCst), at_abort);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn regression_aborting_a_watched_task_at_the_deadline_stops_the_task_not_only_its_watcher() {
+        // Given a task watched once (the store writer's policy) that runs on
+        let ticks = Arc::new(AtomicU32::new(0));
+        let (fatal, _fatal_rx) = mpsc::channel(1);
+        let task = Once {
+            name: "stuck".into(),
+            core: true,
+            register: Register::new(Live::default()),
+            stopping: CancellationToken::new(),
+            fatal,
+            may_finish: false,
+        };
+        let handle = watch_once(task, ticker(&ticks)(), |_: &anyhow::Result<()>| None);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // When the agent aborts it at the shutdown deadline
+        handle.abort();
+        assert!(handle.await.unwrap_err().is_cancelled());
+        let at_abort = ticks.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Then the task itself has stopped
+        assert!(at_abort > 0);
+        assert_eq!(ticks.load(Ordering::SeqCst), at_abort);
     }
 
     #[tokio::test(start_paused = true)]
