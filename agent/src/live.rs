@@ -158,6 +158,8 @@ pub struct StoreView {
     /// memory bound while the store was unwritable, or at shutdown.
     pub samples_dropped_memory_bound: u64,
     pub samples_dropped_shutdown: u64,
+    /// Model events lost because the store could not be written.
+    pub model_events_unwritten_dropped: u64,
     /// Acks waiting for the store to be writable (their entries are not sent again).
     pub deferred_acks: u64,
 }

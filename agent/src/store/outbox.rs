@@ -84,6 +84,9 @@ pub struct OutboxCounters {
     /// Gathered samples dropped before they could be written, while the store could not
     /// be written: from memory past its bound, or at shutdown (also in `samples_dropped`).
     pub samples_dropped_memory_bound: AtomicU64,
+    /// Model events that could not be stored (the store unwritable past their retries, or
+    /// still waiting for it at shutdown): counted by the model event sink.
+    pub model_events_unwritten_dropped: AtomicU64,
     pub samples_dropped_shutdown: AtomicU64,
     /// Times the database was closed and opened again after an I/O error (`reopen.rs`).
     pub reopens: AtomicU64,

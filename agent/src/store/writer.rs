@@ -450,6 +450,7 @@ impl Writer {
             s.store.reopens = c.reopens.load(Ordering::Relaxed);
             s.store.samples_dropped_memory_bound = c.samples_dropped_memory_bound.load(Ordering::Relaxed);
             s.store.samples_dropped_shutdown = c.samples_dropped_shutdown.load(Ordering::Relaxed);
+            s.store.model_events_unwritten_dropped = c.model_events_unwritten_dropped.load(Ordering::Relaxed);
             s.store.deferred_acks = deferred_acks;
         });
     }

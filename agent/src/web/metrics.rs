@@ -82,6 +82,10 @@ const STORE_UNWRITTEN_SAMPLES_DROPPED: Family = counter(
     "store_unwritten_samples_dropped_total",
     "Samples dropped before they could be written (also in store_samples_dropped_total), by reason: memory_bound (past the bound kept in memory while the store was unwritable or compacting), shutdown (still held when the writer stopped).",
 );
+const STORE_UNWRITTEN_EVENTS_DROPPED: Family = counter(
+    "store_unwritten_model_events_dropped_total",
+    "Model events lost because the store could not be written (its retries ran out, or shutdown came while it waited).",
+);
 const STORE_DEFERRED_ACKS: Family =
     gauge("store_deferred_acks", "Acknowledged entries waiting to be deleted until the store can be written; they are not sent again.");
 const UPLINK_CONNECTED: Family = gauge("uplink_connected", "1 when the MQTT connection to the broker is up, else 0.");
@@ -217,6 +221,7 @@ fn render_store(out: &mut String, s: &Snapshot) {
         "reason",
         &[("memory_bound", st.samples_dropped_memory_bound), ("shutdown", st.samples_dropped_shutdown)],
     );
+    STORE_UNWRITTEN_EVENTS_DROPPED.scalar(out, st.model_events_unwritten_dropped);
     STORE_DEFERRED_ACKS.scalar(out, st.deferred_acks);
     render_compaction(out, st);
 }
@@ -356,6 +361,7 @@ mod tests {
             reopens: 2,
             samples_dropped_memory_bound: 40,
             samples_dropped_shutdown: 7,
+            model_events_unwritten_dropped: 2,
             deferred_acks: 3,
         };
         s.uplink = UplinkView {
@@ -457,6 +463,8 @@ mod tests {
             "# TYPE edge_agent_store_unwritten_samples_dropped_total counter",
             "edge_agent_store_unwritten_samples_dropped_total{reason=\"memory_bound\"} 40",
             "edge_agent_store_unwritten_samples_dropped_total{reason=\"shutdown\"} 7",
+            "# TYPE edge_agent_store_unwritten_model_events_dropped_total counter",
+            "edge_agent_store_unwritten_model_events_dropped_total 2",
             "edge_agent_store_deferred_acks 3",
         ] {
             assert!(lines(&text).contains(&expected), "missing {expected:?} in\n{text}");
@@ -504,7 +512,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 61 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 62 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
