@@ -279,21 +279,26 @@ mod tests {
         }
     }
 
+    /// Lets the ticker run a second, aborts `handle`, and checks that it ticks no more.
+    async fn abort_and_check_it_stopped<T: std::fmt::Debug>(handle: JoinHandle<T>, ticks: &AtomicU32) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        handle.abort();
+        assert!(handle.await.unwrap_err().is_cancelled());
+        let at_abort = ticks.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(at_abort > 0);
+        assert_eq!(ticks.load(Ordering::SeqCst), at_abort, "the task ran on after its supervisor was aborted");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn regression_aborting_a_supervised_task_at_the_deadline_stops_the_task_not_only_its_supervisor() {
         // Given a supervised task that runs on (it ignores cancellation, as a stuck one would)
         let ticks = Arc::new(AtomicU32::new(0));
         let handle = supervise("stuck".into(), true, Register::new(Live::default()), CancellationToken::new(), ticker(&ticks));
-        tokio::time::sleep(Duration::from_secs(1)).await;
         // When the agent aborts it at the shutdown deadline
-        handle.abort();
-        assert!(handle.await.unwrap_err().is_cancelled());
-        let at_abort = ticks.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
         // Then the task itself has stopped (an uplink left running would share the next
         // one's MQTT client id)
-        assert!(at_abort > 0);
-        assert_eq!(ticks.load(Ordering::SeqCst), at_abort);
+        abort_and_check_it_stopped(handle, &ticks).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -310,15 +315,9 @@ mod tests {
             may_finish: false,
         };
         let handle = watch_once(task, ticker(&ticks)(), |_: &anyhow::Result<()>| None);
-        tokio::time::sleep(Duration::from_secs(1)).await;
         // When the agent aborts it at the shutdown deadline
-        handle.abort();
-        assert!(handle.await.unwrap_err().is_cancelled());
-        let at_abort = ticks.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_secs(1)).await;
         // Then the task itself has stopped
-        assert!(at_abort > 0);
-        assert_eq!(ticks.load(Ordering::SeqCst), at_abort);
+        abort_and_check_it_stopped(handle, &ticks).await;
     }
 
     #[tokio::test(start_paused = true)]
