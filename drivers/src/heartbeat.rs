@@ -64,10 +64,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_loop_that_stops_beating_becomes_overdue_by_the_time_it_has_been_silent() {
-        // Given a heartbeat that beat at t0
+        // Given a heartbeat that beat at t0 (what `beat` does, at a known instant: reading
+        // the clock after `beat` made this flaky on a loaded machine, when the two reads
+        // fell on either side of a millisecond)
         let hb = Heartbeat::new();
-        hb.beat();
         let t0 = Instant::now();
+        hb.alive_until(t0);
         // When it is read 7 s later (the clock is an argument: no waiting)
         let overdue = hb.overdue(t0 + Duration::from_secs(7));
         // Then it is about 7 s overdue (less the rounding up to a millisecond)
