@@ -247,6 +247,16 @@ impl Live {
         snapshot
     }
 
+    /// Runs `f` on the state under the read lock, without copying it (a snapshot clones
+    /// every device, tag and model and computes the verdict: far too much to read one
+    /// field on a hot path). `f` must be quick and must not call back into `Live`.
+    pub fn read<R>(&self, f: impl FnOnce(&Snapshot) -> R) -> R {
+        match self.state.read() {
+            Ok(s) => f(&s),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
     /// Runs `f` on the state under the write lock. A poisoned lock (a panic elsewhere
     /// while holding it) is recovered: the state is plain data and stays usable.
     pub fn update<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {

@@ -421,7 +421,7 @@ impl Worker {
     }
 
     fn view_active(&self) -> bool {
-        self.live.snapshot().models.get(&self.cfg.name).is_some_and(|v| v.active)
+        self.live.read(|s| s.models.get(&self.cfg.name).is_some_and(|v| v.active))
     }
 
     /// The prediction as telemetry of the virtual `analytics` device.

@@ -262,8 +262,7 @@ impl Handler {
 
     /// The tag's last good reading, from the live state.
     fn last_good(&self, device: &str, tag: &str) -> Option<Value> {
-        let snapshot = self.live.snapshot();
-        snapshot.devices.get(device)?.tags.iter().find(|t| t.name == tag)?.value.clone()
+        self.live.read(|s| s.devices.get(device)?.tags.iter().find(|t| t.name == tag)?.value.clone())
     }
 
     /// Reads and checks the config file again. A good one comes back for the restart.

@@ -142,7 +142,13 @@ enum Stop {
 async fn open_store(config: &Config) -> anyhow::Result<Outbox> {
     let data_dir = &config.gateway.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create gateway.data_dir {}", data_dir.display()))?;
-    let outbox = Outbox::open(data_dir).with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    // Opening waits up to 10 s for a lock and reads every record (and may recover from
+    // damage): blocking work, kept off the runtime's workers.
+    let dir = data_dir.clone();
+    let outbox = tokio::task::spawn_blocking(move || Outbox::open(&dir))
+        .await
+        .context("the store's open task failed")?
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     if let Some(reset) = &outbox.reset {
         let reset = StoredEventDraft {
             gateway: config.gateway.id.clone(),
