@@ -156,36 +156,11 @@ async fn open_store(config: &Config) -> anyhow::Result<Outbox> {
             asset: config.gateway.id.clone(),
             severity: "critical".into(),
             ts: Utc::now(),
-            details: store_reset_details(reset),
+            details: reset.details(),
         };
         outbox.append(&[], &[reset]).await.context("cannot write to the fresh store")?;
     }
     Ok(outbox)
-}
-
-/// The `store_reset` event's details (`schemas/event.schema.json`, `store_reset_details`).
-fn store_reset_details(r: &crate::store::StoreReset) -> serde_json::Value {
-    let mut d = serde_json::json!({ "reason": r.reason, "next_batch_seq": r.next_batch_seq });
-    let mut put = |k: &str, v: serde_json::Value| {
-        d[k] = v;
-    };
-    if let Some(aside) = &r.moved_aside {
-        put("moved_aside_to", aside.display().to_string().into());
-    }
-    if let Some(n) = r.batches_possibly_lost {
-        put("batches_possibly_lost", n.into());
-    }
-    if let Some(n) = r.events_possibly_lost {
-        put("events_possibly_lost", n.into());
-    }
-    if let Some((from, below)) = r.lost_batch_seqs {
-        put("lost_batch_seq_from", from.into());
-        put("lost_batch_seq_below", below.into());
-    }
-    if let Some(e) = &r.error {
-        put("error", e.clone().into());
-    }
-    d
 }
 
 /// Starts every task, waits for `shutdown` or a reload, and stops them in order.

@@ -51,6 +51,34 @@ pub struct StoreReset {
     pub error: Option<String>,
 }
 
+impl StoreReset {
+    /// The `store_reset` event's details (`schemas/event.schema.json`,
+    /// `store_reset_details`), for a reset found at start or at a reopen.
+    pub fn details(&self) -> serde_json::Value {
+        let mut d = serde_json::json!({ "reason": self.reason, "next_batch_seq": self.next_batch_seq });
+        let mut put = |k: &str, v: serde_json::Value| {
+            d[k] = v;
+        };
+        if let Some(aside) = &self.moved_aside {
+            put("moved_aside_to", aside.display().to_string().into());
+        }
+        if let Some(n) = self.batches_possibly_lost {
+            put("batches_possibly_lost", n.into());
+        }
+        if let Some(n) = self.events_possibly_lost {
+            put("events_possibly_lost", n.into());
+        }
+        if let Some((from, below)) = self.lost_batch_seqs {
+            put("lost_batch_seq_from", from.into());
+            put("lost_batch_seq_below", below.into());
+        }
+        if let Some(e) = &self.error {
+            put("error", e.clone().into());
+        }
+        d
+    }
+}
+
 /// What the store itself says after opening: its next numbers, and how many batches and
 /// events it holds of the window the marks describe (`oldest..next`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
+use super::damage::StoreReset;
 use super::outbox::{Outbox, OutboxCounters, StoreError, StoredEventDraft};
 use super::record::StoredBatch;
 use super::retention::Dropped;
@@ -264,15 +265,19 @@ impl Writer {
             return;
         }
         if let Some(aside) = recovery.reset.take() {
-            // The same shape as a reset found at start (`schemas/event.schema.json`,
-            // store_reset_details); what the unreadable store held cannot be counted.
+            // Raised and counted as a reset found at start; what the unreadable store held
+            // cannot be counted, so the loss fields stay unknown.
             self.outbox.counters.store_resets.fetch_add(1, Ordering::Relaxed);
-            let details = serde_json::json!({
-                "reason": "unreadable",
-                "moved_aside_to": aside.display().to_string(),
-                "next_batch_seq": self.outbox.next_batch_seq(),
-            });
-            gathered.events.push(self.event("store_reset", &self.gateway, "critical", details));
+            let reset = StoreReset {
+                reason: "unreadable",
+                moved_aside: Some(aside),
+                batches_possibly_lost: None,
+                events_possibly_lost: None,
+                lost_batch_seqs: None,
+                next_batch_seq: self.outbox.next_batch_seq(),
+                error: None,
+            };
+            gathered.events.push(self.event("store_reset", &self.gateway, "critical", reset.details()));
         }
         if gathered.is_empty() {
             self.publish_state();
