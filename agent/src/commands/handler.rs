@@ -28,15 +28,13 @@ use super::inbound::InboundCommand;
 use super::parse::{parse, Command, WriteCommand};
 use super::policy::check_write;
 use super::recent::{RecentCommands, Seen};
-use crate::config::{load_file, Config};
+use crate::config::{reread, Config, RereadError};
 use crate::live::Live;
 use crate::payload::{rfc3339, VERSION};
 use crate::store::{Outbox, StoredEventDraft, StoredReply};
 
 /// Topic leaf of every reply.
 pub const RESPONSE_LEAF: &str = "cmd/response";
-/// Limit on reading and checking the config file for `reload`.
-const RELOAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Limit on storing a reply or an audit event.
 const STORE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -270,13 +268,12 @@ impl Handler {
         let Some(path) = self.config_file.clone() else {
             return (Verdict::Rejected("reload is not supported: the agent was not started from a config file (demo)".into()), None);
         };
-        match timeout(RELOAD_READ_TIMEOUT, tokio::task::spawn_blocking(move || load_file(&path))).await {
-            Err(_) => (Verdict::Rejected(format!("reading {} took longer than {RELOAD_READ_TIMEOUT:?}", self.show_file())), None),
-            Ok(Err(join)) => (Verdict::Rejected(format!("reading the config failed: {join}")), None),
-            Ok(Ok(Err(report))) => {
+        match reread(&path).await {
+            Err(RereadError::Invalid(report)) => {
                 (Verdict::Rejected(format!("the config was not reloaded; the agent keeps running with the old one. {report}")), None)
             }
-            Ok(Ok(Ok(config))) => {
+            Err(e) => (Verdict::Rejected(e.to_string()), None),
+            Ok(config) => {
                 let result = json!({
                     "note": "config is valid; the agent restarts with it now",
                     "file": self.show_file(),

@@ -62,6 +62,32 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     load_str(&text, &origin)
 }
 
+/// How long reading the config file again (the `reload` command, SIGHUP) may take.
+pub const REREAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a running agent could not take a new config from its file.
+#[derive(Debug, thiserror::Error)]
+pub enum RereadError {
+    #[error("reading {file} took longer than {timeout:?}", timeout = REREAD_TIMEOUT)]
+    Timeout { file: String },
+    #[error("reading the config failed: {0}")]
+    Task(tokio::task::JoinError),
+    /// The file was read, and refused: the report names every problem with its line.
+    #[error(transparent)]
+    Invalid(ConfigError),
+}
+
+/// Reads and checks the config file at `path` again, for a running agent (the `reload`
+/// command and SIGHUP): off the async workers, within [`REREAD_TIMEOUT`].
+pub async fn reread(path: &Path) -> Result<Config, RereadError> {
+    let p = path.to_path_buf();
+    match tokio::time::timeout(REREAD_TIMEOUT, tokio::task::spawn_blocking(move || load_file(&p))).await {
+        Err(_) => Err(RereadError::Timeout { file: path.display().to_string() }),
+        Ok(Err(join)) => Err(RereadError::Task(join)),
+        Ok(Ok(result)) => result.map_err(RereadError::Invalid),
+    }
+}
+
 /// Parses and checks config text; `origin` names it in messages.
 pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let fail = |problems| ConfigError { origin: origin.to_string(), problems };

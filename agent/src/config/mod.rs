@@ -8,7 +8,7 @@ pub mod load;
 pub mod types;
 pub mod validate;
 
-pub use load::{load_file, load_str, ConfigError, Problem};
+pub use load::{load_file, load_str, reread, ConfigError, Problem, RereadError, REREAD_TIMEOUT};
 pub use types::{Config, GatewayConfig, MqttConfig, StoreConfig, WebConfig};
 
 #[cfg(test)]

@@ -489,30 +489,22 @@ async fn next_hangup(hangup: &mut Option<Signal>) -> Option<()> {
     }
 }
 
-/// How long reading the config file again may take (as for the `reload` command).
-const REREAD_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// SIGHUP: reads and checks the config file again, as the `reload` command does. A good
 /// config comes back for the restart; a bad one is refused, logged with its report, and the
 /// running config kept.
 async fn reread(path: &std::path::Path) -> Option<Config> {
     info!(file = %path.display(), "SIGHUP received: reading the config again");
-    let p = path.to_path_buf();
-    match tokio::time::timeout(REREAD_TIMEOUT, tokio::task::spawn_blocking(move || crate::config::load_file(&p))).await {
-        Ok(Ok(Ok(config))) => {
+    match crate::config::reread(path).await {
+        Ok(config) => {
             info!(devices = config.devices.len(), "SIGHUP: the config is valid; the agent restarts with it now");
             Some(config)
         }
-        Ok(Ok(Err(report))) => {
+        Err(crate::config::RereadError::Invalid(report)) => {
             error!(file = %path.display(), report = %report.to_string().trim_end(), "SIGHUP: the config was not reloaded; the agent keeps running with the old one");
             None
         }
-        Ok(Err(join)) => {
-            error!(error = %join, "SIGHUP: reading the config failed; the agent keeps running with the old one");
-            None
-        }
-        Err(_) => {
-            error!(file = %path.display(), timeout = ?REREAD_TIMEOUT, "SIGHUP: reading the config took too long; the agent keeps running with the old one");
+        Err(e) => {
+            error!(file = %path.display(), error = %e, "SIGHUP: the config was not reloaded; the agent keeps running with the old one");
             None
         }
     }
