@@ -9,10 +9,10 @@ mod support;
 
 use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use support::agent::config;
+use support::agent::{config, Killed};
 use support::broker::Mosquitto;
 use support::subscriber::Subscriber;
 use support::{free_port, http_get, loopback, wait_for};
@@ -28,35 +28,14 @@ type = "u16"
 
 /// The real binary with `config_path`, extra environment, and stderr to `stderr`.
 fn start_agent(config_path: &Path, env: &[(&str, &str)], stderr: Stdio) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
-    cmd.arg("run").arg("--config").arg(config_path).env("EDGE_AGENT_LOG", "info").stdout(Stdio::null()).stderr(stderr);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = support::agent::command(config_path);
+    cmd.stderr(stderr).envs(env.iter().copied());
     cmd.spawn().expect("start edge-agent")
 }
 
 /// Waits for the process to exit by itself within `limit`; kills it and fails otherwise.
 fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(status)) = child.try_wait() {
-            return status;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("the agent did not exit within {limit:?}");
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    support::agent::wait_exit(child, limit).unwrap_or_else(|| panic!("the agent did not exit within {limit:?}"))
 }
 
 async fn status(web: u16) -> serde_json::Value {

@@ -6,11 +6,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tokio::net::UnixDatagram;
 
-use support::agent::config;
+use support::agent::{config, Killed};
 use support::broker::Mosquitto;
 use support::subscriber::Subscriber;
 use support::{free_port, http_get, loopback, wait_for};
@@ -38,15 +38,6 @@ address = 1
 type = "u16"
 "#;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The real binary; with `journal`, its stderr (the log file) is announced as a journald
 /// stream (`JOURNAL_STREAM=<dev>:<ino>` of the log file), as systemd does.
 fn start_agent(config_path: &Path, log: &Path, env: &[(&str, &str)], journal: bool) -> Killed {
@@ -54,12 +45,8 @@ fn start_agent(config_path: &Path, log: &Path, env: &[(&str, &str)], journal: bo
     let out = std::fs::File::create(log).expect("create the agent log");
     let meta = out.metadata().expect("stat the agent log");
     let stream = format!("{}:{}", meta.dev(), meta.ino());
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
-    cmd.arg("run").arg("--config").arg(config_path).env("EDGE_AGENT_LOG", "info").stdout(Stdio::null()).stderr(out);
-    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID").env_remove("JOURNAL_STREAM");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = support::agent::command(config_path);
+    cmd.stderr(out).envs(env.iter().copied());
     if journal {
         cmd.env("JOURNAL_STREAM", &stream);
     }

@@ -1,7 +1,7 @@
 //! The real `edge-agent` binary, run with a config written for the test.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct AgentProcess {
@@ -60,18 +60,45 @@ timeout = "500ms"
     )
 }
 
+/// `edge-agent run --config config_path` with info logs and stdout discarded, and none of
+/// systemd's variables inherited from the test's environment; set stderr (and any extra
+/// environment) before spawning.
+pub fn command(config_path: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_edge-agent"));
+    cmd.arg("run").arg("--config").arg(config_path).env("EDGE_AGENT_LOG", "info").stdout(Stdio::null());
+    cmd.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("WATCHDOG_PID").env_remove("JOURNAL_STREAM");
+    cmd
+}
+
+/// A child process killed (and reaped) when the test lets go of it, pass or fail.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to `limit` for `child` to exit by itself; `None` (and the child killed) if it
+/// did not.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 impl AgentProcess {
     pub fn start(config_path: &Path, log: PathBuf) -> Self {
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open agent log");
-        let child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-            .arg("run")
-            .arg("--config")
-            .arg(config_path)
-            .env("EDGE_AGENT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(out)
-            .spawn()
-            .expect("start edge-agent");
+        let child = command(config_path).stderr(out).spawn().expect("start edge-agent");
         AgentProcess { child: Some(child), log }
     }
 
@@ -87,16 +114,7 @@ impl AgentProcess {
     pub fn terminate(&mut self, limit: Duration) -> bool {
         let Some(mut child) = self.child.take() else { return true };
         super::broker::signal(&child, "TERM");
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        wait_exit(&mut child, limit).is_some_and(|status| status.success())
     }
 
     pub fn log_text(&self) -> String {
