@@ -264,7 +264,8 @@ fn shell_words(line: &str) -> Vec<String> {
     words
 }
 
-/// The `edge-agent` arguments of each command in the page's shell blocks: a line (with its
+/// The `edge-agent` arguments of each command in the page's shell blocks (`sh`, `bash`,
+/// `shell`; the `$ ` lines of `console`): a line (with its
 /// `\` continuations) is cut at `#` comments and at `&&`, `||`, `;` and `|`; a command that
 /// runs the binary (`edge-agent …`, `/usr/bin/edge-agent …`, after `VAR=value` and `sudo
 /// [-u USER]`, or `cargo run -p edge-agent -- …`) gives its arguments.
@@ -272,9 +273,15 @@ fn agent_commands(text: &str) -> Vec<(String, Vec<String>)> {
     let (_, blocks) = split(text);
     let mut out = Vec::new();
     for block in blocks.iter().filter(|b| matches!(b.lang.as_str(), "sh" | "bash" | "shell" | "console")) {
+        // In a `console` block only the `$ ` lines are commands; the rest is their output.
+        let console = block.lang == "console";
         let joined = block.body.join("\n").replace("\\\n", " ");
         for line in joined.lines() {
-            let line = line.trim().trim_start_matches("$ ");
+            let line = line.trim();
+            if console && !line.starts_with("$ ") {
+                continue;
+            }
+            let line = line.trim_start_matches("$ ");
             let line = line.split(" #").next().unwrap_or_default();
             if line.starts_with('#') {
                 continue;
