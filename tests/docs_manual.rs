@@ -341,7 +341,7 @@ fn every_edge_agent_command_in_a_shell_block_is_one_the_binary_accepts() {
         }
     }
     assert!(refused.is_empty(), "commands of the manual the binary refuses:\n{}", refused.join("\n\n"));
-    assert!(checked >= 15, "only {checked} edge-agent commands found in the manual's shell blocks");
+    assert!(checked >= 10, "only {checked} edge-agent commands found in the manual's shell blocks");
 }
 
 /// The subcommands listed under `Commands:` in the binary's help for `path`.
