@@ -320,10 +320,10 @@ fn opcua_u16(v: u16) -> edge_drivers::sim::opcua_server::Variant {
 }
 
 #[test]
-fn the_readme_opcua_example_is_a_valid_config() {
-    // Given the README's OPC-UA example, in a minimal config
-    let readme = include_str!("../README.md");
-    let section = &readme[readme.find("### `[devices.opcua]`").expect("README has the [devices.opcua] section")..];
+fn the_manuals_opcua_example_is_a_valid_config() {
+    // Given the manual's OPC-UA example (docs/opcua.md, moved there from the README), in a minimal config
+    let page = include_str!("../docs/opcua.md");
+    let section = &page[page.find("## `[devices.opcua]`").expect("docs/opcua.md has the [devices.opcua] section")..];
     let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let end = start + section[start..].find("```").expect("the block ends");
     let text = format!(
@@ -333,7 +333,7 @@ fn the_readme_opcua_example_is_a_valid_config() {
 
     // When it is loaded and checked, then it is accepted as documented
     let config =
-        edge_agent::config::load_str(&text, "README.md").unwrap_or_else(|e| panic!("the README's OPC-UA example is refused:\n{e}"));
+        edge_agent::config::load_str(&text, "docs/opcua.md").unwrap_or_else(|e| panic!("the manual's OPC-UA example is refused:\n{e}"));
     let ua = config.devices[0].opcua.as_ref().expect("the [devices.opcua] table");
     assert_eq!(ua.security_policy, edge_drivers::opcua::config::SecurityPolicy::Basic256Sha256);
     assert_eq!(config.devices[0].tags.len(), 2);

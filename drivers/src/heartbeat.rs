@@ -45,8 +45,10 @@ impl Heartbeat {
     /// The loop waits on purpose until `at`: it counts as alive until then. A promise never
     /// shortens one already given (a beat during a long back-off keeps the back-off's).
     pub fn alive_until(&self, at: Instant) {
-        // Rounded up: a loop is never taken for overdue before its promise ends.
-        let ms = u64::try_from(at.saturating_duration_since(self.inner.epoch).as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+        // Rounded up from nanoseconds: a loop is never taken for overdue before its promise
+        // ends (rounding from whole microseconds dropped up to 999 ns, so a promise a
+        // fraction of a microsecond past a millisecond counted as already over).
+        let ms = u64::try_from(at.saturating_duration_since(self.inner.epoch).as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         self.inner.alive_until_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
@@ -76,6 +78,19 @@ mod tests {
         assert!(overdue > Duration::from_millis(6_990) && overdue <= Duration::from_secs(7), "{overdue:?}");
         // And at the moment of the beat it is not overdue
         assert_eq!(hb.overdue(t0), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn a_beat_a_fraction_of_a_microsecond_past_a_millisecond_is_not_overdue_at_that_instant() {
+        // Given a heartbeat that beats 841 ns after its epoch (a beat right after `new`, as
+        // when the test above ran on a loaded machine)
+        let hb = Heartbeat::new();
+        let at = hb.inner.epoch + Duration::from_nanos(841);
+        hb.alive_until(at);
+        // When it is read at that instant, then it is not overdue
+        assert_eq!(hb.overdue(at), Duration::ZERO);
+        // And 7 s later it is at most 7 s overdue
+        assert!(hb.overdue(at + Duration::from_secs(7)) <= Duration::from_secs(7));
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The demo's artifacts, compiled into the binary (`artifact = "embedded:NAME"`), from
 //! `models/artifacts/demo/NAME/`. Regenerate them with `edge-agent demo build-artifacts`
-//! (see the README's Models section), then rebuild.
+//! (see docs/models.md, "The demo's models"), then rebuild.
 
 use edge_models::Model;
 

@@ -1,5 +1,5 @@
 //! Damaged stores generated from a good one: bits flipped (seeded) in sled's files, at
-//! several positions. sled 0.34 on such a store (measured, see the README's Guarantees):
+//! several positions. sled 0.34 on such a store (measured, see docs/guarantees.md):
 //! most often it opens without an error and silently lost its newest records (numbering
 //! would go back), sometimes it reports corruption, sometimes it panics on open or on a
 //! later read.
@@ -204,8 +204,8 @@ async fn a_store_that_comes_up_without_its_newest_records_continues_above_them_a
     receive(&mut erp, &outbox);
 }
 
-/// Not a test: counts how sled 0.34 fails on many damaged stores (for the README's
-/// figures). `cargo test -p edge-agent --lib store::damage_tests::survey -- --ignored --nocapture`
+/// Not a test: counts how sled 0.34 fails on many damaged stores (for the figures
+/// in docs/guarantees.md). `cargo test -p edge-agent --lib store::damage_tests::survey -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn survey_of_sled_failures_on_damaged_stores() {

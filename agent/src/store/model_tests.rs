@@ -163,7 +163,7 @@ async fn run(ops: Vec<Op>) {
                 flip_bits(&dir.path().join("outbox").join("db"), seed);
                 outbox = Outbox::open(dir.path()).unwrap();
                 let missing = after_damage(&outbox, &mut model, &erp, &mut counters_base);
-                // A loss of older records with the newest intact is not detected (README).
+                // A loss of older records with the newest intact is not detected (docs/guarantees.md).
                 if missing > 0 && outbox.moved_aside.is_some() {
                     assert!(outbox.reset.is_some(), "moved aside without a reset");
                 }

@@ -24,7 +24,7 @@
 //! live stream and within the historical stream separately. The two streams interleave:
 //! every historical batch of a device is older than its live batches but may arrive after
 //! some of them. The ERP orders by `batch_seq` (and sees `historical: true` on the replay),
-//! which it does anyway to find gaps and duplicates; the README says so.
+//! which it does anyway to find gaps and duplicates; docs/mqtt.md says so.
 //!
 //! At shutdown the bound is lifted ([`Schedule::unbounded`]): no live data is coming any
 //! more and the outbox should be drained before the deadline.

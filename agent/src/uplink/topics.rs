@@ -1,4 +1,4 @@
-//! Topic names of the MQTT contract (README, "MQTT contract").
+//! Topic names of the MQTT contract (docs/mqtt.md).
 
 /// `{prefix}/{site}/{gateway}` plus the leaf topics.
 #[derive(Debug, Clone)]

@@ -357,7 +357,7 @@ impl Drop for Driver {
     }
 }
 
-/// The registers that hold the big-endian bytes `be` in `order`, laid out as the README's
+/// The registers that hold the big-endian bytes `be` in `order`, laid out as docs/modbus.md's
 /// byte-order table says (`A` the most significant byte): `CDAB` and `DCBA` put the least
 /// significant register first, `BADC` and `DCBA` swap the two bytes inside each register.
 /// Written from that table, independently of the driver's decoder.
