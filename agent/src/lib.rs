@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod health;
+pub mod history;
 pub mod live;
 pub mod payload;
 pub mod runtime;

@@ -8,11 +8,17 @@
 //! - `GET /readyz`: readiness, `200 ready` unless a core task is down or the store cannot
 //!   be written; then `503` and the reasons, one a line.
 //! - `GET /metrics`: Prometheus text format 0.0.4.
+//! - `GET /api/tags`, `GET /api/tags/{device}/{tag}/history?from=&to=&step=`: every tag
+//!   with its value, and a tag's recent history (see [`crate::history::api`]).
+//! - `GET /api/stream`: the status as Server-Sent Events, one `status` event a second, so
+//!   the page updates without polling; the browser's `EventSource` reconnects by itself
+//!   after an agent restart.
 
 pub mod config;
 pub mod metrics;
+mod stream;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
@@ -36,6 +42,9 @@ pub fn router(live: Live) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
+        .route("/api/tags", get(api_tags))
+        .route("/api/tags/{device}/{tag}/history", get(api_history))
+        .route("/api/stream", get(stream::status_events))
         .with_state(live)
 }
 
@@ -51,6 +60,23 @@ async fn page() -> impl IntoResponse {
 
 async fn status(State(live): State<Live>) -> impl IntoResponse {
     ([NO_STORE], Json(live.snapshot()))
+}
+
+async fn api_tags(State(live): State<Live>) -> impl IntoResponse {
+    let snapshot = live.snapshot();
+    ([NO_STORE], Json(crate::history::api::tags(&snapshot, live.history())))
+}
+
+async fn api_history(
+    State(live): State<Live>,
+    Path((device, tag)): Path<(String, String)>,
+    Query(q): Query<crate::history::api::HistoryQuery>,
+) -> axum::response::Response {
+    match crate::history::api::series(live.history(), &device, &tag, &q, chrono::Utc::now()) {
+        Ok(Some(series)) => ([NO_STORE], Json(series)).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, [NO_STORE], format!("no history for tag {tag:?} of device {device:?}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, [NO_STORE], format!("{e}\n")).into_response(),
+    }
 }
 
 async fn healthz() -> impl IntoResponse {
