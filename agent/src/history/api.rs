@@ -6,6 +6,8 @@
 //!   are RFC 3339 times or durations before now (`from=1h`); default: the last hour. `step`
 //!   (`5m`, `30s`) asks for min/avg/max per step (at least a minute); without it a window
 //!   the full-rate points still cover comes sample by sample.
+//! - `GET /api/sparklines?from=1h&step=1m`: every tag's mean per step, for the small trends
+//!   beside each tag on the page (one request for all tags).
 
 use std::time::Duration;
 
@@ -124,6 +126,12 @@ pub fn tags(snapshot: &Snapshot, history: &History) -> Vec<TagEntry> {
 pub fn series(history: &History, device: &str, tag: &str, q: &HistoryQuery, now: DateTime<Utc>) -> Result<Option<Series>, QueryError> {
     let w = window(q, now)?;
     Ok(history.series(device, tag, w.from, w.to, w.step))
+}
+
+/// `/api/sparklines`: the last hour per minute unless asked otherwise.
+pub fn sparklines(history: &History, q: &HistoryQuery, now: DateTime<Utc>) -> Result<super::Sparklines, QueryError> {
+    let w = window(q, now)?;
+    Ok(history.sparklines(w.from, w.to, w.step.unwrap_or(Duration::from_secs(60))))
 }
 
 #[cfg(test)]

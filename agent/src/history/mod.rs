@@ -76,6 +76,16 @@ pub struct Series {
     pub points: Vec<SeriesPoint>,
 }
 
+/// What `/api/sparklines` answers: per tag, the mean of each step since `from`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Sparklines {
+    /// Start of the first step.
+    pub from: DateTime<Utc>,
+    pub step_s: u64,
+    /// device → tag → one value per step (`null`: no good sample in that step).
+    pub devices: BTreeMap<String, BTreeMap<String, Vec<Option<f64>>>>,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Resolution {
@@ -202,6 +212,42 @@ impl History {
             covered_from: covered.and_then(DateTime::from_timestamp_millis),
             points,
         })
+    }
+
+    /// One small trend per tag for the page's tag tables: the mean of each `step` over
+    /// `from..to` (`null` where a step had only bad samples or no data), device → tag →
+    /// values, oldest first, aligned on the same steps for every tag.
+    pub fn sparklines(&self, from: DateTime<Utc>, to: DateTime<Utc>, step: std::time::Duration) -> Sparklines {
+        let st = self.lock();
+        let step_ms = u64::try_from(step.as_millis()).unwrap_or(u64::MAX).max(60_000).div_ceil(60_000) * 60_000;
+        let step_ms = i64::try_from(step_ms).unwrap_or(i64::MAX);
+        let (from_ms, to_ms) = (from.timestamp_millis().div_euclid(step_ms) * step_ms, to.timestamp_millis());
+        let slots = usize::try_from((to_ms - from_ms).div_euclid(step_ms) + 1).unwrap_or(0).min(1440);
+        let devices = st
+            .devices
+            .iter()
+            .map(|(device, tags)| {
+                let lines = tags
+                    .iter()
+                    .map(|(tag, h)| {
+                        let mut line = vec![None; slots];
+                        for b in h.aggregated(from_ms, to_ms, step_ms) {
+                            let i = usize::try_from((b.t_ms - from_ms).div_euclid(step_ms)).unwrap_or(usize::MAX);
+                            if let Some(slot) = line.get_mut(i) {
+                                *slot = b.avg.is_finite().then_some(b.avg);
+                            }
+                        }
+                        (tag.clone(), line)
+                    })
+                    .collect();
+                (device.clone(), lines)
+            })
+            .collect();
+        Sparklines {
+            from: DateTime::from_timestamp_millis(from_ms).unwrap_or(from),
+            step_s: u64::try_from(step_ms / 1000).unwrap_or(60),
+            devices,
+        }
     }
 
     pub fn stats(&self) -> HistoryStats {

@@ -107,3 +107,24 @@ fn a_memory_limit_below_one_tag_is_refused_with_its_key() {
     let text = format!("{issues:?}");
     assert!(text.contains("history.memory_limit"), "{text}");
 }
+
+#[test]
+fn sparklines_give_every_tag_one_mean_per_step_on_the_same_steps() {
+    // Given two tags, one with a gap of bad samples in its third minute
+    let h = History::new(HistorySettings::default());
+    for s in 0..300 {
+        let level = if (120..180).contains(&s) {
+            sample("level", T0 + s * 1000, None, Quality::Bad("timeout".into()))
+        } else {
+            good("level", T0 + s * 1000, (s / 60) as f64)
+        };
+        h.record("plc", &[good("flow", T0 + s * 1000, 10.0), level]);
+    }
+    // When the sparklines of those five minutes are asked per minute
+    let lines = h.sparklines(at(T0), at(T0 + 299_000), std::time::Duration::from_secs(60));
+    // Then each tag has five values, the gap as null
+    assert_eq!(lines.step_s, 60);
+    assert_eq!(lines.from, at(T0));
+    assert_eq!(lines.devices["plc"]["flow"], vec![Some(10.0); 5]);
+    assert_eq!(lines.devices["plc"]["level"], vec![Some(0.0), Some(1.0), None, Some(3.0), Some(4.0)]);
+}

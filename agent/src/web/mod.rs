@@ -44,7 +44,9 @@ pub fn router(live: Live) -> Router {
         .route("/metrics", get(prometheus))
         .route("/api/tags", get(api_tags))
         .route("/api/tags/{device}/{tag}/history", get(api_history))
+        .route("/api/sparklines", get(api_sparklines))
         .route("/api/stream", get(stream::status_events))
+        .route("/trends.js", get(trends_js))
         .with_state(live)
 }
 
@@ -77,6 +79,21 @@ async fn api_history(
         Ok(None) => (StatusCode::NOT_FOUND, [NO_STORE], format!("no history for tag {tag:?} of device {device:?}\n")).into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, [NO_STORE], format!("{e}\n")).into_response(),
     }
+}
+
+async fn api_sparklines(State(live): State<Live>, Query(q): Query<crate::history::api::HistoryQuery>) -> axum::response::Response {
+    match crate::history::api::sparklines(live.history(), &q, chrono::Utc::now()) {
+        Ok(lines) => ([NO_STORE], Json(lines)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, [NO_STORE], format!("{e}\n")).into_response(),
+    }
+}
+
+/// The page's trends (sparklines and the trend dialog), a script of its own so that the
+/// page's Content-Security-Policy can allow scripts from our own origin only.
+const TRENDS_JS: &str = include_str!("trends.js");
+
+async fn trends_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), NO_STORE], TRENDS_JS)
 }
 
 async fn healthz() -> impl IntoResponse {
