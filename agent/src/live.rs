@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub health: crate::health::Health,
     /// The in-memory history's size and what it refused (see [`crate::history`]).
     pub history: crate::history::HistoryStats,
+    /// The GPIO outputs' and inputs' levels (`[gpio]`; empty without one).
+    pub gpio: crate::gpio::GpioView,
 }
 
 /// Where a task is in its life.
