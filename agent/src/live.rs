@@ -14,6 +14,8 @@ use serde::Serialize;
 #[derive(Clone)]
 pub struct Live {
     state: Arc<RwLock<Snapshot>>,
+    /// Recent history of every tag (trends); fed with the same samples as the state.
+    history: crate::history::History,
 }
 
 /// Everything the page shows, at one instant. Serialised as `/api/status`.
@@ -34,6 +36,10 @@ pub struct Snapshot {
     /// The health verdict, computed from the rest of this snapshot when it is taken
     /// (see [`crate::health`]).
     pub health: crate::health::Health,
+    /// The in-memory history's size and what it refused (see [`crate::history`]).
+    pub history: crate::history::HistoryStats,
+    /// The GPIO outputs' and inputs' levels (`[gpio]`; empty without one).
+    pub gpio: crate::gpio::GpioView,
 }
 
 /// Where a task is in its life.
@@ -232,7 +238,20 @@ impl Live {
             .collect();
         // The store counts as writable until the writer says otherwise (a failed write).
         let store = StoreView { writable: true, ..Default::default() };
-        Live { state: Arc::new(RwLock::new(Snapshot { gateway, devices, store, ..Default::default() })) }
+        let history = crate::history::History::new(crate::history::HistorySettings::default());
+        Live { state: Arc::new(RwLock::new(Snapshot { gateway, devices, store, ..Default::default() })), history }
+    }
+
+    /// The same state with a history kept under `settings` (`[history]`), instead of the
+    /// defaults.
+    pub fn with_history(mut self, settings: crate::history::HistorySettings) -> Self {
+        self.history = crate::history::History::new(settings);
+        self
+    }
+
+    /// The recent history of every tag.
+    pub fn history(&self) -> &crate::history::History {
+        &self.history
     }
 
     /// A copy of the state, with its health verdict computed for this instant.
@@ -244,6 +263,7 @@ impl Live {
         let now = Utc::now();
         snapshot.generated_at = Some(now);
         snapshot.health = crate::health::evaluate(&snapshot, now);
+        snapshot.history = self.history.stats();
         snapshot
     }
 
@@ -267,6 +287,7 @@ impl Live {
     }
 
     pub fn record_samples(&self, device: &str, samples: &[Sample]) {
+        self.history.record(device, samples);
         self.update(|s| {
             let Some(d) = s.devices.get_mut(device) else { return };
             // A driver that reports counters counts its own polls (see `record_stats`):

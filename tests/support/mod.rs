@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod broker;
+pub mod browser;
 pub mod plc;
 pub mod proxy;
 pub mod subscriber;

@@ -8,11 +8,17 @@
 //! - `GET /readyz`: readiness, `200 ready` unless a core task is down or the store cannot
 //!   be written; then `503` and the reasons, one a line.
 //! - `GET /metrics`: Prometheus text format 0.0.4.
+//! - `GET /api/tags`, `GET /api/tags/{device}/{tag}/history?from=&to=&step=`: every tag
+//!   with its value, and a tag's recent history (see [`crate::history::api`]).
+//! - `GET /api/stream`: the status as Server-Sent Events, one `status` event a second, so
+//!   the page updates without polling; the browser's `EventSource` reconnects by itself
+//!   after an agent restart.
 
 pub mod config;
 pub mod metrics;
+mod stream;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
@@ -36,6 +42,11 @@ pub fn router(live: Live) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
+        .route("/api/tags", get(api_tags))
+        .route("/api/tags/{device}/{tag}/history", get(api_history))
+        .route("/api/sparklines", get(api_sparklines))
+        .route("/api/stream", get(stream::status_events))
+        .route("/trends.js", get(trends_js))
         .with_state(live)
 }
 
@@ -51,6 +62,38 @@ async fn page() -> impl IntoResponse {
 
 async fn status(State(live): State<Live>) -> impl IntoResponse {
     ([NO_STORE], Json(live.snapshot()))
+}
+
+async fn api_tags(State(live): State<Live>) -> impl IntoResponse {
+    let snapshot = live.snapshot();
+    ([NO_STORE], Json(crate::history::api::tags(&snapshot, live.history())))
+}
+
+async fn api_history(
+    State(live): State<Live>,
+    Path((device, tag)): Path<(String, String)>,
+    Query(q): Query<crate::history::api::HistoryQuery>,
+) -> axum::response::Response {
+    match crate::history::api::series(live.history(), &device, &tag, &q, chrono::Utc::now()) {
+        Ok(Some(series)) => ([NO_STORE], Json(series)).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, [NO_STORE], format!("no history for tag {tag:?} of device {device:?}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, [NO_STORE], format!("{e}\n")).into_response(),
+    }
+}
+
+async fn api_sparklines(State(live): State<Live>, Query(q): Query<crate::history::api::HistoryQuery>) -> axum::response::Response {
+    match crate::history::api::sparklines(live.history(), &q, chrono::Utc::now()) {
+        Ok(lines) => ([NO_STORE], Json(lines)).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, [NO_STORE], format!("{e}\n")).into_response(),
+    }
+}
+
+/// The page's trends (sparklines and the trend dialog), a script of its own so that the
+/// page's Content-Security-Policy can allow scripts from our own origin only.
+const TRENDS_JS: &str = include_str!("trends.js");
+
+async fn trends_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), NO_STORE], TRENDS_JS)
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -1,0 +1,200 @@
+"use strict";
+// Trends on the status page: a sparkline of the last hour beside every tag (one request for
+// all tags, api/sparklines, every 15 s), and a dialog with a tag's last hour at full rate
+// and its last 24 h as min/avg/max per minute (api/tags/{device}/{tag}/history).
+// Every string from the agent goes into the page as a text node, never parsed as markup.
+
+var Trends = (function () {
+  var SVG = "http://www.w3.org/2000/svg";
+  var REFRESH_MS = 15000;
+  var lines = null; // api/sparklines answer
+  var open = null; // { device, tag, unit } of the dialog
+
+  function svg(tag, attrs) {
+    var n = document.createElementNS(SVG, tag);
+    Object.keys(attrs || {}).forEach(function (k) { n.setAttribute(k, attrs[k]); });
+    return n;
+  }
+
+  function finite(v) { return typeof v === "number" && isFinite(v); }
+
+  // Runs of consecutive finite values, as lists of [index, value]: a gap breaks the line.
+  function runs(values) {
+    var out = [], cur = [];
+    values.forEach(function (v, i) {
+      if (finite(v)) { cur.push([i, v]); } else if (cur.length) { out.push(cur); cur = []; }
+    });
+    if (cur.length) out.push(cur);
+    return out;
+  }
+
+  function range(values) {
+    var lo = Infinity, hi = -Infinity;
+    values.forEach(function (v) { if (finite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); } });
+    if (lo === Infinity) return null;
+    if (hi - lo < 1e-9) { lo -= 1; hi += 1; }
+    return [lo, hi];
+  }
+
+  // The small trend in a tag's row: 120 × 28, no axes.
+  function spark(values) {
+    var w = 120, h = 28, s = svg("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h, class: "spark", "aria-hidden": "true" });
+    var r = range(values);
+    if (!r || values.length < 2) return s;
+    var x = function (i) { return (i / (values.length - 1)) * (w - 2) + 1; };
+    var y = function (v) { return h - 2 - ((v - r[0]) / (r[1] - r[0])) * (h - 4); };
+    runs(values).forEach(function (run) {
+      if (run.length === 1) {
+        s.appendChild(svg("circle", { cx: x(run[0][0]), cy: y(run[0][1]), r: 1.5, class: "spark-dot" }));
+        return;
+      }
+      var pts = run.map(function (p) { return x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); }).join(" ");
+      s.appendChild(svg("polyline", { points: pts, class: "spark-line" }));
+    });
+    return s;
+  }
+
+  function sparkCell(device, tag) {
+    var td = document.createElement("td");
+    td.className = "spark-cell";
+    var values = lines && lines.devices && lines.devices[device] && lines.devices[device][tag];
+    if (values) td.appendChild(spark(values));
+    return td;
+  }
+
+  function refresh() {
+    fetch("api/sparklines?from=1h&step=1m", { cache: "no-store" })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (data) { lines = data; })
+      .catch(function () { /* the page's banner already says when the agent is unreachable */ })
+      .then(function () { setTimeout(refresh, REFRESH_MS); });
+  }
+
+  function fmt(v) {
+    if (!finite(v)) return "—";
+    var a = Math.abs(v);
+    return v.toFixed(a >= 1000 ? 0 : a >= 10 ? 1 : a >= 1 ? 2 : 3);
+  }
+
+  function clock(ms, withDate) {
+    var d = new Date(ms);
+    var p = function (n) { return (n < 10 ? "0" : "") + n; };
+    return (withDate ? d.getFullYear() + "-" + p(d.getMonth() + 1) + "-" + p(d.getDate()) + " " : "") + p(d.getHours()) + ":" + p(d.getMinutes());
+  }
+
+  // A trend chart: points [{ts, min, avg, max}] over [from, to]; min–max as a band when
+  // the series is aggregated. Value labels left, time labels below.
+  function chart(series, title) {
+    var w = 800, h = 240, left = 70, right = 10, top = 10, bottom = 30;
+    var from = Date.parse(series.from), to = Date.parse(series.to);
+    var pts = series.points.map(function (p) { return { t: Date.parse(p.ts), min: p.min, avg: p.avg, max: p.max }; });
+    var s = svg("svg", { viewBox: "0 0 " + w + " " + h, class: "chart", role: "img", "aria-label": title });
+    var all = [];
+    pts.forEach(function (p) { all.push(p.min, p.max, p.avg); });
+    var r = range(all);
+    var x = function (t) { return left + ((t - from) / Math.max(1, to - from)) * (w - left - right); };
+    var y = function (v) { return top + (1 - (v - r[0]) / (r[1] - r[0])) * (h - top - bottom); };
+    s.appendChild(svg("rect", { x: left, y: top, width: w - left - right, height: h - top - bottom, class: "chart-frame" }));
+    if (!r) {
+      var t = svg("text", { x: w / 2, y: h / 2, "text-anchor": "middle", class: "chart-label" });
+      t.textContent = "No history yet";
+      s.appendChild(t);
+      return s;
+    }
+    [r[0], (r[0] + r[1]) / 2, r[1]].forEach(function (v) {
+      var label = svg("text", { x: left - 6, y: y(v) + 5, "text-anchor": "end", class: "chart-label" });
+      label.textContent = fmt(v);
+      s.appendChild(label);
+      s.appendChild(svg("line", { x1: left, x2: w - right, y1: y(v), y2: y(v), class: "chart-grid" }));
+    });
+    var long = to - from > 6 * 3600 * 1000;
+    [from, (from + to) / 2, to].forEach(function (tm, i) {
+      var label = svg("text", { x: x(tm), y: h - 8, "text-anchor": ["start", "middle", "end"][i], class: "chart-label" });
+      label.textContent = clock(tm, long && i === 0);
+      s.appendChild(label);
+    });
+    var values = pts.map(function (p) { return p.avg; });
+    runs(values).forEach(function (run) {
+      if (series.resolution === "aggregate" && run.length > 1) {
+        var upper = run.map(function (q) { var p = pts[q[0]]; return x(p.t).toFixed(1) + "," + y(p.max).toFixed(1); });
+        var lower = run.slice().reverse().map(function (q) { var p = pts[q[0]]; return x(p.t).toFixed(1) + "," + y(p.min).toFixed(1); });
+        s.appendChild(svg("polygon", { points: upper.concat(lower).join(" "), class: "chart-band" }));
+      }
+      if (run.length === 1) {
+        s.appendChild(svg("circle", { cx: x(pts[run[0][0]].t), cy: y(run[0][1]), r: 3, class: "chart-dot" }));
+      } else {
+        var line = run.map(function (q) { return x(pts[q[0]].t).toFixed(1) + "," + y(q[1]).toFixed(1); }).join(" ");
+        s.appendChild(svg("polyline", { points: line, class: "chart-line" }));
+      }
+    });
+    return s;
+  }
+
+  function note(series, what) {
+    var n = series.points.length;
+    var text = n + (series.resolution === "raw" ? " samples" : " minutes (min/avg/max)");
+    if (series.covered_from && Date.parse(series.covered_from) > Date.parse(series.from) + 60000) {
+      text += " · history starts " + clock(Date.parse(series.covered_from), true) + ", less than " + what + " asked";
+    }
+    var p = document.createElement("p");
+    p.className = "muted";
+    p.textContent = text;
+    return p;
+  }
+
+  function section(title, series, what) {
+    var d = document.createElement("div");
+    d.className = "trend-part";
+    var h = document.createElement("h3");
+    h.textContent = title;
+    d.appendChild(h);
+    d.appendChild(chart(series, title));
+    d.appendChild(note(series, what));
+    return d;
+  }
+
+  function get(path) {
+    return fetch(path, { cache: "no-store" }).then(function (r) {
+      if (!r.ok) return r.text().then(function (t) { throw new Error(t || "HTTP " + r.status); });
+      return r.json();
+    });
+  }
+
+  function load() {
+    if (!open) return;
+    var base = "api/tags/" + encodeURIComponent(open.device) + "/" + encodeURIComponent(open.tag) + "/history";
+    var body = document.getElementById("trend-body");
+    Promise.all([get(base + "?from=1h"), get(base + "?from=24h&step=1m")])
+      .then(function (r) {
+        while (body.firstChild) body.removeChild(body.firstChild);
+        body.appendChild(section("Last hour", r[0], "the hour"));
+        body.appendChild(section("Last 24 hours, per minute", r[1], "the day"));
+      })
+      .catch(function (err) {
+        while (body.firstChild) body.removeChild(body.firstChild);
+        var p = document.createElement("p");
+        p.className = "error";
+        p.textContent = "No trend: " + err.message;
+        body.appendChild(p);
+      });
+  }
+
+  function show(device, tag, unit) {
+    open = { device: device, tag: tag, unit: unit };
+    var dialog = document.getElementById("trend");
+    document.getElementById("trend-title").textContent = device + " · " + tag + (unit ? " (" + unit + ")" : "");
+    load();
+    if (!dialog.open) dialog.showModal();
+  }
+
+  function init() {
+    var dialog = document.getElementById("trend");
+    document.getElementById("trend-close").addEventListener("click", function () { dialog.close(); });
+    dialog.addEventListener("close", function () { open = null; });
+    // The open trend follows the data while it is shown.
+    setInterval(load, REFRESH_MS);
+    refresh();
+  }
+
+  return { sparkCell: sparkCell, show: show, init: init };
+})();

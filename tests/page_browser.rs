@@ -1,0 +1,184 @@
+//! The status page in a real browser (Debian's chromium, headless, over WebDriver) against
+//! `edge-agent demo`: what an operator at the cabinet sees and does. Saves the screenshots
+//! the README shows (desktop and phone) under `target/screenshots/`; with
+//! `EDGE_AGENT_UPDATE_SCREENSHOTS=1` also into `docs/img/`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use support::browser::Browser;
+use support::{free_port, loopback, wait_listening};
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_demo(dir: &std::path::Path) -> (Demo, u16) {
+    let (web, mqtt, modbus) = (free_port(), free_port(), free_port());
+    let demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .arg("demo")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--web-listen", &format!("127.0.0.1:{web}"), "--mqtt-port", &mqtt.to_string(), "--modbus-port", &modbus.to_string()])
+            .stdout(std::fs::File::create(dir.join("console.txt")).unwrap())
+            .stderr(std::fs::File::create(dir.join("demo.log")).unwrap())
+            .spawn()
+            .expect("start edge-agent demo"),
+    );
+    (demo, web)
+}
+
+fn screenshot_paths(name: &str) -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut paths = vec![root.join("target/screenshots").join(name)];
+    if std::env::var_os("EDGE_AGENT_UPDATE_SCREENSHOTS").is_some() {
+        paths.push(root.join("docs/img").join(name));
+    }
+    paths
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// The text of the value cell of the first good numeric tag: `[tag, value]`.
+const FIRST_VALUE: &str = r##"
+    const row = [...document.querySelectorAll("#devices tr[data-tag]")]
+        .find(r => r.querySelector(".badge.b-good") && /\d/.test(r.querySelector("td.value").textContent));
+    return row ? [row.dataset.tag, row.querySelector("td.value").textContent] : null;
+"##;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_sees_devices_live_values_a_trend_and_the_models_without_reloading() {
+    // Given the demo plant, and a browser on its status page
+    let dir = tempfile::tempdir().unwrap();
+    let (_demo, web) = start_demo(dir.path());
+    wait_listening(loopback(web), LIMIT).await;
+    let browser = Browser::start(1280, 1000).await;
+    browser.client.goto(&format!("http://127.0.0.1:{web}/")).await.unwrap();
+
+    // Then the device list shows the mill's PLC, connected, with its tags
+    let devices = browser
+        .wait_for(
+            "a connected device with tags",
+            LIMIT,
+            r##"
+            return [...document.querySelectorAll("#devices section.panel.ok h2")].map(h => h.textContent);
+        "##,
+            |v| v.as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
+    assert!(devices.to_string().contains("mill"), "{devices}");
+
+    // And a tag's value changes while the page stays the same document (no reload)
+    browser.eval("window.__sameDocument = true; return null;").await;
+    let first = browser.wait_for("a good numeric tag", LIMIT, FIRST_VALUE, |v| v.is_array()).await;
+    let tag = first[0].as_str().unwrap().to_string();
+    let script = format!(
+        r##"const r = document.querySelector('#devices tr[data-tag="{tag}"] td.value');
+           return [window.__sameDocument === true, r ? r.textContent : null];"##
+    );
+    let before = first[1].clone();
+    let changed = browser.wait_for(&format!("{tag} to change"), LIMIT, &script, |v| v[1] != before && v[1].is_string()).await;
+    assert_eq!(changed[0], true, "the page was reloaded");
+
+    // And every tag has a sparkline of its last hour
+    browser
+        .wait_for(
+            "sparklines",
+            LIMIT,
+            "return document.querySelectorAll('#devices svg.spark polyline, #devices svg.spark circle').length;",
+            |v| v.as_u64().is_some_and(|n| n > 0),
+        )
+        .await;
+
+    // And the models show their outputs: an anomaly score, a quality estimate, a RUL
+    let models = browser
+        .wait_for(
+            "three models with outputs",
+            LIMIT,
+            r##"
+            return [...document.querySelectorAll("#models section.panel")].map(s => s.textContent);
+        "##,
+            |v| v.as_array().is_some_and(|a| a.len() == 3 && a.iter().all(|t| !t.as_str().unwrap_or("").contains("Output—"))),
+        )
+        .await;
+    let text = models.to_string();
+    for name in ["juice-pump-anomaly", "syrup-purity", "mill-bearing-rul"] {
+        assert!(text.contains(name), "{name} missing: {text}");
+    }
+
+    // When the operator taps the tag's name
+    let open = format!(r##"document.querySelector('#devices tr[data-tag="{tag}"] button.tag-link').click(); return true;"##);
+    browser.eval(&open).await;
+    // Then a trend opens with the tag's last hour, drawn from its samples
+    let points = browser
+        .wait_for(
+            "a trend with points",
+            LIMIT,
+            r##"
+            const d = document.getElementById("trend");
+            const line = d.querySelector("svg.chart polyline");
+            return d.open && line ? line.getAttribute("points").trim().split(/\s+/).length : 0;
+        "##,
+            |v| v.as_u64().is_some_and(|n| n >= 2),
+        )
+        .await;
+    assert!(points.as_u64().unwrap() >= 2);
+    let title = browser.eval("return document.getElementById('trend-title').textContent;").await;
+    assert!(title.as_str().unwrap().contains(&tag), "{title}");
+    for path in screenshot_paths("status-trend.png") {
+        browser.screenshot(&path).await;
+    }
+
+    // When it is closed and the operator searches for that tag
+    browser.eval("document.getElementById('trend-close').click(); return true;").await;
+    let search = format!(
+        r##"const i = document.getElementById("tag-filter"); i.value = "{tag}"; i.dispatchEvent(new Event("input")); return true;"##
+    );
+    browser.eval(&search).await;
+    // Then only that tag is listed
+    let rows = browser.eval("return [...document.querySelectorAll('#devices tr[data-tag]')].map(r => r.dataset.tag);").await;
+    assert!(rows.as_array().unwrap().iter().all(|r| r.as_str().unwrap().contains(&tag)), "{rows}");
+    browser
+        .eval(r##"const i = document.getElementById("tag-filter"); i.value = ""; i.dispatchEvent(new Event("input")); return true;"##)
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for path in screenshot_paths("status-desktop.png") {
+        browser.screenshot(&path).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_phone_the_page_fits_the_screen_and_says_the_verdict_first() {
+    // Given the demo plant and a phone-sized browser (390 × 844 CSS pixels)
+    let dir = tempfile::tempdir().unwrap();
+    let (_demo, web) = start_demo(dir.path());
+    wait_listening(loopback(web), LIMIT).await;
+    let browser = Browser::start(390, 844).await;
+    browser.client.goto(&format!("http://127.0.0.1:{web}/")).await.unwrap();
+
+    // Then the verdict is the first thing below the header, and nothing is wider than the screen
+    let verdict = browser
+        .wait_for("the verdict", LIMIT, "return document.querySelector('#health .health-word')?.textContent ?? null;", |v| v.is_string())
+        .await;
+    assert!(["OK", "ATTENTION", "DEGRADED", "FAULT"].iter().any(|w| verdict.as_str().unwrap().to_uppercase().contains(w)), "{verdict}");
+    browser
+        .wait_for("tags", LIMIT, "return document.querySelectorAll('#devices tr[data-tag]').length;", |v| v.as_u64().is_some_and(|n| n > 0))
+        .await;
+    let overflow = browser.eval("return document.documentElement.scrollWidth - window.innerWidth;").await;
+    assert!(overflow.as_i64().unwrap() <= 0, "the page is {overflow} px wider than the phone");
+    // And the tag names are large enough to tap with gloves (at least 44 px high)
+    let h = browser.eval("return document.querySelector('#devices button.tag-link').getBoundingClientRect().height;").await;
+    assert!(h.as_f64().unwrap() >= 44.0, "tag buttons are {h} px high");
+    for path in screenshot_paths("status-phone.png") {
+        browser.screenshot(&path).await;
+    }
+}
