@@ -115,6 +115,21 @@ async fn an_operator_sees_devices_live_values_a_trend_and_the_models_without_rel
         assert!(text.contains(name), "{name} missing: {text}");
     }
 
+    // And the stack light's outputs are shown: the running light on (the data path is alive)
+    let gpio = browser
+        .wait_for(
+            "the stack light",
+            LIMIT,
+            r##"
+            const g = document.getElementById("gpio");
+            const row = g && !g.hidden ? [...g.querySelectorAll("tr")].find(r => r.textContent.includes("GPIO17")) : null;
+            return row ? row.textContent : null;
+        "##,
+            |v| v.as_str().is_some_and(|t| t.contains("on")),
+        )
+        .await;
+    assert!(gpio.as_str().unwrap().contains("Running"), "{gpio}");
+
     // When the operator taps the tag's name
     let open = format!(r##"document.querySelector('#devices tr[data-tag="{tag}"] button.tag-link').click(); return true;"##);
     browser.eval(&open).await;

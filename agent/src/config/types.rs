@@ -36,6 +36,12 @@ pub struct Config {
     /// The production calendar (`[calendar]`) the maintenance scheduler plans in.
     #[serde(default)]
     pub calendar: CalendarConfig,
+    /// The in-memory history behind the status page's trends (`[history]`).
+    #[serde(default)]
+    pub history: crate::history::HistoryConfig,
+    /// The stack light, relays and digital inputs (`[gpio]`).
+    #[serde(default)]
+    pub gpio: crate::gpio::config::GpioConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its data.

@@ -20,6 +20,16 @@ impl Config {
         self.commands.validate("commands", &self.devices, &mut issues);
         crate::analytics::config::validate_models(&self.models, &self.devices, &mut issues);
         self.calendar.validate("calendar", &mut issues);
+        self.history.validate("history", &mut issues);
+        self.gpio.validate("gpio", &mut issues);
+        if !self.gpio.inputs.is_empty() {
+            if let Some(i) = self.devices.iter().position(|d| d.name == crate::gpio::DEVICE) {
+                issues.push(
+                    format!("devices[{i}].name"),
+                    "\"gpio\" is the device of the [[gpio.inputs]] tags: give this device another name",
+                );
+            }
+        }
         issues
     }
 

@@ -73,6 +73,24 @@ pub struct InputView {
     pub count: Option<u64>,
 }
 
+/// The status page's view of the device `gpio` (its tags are the inputs; it is always
+/// "connected": the pins are on the board).
+pub fn device_view(settings: &GpioSettings) -> crate::live::DeviceView {
+    crate::live::DeviceView {
+        name: DEVICE.into(),
+        protocol: DEVICE.into(),
+        address: "local pins".into(),
+        connected: true,
+        since: Some(Utc::now()),
+        tags: settings
+            .inputs
+            .iter()
+            .map(|i| crate::live::TagView { name: i.name.clone(), unit: None, quality: "none".into(), ..Default::default() })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// The agent's conditions at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Conditions {

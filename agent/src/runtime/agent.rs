@@ -181,8 +181,15 @@ async fn run_once(
             started_at: Some(Utc::now()),
         },
         &config.devices,
-    );
+    )
+    .with_history(config.history.build());
     live.update(|s| s.store.next_batch_seq = outbox.next_batch_seq());
+    let gpio = config.gpio.build();
+    if !gpio.inputs.is_empty() {
+        live.update(|s| {
+            s.devices.insert(crate::gpio::DEVICE.into(), crate::gpio::device_view(&gpio));
+        });
+    }
     let register = Register::new(live.clone());
     // Cancelled when the agent starts to stop: tasks ending after that are expected to.
     let stopping = CancellationToken::new();
@@ -247,6 +254,19 @@ async fn run_once(
             async move {
                 let _down = down;
                 edge_drivers::opcua::run_device_beating(device, pki, tx, inbox, cancel, beat).await;
+                Ok(())
+            }
+        }));
+    }
+    // GPIO: the stack light follows the agent; inputs are tags of the device `gpio`. It
+    // stops with the drivers, writing its fail-safe levels.
+    if !gpio.is_empty() {
+        let (tx, lv, data_dir, stop) = (drivers_tx.clone(), live.clone(), config.gateway.data_dir.clone(), driver_cancel.clone());
+        drivers.push(supervise("gpio".into(), false, register.clone(), driver_cancel.clone(), move || {
+            let (settings, tx, lv, data_dir, cancel) = (gpio.clone(), tx.clone(), lv.clone(), data_dir.clone(), stop.clone());
+            async move {
+                let pins = crate::gpio::pins::open(settings.backend).context("[gpio] backend")?;
+                crate::gpio::run(settings, pins, lv, data_dir, tx, cancel).await;
                 Ok(())
             }
         }));
