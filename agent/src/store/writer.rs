@@ -226,7 +226,9 @@ impl Writer {
                 self.live.record_stats(&device, stats);
                 false
             }
-            ReportKind::Disconnected(reason) => {
+            ReportKind::Disconnected(error) => {
+                // The operator's sentence, on the status page and in the event.
+                let reason = error.to_string();
                 self.live.record_connection(&device, false, Some(reason.clone()));
                 gathered.events.push(self.event(&device, Event::DeviceLost(DeviceLost { reason })));
                 false

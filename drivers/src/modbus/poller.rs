@@ -28,6 +28,7 @@
 //! answered `NotConnected` at once.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -145,7 +146,7 @@ pub async fn run_bus_beating(
         let mut ctx = match outcome {
             Ok(ctx) => ctx,
             Err(e) => {
-                let reason = ModbusError::from(e);
+                let reason = Arc::new(ModbusError::from(e));
                 warn_once(&bus, &link, &reason);
                 for i in 0..bus.units.len() {
                     if !bus.lose(i, &reason).await {
@@ -249,7 +250,7 @@ enum Job {
 enum Outcome {
     Ok,
     ReceiverGone,
-    Transport(ModbusError),
+    Transport(Arc<ModbusError>),
 }
 
 /// One device on the bus.
@@ -503,7 +504,7 @@ impl Bus {
             unit.stats.backed_off = true;
             let wait = unit.breaker.next_probe().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default();
             warn!(device = %unit.cfg.name, %reason, failures = unit.breaker.failures(), next_probe = ?wait, "device backed off");
-            let lost = ModbusError::BackedOff { cause: Box::new(reason), failures: unit.breaker.failures() };
+            let lost = Arc::new(ModbusError::BackedOff { cause: Box::new(reason), failures: unit.breaker.failures() });
             if !self.lose(u, &lost).await {
                 return Outcome::ReceiverGone;
             }
@@ -517,7 +518,7 @@ impl Bus {
                     return Outcome::ReceiverGone;
                 }
             }
-            reason
+            Arc::new(reason)
         };
         if !self.send_stats(u, Instant::now()).await {
             return Outcome::ReceiverGone;
@@ -526,13 +527,13 @@ impl Bus {
     }
 
     /// Reports `u` lost (every tag bad, then `Disconnected`), once per loss.
-    async fn lose(&mut self, u: usize, reason: &ModbusError) -> bool {
+    async fn lose(&mut self, u: usize, error: &Arc<ModbusError>) -> bool {
         let unit = &mut self.units[u];
         if unit.online == Some(false) {
             return true;
         }
-        // The reports carry the operator's sentence.
-        let reason = reason.to_string();
+        // A bad tag's reason is the operator's sentence; the device's loss keeps the error.
+        let reason = error.to_string();
         unit.online = Some(false);
         warn!(device = %unit.cfg.name, %reason, "device lost");
         let bad: Vec<Sample> = unit.cfg.tags.iter().map(|t| bad_sample(&t.name, &reason)).collect();
@@ -543,7 +544,7 @@ impl Bus {
                 pass.push(s);
             }
         }
-        self.send(u, ReportKind::Samples(pass)).await && self.send(u, ReportKind::Disconnected(reason)).await
+        self.send(u, ReportKind::Samples(pass)).await && self.send(u, ReportKind::Disconnected(Arc::clone(error).into())).await
     }
 
     /// Sends the readings that pass their deadband, and the counters when due.
@@ -581,7 +582,7 @@ impl Bus {
     }
 
     /// Executes one write for unit `u`; `Err` when the connection must be rebuilt.
-    async fn write(&mut self, ctx: &mut Context, (u, req): (usize, WriteRequest)) -> Result<(), ModbusError> {
+    async fn write(&mut self, ctx: &mut Context, (u, req): (usize, WriteRequest)) -> Result<(), Arc<ModbusError>> {
         let Some(unit) = self.units.get_mut(u) else { return Ok(()) };
         if unit.breaker.is_open() {
             write::refuse_not_connected(req);
@@ -603,7 +604,7 @@ impl Bus {
         }
         match end {
             WriteEnd::Done => Ok(()),
-            WriteEnd::Transport(e) => Err(ModbusError::Write(e)),
+            WriteEnd::Transport(e) => Err(Arc::new(ModbusError::Write(e))),
         }
     }
 

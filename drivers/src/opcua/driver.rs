@@ -87,11 +87,11 @@ pub async fn run_device_beating(
     let mut client = match tokio::task::spawn_blocking(move || build_client(&ua2, &pki2, t)).await {
         Ok(Ok(c)) => c,
         Ok(Err(reason)) => {
-            out.send(ReportKind::Disconnected(OpcuaError::Client { pki: pki.clone(), reason }.to_string())).await;
+            out.send(ReportKind::Disconnected(OpcuaError::Client { pki: pki.clone(), reason }.into())).await;
             return;
         }
         Err(e) => {
-            out.send(ReportKind::Disconnected(OpcuaError::ClientTask(e.to_string()).to_string())).await;
+            out.send(ReportKind::Disconnected(OpcuaError::ClientTask(e.to_string()).into())).await;
             return;
         }
     };
@@ -115,7 +115,7 @@ pub async fn run_device_beating(
             Some(Err(error)) => {
                 out.stats.transport_errors += 1;
                 out.stats.warnings = standing_warnings(&ua, &pki);
-                // The reports carry the operator's sentence.
+                // A bad tag's reason is the operator's sentence; the device's loss keeps the error.
                 let message = error.to_string();
                 let changed = last_error.as_deref() != Some(message.as_str());
                 if changed {
@@ -125,7 +125,7 @@ pub async fn run_device_beating(
                 if !loss_reported || (changed && error.needs_operator()) {
                     let now = Utc::now();
                     let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &message, now)).collect();
-                    if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(message)).await {
+                    if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(error.into())).await {
                         return;
                     }
                     loss_reported = true;
@@ -154,7 +154,7 @@ pub async fn run_device_beating(
                         }
                         let now = Utc::now();
                         let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &reason, now)).collect();
-                        if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(reason.clone())).await {
+                        if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(error.into())).await {
                             return;
                         }
                         loss_reported = true;
