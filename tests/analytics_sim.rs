@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use edge_agent::analytics::config::ModelConfig;
-use edge_agent::analytics::detect::{AnomalyDetector, LabValue, QualityDetector};
+use edge_agent::analytics::detect::{AnomalyDetector, LabValue, ModelId, QualityDetector};
 use edge_agent::analytics::embedded;
 use edge_drivers::sim::sugar_mill::{Fault, SugarMill};
 use edge_models::Prediction;
@@ -31,7 +31,7 @@ fn the_pump_model_raises_nothing_over_three_days_of_normal_operation_and_catches
     let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
     let cfg: ModelConfig =
         toml::from_str("name = \"p\"\nkind = \"anomaly\"\nartifact = \"x\"\ninputs = [\"a/b\"]\nmin_duration = \"3s\"").unwrap();
-    let mut detector = AnomalyDetector::new(&cfg);
+    let mut detector = AnomalyDetector::new(&cfg, ModelId::new(&cfg, &model.manifest().version));
     let mut mill = SugarMill::new(101);
     mill.set_random_faults(false);
     let window = model.manifest().window;
@@ -50,7 +50,7 @@ fn the_pump_model_raises_nothing_over_three_days_of_normal_operation_and_catches
         }
         let w = &rows[rows.len() - window..];
         let Prediction::Anomaly { score, contributions } = model.infer(w).unwrap() else { panic!("not an anomaly model") };
-        match detector.update(score, &contributions, t0 + Duration::from_secs(minute as u64), Utc::now()).map(|r| r.kind) {
+        match detector.update(score, &contributions, t0 + Duration::from_secs(minute as u64), Utc::now()).map(|r| r.kind()) {
             Some("anomaly_started") => started.push(minute),
             Some("anomaly_ended") => ended += 1,
             _ => {}
@@ -111,7 +111,7 @@ fn the_purity_soft_sensor_tracks_the_true_purity_through_an_underheat_episode() 
     // And the detector as the agent runs it, taking each lab result (every 4 h) as it comes
     let cfg: ModelConfig =
         toml::from_str("name = \"q\"\nkind = \"quality\"\nartifact = \"x\"\ninputs = [\"a/b\"]\nspec_min = 85.0").unwrap();
-    let mut detector = QualityDetector::new(&cfg);
+    let mut detector = QualityDetector::new(&cfg, ModelId::new(&cfg, &model.manifest().version));
     let mut labs = mill.lab_samples();
     let (mut rows, mut errors, mut inside, mut lowest) = (Vec::new(), Vec::new(), 0usize, f64::INFINITY);
     let t0 = Instant::now();

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod events;
 pub mod gpio;
 pub mod health;
 pub mod history;

@@ -5,6 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use edge_drivers::{Sample, Value};
 use serde::{Deserialize, Serialize};
 
+use crate::events::{Event, Severity};
+
 /// One sample inside a telemetry batch: `{"tag","v","q","ts"}` (+ `"reason"` when not good,
 /// + `"server_ts"` when the protocol has one).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,16 +66,39 @@ pub struct StatusPayload {
 pub struct EventPayload {
     /// Unique per gateway, across restarts (`{gateway}-{event_seq}`): de-duplicate on it.
     pub id: String,
-    /// `device_connected`, `device_lost`, …
+    /// `device_connected`, `device_lost`, … ([`Event::kind`]; any string when read back).
     pub kind: String,
     pub gateway: String,
     /// The device or asset it concerns.
     pub asset: String,
-    /// `info`, `warning` or `critical`.
-    pub severity: String,
+    pub severity: Severity,
     pub ts: String,
+    /// The kind's details (`crate::events` has their types). Kept as JSON here: the
+    /// outbox also holds records written by other versions, and receivers must accept
+    /// kinds they do not know.
     #[serde(default)]
     pub details: serde_json::Value,
+}
+
+impl EventPayload {
+    /// The payload of `event`, numbered `id`.
+    pub fn new(id: String, gateway: String, asset: String, ts: DateTime<Utc>, event: &Event) -> Result<Self, serde_json::Error> {
+        Ok(EventPayload {
+            id,
+            kind: event.kind().to_string(),
+            gateway,
+            asset,
+            severity: event.severity(),
+            ts: rfc3339(ts),
+            details: event.details()?,
+        })
+    }
+
+    /// The typed event; an error for a kind this build does not know, or details that do
+    /// not fit its kind.
+    pub fn event(&self) -> Result<Event, serde_json::Error> {
+        Event::parse(&self.kind, &self.details, self.severity)
+    }
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

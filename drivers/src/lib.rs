@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod error;
 pub mod heartbeat;
 pub mod log_limit;
 pub mod modbus;
@@ -15,4 +16,5 @@ pub mod sim;
 pub mod validate;
 
 pub use config::{DeviceConfig, Protocol, TagConfig};
+pub use error::DeviceError;
 pub use sample::{DeviceReport, DriverStats, Quality, ReportKind, Sample, Value};

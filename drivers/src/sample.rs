@@ -77,8 +77,9 @@ pub enum ReportKind {
     Samples(Vec<Sample>),
     /// The connection to the device came up.
     Connected,
-    /// The connection was lost or could not be made; the reason says why.
-    Disconnected(String),
+    /// The connection was lost or could not be made; the error says why (its `Display`
+    /// is the sentence the operator sees).
+    Disconnected(crate::error::DeviceError),
     /// The driver's counters for the device, sent at most about once a second.
     Stats(DriverStats),
 }

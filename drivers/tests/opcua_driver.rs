@@ -74,7 +74,7 @@ impl Driver {
         match r.kind {
             ReportKind::Samples(s) => self.samples.extend(s.into_iter().map(|s| (Instant::now(), s))),
             ReportKind::Connected => self.connected += 1,
-            ReportKind::Disconnected(why) => self.disconnects.push(why),
+            ReportKind::Disconnected(why) => self.disconnects.push(why.to_string()),
             ReportKind::Stats(s) => self.stats = s,
         }
     }

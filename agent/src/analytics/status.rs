@@ -98,7 +98,7 @@ pub struct ModelView {
     /// Quality: the last lab value and the bias it set.
     pub lab: Option<serde_json::Value>,
     /// RUL: the window last proposed.
-    pub maintenance_window: Option<serde_json::Value>,
+    pub maintenance_window: Option<crate::events::MaintenanceWindow>,
     pub counters: CountersView,
 }
 

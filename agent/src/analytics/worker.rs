@@ -11,16 +11,17 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use edge_drivers::{DeviceReport, Quality, ReportKind, Sample, Value};
 use edge_models::{Model, ModelKind, Prediction};
-use serde_json::{json, Value as Json};
+use serde_json::json;
 use tokio::sync::mpsc::Sender;
 use tracing::{error, info, warn};
 
 use super::calendar::expand;
 use super::config::{CalendarConfig, ModelConfig, ANALYTICS_DEVICE, EMBEDDED_PREFIX};
-use super::detect::{AnomalyDetector, LabValue, QualityDetector, Raised, RulDetector};
+use super::detect::{AnomalyDetector, LabValue, ModelId, QualityDetector, RulDetector};
 use super::status::{ModelCounters, ModelView, PredictionView};
 use super::warmup::WARM_UP_STATE;
 use super::window::{numeric, Windower};
+use crate::events::{Event, ModelFailed, ModelLoaded};
 use crate::live::Live;
 use crate::store::StoredEventDraft;
 
@@ -150,14 +151,12 @@ impl Worker {
                     v.state = "failed".into();
                     v.error = Some(reason.clone());
                 });
-                self.raise(
-                    Raised {
-                        kind: "model_failed",
-                        severity: "warning",
-                        details: json!({ "kind": self.cfg.kind.as_str(), "artifact": self.cfg.artifact, "reason": reason }),
-                    },
-                    None,
-                );
+                self.raise(Event::ModelFailed(ModelFailed {
+                    model: name.clone(),
+                    kind: self.cfg.kind,
+                    artifact: self.cfg.artifact.clone(),
+                    reason,
+                }));
                 // Drain until shutdown so the feed sees a live queue (nothing is counted as dropped).
                 while inbox.recv().is_ok() {}
                 return;
@@ -173,28 +172,23 @@ impl Worker {
             v.unit = m.unit.clone();
             v.window = m.window;
         });
-        self.raise(
-            Raised {
-                kind: "model_loaded",
-                severity: "info",
-                details: json!({
-                    "kind": m.kind.as_str(),
-                    "artifact": self.cfg.artifact,
-                    "architecture": m.architecture,
-                    "inputs": self.cfg.inputs,
-                    "window": m.window,
-                    "unit": m.unit,
-                    "training_data_sha256": m.training_data_sha256,
-                }),
-            },
-            Some(&m.version),
-        );
+        self.raise(Event::ModelLoaded(ModelLoaded {
+            model: name.clone(),
+            version: m.version.clone(),
+            kind: m.kind,
+            artifact: self.cfg.artifact.clone(),
+            architecture: m.architecture.clone(),
+            inputs: self.cfg.inputs.clone(),
+            window: m.window,
+            unit: m.unit.clone(),
+            training_data_sha256: m.training_data_sha256.clone(),
+        }));
 
         let mut windower = Windower::new(self.cfg.inputs.clone(), m.window, self.cfg.row_interval);
         let mut detector = match m.kind {
-            ModelKind::Anomaly => Detector::Anomaly(AnomalyDetector::new(&self.cfg)),
-            ModelKind::Quality => Detector::Quality(QualityDetector::new(&self.cfg)),
-            ModelKind::Rul => Detector::Rul(RulDetector::new(&self.cfg)),
+            ModelKind::Anomaly => Detector::Anomaly(AnomalyDetector::new(&self.cfg, ModelId::new(&self.cfg, &m.version))),
+            ModelKind::Quality => Detector::Quality(QualityDetector::new(&self.cfg, ModelId::new(&self.cfg, &m.version))),
+            ModelKind::Rul => Detector::Rul(RulDetector::new(&self.cfg, ModelId::new(&self.cfg, &m.version))),
         };
         let row_interval = self.cfg.row_interval;
         let period = self.cfg.period();
@@ -317,7 +311,6 @@ impl Worker {
             });
             return;
         }
-        let version = model.manifest().version.clone();
         let name = &self.cfg.name;
         let (view, raised, telemetry) = match (&prediction, detector) {
             (Prediction::Anomaly { score, contributions }, Detector::Anomaly(d)) => {
@@ -365,7 +358,7 @@ impl Worker {
         };
         self.publish(wall, telemetry);
         let active = match &raised {
-            Some(r) => !matches!(r.kind, "anomaly_ended" | "quality_restored"),
+            Some(r) => !r.ends_activity(),
             None => self.view_active(),
         };
         let counters = self.counters.view();
@@ -380,7 +373,7 @@ impl Worker {
             }
         });
         if let Some(r) = raised {
-            self.raise(r, Some(&version));
+            self.raise(r);
         }
     }
 
@@ -444,31 +437,18 @@ impl Worker {
     }
 
     /// Hands an event to the store's queue (never blocks; a full queue is counted and logged).
-    fn raise(&self, r: Raised, version: Option<&str>) {
-        let mut details = r.details;
-        if let Json::Object(map) = &mut details {
-            map.insert("model".into(), json!(self.cfg.name));
-            if let Some(v) = version {
-                map.insert("version".into(), json!(v));
-            }
-        }
-        let ts = Utc::now();
-        info!(model = %self.cfg.name, kind = r.kind, asset = %self.cfg.asset(), "{}", r.kind.replace('_', " "));
-        let event = StoredEventDraft {
-            gateway: self.gateway.clone(),
-            kind: r.kind.into(),
-            asset: self.cfg.asset().to_string(),
-            severity: r.severity.into(),
-            ts,
-            details,
-        };
+    fn raise(&self, event: Event) {
+        let kind = event.kind();
+        info!(model = %self.cfg.name, kind, asset = %self.cfg.asset(), "{}", kind.replace('_', " "));
+        let event = StoredEventDraft::now(self.gateway.as_str(), self.cfg.asset(), event);
+        let ts = event.ts;
         if self.events.try_send(event).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
-            error!(model = %self.cfg.name, kind = r.kind, "event dropped: the queue to the store is full");
+            error!(model = %self.cfg.name, kind, "event dropped: the queue to the store is full");
         } else {
             self.counters.events.fetch_add(1, Ordering::Relaxed);
         }
-        let kind = r.kind.to_string();
+        let kind = kind.to_string();
         let counters = self.counters.view();
         self.set_view(|v| {
             v.last_event = Some(kind);

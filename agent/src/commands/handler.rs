@@ -29,6 +29,7 @@ use super::parse::{parse, Command, WriteCommand};
 use super::policy::check_write;
 use super::recent::{RecentCommands, Seen};
 use crate::config::{reread, Config, RereadError};
+use crate::events::{CommandAudit, Event};
 use crate::live::Live;
 use crate::payload::{rfc3339, VERSION};
 use crate::store::{Outbox, StoredEventDraft, StoredReply};
@@ -293,38 +294,36 @@ impl Handler {
         let gateway = &self.config.gateway.id;
         let mut reply = Map::new();
         reply.insert("id".into(), audit.id.clone().map_or(serde_json::Value::Null, serde_json::Value::String));
-        let mut details = Map::new();
-        details.insert("command".into(), json!(audit.command));
-        details.insert("id".into(), json!(audit.id));
-        for (key, value) in [("device", &audit.device), ("tag", &audit.tag)] {
-            if let Some(v) = value {
-                details.insert(key.into(), json!(v));
-            }
-        }
-        if let Some(v) = &audit.value {
-            details.insert("value".into(), json!(v));
-        }
-        let (kind, severity, ok) = match &verdict {
-            Verdict::Rejected(_) => ("command_rejected", "warning", false),
-            Verdict::Executed(_) => ("command_executed", "info", true),
-            Verdict::Failed(_) => ("command_executed", "warning", false),
-        };
+        let refused = matches!(verdict, Verdict::Rejected(_));
+        let ok = matches!(verdict, Verdict::Executed(_));
         reply.insert("ok".into(), json!(ok));
-        details.insert("ok".into(), json!(ok));
-        match verdict {
+        let (reason, result) = match verdict {
             Verdict::Rejected(reason) | Verdict::Failed(reason) => {
                 reply.insert("error".into(), json!(reason));
-                details.insert("reason".into(), json!(reason));
+                (Some(reason), None)
             }
             Verdict::Executed(result) => {
                 reply.insert("result".into(), result.clone());
-                details.insert("result".into(), result);
+                (None, Some(result))
             }
-        }
-        details.insert("received_at".into(), json!(rfc3339(audit.received_at)));
+        };
+        let audit_record = CommandAudit {
+            command: audit.command.clone(),
+            id: audit.id.clone(),
+            device: audit.device.clone(),
+            tag: audit.tag,
+            value: audit.value,
+            ok,
+            reason,
+            result,
+            received_at: rfc3339(audit.received_at),
+        };
+        let why = audit_record.reason.clone().unwrap_or_default();
+        let event = if refused { Event::CommandRejected(audit_record) } else { Event::CommandExecuted(audit_record) };
+        let kind = event.kind();
 
-        let counter = match (kind, ok) {
-            ("command_rejected", _) => &self.counters.rejected,
+        let counter = match (refused, ok) {
+            (true, _) => &self.counters.rejected,
             (_, true) => &self.counters.accepted,
             _ => &self.counters.failed,
         };
@@ -340,7 +339,6 @@ impl Handler {
             s.commands.failed = failed;
         });
         let id = audit.id.as_deref().unwrap_or("-");
-        let why = details.get("reason").and_then(|r| r.as_str()).unwrap_or("");
         if ok {
             info!(command = %audit.command, %id, accepted, rejected, failed, "command executed");
         } else {
@@ -350,14 +348,8 @@ impl Handler {
             }
         }
 
-        let event = StoredEventDraft {
-            gateway: gateway.clone(),
-            kind: kind.into(),
-            asset: audit.device.clone().unwrap_or_else(|| gateway.clone()),
-            severity: severity.into(),
-            ts: Utc::now(),
-            details: serde_json::Value::Object(details),
-        };
+        let asset = audit.device.unwrap_or_else(|| gateway.clone());
+        let event = StoredEventDraft::now(gateway.as_str(), asset, event);
         Outcome { reply: serde_json::Value::Object(reply), event: Some(event), restart }
     }
 
@@ -390,6 +382,7 @@ mod tests {
 
     use super::*;
     use crate::config::load_str;
+    use crate::events::Severity;
     use crate::live::GatewayView;
 
     fn config_text(data_dir: &Path, writes_enabled: bool) -> String {
@@ -526,12 +519,12 @@ tag = "pump"
         assert_eq!(out.reply["ok"], true);
         assert_eq!(out.reply["result"]["pong"], true);
         assert!(out.reply.get("error").is_none());
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
-        assert_eq!(out.event.as_ref().unwrap().severity, "info");
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().event.severity(), Severity::Info);
         assert_eq!(out.event.as_ref().unwrap().asset, "gw");
-        assert_eq!(out.event.as_ref().unwrap().details["command"], "ping");
-        assert_eq!(out.event.as_ref().unwrap().details["id"], "p1");
-        assert!(out.event.as_ref().unwrap().details["received_at"].is_string());
+        assert_eq!(out.event.as_ref().unwrap().event.details().unwrap()["command"], "ping");
+        assert_eq!(out.event.as_ref().unwrap().event.details().unwrap()["id"], "p1");
+        assert!(out.event.as_ref().unwrap().event.details().unwrap()["received_at"].is_string());
     }
 
     #[tokio::test]
@@ -541,8 +534,8 @@ tag = "pump"
         assert_eq!(out.reply["id"], serde_json::Value::Null);
         assert_eq!(out.reply["ok"], false);
         assert!(out.reply["error"].as_str().unwrap().starts_with("malformed JSON"));
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
-        assert_eq!(out.event.as_ref().unwrap().severity, "warning");
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_rejected");
+        assert_eq!(out.event.as_ref().unwrap().event.severity(), Severity::Warning);
         assert_eq!(f.handler.counters.rejected.load(Ordering::Relaxed), 1);
     }
 
@@ -552,10 +545,10 @@ tag = "pump"
         let out = handle(&f, "write", r#"{"id":"w1","device":"plc","tag":"flow","value":312.5}"#).await;
         assert_eq!(out.reply, json!({"id":"w1","ok":true,"result":{"device":"plc","tag":"flow","value":312.5}}));
         assert_eq!(*f.seen.lock().unwrap(), vec![("flow".to_string(), Value::Float(312.5))]);
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_executed");
         assert_eq!(out.event.as_ref().unwrap().asset, "plc");
-        assert_eq!(out.event.as_ref().unwrap().details["tag"], "flow");
-        assert_eq!(out.event.as_ref().unwrap().details["value"], 312.5);
+        assert_eq!(out.event.as_ref().unwrap().event.details().unwrap()["tag"], "flow");
+        assert_eq!(out.event.as_ref().unwrap().event.details().unwrap()["value"], 312.5);
         assert_eq!(f.handler.counters.accepted.load(Ordering::Relaxed), 1);
     }
 
@@ -586,7 +579,7 @@ tag = "pump"
         // Then it is refused, named, and never reaches the PLC
         assert_eq!(out.reply["ok"], false);
         assert!(out.reply["error"].as_str().unwrap().contains("already used by a different command"), "{}", out.reply);
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_rejected");
         assert_eq!(f.seen.lock().unwrap().len(), 1);
     }
 
@@ -602,8 +595,8 @@ tag = "pump"
             let out = handle(&f, "write", payload).await;
             assert_eq!(out.reply["ok"], false);
             assert!(out.reply["error"].as_str().unwrap().contains(needle), "{payload}: {}", out.reply);
-            assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
-            assert_eq!(out.event.as_ref().unwrap().details["reason"], out.reply["error"]);
+            assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_rejected");
+            assert_eq!(out.event.as_ref().unwrap().event.details().unwrap()["reason"], out.reply["error"]);
         }
         assert!(f.seen.lock().unwrap().is_empty());
     }
@@ -612,14 +605,14 @@ tag = "pump"
     async fn a_disconnected_device_is_a_rejection_and_an_exception_a_failure() {
         let f = fixture(Driver::NotConnected, None);
         let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_rejected");
         assert_eq!(out.reply["error"], "plc/pump: the device is not connected");
 
         let f = fixture(Driver::Exception, None);
         let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
-        assert_eq!(out.event.as_ref().unwrap().severity, "warning");
-        assert_eq!(out.event.as_ref().unwrap().details["ok"], false);
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().event.severity(), Severity::Warning);
+        assert_eq!(out.event.as_ref().unwrap().event.details().unwrap()["ok"], false);
         assert!(out.reply["error"].as_str().unwrap().contains("modbus exception"), "{}", out.reply);
         assert_eq!(f.handler.counters.failed.load(Ordering::Relaxed), 1);
     }
@@ -631,7 +624,7 @@ tag = "pump"
         let out = handle(&f, "write", r#"{"id":"w","device":"plc","tag":"pump","value":true}"#).await;
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(out.reply["error"].as_str().unwrap().contains("no answer from device plc within 200ms"), "{}", out.reply);
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_executed");
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_executed");
     }
 
     #[tokio::test]
@@ -654,7 +647,7 @@ tag = "pump"
         let error = out.reply["error"].as_str().unwrap();
         assert!(error.contains("plant.toml:5: gateway.bogus: unknown key"), "{error}");
         assert!(out.restart.is_none());
-        assert_eq!(out.event.as_ref().unwrap().kind, "command_rejected");
+        assert_eq!(out.event.as_ref().unwrap().event.kind(), "command_rejected");
 
         std::fs::write(&file, config_text(dir.path(), false)).unwrap();
         let out = handle(&f, "reload", r#"{"id":"r2"}"#).await;

@@ -150,14 +150,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Outbox> {
         .context("the store's open task failed")?
         .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     if let Some(reset) = &outbox.reset {
-        let reset = StoredEventDraft {
-            gateway: config.gateway.id.clone(),
-            kind: "store_reset".into(),
-            asset: config.gateway.id.clone(),
-            severity: "critical".into(),
-            ts: Utc::now(),
-            details: reset.details(),
-        };
+        let reset = StoredEventDraft::now(config.gateway.id.as_str(), config.gateway.id.as_str(), reset.event());
         outbox.append(&[], &[reset]).await.context("cannot write to the fresh store")?;
     }
     Ok(outbox)

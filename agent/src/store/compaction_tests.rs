@@ -5,8 +5,6 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
-use chrono::Utc;
-
 use super::compaction::{due, COMPACTED, COMPACTING, OLD, OUTBOX};
 use super::{Outbox, StoredBatch, StoredEventDraft, StoredReply};
 use crate::payload::WireSample;
@@ -26,14 +24,7 @@ fn batch(device: &str) -> StoredBatch {
 }
 
 fn event() -> StoredEventDraft {
-    StoredEventDraft {
-        gateway: "gw".into(),
-        kind: "device_lost".into(),
-        asset: "plc".into(),
-        severity: "warning".into(),
-        ts: Utc::now(),
-        details: serde_json::json!({}),
-    }
+    StoredEventDraft::now("gw", "plc", crate::events::Event::DeviceLost(crate::events::DeviceLost { reason: "no answer".into() }))
 }
 
 fn reply(n: u64) -> StoredReply {

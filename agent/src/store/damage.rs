@@ -7,6 +7,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use super::highwater::{Loaded, Marks};
+use crate::events::{Event, StoreResetDetails, StoreResetReason};
 
 /// Runs sled calls that can panic on damaged data (sled 0.34 panics with e.g. "cannot find
 /// pid … in view_for_key" or "tried to serialize Uninitialized" where it expects
@@ -36,7 +37,7 @@ pub(super) fn panic_message(payload: &Box<dyn Any + Send>) -> String {
 pub struct StoreReset {
     /// `unreadable` (the store was moved aside), `records_lost` (sled opened it but the
     /// newest numbers are gone) or `numbering_unreadable` (the high-water file is damaged).
-    pub reason: &'static str,
+    pub reason: StoreResetReason,
     pub moved_aside: Option<PathBuf>,
     /// Upper bound of telemetry batches that may be lost (some may have been delivered
     /// already); `None` when unknown (no intact high-water marks).
@@ -52,30 +53,19 @@ pub struct StoreReset {
 }
 
 impl StoreReset {
-    /// The `store_reset` event's details (`schemas/event.schema.json`,
-    /// `store_reset_details`), for a reset found at start or at a reopen.
-    pub fn details(&self) -> serde_json::Value {
-        let mut d = serde_json::json!({ "reason": self.reason, "next_batch_seq": self.next_batch_seq });
-        let mut put = |k: &str, v: serde_json::Value| {
-            d[k] = v;
-        };
-        if let Some(aside) = &self.moved_aside {
-            put("moved_aside_to", aside.display().to_string().into());
-        }
-        if let Some(n) = self.batches_possibly_lost {
-            put("batches_possibly_lost", n.into());
-        }
-        if let Some(n) = self.events_possibly_lost {
-            put("events_possibly_lost", n.into());
-        }
-        if let Some((from, below)) = self.lost_batch_seqs {
-            put("lost_batch_seq_from", from.into());
-            put("lost_batch_seq_below", below.into());
-        }
-        if let Some(e) = &self.error {
-            put("error", e.clone().into());
-        }
-        d
+    /// The `store_reset` event (`schemas/event.schema.json`, `store_reset_details`), for a
+    /// reset found at start or at a reopen.
+    pub fn event(&self) -> Event {
+        Event::StoreReset(StoreResetDetails {
+            reason: self.reason,
+            next_batch_seq: self.next_batch_seq,
+            moved_aside_to: self.moved_aside.as_ref().map(|aside| aside.display().to_string()),
+            batches_possibly_lost: self.batches_possibly_lost,
+            events_possibly_lost: self.events_possibly_lost,
+            lost_batch_seq_from: self.lost_batch_seqs.map(|(from, _)| from),
+            lost_batch_seq_below: self.lost_batch_seqs.map(|(_, below)| below),
+            error: self.error.clone(),
+        })
     }
 }
 
@@ -132,7 +122,7 @@ pub(super) fn continue_numbering(
             let lost_b = window_b.saturating_sub(store.held_batches);
             let lost_e = window_e.saturating_sub(store.held_events);
             let reset = StoreReset {
-                reason: if moved_aside.is_some() { "unreadable" } else { "records_lost" },
+                reason: if moved_aside.is_some() { StoreResetReason::Unreadable } else { StoreResetReason::RecordsLost },
                 moved_aside,
                 batches_possibly_lost: Some(lost_b),
                 events_possibly_lost: Some(lost_e),
@@ -142,10 +132,10 @@ pub(super) fn continue_numbering(
             };
             (next, Some(reset))
         }
-        Loaded::Unreadable => unknown("numbering_unreadable", (s.0.max(clock), s.1.max(clock), s.2.max(clock))),
+        Loaded::Unreadable => unknown(StoreResetReason::NumberingUnreadable, (s.0.max(clock), s.1.max(clock), s.2.max(clock))),
         // No marks (a data dir from before they existed, or a new one): the store's own
         // numbers are all there is; after a move-aside, the clock.
-        Loaded::Missing if moved_aside.is_some() => unknown("unreadable", (s.0.max(clock), s.1.max(clock), s.2.max(clock))),
+        Loaded::Missing if moved_aside.is_some() => unknown(StoreResetReason::Unreadable, (s.0.max(clock), s.1.max(clock), s.2.max(clock))),
         Loaded::Missing => (s, None),
     }
 }
@@ -175,7 +165,7 @@ mod tests {
         // Then numbering continues at 100 and up to 8 batches may be lost (10 held, 2 left)
         assert_eq!(next, (100, 100, 100));
         let reset = reset.expect("a reset");
-        assert_eq!(reset.reason, "records_lost");
+        assert_eq!(reset.reason, StoreResetReason::RecordsLost);
         assert_eq!(reset.batches_possibly_lost, Some(8));
         assert_eq!(reset.lost_batch_seqs, Some((90, 100)));
     }
@@ -193,14 +183,14 @@ mod tests {
         let (next, reset) = continue_numbering(store(1, 0), Loaded::Found(marks(40, 31)), aside, 1_700_000_000_000);
         assert_eq!(next.0, 40);
         let reset = reset.unwrap();
-        assert_eq!((reset.reason, reset.batches_possibly_lost), ("unreadable", Some(9)));
+        assert_eq!((reset.reason, reset.batches_possibly_lost), (StoreResetReason::Unreadable, Some(9)));
     }
 
     #[test]
     fn without_intact_marks_numbering_continues_at_the_clock_or_above_never_lower() {
         let (next, reset) = continue_numbering(store(2_000_000_000_000, 0), Loaded::Unreadable, None, 1_700_000_000_000);
         assert_eq!(next.0, 2_000_000_000_000);
-        assert_eq!(reset.unwrap().reason, "numbering_unreadable");
+        assert_eq!(reset.unwrap().reason, StoreResetReason::NumberingUnreadable);
         let (next, _) = continue_numbering(store(7, 0), Loaded::Unreadable, None, 1_700_000_000_000);
         assert_eq!(next.0, 1_700_000_000_000);
     }

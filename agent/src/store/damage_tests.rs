@@ -192,7 +192,7 @@ async fn a_store_that_comes_up_without_its_newest_records_continues_above_them_a
     assert_eq!(outbox.next_batch_seq(), 151);
     // and the loss is reported and counted, with a bound that covers the 50 batches
     let reset = outbox.reset.clone().expect("a store_reset");
-    assert_eq!(reset.reason, "records_lost");
+    assert_eq!(reset.reason, crate::events::StoreResetReason::RecordsLost);
     assert!(reset.moved_aside.is_none());
     assert_eq!(reset.batches_possibly_lost, Some(50));
     assert_eq!(reset.lost_batch_seqs, Some((1, 151)));
@@ -234,7 +234,7 @@ async fn survey_of_sled_failures_on_damaged_stores() {
                     panics += 1;
                     kinds.insert(r.error.clone().unwrap_or_default().chars().take(90).collect::<String>());
                 }
-                Some(r) if r.reason == "unreadable" => errors += 1,
+                Some(r) if r.reason == crate::events::StoreResetReason::Unreadable => errors += 1,
                 Some(_) => lost += 1,
                 None => fine += 1,
             }

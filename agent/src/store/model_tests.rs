@@ -90,14 +90,7 @@ fn batch(device: u8, samples: u8, uid: u64) -> StoredBatch {
 }
 
 fn event() -> StoredEventDraft {
-    StoredEventDraft {
-        gateway: "gw".into(),
-        kind: "device_lost".into(),
-        asset: "plc0".into(),
-        severity: "warning".into(),
-        ts: Utc::now(),
-        details: serde_json::json!({}),
-    }
+    StoredEventDraft::now("gw", "plc0", crate::events::Event::DeviceLost(crate::events::DeviceLost { reason: "no answer".into() }))
 }
 
 async fn run(ops: Vec<Op>) {

@@ -277,7 +277,7 @@ impl Outbox {
         let mut fresh = Self::open_at(dir, path, high_water)?;
         fresh.moved_aside = Some(aside);
         fresh.reset = Some(StoreReset {
-            reason: "unreadable",
+            reason: crate::events::StoreResetReason::Unreadable,
             moved_aside: fresh.moved_aside.clone(),
             batches_possibly_lost: None,
             events_possibly_lost: None,
@@ -384,7 +384,7 @@ impl Outbox {
         if let Some(r) = &reset {
             self.counters.store_resets.fetch_add(1, Ordering::Relaxed);
             error!(
-                reason = r.reason,
+                reason = r.reason.as_str(),
                 batches_possibly_lost = ?r.batches_possibly_lost,
                 lost_batch_seqs = ?r.lost_batch_seqs,
                 next_batch_seq = r.next_batch_seq,
@@ -485,7 +485,7 @@ impl Outbox {
             }
             let mut eb = sled::Batch::default();
             for e in events {
-                let rec = record::encode(&StoredEvent(e.finish(next_event)))?;
+                let rec = record::encode(&StoredEvent(e.finish(next_event)?))?;
                 added += rec.len() as u64;
                 eb.insert(&key(next_event), rec);
                 next_event += 1;
@@ -880,24 +880,20 @@ pub struct StoredReply {
 #[derive(Debug, Clone)]
 pub struct StoredEventDraft {
     pub gateway: String,
-    pub kind: String,
+    /// The device or asset it concerns.
     pub asset: String,
-    pub severity: String,
     pub ts: chrono::DateTime<Utc>,
-    pub details: serde_json::Value,
+    pub event: crate::events::Event,
 }
 
 impl StoredEventDraft {
-    fn finish(&self, seq: u64) -> crate::payload::EventPayload {
-        crate::payload::EventPayload {
-            id: format!("{}-{seq}", self.gateway),
-            kind: self.kind.clone(),
-            gateway: self.gateway.clone(),
-            asset: self.asset.clone(),
-            severity: self.severity.clone(),
-            ts: crate::payload::rfc3339(self.ts),
-            details: self.details.clone(),
-        }
+    /// An event of `gateway` about `asset`, noticed now.
+    pub fn now(gateway: impl Into<String>, asset: impl Into<String>, event: crate::events::Event) -> Self {
+        StoredEventDraft { gateway: gateway.into(), asset: asset.into(), ts: Utc::now(), event }
+    }
+
+    fn finish(&self, seq: u64) -> Result<crate::payload::EventPayload, serde_json::Error> {
+        crate::payload::EventPayload::new(format!("{}-{seq}", self.gateway), self.gateway.clone(), self.asset.clone(), self.ts, &self.event)
     }
 }
 
@@ -1007,14 +1003,8 @@ mod tests {
     #[tokio::test]
     async fn events_get_ids_that_are_unique_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let draft = StoredEventDraft {
-            gateway: "gw".into(),
-            kind: "device_lost".into(),
-            asset: "plc".into(),
-            severity: "warning".into(),
-            ts: Utc::now(),
-            details: serde_json::json!({}),
-        };
+        let draft =
+            StoredEventDraft::now("gw", "plc", crate::events::Event::DeviceLost(crate::events::DeviceLost { reason: "no answer".into() }));
         {
             let outbox = Outbox::open(dir.path()).unwrap();
             outbox.append(&[], &[draft.clone()]).await.unwrap();

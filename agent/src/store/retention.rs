@@ -121,14 +121,7 @@ mod tests {
     }
 
     fn event() -> StoredEventDraft {
-        StoredEventDraft {
-            gateway: "gw".into(),
-            kind: "device_lost".into(),
-            asset: "plc".into(),
-            severity: "warning".into(),
-            ts: Utc::now(),
-            details: serde_json::json!({}),
-        }
+        StoredEventDraft::now("gw", "plc", crate::events::Event::DeviceLost(crate::events::DeviceLost { reason: "no answer".into() }))
     }
 
     fn seqs(o: &Outbox) -> Vec<u64> {

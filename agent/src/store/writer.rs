@@ -29,6 +29,7 @@ use super::outbox::{Outbox, OutboxCounters, StoreError, StoredEventDraft};
 use super::record::StoredBatch;
 use super::retention::Dropped;
 use crate::config::StoreConfig;
+use crate::events::{BufferOverflow, DeviceConnected, DeviceLost, Event, StoreResetReason};
 use crate::live::Live;
 use crate::payload::WireSample;
 
@@ -218,30 +219,25 @@ impl Writer {
             }
             ReportKind::Connected => {
                 self.live.record_connection(&device, true, None);
-                gathered.events.push(self.event("device_connected", &device, "info", serde_json::json!({})));
+                gathered.events.push(self.event(&device, Event::DeviceConnected(DeviceConnected {})));
                 false
             }
             ReportKind::Stats(stats) => {
                 self.live.record_stats(&device, stats);
                 false
             }
-            ReportKind::Disconnected(reason) => {
+            ReportKind::Disconnected(error) => {
+                // The operator's sentence, on the status page and in the event.
+                let reason = error.to_string();
                 self.live.record_connection(&device, false, Some(reason.clone()));
-                gathered.events.push(self.event("device_lost", &device, "warning", serde_json::json!({ "reason": reason })));
+                gathered.events.push(self.event(&device, Event::DeviceLost(DeviceLost { reason })));
                 false
             }
         }
     }
 
-    fn event(&self, kind: &str, asset: &str, severity: &str, details: serde_json::Value) -> StoredEventDraft {
-        StoredEventDraft {
-            gateway: self.gateway.clone(),
-            kind: kind.into(),
-            asset: asset.into(),
-            severity: severity.into(),
-            ts: Utc::now(),
-            details,
-        }
+    fn event(&self, asset: &str, event: Event) -> StoredEventDraft {
+        StoredEventDraft::now(self.gateway.as_str(), asset, event)
     }
 
     async fn write(&self, gathered: &mut Gathered, overflow: &mut Overflow, compaction: &mut Compaction, recovery: &mut Recovery) {
@@ -269,7 +265,7 @@ impl Writer {
             // cannot be counted, so the loss fields stay unknown.
             self.outbox.counters.store_resets.fetch_add(1, Ordering::Relaxed);
             let reset = StoreReset {
-                reason: "unreadable",
+                reason: StoreResetReason::Unreadable,
                 moved_aside: Some(aside),
                 batches_possibly_lost: None,
                 events_possibly_lost: None,
@@ -277,7 +273,7 @@ impl Writer {
                 next_batch_seq: self.outbox.next_batch_seq(),
                 error: None,
             };
-            gathered.events.push(self.event("store_reset", &self.gateway, "critical", reset.details()));
+            gathered.events.push(self.event(&self.gateway, reset.event()));
         }
         if gathered.is_empty() {
             self.publish_state();
@@ -365,17 +361,15 @@ impl Writer {
         }
         let d = overflow.pending;
         let event = self.event(
-            "buffer_overflow",
             &self.gateway,
-            "warning",
-            serde_json::json!({
-                "dropped_batches": d.batches,
-                "dropped_samples": d.samples,
-                "dropped_events": d.events,
-                "dropped_too_old": d.too_old,
-                "dropped_unwritten_samples": overflow.unwritten,
-                "max_bytes": max,
-                "bytes": self.outbox.bytes(),
+            Event::BufferOverflow(BufferOverflow {
+                dropped_batches: d.batches,
+                dropped_samples: d.samples,
+                dropped_events: d.events,
+                dropped_too_old: d.too_old,
+                dropped_unwritten_samples: overflow.unwritten,
+                max_bytes: max,
+                bytes: self.outbox.bytes(),
             }),
         );
         match self.outbox.append(&[], &[event]).await {

@@ -5,6 +5,7 @@
 //! - [`decode`]: registers → engineering values and back (pure, unit-tested).
 //! - [`plan`]: merges tags into as few requests as possible; splits refused ones.
 //! - [`transport`]: opens a TCP, serial or RTU-over-TCP connection.
+//! - [`error`]: why a device gave no usable answer (connect, transport, exception).
 //! - [`breaker`]: backs off a device that stopped answering.
 //! - [`deadband`]: report-by-exception with a heartbeat.
 //! - [`poller`]: the per-connection task: poll groups, several devices in turn, writes,
@@ -16,6 +17,7 @@ pub mod breaker;
 pub mod config;
 pub mod deadband;
 pub mod decode;
+pub mod error;
 pub mod plan;
 pub mod poller;
 pub mod transport;
@@ -23,6 +25,7 @@ pub mod types;
 pub mod write;
 
 pub use config::{group_by_bus, SerialConfig};
+pub use error::{ConnectError, LinkError, ModbusError, TransportError};
 pub use poller::{run_bus, run_bus_beating, run_device};
 pub use types::{ByteOrder, DataType, Table};
 pub use write::{write_channel, WriteError, WriteInbox, WriteRequest};

@@ -28,6 +28,7 @@
 //! answered `NotConnected` at once.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ use crate::log_limit::LogLimit;
 use crate::modbus::breaker::{Breaker, Change};
 use crate::modbus::deadband::Deadbands;
 use crate::modbus::decode::decode_tag;
+use crate::modbus::error::{ModbusError, TransportError};
 use crate::modbus::plan::{items_of_group, plan_items, split, Limits, ReadRequest};
 use crate::modbus::transport::Link;
 use crate::modbus::types::Table;
@@ -56,40 +58,6 @@ use crate::sample::{DeviceReport, DriverStats, Quality, ReportKind, Sample, Valu
 
 /// How often a device's counters are reported at most.
 const STATS_EVERY: Duration = Duration::from_secs(1);
-
-/// Why a request got no usable answer: the connection must be rebuilt.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum TransportFailure {
-    #[error("no reply within {0:?}")]
-    Timeout(Duration),
-    /// A reply of another size than asked for: on an RTU line, most likely the late
-    /// reply to an earlier request.
-    #[error("the reply held {got} items where {asked} were asked for")]
-    Mismatch { asked: u16, got: usize },
-    #[error("the device closed the connection")]
-    Closed,
-    #[error("{0}")]
-    Io(tokio_modbus::Error),
-}
-
-impl From<tokio_modbus::Error> for TransportFailure {
-    /// tokio-modbus reports a connection the device closed as an I/O error "Success (os
-    /// error 0)" or an unexpected EOF; say what happened instead.
-    fn from(e: tokio_modbus::Error) -> Self {
-        match &e {
-            tokio_modbus::Error::Transport(io)
-                if io.raw_os_error() == Some(0)
-                    || matches!(
-                        io.kind(),
-                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                    ) =>
-            {
-                TransportFailure::Closed
-            }
-            _ => TransportFailure::Io(e),
-        }
-    }
-}
 
 /// Polls `device` alone on its own connection until `cancel` fires (see [`run_bus`]).
 pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport>, writes: WriteInbox, cancel: CancellationToken) {
@@ -177,7 +145,8 @@ pub async fn run_bus_beating(
         };
         let mut ctx = match outcome {
             Ok(ctx) => ctx,
-            Err(reason) => {
+            Err(e) => {
+                let reason = Arc::new(ModbusError::from(e));
                 warn_once(&bus, &link, &reason);
                 for i in 0..bus.units.len() {
                     if !bus.lose(i, &reason).await {
@@ -250,7 +219,7 @@ pub async fn run_bus_beating(
     }
 }
 
-fn warn_once(bus: &Bus, link: &Link, reason: &str) {
+fn warn_once(bus: &Bus, link: &Link, reason: &ModbusError) {
     if bus.units.iter().any(|u| u.online != Some(false)) {
         warn!(link = %link.describe(), %reason, "cannot connect");
     } else {
@@ -281,7 +250,7 @@ enum Job {
 enum Outcome {
     Ok,
     ReceiverGone,
-    Transport(String),
+    Transport(Arc<ModbusError>),
 }
 
 /// One device on the bus.
@@ -404,13 +373,7 @@ impl Bus {
                             continue;
                         }
                     }
-                    let reason = format!(
-                        "modbus exception {exception} (0x{:02X}) reading {} {}+{}",
-                        u8::from(exception),
-                        req.table.as_str(),
-                        req.start,
-                        req.count
-                    );
+                    let reason = ModbusError::Exception { exception, table: req.table, start: req.start, count: req.count }.to_string();
                     let key = format!("{}/{}/{}+{}/{exception}", unit.cfg.name, req.table.as_str(), req.start, req.count);
                     if let Some(suppressed) = self.log_limit.allow(key) {
                         warn!(device = %unit.cfg.name, %reason, suppressed, "device refused a read");
@@ -429,7 +392,7 @@ impl Bus {
                             samples.push((t, bad_sample(&unit.cfg.tags[t].name, &reason)));
                         }
                     }
-                    failure = Some(reason);
+                    failure = Some(ModbusError::from(f));
                     break;
                 }
             }
@@ -464,7 +427,7 @@ impl Bus {
                 }
                 self.answered(u, Vec::new()).await
             }
-            Err(f) => self.failed(u, Vec::new(), f.to_string()).await,
+            Err(f) => self.failed(u, Vec::new(), f.into()).await,
         }
     }
 
@@ -505,7 +468,7 @@ impl Bus {
                 unit.stats.exceptions += 1;
                 unit.stats.last_latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
             }
-            Err(TransportFailure::Timeout(_)) => unit.stats.timeouts += 1,
+            Err(TransportError::Timeout(_)) => unit.stats.timeouts += 1,
             Err(_) => unit.stats.transport_errors += 1,
         }
         if result.is_err() {
@@ -533,26 +496,30 @@ impl Bus {
 
     /// The unit did not answer: its readings so far are sent bad; the breaker counts it;
     /// the connection is to be rebuilt.
-    async fn failed(&mut self, u: usize, samples: Vec<Tagged>, reason: String) -> Outcome {
+    async fn failed(&mut self, u: usize, samples: Vec<Tagged>, reason: ModbusError) -> Outcome {
         let unit = &mut self.units[u];
         let change = unit.breaker.on_failure(Instant::now());
-        if change == Change::Opened {
+        let reason = if change == Change::Opened {
             unit.stats.backoffs += 1;
             unit.stats.backed_off = true;
             let wait = unit.breaker.next_probe().map(|t| t.saturating_duration_since(Instant::now())).unwrap_or_default();
             warn!(device = %unit.cfg.name, %reason, failures = unit.breaker.failures(), next_probe = ?wait, "device backed off");
-            let reason = format!("{reason}; backed off after {} failed polls", unit.breaker.failures());
-            if !self.lose(u, &reason).await {
+            let lost = Arc::new(ModbusError::BackedOff { cause: Box::new(reason), failures: unit.breaker.failures() });
+            if !self.lose(u, &lost).await {
                 return Outcome::ReceiverGone;
             }
-        } else if !samples.is_empty() {
-            if let Some(suppressed) = self.log_limit.allow(format!("{}/poll failed", unit.cfg.name)) {
-                warn!(device = %unit.cfg.name, %reason, suppressed, "poll failed");
+            lost
+        } else {
+            if !samples.is_empty() {
+                if let Some(suppressed) = self.log_limit.allow(format!("{}/poll failed", unit.cfg.name)) {
+                    warn!(device = %unit.cfg.name, %reason, suppressed, "poll failed");
+                }
+                if let Outcome::ReceiverGone = self.deliver(u, samples).await {
+                    return Outcome::ReceiverGone;
+                }
             }
-            if let Outcome::ReceiverGone = self.deliver(u, samples).await {
-                return Outcome::ReceiverGone;
-            }
-        }
+            Arc::new(reason)
+        };
         if !self.send_stats(u, Instant::now()).await {
             return Outcome::ReceiverGone;
         }
@@ -560,14 +527,16 @@ impl Bus {
     }
 
     /// Reports `u` lost (every tag bad, then `Disconnected`), once per loss.
-    async fn lose(&mut self, u: usize, reason: &str) -> bool {
+    async fn lose(&mut self, u: usize, error: &Arc<ModbusError>) -> bool {
         let unit = &mut self.units[u];
         if unit.online == Some(false) {
             return true;
         }
+        // A bad tag's reason is the operator's sentence; the device's loss keeps the error.
+        let reason = error.to_string();
         unit.online = Some(false);
         warn!(device = %unit.cfg.name, %reason, "device lost");
-        let bad: Vec<Sample> = unit.cfg.tags.iter().map(|t| bad_sample(&t.name, reason)).collect();
+        let bad: Vec<Sample> = unit.cfg.tags.iter().map(|t| bad_sample(&t.name, &reason)).collect();
         let now = Instant::now();
         let mut pass = Vec::with_capacity(bad.len());
         for (i, s) in bad.into_iter().enumerate() {
@@ -575,7 +544,7 @@ impl Bus {
                 pass.push(s);
             }
         }
-        self.send(u, ReportKind::Samples(pass)).await && self.send(u, ReportKind::Disconnected(reason.to_string())).await
+        self.send(u, ReportKind::Samples(pass)).await && self.send(u, ReportKind::Disconnected(Arc::clone(error).into())).await
     }
 
     /// Sends the readings that pass their deadband, and the counters when due.
@@ -613,7 +582,7 @@ impl Bus {
     }
 
     /// Executes one write for unit `u`; `Err` when the connection must be rebuilt.
-    async fn write(&mut self, ctx: &mut Context, (u, req): (usize, WriteRequest)) -> Result<(), String> {
+    async fn write(&mut self, ctx: &mut Context, (u, req): (usize, WriteRequest)) -> Result<(), Arc<ModbusError>> {
         let Some(unit) = self.units.get_mut(u) else { return Ok(()) };
         if unit.breaker.is_open() {
             write::refuse_not_connected(req);
@@ -635,7 +604,7 @@ impl Bus {
         }
         match end {
             WriteEnd::Done => Ok(()),
-            WriteEnd::Transport(reason) => Err(reason),
+            WriteEnd::Transport(e) => Err(Arc::new(ModbusError::Write(e))),
         }
     }
 
@@ -658,7 +627,7 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
 }
 
 /// Registers as words (bits as 0/1), or the device's exception.
-type ReadResult = Result<Result<Vec<u16>, ExceptionCode>, TransportFailure>;
+type ReadResult = Result<Result<Vec<u16>, ExceptionCode>, TransportError>;
 
 /// One read under `limit`. The reply must hold exactly what was asked for (bits come
 /// padded to whole bytes): RTU frames carry no transaction id, so a reply of another size
@@ -676,11 +645,11 @@ async fn read_request(ctx: &mut Context, req: &ReadRequest, limit: Duration) -> 
     let reply = match timeout(limit, ctx.call(request)).await {
         Ok(Ok(Ok(reply))) => reply,
         Ok(Ok(Err(exception))) => return Ok(Err(exception)),
-        Ok(Err(e)) => return Err(TransportFailure::from(e)),
-        Err(_) => return Err(TransportFailure::Timeout(limit)),
+        Ok(Err(e)) => return Err(TransportError::from(e)),
+        Err(_) => return Err(TransportError::Timeout(limit)),
     };
     let asked = usize::from(req.count);
-    let mismatch = |got| TransportFailure::Mismatch { asked: req.count, got };
+    let mismatch = |got| TransportError::Mismatch { asked: req.count, got };
     match reply {
         Response::ReadHoldingRegisters(words) | Response::ReadInputRegisters(words) if words.len() == asked => Ok(Ok(words)),
         Response::ReadCoils(bits) | Response::ReadDiscreteInputs(bits) if bits.len() >= asked && bits.len() < asked + 8 => {

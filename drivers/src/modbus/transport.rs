@@ -19,6 +19,7 @@ use tracing::debug;
 
 use crate::config::{DeviceConfig, Protocol};
 use crate::modbus::config::{Parity, SerialConfig};
+use crate::modbus::error::{ConnectError, LinkError};
 
 /// Where a bus is, and how frames are carried.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,16 +31,16 @@ pub enum Link {
 
 impl Link {
     /// The link of `device`; an error names what is missing (validation prevents it).
-    pub fn of(device: &DeviceConfig) -> Result<Self, String> {
-        let addr = || -> Result<SocketAddr, String> {
-            let a = device.address.as_deref().ok_or("no address")?;
-            a.parse().map_err(|_| format!("{a:?} is not an IP address and port"))
+    pub fn of(device: &DeviceConfig) -> Result<Self, LinkError> {
+        let addr = || -> Result<SocketAddr, LinkError> {
+            let a = device.address.as_deref().ok_or(LinkError::NoAddress)?;
+            a.parse().map_err(|_| LinkError::BadAddress(a.to_string()))
         };
         match device.protocol {
             Protocol::ModbusTcp => Ok(Link::Tcp(addr()?)),
             Protocol::ModbusRtuOverTcp => Ok(Link::RtuOverTcp(addr()?)),
-            Protocol::ModbusRtu => device.serial.clone().map(Link::Serial).ok_or_else(|| "no [devices.serial] settings".into()),
-            Protocol::Opcua => Err("an OPC-UA device has no Modbus link".into()),
+            Protocol::ModbusRtu => device.serial.clone().map(Link::Serial).ok_or(LinkError::NoSerial),
+            Protocol::Opcua => Err(LinkError::NotModbus),
         }
     }
 
@@ -73,12 +74,12 @@ impl Link {
     /// RTU frames carry no transaction id: after a timeout, the reply a slow device still
     /// sends would otherwise be read as the answer to the next request of the same size
     /// (a serial port, and most converters, pass it on to the new connection too).
-    pub async fn connect(&self, unit: u8, limit: Duration, drain: Option<Duration>) -> Result<Context, String> {
+    pub async fn connect(&self, unit: u8, limit: Duration, drain: Option<Duration>) -> Result<Context, ConnectError> {
         match self {
             Link::Tcp(addr) => match timeout(limit, tokio_modbus::client::tcp::connect_slave(*addr, Slave(unit))).await {
                 Ok(Ok(ctx)) => Ok(ctx),
-                Ok(Err(e)) => Err(format!("connect failed: {e}")),
-                Err(_) => Err(format!("connect timed out after {limit:?}")),
+                Ok(Err(e)) => Err(ConnectError::Connect(e)),
+                Err(_) => Err(ConnectError::Timeout(limit)),
             },
             Link::RtuOverTcp(addr) => match timeout(limit, TcpStream::connect(*addr)).await {
                 Ok(Ok(mut stream)) => {
@@ -88,11 +89,11 @@ impl Link {
                     }
                     Ok(tokio_modbus::client::rtu::attach_slave(stream, Slave(unit)))
                 }
-                Ok(Err(e)) => Err(format!("connect failed: {e}")),
-                Err(_) => Err(format!("connect timed out after {limit:?}")),
+                Ok(Err(e)) => Err(ConnectError::Connect(e)),
+                Err(_) => Err(ConnectError::Timeout(limit)),
             },
             Link::Serial(s) => {
-                let mut stream = open_serial(s).map_err(|e| format!("cannot open serial port {}: {e}", s.port))?;
+                let mut stream = open_serial(s).map_err(|source| ConnectError::Serial { port: s.port.clone(), source })?;
                 if let Some(quiet) = drain {
                     drain_line(&mut stream, quiet).await?;
                 }
@@ -104,13 +105,13 @@ impl Link {
 
 /// Reads and discards until nothing has arrived for `quiet`, for at most ten times that
 /// (a line that never falls silent is reported, not waited on forever).
-async fn drain_line(stream: &mut (impl AsyncRead + Unpin), quiet: Duration) -> Result<usize, String> {
+async fn drain_line(stream: &mut (impl AsyncRead + Unpin), quiet: Duration) -> Result<usize, ConnectError> {
     let deadline = Instant::now() + quiet * 10;
     let mut buf = [0u8; 256];
     let mut dropped = 0;
     loop {
         if Instant::now() >= deadline {
-            return Err(format!("the line did not fall silent for {quiet:?} within {:?}", quiet * 10));
+            return Err(ConnectError::NotSilent { quiet, limit: quiet * 10 });
         }
         match timeout(quiet, stream.read(&mut buf)).await {
             Err(_) => {
@@ -119,9 +120,9 @@ async fn drain_line(stream: &mut (impl AsyncRead + Unpin), quiet: Duration) -> R
                 }
                 return Ok(dropped);
             }
-            Ok(Ok(0)) => return Err("the connection was closed".into()),
+            Ok(Ok(0)) => return Err(ConnectError::Closed),
             Ok(Ok(n)) => dropped += n,
-            Ok(Err(e)) => return Err(format!("read failed while waiting for the line to fall silent: {e}")),
+            Ok(Err(e)) => return Err(ConnectError::Drain(e)),
         }
     }
 }

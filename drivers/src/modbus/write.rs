@@ -230,8 +230,8 @@ pub fn write_channel(capacity: usize) -> (mpsc::Sender<WriteRequest>, WriteInbox
 pub(crate) enum WriteEnd {
     /// Answered; the connection is fine.
     Done,
-    /// The connection failed during the write and must be rebuilt (the reason).
-    Transport(String),
+    /// The connection failed during the write and must be rebuilt (why).
+    Transport(WriteError),
 }
 
 /// Executes `req` on the connection `ctx` of `device` and answers it: the write, then a
@@ -292,10 +292,7 @@ pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: Write
             warn!(device = %device.name, tag = %tag.name, error = %e, "write failed");
             (Err(e), WriteEnd::Done)
         }
-        Err(e) => {
-            let reason = format!("write failed: {e}");
-            (Err(e), WriteEnd::Transport(reason))
-        }
+        Err(e) => (Err(e.clone()), WriteEnd::Transport(e)),
     };
     let _ = req.reply.send(result);
     end

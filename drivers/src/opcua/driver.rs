@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::config::OpcuaConfig;
+use super::error::{OpcuaError, ServiceError};
 use super::reconnect::Reconnect;
 use super::session::{build_client, connect, endpoint_gate, identity, Connected};
 use super::subscription::{self, Event, Group, Heartbeat};
@@ -85,12 +86,12 @@ pub async fn run_device_beating(
     out.heartbeat.alive_until(Instant::now() + Duration::from_secs(60));
     let mut client = match tokio::task::spawn_blocking(move || build_client(&ua2, &pki2, t)).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            out.send(ReportKind::Disconnected(format!("cannot set up the OPC-UA client (PKI {}): {e}", pki.display()))).await;
+        Ok(Err(reason)) => {
+            out.send(ReportKind::Disconnected(OpcuaError::Client { pki: pki.clone(), reason }.into())).await;
             return;
         }
         Err(e) => {
-            out.send(ReportKind::Disconnected(format!("cannot set up the OPC-UA client: {e}"))).await;
+            out.send(ReportKind::Disconnected(OpcuaError::ClientTask(e.to_string()).into())).await;
             return;
         }
     };
@@ -111,18 +112,20 @@ pub async fn run_device_beating(
         let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
         match attempt {
             None => return,
-            Some(Err(message)) => {
+            Some(Err(error)) => {
                 out.stats.transport_errors += 1;
                 out.stats.warnings = standing_warnings(&ua, &pki);
+                // A bad tag's reason is the operator's sentence; the device's loss keeps the error.
+                let message = error.to_string();
                 let changed = last_error.as_deref() != Some(message.as_str());
                 if changed {
                     warn!(device = %device.name, endpoint = %ua.endpoint, error = %message, "OPC-UA connection failed");
                     last_error = Some(message.clone());
                 }
-                if !loss_reported || (changed && needs_operator(&message)) {
+                if !loss_reported || (changed && error.needs_operator()) {
                     let now = Utc::now();
                     let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &message, now)).collect();
-                    if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(message)).await {
+                    if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(error.into())).await {
                         return;
                     }
                     loss_reported = true;
@@ -144,13 +147,14 @@ pub async fn run_device_beating(
                 let end = run_session(&device, &ua, connected, (generation, rebuild), &mut out, &mut writes, &cancel).await;
                 match end {
                     SessionEnd::Stopped => return,
-                    SessionEnd::Lost(reason) => {
+                    SessionEnd::Lost(error) => {
+                        let reason = error.to_string();
                         if let Some(suppressed) = out.log_limit.allow("session lost") {
                             warn!(device = %device.name, endpoint = %ua.endpoint, reason = %reason, suppressed, "OPC-UA session lost; rebuilding");
                         }
                         let now = Utc::now();
                         let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &reason, now)).collect();
-                        if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(reason.clone())).await {
+                        if !out.send(ReportKind::Samples(bad)).await || !out.send(ReportKind::Disconnected(error.into())).await {
                             return;
                         }
                         loss_reported = true;
@@ -170,12 +174,6 @@ pub async fn run_device_beating(
             return;
         }
     }
-}
-
-/// Whether a connection failure needs an operator (a certificate to trust, a login to fix)
-/// rather than time.
-fn needs_operator(message: &str) -> bool {
-    ["not trusted", "Certificate", "BadUserAccessDenied", "BadIdentityToken", "password", "user_"].iter().any(|k| message.contains(k))
 }
 
 /// What the status page must say about the device's security setup.
@@ -202,7 +200,7 @@ async fn attempt(
     ua: &OpcuaConfig,
     out: &mut Reporter,
     cancel: &CancellationToken,
-) -> Option<Result<Connected, String>> {
+) -> Option<Result<Connected, OpcuaError>> {
     let gate = endpoint_gate(&ua.endpoint);
     let _held = tokio::select! {
         () = cancel.cancelled() => return None,
@@ -211,16 +209,16 @@ async fn attempt(
     out.stats.session_attempts += 1;
     let token = match identity(ua) {
         Ok(t) => t,
-        Err(e) => return Some(Err(e)),
+        Err(e) => return Some(Err(OpcuaError::Identity(e))),
     };
     let deadline = Instant::now() + ua.connect_timeout;
     tokio::select! {
         () = cancel.cancelled() => None,
         r = connect(client, ua, token, deadline) => Some(r.map_err(|e| {
             if e.is_untrusted_certificate() && !ua.auto_trust_server_certificate {
-                format!("{e}: the server certificate is not trusted; it was stored as rejected — list it with `edge-agent opcua certs` and trust it with `edge-agent opcua trust`")
+                OpcuaError::Untrusted(e)
             } else {
-                e.to_string()
+                OpcuaError::Connect(e)
             }
         })),
     }
@@ -239,7 +237,7 @@ async fn wait_refusing_writes(until: Instant, writes: &mut mpsc::Receiver<WriteR
 
 enum SessionEnd {
     Stopped,
-    Lost(String),
+    Lost(OpcuaError),
 }
 
 /// What the driver knows about one tag in the current session.
@@ -317,10 +315,10 @@ async fn run_session(
     let setup = tokio::select! {
         () = cancel.cancelled() => return stop(session).await,
         r = timeout_at_deadline(deadline, st.build(out)) => r,
-        reason = &mut *lost => return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into())),
+        reason = &mut *lost => return SessionEnd::Lost(reason.map_or(OpcuaError::Ended, OpcuaError::Lost)),
     };
     if let Err(e) = setup {
-        return SessionEnd::Lost(format!("setting up subscriptions failed: {e}"));
+        return SessionEnd::Lost(OpcuaError::Setup(e));
     }
     let retry_every = ua.reconnect_min.max(Duration::from_millis(200)).min(Duration::from_secs(5));
     let mut next_retry = Instant::now() + retry_every;
@@ -344,7 +342,7 @@ async fn run_session(
                 if !batch.is_empty() {
                     out.send(ReportKind::Samples(batch)).await;
                 }
-                return SessionEnd::Lost(reason.unwrap_or_else(|_| "the session ended".into()));
+                return SessionEnd::Lost(reason.map_or(OpcuaError::Ended, OpcuaError::Lost));
             }
             Some(status) = rx.status.recv() => {
                 let mut batch = Vec::new();
@@ -394,13 +392,13 @@ async fn run_session(
                 for g in due {
                     poll_due[g] = next_due(poll_due[g], st.groups[g].interval, now);
                     if let Err(e) = st.poll(g, out).await {
-                        return SessionEnd::Lost(format!("reading polled group failed: {e}"));
+                        return SessionEnd::Lost(OpcuaError::PolledRead(e));
                     }
                 }
                 if !st.retry.is_empty() && now >= next_retry {
                     next_retry = now + retry_every;
                     if let Err(e) = timeout_at_deadline(now + ua.connect_timeout, st.rebuild_items(out)).await {
-                        return SessionEnd::Lost(format!("re-creating items failed: {e}"));
+                        return SessionEnd::Lost(OpcuaError::Recreate(e));
                     }
                 }
             }
@@ -408,10 +406,13 @@ async fn run_session(
     }
 }
 
-async fn timeout_at_deadline<T>(deadline: Instant, f: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+async fn timeout_at_deadline<T>(
+    deadline: Instant,
+    f: impl std::future::Future<Output = Result<T, ServiceError>>,
+) -> Result<T, ServiceError> {
     match tokio::time::timeout_at(deadline, f).await {
         Ok(r) => r,
-        Err(_) => Err("no answer in time".into()),
+        Err(_) => Err(ServiceError::Deadline),
     }
 }
 
@@ -432,15 +433,15 @@ fn next_due(due: Instant, interval: Duration, now: Instant) -> Instant {
 
 impl SessionState<'_> {
     /// Resolves every tag and creates every subscription and item of the session.
-    async fn build(&mut self, out: &mut Reporter) -> Result<(), String> {
+    async fn build(&mut self, out: &mut Reporter) -> Result<(), ServiceError> {
         self.retry.extend(0..self.device.tags.len());
         self.rebuild_items(out).await
     }
 
-    async fn create_group_subscription(&mut self, g: usize, out: &mut Reporter) -> Result<(), String> {
+    async fn create_group_subscription(&mut self, g: usize, out: &mut Reporter) -> Result<(), ServiceError> {
         let created = subscription::create_subscription(&self.session, g, &self.groups[g], self.ua, &self.events, self.generation)
             .await
-            .map_err(|s| format!("CreateSubscription refused: {s}"))?;
+            .map_err(|status| ServiceError::Refused { service: "CreateSubscription", status })?;
         let id = created.id;
         self.watch[g] = Some((created.heartbeat, created.silence_limit));
         // Rebuilt: after a reconnect, or again in this session after the server dropped it.
@@ -453,7 +454,7 @@ impl SessionState<'_> {
     }
 
     /// Resolves and (re)creates the items waiting in `retry`; those still refused stay.
-    async fn rebuild_items(&mut self, out: &mut Reporter) -> Result<(), String> {
+    async fn rebuild_items(&mut self, out: &mut Reporter) -> Result<(), ServiceError> {
         if !self.forget.is_empty() {
             // Mostly answered BadSubscriptionIdInvalid (the server no longer has them); what
             // matters is that the library stops tracking them.
@@ -479,9 +480,10 @@ impl SessionState<'_> {
                     if let Some(suppressed) = out.log_limit.allow("subscription not created") {
                         warn!(device = %self.device.name, error = %e, suppressed, "OPC-UA subscription not created");
                     }
+                    let reason = e.to_string();
                     for i in self.groups[g].tags.clone() {
                         self.retry.insert(i);
-                        self.report_bad(i, &e, &mut bad, out);
+                        self.report_bad(i, &reason, &mut bad, out);
                     }
                     continue;
                 }
@@ -503,7 +505,7 @@ impl SessionState<'_> {
             }
             let results = subscription::create_items(&self.session, sub, self.device, &self.groups[g], self.ua, &to_create)
                 .await
-                .map_err(|s| format!("CreateMonitoredItems refused: {s}"))?;
+                .map_err(|status| ServiceError::Refused { service: "CreateMonitoredItems", status })?;
             for (i, status, id) in results {
                 if status.is_good() {
                     // (reported_bad is cleared by the item's first good value: some servers
@@ -610,7 +612,7 @@ fn is_node_gone(status: StatusCode) -> bool {
 
 impl SessionState<'_> {
     /// Reads polled group `g` once.
-    async fn poll(&mut self, g: usize, out: &mut Reporter) -> Result<(), String> {
+    async fn poll(&mut self, g: usize, out: &mut Reporter) -> Result<(), ServiceError> {
         let items: Vec<(usize, NodeId)> = self.groups[g].tags.iter().filter_map(|&i| self.items[i].node.clone().map(|n| (i, n))).collect();
         if items.is_empty() {
             return Ok(());
@@ -620,11 +622,11 @@ impl SessionState<'_> {
         let values = match timeout(self.device.timeout, subscription::read(&self.session, &items)).await {
             Err(_) => {
                 out.stats.timeouts += 1;
-                return Err(format!("no answer to Read within {:?}", self.device.timeout));
+                return Err(ServiceError::ReadTimeout(self.device.timeout));
             }
             Ok(Err(status)) => {
                 out.stats.exceptions += 1;
-                return Err(format!("Read refused: {status}"));
+                return Err(ServiceError::Refused { service: "Read", status });
             }
             Ok(Ok(v)) => v,
         };

@@ -50,6 +50,8 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+impl std::error::Error for ConnectError {}
+
 /// The agent's PKI directory for OPC-UA under the data dir: `own/` (its certificate),
 /// `private/` (its key), `trusted/` and `rejected/` (server certificates).
 pub fn pki_dir(data_dir: &Path) -> PathBuf {

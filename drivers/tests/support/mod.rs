@@ -327,7 +327,7 @@ impl Driver {
                 self.stats.insert(r.device, s);
             }
             ReportKind::Connected => *self.connected.entry(r.device).or_default() += 1,
-            ReportKind::Disconnected(why) => self.disconnected.entry(r.device).or_default().push(why),
+            ReportKind::Disconnected(why) => self.disconnected.entry(r.device).or_default().push(why.to_string()),
         }
     }
 
