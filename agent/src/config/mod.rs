@@ -3,8 +3,11 @@
 //! - [`types`]: the sections, with doc-commented fields and defaults.
 //! - [`validate`]: the pure check that collects *every* problem with its path.
 //! - [`load`]: read, parse, catch unknown keys, validate, and point at the line of each problem.
+//! - [`reference`]: the config reference (`docs/configuration.md`), generated from the
+//!   keys and their defaults (`edge-agent config-reference`).
 
 pub mod load;
+pub mod reference;
 pub mod types;
 pub mod validate;
 
