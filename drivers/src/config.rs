@@ -2,7 +2,10 @@
 //!
 //! The drivers own this part of the config because they are what consume it. The agent
 //! embeds it, runs [`DeviceConfig::validate`] (and [`validate_devices`] across devices)
-//! with the rest of the config, and hands each valid device to its driver.
+//! with the rest of the config, and builds each valid device into the values its driver
+//! runs with ([`crate::modbus::ModbusDevice::build`]): a default that a key leaves to the
+//! build step is a `DEFAULT_*` constant below, next to the field, and is resolved there
+//! once; the config reference (`edge-agent config-reference`) prints the same constants.
 //!
 //! **One shape for every protocol.** A device is one flat table whatever its protocol:
 //! the keys every protocol shares (`name`, `protocol`, `poll_interval`, `timeout`,

@@ -879,6 +879,26 @@ mod tests {
     }
 
     #[test]
+    fn a_section_left_out_has_the_same_defaults_as_an_empty_one() {
+        // Given a config without the optional sections, and one with each of them empty
+        let without: crate::config::Config =
+            toml::from_str("[gateway]\nid = \"gw\"\nsite = \"site\"\ndata_dir = \"/var/lib/edge-agent\"\n").unwrap();
+        let with = defaults().unwrap();
+        let without = Value::try_from(&without).unwrap();
+        // Then each section's `Default` impl (used when it is left out) agrees with its fields' serde defaults
+        for section in ["mqtt", "store", "web", "commands", "calendar"] {
+            // The defaults config adds repeated tables and sub-tables of its own; compare the other keys.
+            let plain = |v: &Value| -> toml::Table {
+                let nested = |k: &str| {
+                    with.get(section).and_then(|s| s.get(k)).is_some_and(|v| v.is_table() || v.as_array().is_some_and(|a| !a.is_empty()))
+                };
+                v.as_table().unwrap().iter().filter(|(k, _)| !nested(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
+            };
+            assert_eq!(plain(&without[section]), plain(&with[section]), "[{section}]");
+        }
+    }
+
+    #[test]
     fn a_serde_default_in_the_reference_is_the_value_the_config_loads_with() {
         // Given the generated reference
         let md = markdown().unwrap();
