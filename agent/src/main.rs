@@ -33,6 +33,9 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print the config reference (every key, its type, default and meaning) in Markdown,
+    /// as in docs/configuration.md.
+    ConfigReference,
     /// Run a simulated sugar mill, an embedded MQTT broker and the agent with its models,
     /// all on loopback; or export simulated history, or rebuild the demo's models.
     Demo(edge_agent::cli::demo::DemoArgs),
@@ -110,6 +113,18 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::ConfigReference = &cli.command {
+        return match edge_agent::config::reference::markdown() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("edge-agent: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -138,7 +153,7 @@ fn main() -> ExitCode {
             Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
             Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
             Command::Opcua { command } => edge_agent::cli::opcua::run(command).await,
-            Command::CheckConfig { .. } => Ok(None), // handled above
+            Command::CheckConfig { .. } | Command::ConfigReference => Ok(None), // handled above
         }
     });
     // Don't wait for the blocking threads (the demo broker's) to finish.

@@ -108,6 +108,7 @@ async fn driver(addr: SocketAddr, registers: u16, secs: Duration) -> Run {
     let (tx, mut rx) = mpsc::channel(256);
     let cancel = CancellationToken::new();
     let (_writes, inbox) = write_channel(1);
+    let device = edge_drivers::modbus::ModbusDevice::build(&device).unwrap_or_else(|e| panic!("{e}"));
     tokio::spawn(run_device(device, tx, inbox, cancel.clone()));
     // Warm up: connected and polling.
     let warm = Instant::now() + Duration::from_millis(300);

@@ -2,7 +2,10 @@
 //!
 //! The drivers own this part of the config because they are what consume it. The agent
 //! embeds it, runs [`DeviceConfig::validate`] (and [`validate_devices`] across devices)
-//! with the rest of the config, and hands each valid device to its driver.
+//! with the rest of the config, and builds each valid device into the values its driver
+//! runs with ([`crate::modbus::ModbusDevice::build`]): a default that a key leaves to the
+//! build step is a `DEFAULT_*` constant below, next to the field, and is resolved there
+//! once; the config reference (`edge-agent config-reference`) prints the same constants.
 //!
 //! **One shape for every protocol.** A device is one flat table whatever its protocol:
 //! the keys every protocol shares (`name`, `protocol`, `poll_interval`, `timeout`,
@@ -101,19 +104,20 @@ pub struct DeviceConfig {
     #[serde(default = "default_max_gap")]
     pub max_gap: u16,
     /// Most registers one read request may ask for (1–125), for devices that accept
-    /// fewer than the protocol's 125.
+    /// fewer than the protocol's 125. Default [`DEFAULT_MAX_REGISTERS_PER_REQUEST`].
     #[serde(default)]
     pub max_registers_per_request: Option<u16>,
-    /// Most coils or discrete inputs one read request may ask for (1–2000).
+    /// Most coils or discrete inputs one read request may ask for (1–2000). Default
+    /// [`DEFAULT_MAX_BITS_PER_REQUEST`].
     #[serde(default)]
     pub max_bits_per_request: Option<u16>,
     /// Consecutive failed polls after which the device is backed off (its circuit
     /// opens: polled again only by a periodic probe), so that it does not hold up the
-    /// other devices of its bus. Default 3.
+    /// other devices of its bus. Default [`DEFAULT_BACKOFF_AFTER_FAILURES`].
     #[serde(default)]
     pub backoff_after_failures: Option<u32>,
-    /// Longest wait between two probes of a backed-off device (default 60s); the wait
-    /// grows from the poll interval, doubling with jitter.
+    /// Longest wait between two probes of a backed-off device (default
+    /// [`DEFAULT_BACKOFF_MAX`]); the wait grows from the poll interval, doubling with jitter.
     #[serde(default, with = "humantime_serde")]
     pub backoff_max: Option<Duration>,
     /// Write with function codes 15/16 even for one coil or register, for devices that
@@ -124,6 +128,25 @@ pub struct DeviceConfig {
     #[serde(default)]
     pub tags: Vec<TagConfig>,
 }
+
+/// `max_registers_per_request` when unset: the protocol's limit.
+pub const DEFAULT_MAX_REGISTERS_PER_REQUEST: u16 = 125;
+/// `max_bits_per_request` when unset: the protocol's limit.
+pub const DEFAULT_MAX_BITS_PER_REQUEST: u16 = 2000;
+/// `backoff_after_failures` when unset.
+pub const DEFAULT_BACKOFF_AFTER_FAILURES: u32 = 3;
+/// `backoff_max` when unset.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A tag's `heartbeat` when unset (it applies with a deadband only).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+/// `unit_id` when unset.
+pub const DEFAULT_UNIT_ID: u8 = 1;
+/// `poll_interval` when unset.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// `timeout` when unset.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// `max_gap` when unset.
+pub const DEFAULT_MAX_GAP: u16 = 8;
 
 /// A duration written like `"500ms"` or `"10m"`, as a map value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,8 +207,8 @@ pub struct TagConfig {
     /// Like `deadband`, in percent of the last value sent.
     #[serde(default)]
     pub deadband_percent: Option<f64>,
-    /// With a deadband: longest time without sending a reading (default 60s), so that a
-    /// flat value is still seen to be alive.
+    /// With a deadband: longest time without sending a reading (default
+    /// [`DEFAULT_HEARTBEAT`]), so that a flat value is still seen to be alive.
     #[serde(default, with = "humantime_serde")]
     pub heartbeat: Option<Duration>,
     /// OPC-UA: the node, e.g. `ns=2;s=Line1.Speed` or `ns=2;i=1001`. Or `browse_path`.
@@ -268,23 +291,25 @@ impl Default for TagConfig {
 }
 
 fn default_unit_id() -> u8 {
-    1
+    DEFAULT_UNIT_ID
 }
 fn default_poll_interval() -> Duration {
-    Duration::from_secs(1)
+    DEFAULT_POLL_INTERVAL
 }
 fn default_timeout() -> Duration {
-    Duration::from_secs(1)
+    DEFAULT_TIMEOUT
 }
 fn default_max_gap() -> u16 {
-    8
+    DEFAULT_MAX_GAP
 }
 fn one() -> f64 {
     1.0
 }
 
 impl TagConfig {
-    /// The data type after defaults.
+    /// The data type after defaults: `bool` for coils and discrete inputs, `u16` for
+    /// registers (the one place this default is decided; validation and the built
+    /// `ModbusTag` use it).
     pub fn data_type(&self) -> DataType {
         self.data_type.unwrap_or(match self.table {
             Some(Table::Coil | Table::Discrete) => DataType::Bool,

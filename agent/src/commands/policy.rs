@@ -10,7 +10,7 @@
 //! 6. it is at most `max_step` away from the tag's last good reading.
 
 use edge_drivers::modbus::write::encode_write;
-use edge_drivers::modbus::Table;
+use edge_drivers::modbus::{DataType, ModbusTag, Table};
 use edge_drivers::{DeviceConfig, Value};
 
 use super::config::CommandsConfig;
@@ -42,7 +42,12 @@ pub fn check_write(
         return Err(format!("{target} is not a configured tag"));
     };
     let opcua = device.protocol == edge_drivers::Protocol::Opcua;
-    let is_bool = !opcua && (tag.table == Some(Table::Coil) || tag.data_type() == edge_drivers::modbus::DataType::Bool);
+    // A Modbus tag as the driver runs it (its type resolved); `None` for OPC-UA.
+    let modbus = match opcua {
+        true => None,
+        false => Some(ModbusTag::build(tag, device.address_base).map_err(|_| format!("{target} is not a configured tag"))?),
+    };
+    let is_bool = modbus.as_ref().is_some_and(|t| t.table == Table::Coil || t.data_type == DataType::Bool);
     let number = match (is_bool, &write.value) {
         // An OPC-UA node's type is the server's: the driver converts to it (or refuses);
         // numbers still need the allowlist's limits.
@@ -56,7 +61,8 @@ pub fn check_write(
         (_, Value::Int(i)) => Some(*i as f64),
         (_, Value::Float(f)) => Some(*f),
         (_, other) => {
-            return Err(format!("{target} is a {} register: the value must be a number, not {}", tag.data_type().as_str(), show(other)))
+            let data_type = modbus.as_ref().map_or("", |t| t.data_type.as_str());
+            return Err(format!("{target} is a {data_type} register: the value must be a number, not {}", show(other)));
         }
     };
     if number.is_some() && opcua && (entry.min.is_none() || entry.max.is_none()) {
@@ -68,9 +74,8 @@ pub fn check_write(
             return Err(format!("value {v} is out of the allowed range [{min}, {max}] for {target}"));
         }
     }
-    if !opcua {
-        encode_write(tag, device.address_base, &write.value)
-            .map_err(|e| format!("value {} cannot be written to {target}: {e}", show(&write.value)))?;
+    if let Some(tag) = &modbus {
+        encode_write(tag, &write.value).map_err(|e| format!("value {} cannot be written to {target}: {e}", show(&write.value)))?;
     }
     if let (Some(v), Some(step)) = (number, entry.max_step) {
         let last = match last_good {

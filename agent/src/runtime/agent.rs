@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 use edge_drivers::heartbeat::Heartbeat;
-use edge_drivers::modbus::{group_by_bus, run_bus_beating, write_channel};
+use edge_drivers::modbus::{run_bus_beating, write_channel};
 use edge_drivers::DeviceReport;
 use tokio::net::TcpListener;
 use tokio::signal::unix::Signal;
@@ -211,7 +211,9 @@ async fn run_once(
     // The loops the systemd watchdog watches, by task name.
     let mut loops: systemd::Loops = Vec::new();
     // Devices sharing a serial bus or a converter share one connection and one task.
-    for bus in group_by_bus(&config.devices) {
+    // Built from the validated config: every default resolved before a driver starts.
+    let built = config.build().context("building the config")?;
+    for bus in built.modbus {
         let mut members = Vec::new();
         for device in bus {
             let (write_tx, inbox) = write_channel(16);

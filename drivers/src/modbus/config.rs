@@ -64,7 +64,8 @@ impl SerialConfig {
         format!("{} {} {}{}{}", self.port, self.baud_rate, self.data_bits, parity, self.stop_bits)
     }
 
-    /// The silence between two frames (see `inter_frame_delay`).
+    /// The silence between two frames (see `inter_frame_delay`): the one place its default
+    /// is decided, used when the device is built (`ModbusDevice::frame_gap`).
     pub fn frame_gap(&self) -> Duration {
         self.inter_frame_delay.unwrap_or_else(|| {
             if self.baud_rate > 19_200 {
@@ -182,7 +183,7 @@ pub(crate) fn validate_device(device: &DeviceConfig, path: &str, issues: &mut Is
     if device.backoff_max.is_some_and(|d| d < Duration::from_secs(1)) {
         issues.push(format!("{path}.backoff_max"), "must be at least 1s");
     }
-    let max_regs = device.max_registers_per_request.unwrap_or(125);
+    let max_regs = device.max_registers_per_request.unwrap_or(crate::config::DEFAULT_MAX_REGISTERS_PER_REQUEST);
     for (i, tag) in device.tags.iter().enumerate() {
         validate_tag(tag, &format!("{path}.tags[{i}]"), device.address_base, max_regs, issues);
     }

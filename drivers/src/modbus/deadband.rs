@@ -2,15 +2,11 @@
 //! from the last one sent, when its quality changed, or when the heartbeat is due, so
 //! that a flat value is still seen to be alive.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
-use crate::config::TagConfig;
+pub use crate::config::DEFAULT_HEARTBEAT;
+use crate::modbus::device::ModbusTag;
 use crate::sample::{Sample, Value};
-
-/// Heartbeat of a deadbanded tag when the config sets none.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
 
 /// The last reading sent of each tag of a device.
 #[derive(Debug, Default)]
@@ -31,7 +27,7 @@ impl Deadbands {
     }
 
     /// Whether `sample` of tag `index` is to be sent; if so it is remembered as sent.
-    pub fn pass(&mut self, index: usize, tag: &TagConfig, sample: &Sample, now: Instant) -> bool {
+    pub fn pass(&mut self, index: usize, tag: &ModbusTag, sample: &Sample, now: Instant) -> bool {
         // Without a deadband every reading is sent, and nothing need be remembered.
         if !tag.has_deadband() {
             return true;
@@ -41,7 +37,7 @@ impl Deadbands {
             None => true,
             Some(last) => {
                 last.quality != sample.quality.code()
-                    || now.duration_since(last.at) >= tag.heartbeat.unwrap_or(DEFAULT_HEARTBEAT)
+                    || now.duration_since(last.at) >= tag.heartbeat
                     || moved(last.value.as_ref(), sample.value.as_ref(), tag)
             }
         };
@@ -62,7 +58,7 @@ fn number(v: Option<&Value>) -> Option<f64> {
 
 /// Whether the value left the deadband around the last value sent (either band, when
 /// both are set).
-fn moved(last: Option<&Value>, now: Option<&Value>, tag: &TagConfig) -> bool {
+fn moved(last: Option<&Value>, now: Option<&Value>, tag: &ModbusTag) -> bool {
     let (Some(a), Some(b)) = (number(last), number(now)) else { return last != now };
     let change = (b - a).abs();
     let abs = tag.deadband.is_some_and(|d| change > d);
@@ -72,9 +68,16 @@ fn moved(last: Option<&Value>, now: Option<&Value>, tag: &TagConfig) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::config::TagConfig;
     use crate::sample::Quality;
     use chrono::Utc;
+
+    fn built(tag: TagConfig) -> ModbusTag {
+        ModbusTag::build(&tag, 0).unwrap()
+    }
 
     fn sample(v: f64, good: bool) -> Sample {
         let now = Utc::now();
@@ -90,7 +93,7 @@ mod tests {
 
     #[test]
     fn small_moves_are_held_back_until_the_band_or_the_heartbeat_is_crossed() {
-        let tag = TagConfig { deadband: Some(0.5), heartbeat: Some(Duration::from_secs(10)), ..TagConfig::default() };
+        let tag = built(TagConfig { deadband: Some(0.5), heartbeat: Some(Duration::from_secs(10)), ..TagConfig::default() });
         let mut d = Deadbands::new(1);
         let t0 = Instant::now();
         assert!(d.pass(0, &tag, &sample(10.0, true), t0), "the first reading is sent");
@@ -104,7 +107,7 @@ mod tests {
 
     #[test]
     fn a_percent_band_scales_with_the_value() {
-        let tag = TagConfig { deadband_percent: Some(1.0), ..TagConfig::default() };
+        let tag = built(TagConfig { deadband_percent: Some(1.0), ..TagConfig::default() });
         let mut d = Deadbands::new(1);
         let t0 = Instant::now();
         assert!(d.pass(0, &tag, &sample(1000.0, true), t0));
@@ -114,7 +117,7 @@ mod tests {
 
     #[test]
     fn without_a_deadband_every_reading_is_sent() {
-        let tag = TagConfig::default();
+        let tag = built(TagConfig::default());
         let mut d = Deadbands::new(1);
         let t0 = Instant::now();
         assert!(d.pass(0, &tag, &sample(1.0, true), t0));

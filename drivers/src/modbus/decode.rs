@@ -7,7 +7,7 @@
 //! gives the 16-bit (`AB`/`BA`) and the 64-bit orders (`ABCDEFGH`, `GHEFCDAB`,
 //! `BADCFEHG`, `HGFEDCBA`).
 
-use crate::config::TagConfig;
+use crate::modbus::device::ModbusTag;
 use crate::modbus::types::{ByteOrder, DataType};
 use crate::sample::Value;
 
@@ -127,7 +127,7 @@ pub struct Decoded {
 /// Decodes the raw registers of one tag (exactly `tag.register_count()` of them)
 /// and applies its scaling and clamping (a clamped value is returned clamped; see
 /// [`decode_tag`] to know whether it was).
-pub fn decode_registers(regs: &[u16], tag: &TagConfig) -> Result<Value, DecodeError> {
+pub fn decode_registers(regs: &[u16], tag: &ModbusTag) -> Result<Value, DecodeError> {
     decode_tag(regs, tag).map(|d| d.value)
 }
 
@@ -136,8 +136,8 @@ pub fn decode_registers(regs: &[u16], tag: &TagConfig) -> Result<Value, DecodeEr
 /// Unscaled integers stay integers (a `u64` above the `i64` range becomes a float);
 /// anything scaled becomes a float. An `f32` is widened through its shortest decimal
 /// form so that `0.3` on the PLC reads `0.3`, not `0.30000001192092896`.
-pub fn decode_tag(regs: &[u16], tag: &TagConfig) -> Result<Decoded, DecodeError> {
-    let data_type = tag.data_type();
+pub fn decode_tag(regs: &[u16], tag: &ModbusTag) -> Result<Decoded, DecodeError> {
+    let data_type = tag.data_type;
     let needed = usize::from(tag.register_count());
     if regs.len() != needed {
         return Err(DecodeError::WrongLength { needed, got: regs.len() });
@@ -206,7 +206,7 @@ enum Raw {
     Float(f64),
 }
 
-fn scale(raw: Raw, tag: &TagConfig) -> Value {
+fn scale(raw: Raw, tag: &ModbusTag) -> Value {
     match raw {
         Raw::Int(i) if tag.is_unscaled() => match i64::try_from(i) {
             Ok(i) => Value::Int(i),
@@ -242,10 +242,13 @@ pub enum DecodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TagConfig;
     use crate::modbus::types::Table;
 
-    fn tag(data_type: DataType, byte_order: ByteOrder) -> TagConfig {
-        TagConfig { name: "t".into(), table: Some(Table::Holding), data_type: Some(data_type), byte_order, ..TagConfig::default() }
+    fn tag(data_type: DataType, byte_order: ByteOrder) -> ModbusTag {
+        let cfg =
+            TagConfig { name: "t".into(), table: Some(Table::Holding), data_type: Some(data_type), byte_order, ..TagConfig::default() };
+        ModbusTag::build(&cfg, 0).unwrap()
     }
 
     // 0x12345678 laid out by each byte order, as a device manual would show it.

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the Modbus keys of a device (serial line, limits) and their checks.
 //! - [`types`]: register tables, data types, byte orders.
+//! - [`device`]: the built device and tags the driver runs on, every default resolved.
 //! - [`decode`]: registers → engineering values and back (pure, unit-tested).
 //! - [`plan`]: merges tags into as few requests as possible; splits refused ones.
 //! - [`transport`]: opens a TCP, serial or RTU-over-TCP connection.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod deadband;
 pub mod decode;
 pub mod error;
+pub mod device;
 pub mod plan;
 pub mod poller;
 pub mod transport;
@@ -26,6 +28,7 @@ pub mod write;
 
 pub use config::{group_by_bus, SerialConfig};
 pub use error::{ConnectError, LinkError, ModbusError, TransportError};
+pub use device::{build_buses, BuildError, ModbusDevice, ModbusTag};
 pub use poller::{run_bus, run_bus_beating, run_device};
 pub use types::{ByteOrder, DataType, Table};
 pub use write::{write_channel, WriteError, WriteInbox, WriteRequest};

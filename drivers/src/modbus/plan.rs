@@ -9,7 +9,7 @@
 //! map. Such a request is [`split`] in two (by its tags) and the halves replace it in the
 //! plan for good, so the refusal costs one extra round trip once, not on every poll.
 
-use crate::config::DeviceConfig;
+use crate::modbus::device::ModbusDevice;
 use crate::modbus::types::Table;
 
 /// One read request and the tags it serves.
@@ -33,10 +33,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn of(device: &DeviceConfig) -> Self {
+    pub fn of(device: &ModbusDevice) -> Self {
         Self {
-            max_registers: device.max_registers_per_request.unwrap_or(125).clamp(1, 125),
-            max_bits: device.max_bits_per_request.unwrap_or(2000).clamp(1, 2000),
+            max_registers: device.max_registers_per_request.clamp(1, Table::Holding.max_per_request()),
+            max_bits: device.max_bits_per_request.clamp(1, Table::Coil.max_per_request()),
             max_gap: device.max_gap,
         }
     }
@@ -82,26 +82,20 @@ pub fn plan_items(items: &[Item], limits: Limits) -> Vec<ReadRequest> {
 }
 
 /// The items of the tags of `device` in poll group `group` (`None`: the tags without one).
-pub fn items_of_group(device: &DeviceConfig, group: Option<&str>) -> Vec<Item> {
-    let base = device.address_base;
+pub fn items_of_group(device: &ModbusDevice, group: Option<&str>) -> Vec<Item> {
     device
         .tags
         .iter()
         .enumerate()
         .filter(|(_, t)| t.poll_group.as_deref() == group)
-        .filter_map(|(index, t)| Some(Item { index, table: t.table?, start: t.protocol_address(base), len: t.register_count() }))
+        .map(|(index, t)| Item { index, table: t.table, start: t.start, len: t.register_count() })
         .collect()
 }
 
 /// Plans the requests that read every tag of `device`, whatever its poll group.
-pub fn plan_requests(device: &DeviceConfig) -> Vec<ReadRequest> {
-    let base = device.address_base;
-    let items: Vec<Item> = device
-        .tags
-        .iter()
-        .enumerate()
-        .filter_map(|(index, t)| Some(Item { index, table: t.table?, start: t.protocol_address(base), len: t.register_count() }))
-        .collect();
+pub fn plan_requests(device: &ModbusDevice) -> Vec<ReadRequest> {
+    let items: Vec<Item> =
+        device.tags.iter().enumerate().map(|(index, t)| Item { index, table: t.table, start: t.start, len: t.register_count() }).collect();
     plan_items(&items, Limits::of(device))
 }
 
@@ -142,9 +136,14 @@ pub fn split(req: &ReadRequest, width: impl Fn(usize) -> u16) -> Option<(ReadReq
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Protocol, TagConfig};
+    use crate::config::{DeviceConfig, Protocol, TagConfig};
     use crate::modbus::types::{ByteOrder, DataType};
     use proptest::prelude::*;
+
+    /// The plan of a device config, built as the driver builds it.
+    fn plan_requests(device: &DeviceConfig) -> Vec<ReadRequest> {
+        super::plan_requests(&ModbusDevice::build(device).unwrap())
+    }
 
     fn device(tags: &[(Table, u16, DataType)], max_gap: u16) -> DeviceConfig {
         DeviceConfig {

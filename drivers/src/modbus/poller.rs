@@ -43,13 +43,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::config::DeviceConfig;
 use crate::heartbeat::Heartbeat;
 use crate::log_limit::LogLimit;
 use crate::modbus::breaker::{Breaker, Change};
 use crate::modbus::deadband::Deadbands;
 use crate::modbus::decode::decode_tag;
 use crate::modbus::error::{ModbusError, TransportError};
+use crate::modbus::device::ModbusDevice;
 use crate::modbus::plan::{items_of_group, plan_items, split, Limits, ReadRequest};
 use crate::modbus::transport::Link;
 use crate::modbus::types::Table;
@@ -60,7 +60,7 @@ use crate::sample::{DeviceReport, DriverStats, Quality, ReportKind, Sample, Valu
 const STATS_EVERY: Duration = Duration::from_secs(1);
 
 /// Polls `device` alone on its own connection until `cancel` fires (see [`run_bus`]).
-pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport>, writes: WriteInbox, cancel: CancellationToken) {
+pub async fn run_device(device: ModbusDevice, reports: mpsc::Sender<DeviceReport>, writes: WriteInbox, cancel: CancellationToken) {
     run_bus(vec![(device, writes)], reports, cancel).await;
 }
 
@@ -68,27 +68,20 @@ pub async fn run_device(device: DeviceConfig, reports: mpsc::Sender<DeviceReport
 /// converter; see [`super::config::group_by_bus`]) until `cancel` fires, sending every
 /// result to `reports` and executing the writes that arrive on each device's inbox.
 /// Returns when cancelled or when the receiving side is gone.
-pub async fn run_bus(devices: Vec<(DeviceConfig, WriteInbox)>, reports: mpsc::Sender<DeviceReport>, cancel: CancellationToken) {
+pub async fn run_bus(devices: Vec<(ModbusDevice, WriteInbox)>, reports: mpsc::Sender<DeviceReport>, cancel: CancellationToken) {
     run_bus_beating(devices, reports, cancel, Heartbeat::new()).await;
 }
 
 /// [`run_bus`], beating `heartbeat` on every turn of its loops and promising its planned
 /// waits (the back-off after a failed connect, the next poll), for the agent's watchdog.
 pub async fn run_bus_beating(
-    devices: Vec<(DeviceConfig, WriteInbox)>,
+    devices: Vec<(ModbusDevice, WriteInbox)>,
     reports: mpsc::Sender<DeviceReport>,
     cancel: CancellationToken,
     heartbeat: Heartbeat,
 ) {
     let Some((first, _)) = devices.first() else { return };
-    let link = match Link::of(first) {
-        Ok(link) => link,
-        Err(e) => {
-            // validate() rejects this before a driver is ever started.
-            warn!(device = %first.name, error = %e, "invalid connection settings; driver not started");
-            return;
-        }
-    };
+    let (link, frame_gap) = (first.link.clone(), first.frame_gap);
     // Each device's write queue is forwarded into one queue of the bus. The forwarders
     // hold the queues (a restarted task takes them over) and end with this task.
     let (bus_tx, mut bus_writes) = mpsc::channel::<(usize, WriteRequest)>(16);
@@ -115,7 +108,7 @@ pub async fn run_bus_beating(
     drop(bus_tx);
 
     let mut bus = Bus {
-        frame_gap: link.frame_gap(),
+        frame_gap,
         last_frame: None,
         drain: None,
         units: devices.into_iter().map(|(d, _)| Unit::new(d)).collect(),
@@ -255,7 +248,7 @@ enum Outcome {
 
 /// One device on the bus.
 struct Unit {
-    cfg: DeviceConfig,
+    cfg: ModbusDevice,
     groups: Vec<Group>,
     breaker: Breaker,
     deadbands: Deadbands,
@@ -272,7 +265,7 @@ struct Group {
 }
 
 impl Unit {
-    fn new(cfg: DeviceConfig) -> Self {
+    fn new(cfg: ModbusDevice) -> Self {
         let limits = Limits::of(&cfg);
         let now = Instant::now();
         let mut names: Vec<Option<String>> = vec![None];
@@ -285,11 +278,7 @@ impl Unit {
             })
             .filter(|g| !g.plan.is_empty())
             .collect();
-        let breaker = Breaker::new(
-            cfg.backoff_after_failures.unwrap_or(3),
-            cfg.poll_interval.max(Duration::from_secs(1)),
-            cfg.backoff_max.unwrap_or(Duration::from_secs(60)),
-        );
+        let breaker = Breaker::new(cfg.backoff_after_failures, cfg.poll_interval.max(Duration::from_secs(1)), cfg.backoff_max);
         let deadbands = Deadbands::new(cfg.tags.len());
         Self { cfg, groups, breaker, deadbands, stats: DriverStats::default(), stats_sent: None, online: None }
     }
@@ -667,7 +656,7 @@ type Tagged = (usize, Sample);
 
 /// Decodes the reply to `req` into one reading per tag, all stamped with the same time
 /// (the reply's).
-fn decode_request(device: &DeviceConfig, req: &ReadRequest, words: &[u16], out: &mut Vec<Tagged>, stats: &mut DriverStats) {
+fn decode_request(device: &ModbusDevice, req: &ReadRequest, words: &[u16], out: &mut Vec<Tagged>, stats: &mut DriverStats) {
     let now = Utc::now();
     for &(i, offset) in &req.tags {
         let tag = &device.tags[i];
@@ -748,6 +737,10 @@ mod tests {
         }
     }
 
+    fn built(addr: SocketAddr) -> crate::modbus::ModbusDevice {
+        crate::modbus::ModbusDevice::build(&device(addr)).unwrap()
+    }
+
     fn device(addr: SocketAddr) -> DeviceConfig {
         DeviceConfig {
             name: "plc".into(),
@@ -792,7 +785,7 @@ mod tests {
         let (addr, bank) = server(&cancel).await;
         let (reports_tx, mut reports) = mpsc::channel(256);
         let (tx, inbox) = write_channel(4);
-        tokio::spawn(run_device(device(addr), reports_tx, inbox, cancel.clone()));
+        tokio::spawn(run_device(built(addr), reports_tx, inbox, cancel.clone()));
         // Wait for the connection.
         loop {
             match tokio::time::timeout(Duration::from_secs(5), reports.recv()).await.unwrap().unwrap().kind {
@@ -832,7 +825,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let (reports_tx, mut reports) = mpsc::channel(256);
         let (tx, inbox) = write_channel(4);
-        tokio::spawn(run_device(device(addr), reports_tx, inbox, cancel.clone()));
+        tokio::spawn(run_device(built(addr), reports_tx, inbox, cancel.clone()));
         tokio::spawn(async move { while reports.recv().await.is_some() {} });
         for _ in 0..3 {
             let started = std::time::Instant::now();
@@ -851,10 +844,10 @@ mod tests {
         // The first task ends (its report receiver is gone) …
         let (reports_tx, reports) = mpsc::channel(1);
         drop(reports);
-        run_device(device(addr), reports_tx, inbox.clone(), cancel.clone()).await;
+        run_device(built(addr), reports_tx, inbox.clone(), cancel.clone()).await;
         // … and the next one serves the writes.
         let (reports_tx, mut reports) = mpsc::channel(256);
-        tokio::spawn(run_device(device(addr), reports_tx, inbox, cancel.clone()));
+        tokio::spawn(run_device(built(addr), reports_tx, inbox, cancel.clone()));
         tokio::spawn(async move { while reports.recv().await.is_some() {} });
         let mut last = Err(WriteError::NotConnected);
         for _ in 0..50 {

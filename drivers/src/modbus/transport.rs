@@ -44,15 +44,6 @@ impl Link {
         }
     }
 
-    /// Silence to keep between two frames: only a serial line needs one (a converter
-    /// times its own line).
-    pub fn frame_gap(&self) -> Option<Duration> {
-        match self {
-            Link::Serial(s) => Some(s.frame_gap()),
-            _ => None,
-        }
-    }
-
     /// Whether every unit on this link sees every frame (a late reply can arrive during
     /// the next request even when that request goes to another unit).
     pub fn is_shared_line(&self) -> bool {

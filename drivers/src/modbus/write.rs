@@ -23,8 +23,8 @@ use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::ExceptionCode;
 use tracing::{info, warn};
 
-use crate::config::{DeviceConfig, TagConfig};
 use crate::modbus::decode::{encode_registers, encode_string, from_big_endian};
+use crate::modbus::device::{ModbusDevice, ModbusTag};
 use crate::modbus::types::{DataType, Table};
 use crate::sample::{DriverStats, Value};
 
@@ -123,8 +123,8 @@ pub enum WriteOp {
 
 /// The raw value of `tag` for the engineering value `value`: inverse scaling, checked
 /// against the tag's type (see the module notes). Integers come back whole.
-pub fn inverse_scale(tag: &TagConfig, value: f64) -> Result<f64, EncodeError> {
-    let data_type = tag.data_type();
+pub fn inverse_scale(tag: &ModbusTag, value: f64) -> Result<f64, EncodeError> {
+    let data_type = tag.data_type;
     if !value.is_finite() {
         return Err(EncodeError::NotFinite);
     }
@@ -160,19 +160,17 @@ pub fn inverse_scale(tag: &TagConfig, value: f64) -> Result<f64, EncodeError> {
     Ok(raw)
 }
 
-/// The request that writes `value` (engineering units) into `tag` of a device whose
-/// addresses count from `address_base`.
-pub fn encode_write(tag: &TagConfig, address_base: u8, value: &Value) -> Result<WriteOp, EncodeError> {
-    let address = tag.protocol_address(address_base);
-    let data_type = tag.data_type();
+/// The request that writes `value` (engineering units) into `tag`.
+pub fn encode_write(tag: &ModbusTag, value: &Value) -> Result<WriteOp, EncodeError> {
+    let address = tag.start;
+    let data_type = tag.data_type;
     match tag.table {
-        None => Err(EncodeError::NotModbus),
-        Some(table @ (Table::Input | Table::Discrete)) => Err(EncodeError::ReadOnly(table.as_str())),
-        Some(Table::Coil) => match value {
+        table @ (Table::Input | Table::Discrete) => Err(EncodeError::ReadOnly(table.as_str())),
+        Table::Coil => match value {
             Value::Bool(b) => Ok(WriteOp::Coil { address, value: *b }),
             _ => Err(EncodeError::ExpectedBool),
         },
-        Some(Table::Holding) => {
+        Table::Holding => {
             let words = match (data_type, value) {
                 (DataType::Bool, Value::Bool(b)) => {
                     return Ok(WriteOp::Bit { address, bit: tag.bit.unwrap_or(0), value: *b });
@@ -237,7 +235,7 @@ pub(crate) enum WriteEnd {
 /// Executes `req` on the connection `ctx` of `device` and answers it: the write, then a
 /// read of the same registers (or coil) to confirm the device holds what was written.
 /// Each call is bounded by the device's `timeout`; `stats` counts every request.
-pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: WriteRequest, stats: &mut DriverStats) -> WriteEnd {
+pub(crate) async fn execute(ctx: &mut Context, device: &ModbusDevice, req: WriteRequest, stats: &mut DriverStats) -> WriteEnd {
     if req.reply.is_closed() {
         // Whoever asked gave up waiting (and told the ERP so): a late write would surprise.
         warn!(device = %device.name, tag = %req.tag, "write dropped: its requester stopped waiting");
@@ -247,7 +245,7 @@ pub(crate) async fn execute(ctx: &mut Context, device: &DeviceConfig, req: Write
         let _ = req.reply.send(Err(WriteError::UnknownTag(req.tag.clone())));
         return WriteEnd::Done;
     };
-    let op = match encode_write(tag, device.address_base, &req.value) {
+    let op = match encode_write(tag, &req.value) {
         Ok(op) => op,
         Err(e) => {
             let _ = req.reply.send(Err(e.into()));
@@ -372,10 +370,19 @@ pub(crate) fn refuse_not_connected(req: WriteRequest) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TagConfig;
     use crate::modbus::decode::decode_registers;
     use crate::modbus::types::ByteOrder;
 
-    fn tag(table: Table, data_type: DataType, scale: f64, offset: f64) -> TagConfig {
+    fn tag(table: Table, data_type: DataType, scale: f64, offset: f64) -> ModbusTag {
+        built(tag_config(table, data_type, scale, offset), 0)
+    }
+
+    fn built(tag: TagConfig, address_base: u8) -> ModbusTag {
+        ModbusTag::build(&tag, address_base).unwrap()
+    }
+
+    fn tag_config(table: Table, data_type: DataType, scale: f64, offset: f64) -> TagConfig {
         TagConfig {
             name: "t".into(),
             table: Some(table),
@@ -393,7 +400,7 @@ mod tests {
     #[test]
     fn a_scaled_u16_is_written_as_the_raw_register_a_read_would_decode() {
         let t = tag(Table::Holding, DataType::U16, 0.1, 0.0);
-        let op = encode_write(&t, 0, &Value::Float(308.4)).unwrap();
+        let op = encode_write(&t, &Value::Float(308.4)).unwrap();
         assert_eq!(op, WriteOp::Register { address: 10, word: 3084 });
         assert_eq!(decode_registers(&[3084], &t).unwrap(), Value::Float(308.4));
     }
@@ -403,7 +410,7 @@ mod tests {
         let t = tag(Table::Holding, DataType::I16, 0.5, -10.0);
         // -60 = raw × 0.5 − 10 → raw = -100
         assert_eq!(inverse_scale(&t, -60.0).unwrap(), -100.0);
-        let op = encode_write(&t, 0, &Value::Int(-60)).unwrap();
+        let op = encode_write(&t, &Value::Int(-60)).unwrap();
         assert_eq!(op, WriteOp::Register { address: 10, word: 0xFF9C });
     }
 
@@ -412,11 +419,11 @@ mod tests {
         let mut t = tag(Table::Holding, DataType::F32, 1.0, 0.0);
         t.byte_order = ByteOrder::CDAB;
         // 1234.5f32 = 0x449A5000; CDAB puts the low word first.
-        let op = encode_write(&t, 0, &Value::Float(1234.5)).unwrap();
+        let op = encode_write(&t, &Value::Float(1234.5)).unwrap();
         assert_eq!(op, WriteOp::Registers { address: 10, words: vec![0x5000, 0x449A] });
-        t.data_type = Some(DataType::U32);
+        t.data_type = DataType::U32;
         t.byte_order = ByteOrder::BADC;
-        let op = encode_write(&t, 0, &Value::Int(0x1234_5678)).unwrap();
+        let op = encode_write(&t, &Value::Int(0x1234_5678)).unwrap();
         assert_eq!(op, WriteOp::Registers { address: 10, words: vec![0x3412, 0x7856] });
     }
 
@@ -433,7 +440,7 @@ mod tests {
             for (dt, scale, offset, value) in cases {
                 let mut t = tag(Table::Holding, dt, scale, offset);
                 t.byte_order = order;
-                let words = match encode_write(&t, 0, &Value::Float(value)).unwrap() {
+                let words = match encode_write(&t, &Value::Float(value)).unwrap() {
                     WriteOp::Register { word, .. } => vec![word],
                     WriteOp::Registers { words, .. } => words,
                     other => panic!("{other:?}"),
@@ -450,24 +457,24 @@ mod tests {
 
     #[test]
     fn a_coil_takes_a_bool_and_function_5() {
-        let t = tag(Table::Coil, DataType::Bool, 1.0, 0.0);
-        assert_eq!(encode_write(&t, 1, &Value::Bool(true)).unwrap(), WriteOp::Coil { address: 9, value: true });
-        assert_eq!(encode_write(&t, 0, &Value::Int(1)), Err(EncodeError::ExpectedBool));
+        let t = built(tag_config(Table::Coil, DataType::Bool, 1.0, 0.0), 1);
+        assert_eq!(encode_write(&t, &Value::Bool(true)).unwrap(), WriteOp::Coil { address: 9, value: true });
+        assert_eq!(encode_write(&t, &Value::Int(1)), Err(EncodeError::ExpectedBool));
     }
 
     #[test]
     fn read_only_tables_cannot_be_written() {
         let t = tag(Table::Input, DataType::U16, 1.0, 0.0);
-        assert_eq!(encode_write(&t, 0, &Value::Int(1)), Err(EncodeError::ReadOnly("input")));
+        assert_eq!(encode_write(&t, &Value::Int(1)), Err(EncodeError::ReadOnly("input")));
         let t = tag(Table::Discrete, DataType::Bool, 1.0, 0.0);
-        assert_eq!(encode_write(&t, 0, &Value::Bool(true)), Err(EncodeError::ReadOnly("discrete")));
+        assert_eq!(encode_write(&t, &Value::Bool(true)), Err(EncodeError::ReadOnly("discrete")));
     }
 
     #[test]
     fn a_register_refuses_a_bool_or_text() {
         let t = tag(Table::Holding, DataType::U16, 1.0, 0.0);
-        assert_eq!(encode_write(&t, 0, &Value::Bool(true)), Err(EncodeError::ExpectedNumber("u16")));
-        assert_eq!(encode_write(&t, 0, &Value::Text("1".into())), Err(EncodeError::ExpectedNumber("u16")));
+        assert_eq!(encode_write(&t, &Value::Bool(true)), Err(EncodeError::ExpectedNumber("u16")));
+        assert_eq!(encode_write(&t, &Value::Text("1".into())), Err(EncodeError::ExpectedNumber("u16")));
     }
 
     #[test]

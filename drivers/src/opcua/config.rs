@@ -122,8 +122,10 @@ pub struct OpcuaConfig {
     /// a `poll_group` uses that group's interval instead.
     #[serde(default = "default_publishing_interval", with = "humantime_serde")]
     pub publishing_interval: Duration,
-    /// How often the server samples each value (default: the publishing interval). A
-    /// tag's own `sampling_interval` wins.
+    /// How often the server samples each value (default: the interval of the tag's group,
+    /// the publishing interval for tags without a `poll_group`). A tag's own
+    /// `sampling_interval` wins. Resolved per tag when the groups are planned
+    /// (`subscription::Monitoring`).
     #[serde(default, with = "humantime_serde")]
     pub sampling_interval: Option<Duration>,
     /// Changes the server keeps per item between two publishes (default 10).

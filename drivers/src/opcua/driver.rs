@@ -503,7 +503,7 @@ impl SessionState<'_> {
                     to_create.push((i, n.clone()));
                 }
             }
-            let results = subscription::create_items(&self.session, sub, self.device, &self.groups[g], self.ua, &to_create)
+            let results = subscription::create_items(&self.session, sub, self.device, &self.groups[g], &to_create)
                 .await
                 .map_err(|status| ServiceError::Refused { service: "CreateMonitoredItems", status })?;
             for (i, status, id) in results {

@@ -76,10 +76,35 @@ pub struct Group {
     pub poll: bool,
     /// Indices into the device's tags.
     pub tags: Vec<usize>,
+    /// The monitoring parameters of every tag of the device (by tag index), resolved once
+    /// when the groups are planned; only this group's `tags` are used from it.
+    pub monitoring: Arc<[Monitoring]>,
+}
+
+/// The parameters of one tag's monitored item, every default resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Monitoring {
+    /// The tag's `sampling_interval`, else the device's, else its group's interval.
+    pub sampling_interval: Duration,
+    /// The tag's `queue_size`, else the device's.
+    pub queue_size: u32,
 }
 
 /// The groups of a device, in the order of their first tag.
 pub fn plan(device: &DeviceConfig, ua: &OpcuaConfig) -> Vec<Group> {
+    let interval_of = |name: &Option<String>| match name {
+        Some(_) => device.group_interval(name.as_deref()),
+        None if ua.polls(None) => device.poll_interval,
+        None => ua.publishing_interval,
+    };
+    let monitoring: Arc<[Monitoring]> = device
+        .tags
+        .iter()
+        .map(|tag| Monitoring {
+            sampling_interval: tag.sampling_interval.or(ua.sampling_interval).unwrap_or_else(|| interval_of(&tag.poll_group)),
+            queue_size: tag.queue_size.unwrap_or(ua.queue_size),
+        })
+        .collect();
     let mut groups: Vec<Group> = Vec::new();
     for (i, tag) in device.tags.iter().enumerate() {
         let name = tag.poll_group.clone();
@@ -88,12 +113,8 @@ pub fn plan(device: &DeviceConfig, ua: &OpcuaConfig) -> Vec<Group> {
             continue;
         }
         let poll = ua.polls(name.as_deref());
-        let interval = match &name {
-            Some(_) => device.group_interval(name.as_deref()),
-            None if poll => device.poll_interval,
-            None => ua.publishing_interval,
-        };
-        groups.push(Group { name, interval, poll, tags: vec![i] });
+        let interval = interval_of(&name);
+        groups.push(Group { name, interval, poll, tags: vec![i], monitoring: monitoring.clone() });
     }
     groups
 }
@@ -254,16 +275,15 @@ pub async fn create_subscription(
 const KEEP_ALIVE_TARGET_MS: u64 = 1_000;
 
 /// The create request of one tag's monitored item.
-pub fn item_request(index: usize, tag: &TagConfig, node: NodeId, group: &Group, ua: &OpcuaConfig) -> MonitoredItemCreateRequest {
-    let sampling = tag.sampling_interval.or(ua.sampling_interval).unwrap_or(group.interval);
+pub fn item_request(index: usize, tag: &TagConfig, node: NodeId, monitoring: Monitoring) -> MonitoredItemCreateRequest {
     MonitoredItemCreateRequest {
         item_to_monitor: ReadValueId { node_id: node, attribute_id: AttributeId::Value as u32, ..Default::default() },
         monitoring_mode: MonitoringMode::Reporting,
         requested_parameters: MonitoringParameters {
             client_handle: handle_of(index),
-            sampling_interval: sampling.as_secs_f64() * 1000.0,
+            sampling_interval: monitoring.sampling_interval.as_secs_f64() * 1000.0,
             filter: deadband_filter(tag).map_or_else(ExtensionObject::null, ExtensionObject::from_message),
-            queue_size: tag.queue_size.unwrap_or(ua.queue_size),
+            queue_size: monitoring.queue_size,
             discard_oldest: true,
         },
     }
@@ -288,7 +308,6 @@ pub async fn create_items(
     sub: u32,
     device: &DeviceConfig,
     group: &Group,
-    ua: &OpcuaConfig,
     items: &[(usize, NodeId)],
 ) -> Result<Vec<(usize, StatusCode, u32)>, StatusCode> {
     if items.is_empty() {
@@ -297,7 +316,7 @@ pub async fn create_items(
     let mut out = Vec::with_capacity(items.len());
     // Servers cap the items per request (MaxMonitoredItemsPerCall); stay well under it.
     for chunk in items.chunks(500) {
-        let requests = chunk.iter().map(|(i, n)| item_request(*i, &device.tags[*i], n.clone(), group, ua)).collect();
+        let requests = chunk.iter().map(|(i, n)| item_request(*i, &device.tags[*i], n.clone(), group.monitoring[*i])).collect();
         let results = session.create_monitored_items(sub, TimestampsToReturn::Both, requests).await.map_err(|e| e.status())?;
         for ((i, _), r) in chunk.iter().zip(results.iter()) {
             out.push((*i, r.result.status_code, r.result.monitored_item_id));
@@ -345,6 +364,35 @@ mod tests {
         assert_eq!(groups.len(), 2);
         assert_eq!((groups[0].tags.clone(), groups[0].poll, groups[0].interval), (vec![0, 2], false, ua.publishing_interval));
         assert_eq!((groups[1].tags.clone(), groups[1].poll, groups[1].interval), (vec![1], true, Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn each_tag_samples_at_its_own_then_the_device_then_the_group_interval() {
+        // Given a device with a tag that sets its own sampling interval and queue, one that sets none, and one in a poll group
+        let mut device = DeviceConfig {
+            protocol: Protocol::Opcua,
+            tags: vec![
+                tag("a", None),
+                TagConfig { sampling_interval: Some(Duration::from_millis(50)), queue_size: Some(3), ..tag("b", None) },
+                tag("c", Some("slow")),
+            ],
+            ..Default::default()
+        };
+        device.poll_groups.insert("slow".into(), Interval(Duration::from_secs(10)));
+        let plain = OpcuaConfig::default();
+
+        // When the groups are planned without a device sampling interval
+        let m = plan(&device, &plain)[0].monitoring.clone();
+        // Then a tag samples at its own interval, else at its group's; its queue is its own, else the device's
+        assert_eq!((m[0].sampling_interval, m[0].queue_size), (plain.publishing_interval, 10));
+        assert_eq!((m[1].sampling_interval, m[1].queue_size), (Duration::from_millis(50), 3));
+        assert_eq!(m[2].sampling_interval, Duration::from_secs(10));
+
+        // And with a device sampling interval, the tags without their own take it
+        let ua = OpcuaConfig { sampling_interval: Some(Duration::from_millis(200)), queue_size: 7, ..Default::default() };
+        let m = plan(&device, &ua)[0].monitoring.clone();
+        let got: Vec<(Duration, u32)> = m.iter().map(|m| (m.sampling_interval, m.queue_size)).collect();
+        assert_eq!(got, vec![(Duration::from_millis(200), 7), (Duration::from_millis(50), 3), (Duration::from_millis(200), 7)]);
     }
 
     #[test]

@@ -847,7 +847,9 @@ mod tests {
                             words.get(&(address + i)).copied().unwrap_or_else(|| panic!("{}: register {} missing", tag.name, address + i))
                         })
                         .collect();
-                    match decode_registers(&regs, tag).unwrap_or_else(|e| panic!("{}: {e}", tag.name)) {
+                    match decode_registers(&regs, &crate::modbus::ModbusTag::build(tag, 0).unwrap())
+                        .unwrap_or_else(|e| panic!("{}: {e}", tag.name))
+                    {
                         Value::Int(i) => i as f64,
                         Value::Float(f) => f,
                         other => panic!("{}: unexpected {other:?}", tag.name),
@@ -885,7 +887,7 @@ mod tests {
                 description: None,
                 ..crate::TagConfig::default()
             };
-            let got = match decode_registers(&regs, &tag).unwrap() {
+            let got = match decode_registers(&regs, &crate::modbus::ModbusTag::build(&tag, 0).unwrap()).unwrap() {
                 Value::Int(i) => i as f64,
                 Value::Float(f) => f,
                 other => panic!("{other:?}"),

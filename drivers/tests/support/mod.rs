@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edge_drivers::modbus::write::{write_channel, WriteError, WriteRequest};
-use edge_drivers::modbus::{run_bus, ByteOrder, DataType, Table};
+use edge_drivers::modbus::{run_bus, ByteOrder, DataType, ModbusDevice, Table};
 use edge_drivers::sim::register_server::RegisterBank;
 use edge_drivers::{DeviceConfig, DeviceReport, DriverStats, ReportKind, Sample, TagConfig};
 use tokio::sync::mpsc;
@@ -269,7 +269,7 @@ impl Driver {
             .map(|d| {
                 let (sender, inbox) = write_channel(4);
                 writes.insert(d.name.clone(), sender);
-                (d, inbox)
+                (ModbusDevice::build(&d).unwrap_or_else(|e| panic!("{e}")), inbox)
             })
             .collect();
         tokio::spawn(run_bus(devices, tx, cancel.clone()));

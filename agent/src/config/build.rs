@@ -1,0 +1,119 @@
+//! The build step: a validated [`Config`] (the file's shape, with an `Option` for every key a
+//! file may leave out) becomes [`AgentConfig`], the values the agent runs with, every
+//! default resolved once, here.
+//!
+//! The defaults themselves live next to their doc-commented fields (serde default
+//! functions, `DEFAULT_*` constants, `Default` impls), and the config reference
+//! (`docs/configuration.md`, [`super::reference`]) is generated from the same place. A
+//! section without a default left to resolve is carried as it is.
+
+use std::time::Duration;
+
+use edge_drivers::modbus::{build_buses, BuildError, ModbusDevice};
+
+use super::types::{Config, GatewayConfig};
+
+/// The config as the agent runs it (built once per start, and again after a reload).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub gateway: GatewayConfig,
+    /// `{prefix}/{site}/{gateway_id}`, the root of every topic.
+    pub topic_root: String,
+    /// `mqtt.client_id`, else `edge-agent-{gateway.id}`.
+    pub client_id: String,
+    /// `store.compact_above`, else 2 × `store.max_bytes`, in bytes.
+    pub compact_above: u64,
+    /// The Modbus devices, grouped by the connection they share, in config order.
+    pub modbus: Vec<Vec<ModbusDevice>>,
+    /// Per `[[models]]` entry, in config order.
+    pub models: Vec<ModelRun>,
+}
+
+/// How one model runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRun {
+    pub name: String,
+    /// `asset`, else the model's name.
+    pub asset: String,
+    /// `period`, else `row_interval` (and never shorter than it).
+    pub period: Duration,
+}
+
+impl Config {
+    /// Builds the runtime values of a validated config. Fails only on what validation
+    /// refuses (a config that was not validated).
+    pub fn build(&self) -> Result<AgentConfig, BuildError> {
+        Ok(AgentConfig {
+            gateway: self.gateway.clone(),
+            topic_root: self.topic_root(),
+            client_id: self.client_id(),
+            compact_above: self.store.compact_above(),
+            modbus: build_buses(&self.devices)?,
+            models: self
+                .models
+                .iter()
+                .map(|m| ModelRun { name: m.name.clone(), asset: m.asset().to_string(), period: m.period() })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Config {
+        super::super::load_str(text, "t.toml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const GATEWAY: &str = "[gateway]\nid = \"gw-01\"\nsite = \"mill\"\ndata_dir = \"/var/lib/edge-agent\"\n";
+
+    #[test]
+    fn a_minimal_config_builds_with_the_documented_defaults() {
+        // Given a config with only the required keys
+        let built = load(GATEWAY).build().unwrap();
+
+        // Then the derived defaults are the documented ones
+        assert_eq!(built.client_id, "edge-agent-gw-01");
+        assert_eq!(built.topic_root, "plant/mill/gw-01");
+        assert_eq!(built.compact_above, 2 * 512 * 1024 * 1024, "2 × max_bytes (512 MiB)");
+        assert!(built.modbus.is_empty() && built.models.is_empty());
+    }
+
+    #[test]
+    fn values_set_in_the_file_win_over_the_derived_defaults() {
+        // Given a config that sets the client id and the compaction bound, and a model with its asset and period
+        let text = format!(
+            "{GATEWAY}[mqtt]\nclient_id = \"gw-01-a\"\n[store]\nmax_bytes = \"32 MiB\"\ncompact_above = \"40 MiB\"\n\
+             [[devices]]\nname = \"plc\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+             [[devices.tags]]\nname = \"speed\"\ntable = \"holding\"\naddress = 0\n\
+             [[models]]\nname = \"m\"\nkind = \"anomaly\"\nartifact = \"embedded:juice-pump-anomaly\"\nasset = \"press\"\n\
+             inputs = []\nrow_interval = \"10s\"\nperiod = \"1m\"\n"
+        );
+        // When it is built
+        let built = load_unvalidated(&text).build().unwrap();
+
+        // Then the file's values are kept
+        assert_eq!(built.client_id, "gw-01-a");
+        assert_eq!(built.compact_above, 40 << 20);
+        assert_eq!(built.modbus.len(), 1);
+        assert_eq!(built.modbus[0][0].backoff_after_failures, edge_drivers::config::DEFAULT_BACKOFF_AFTER_FAILURES);
+        assert_eq!(built.models, vec![ModelRun { name: "m".into(), asset: "press".into(), period: Duration::from_secs(60) }]);
+    }
+
+    #[test]
+    fn a_model_without_asset_or_period_names_itself_and_runs_every_row() {
+        // Given a model that leaves asset and period out
+        let text = format!("{GATEWAY}[[models]]\nname = \"m\"\nkind = \"rul\"\nartifact = \"a\"\ninputs = []\nrow_interval = \"30s\"\n");
+        // When it is built
+        let built = load_unvalidated(&text).build().unwrap();
+        // Then its asset is its name and it runs once per row
+        assert_eq!(built.models, vec![ModelRun { name: "m".into(), asset: "m".into(), period: Duration::from_secs(30) }]);
+    }
+
+    /// Parsed with serde's defaults, without the semantic checks (the models here name
+    /// inputs that do not exist).
+    fn load_unvalidated(text: &str) -> Config {
+        toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
