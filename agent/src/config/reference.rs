@@ -83,6 +83,15 @@ device = "d"
 tag = "t"
 
 [calendar]
+[history]
+[gpio]
+[[gpio.outputs]]
+pin = 17
+when = "running"
+[[gpio.inputs]]
+name = "i"
+pin = 5
+kind = "counter"
 
 [[devices]]
 name = "tcp"
@@ -703,6 +712,62 @@ pub fn sections() -> Vec<Section> {
             ],
             outro: "",
         },
+        Section {
+            heading: "## `[history]`",
+            intro: "The in-memory history behind the status page's trends and the history API (see [Status page](status-page.md#the-history-behind-the-trends)). Not kept across restarts.",
+            path: "history",
+            keys: vec![
+                key("enabled", "bool", Serde, "Keep a history at all."),
+                key("full_rate_window", "duration", Serde, "How far back full-rate points reach."),
+                key("max_points_per_tag", "integer", Serde, "At most this many full-rate points per tag (8 bytes each): a tag polled faster keeps less than the window at full rate."),
+                key("minutes", "integer", Serde, "Minutes of per-minute min/avg/max kept (16 bytes each; 1440 = 24 h). At most 144,000."),
+                key("memory_limit", "size", Serde, "The most memory the whole history may take. Tags beyond `memory_limit / bytes per tag` get no history (named in the log, counted on the page)."),
+            ],
+            outro: "",
+        },
+        Section {
+            heading: "## `[gpio]`",
+            intro: "The stack light, relays and digital inputs (see [GPIO](gpio.md)).",
+            path: "gpio",
+            keys: vec![key(
+                "backend",
+                "string",
+                Serde,
+                "`auto` (the Raspberry Pi's GPIO where there is one, else simulated), `rppal` (refused where there is none) or `simulated` (levels shown on the page only).",
+            )],
+            outro: "",
+        },
+        Section {
+            heading: "### `[[gpio.outputs]]`",
+            intro: "One output pin, driven by one condition of the agent.",
+            path: "gpio.outputs[0]",
+            keys: vec![
+                key("pin", "integer", Required, "BCM GPIO number, 0–27; each pin used once."),
+                key("when", "string", Required, "`running` (blinks while every core task runs and none is hung), `uplink_down`, `buffer_above`, `anomaly_active`, `device_lost`."),
+                key("percent", "float", Text("none"), "For `buffer_above` only (and required there): the outbox fill in percent of `store.max_bytes`, 0–100."),
+                key("active_level", "string", Serde, "`high` or `low`: the level while the condition holds (`low` for an active-low relay board)."),
+                key(
+                    "fail_safe_level",
+                    "string",
+                    Text("`running`: the inactive level; the alarms: the active level"),
+                    "The level written before the agent knows its state and when it stops: a stopped agent reads as an alarm.",
+                ),
+            ],
+            outro: "",
+        },
+        Section {
+            heading: "### `[[gpio.inputs]]`",
+            intro: "One input pin, a tag of the device `gpio`.",
+            path: "gpio.inputs[0]",
+            keys: vec![
+                key("name", "string", Required, "The tag name; unique among the inputs."),
+                key("pin", "integer", Required, "BCM GPIO number, 0–27; each pin used once."),
+                key("kind", "string", Required, "`level` (a boolean tag) or `counter` (debounced rising edges; the total survives restarts)."),
+                key("pull", "string", Serde, "`none`, `up` or `down`: the pin's internal resistor."),
+                key("debounce", "duration", Serde, "A change must hold this long to count (at most 10 s)."),
+            ],
+            outro: "",
+        },
     ]
 }
 
@@ -848,6 +913,7 @@ mod tests {
             "type" => "u16".into(),
             "table" => "holding".into(),
             "kind" => "anomaly".into(),
+            "fail_safe_level" => "low".into(),
             _ => "x".into(),
         }
     }
