@@ -8,19 +8,36 @@
 //! - `GET /readyz`: readiness, `200 ready` unless a core task is down or the store cannot
 //!   be written; then `503` and the reasons, one a line.
 //! - `GET /metrics`: Prometheus text format 0.0.4.
+//! - `GET /login`, `POST /login`, `POST /logout`, `GET /api/session`: see [`auth`].
+//! - `POST /api/events/{id}/ack`: an operator acknowledges an event (not implemented yet:
+//!   `501` once the role and CSRF checks pass).
+//!
+//! Every response carries the security headers of [`security_headers`]. Who may fetch what
+//! is decided by [`auth::guard`], in front of every route (see `docs/access.md`).
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod session;
+pub mod throttle;
+pub mod tls;
+pub mod users;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
-use axum::{Json, Router};
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::Live;
+use auth::{Guard, Peer, Principal};
+use users::Role;
 
 /// The status page: inline CSS and vanilla JS, nothing fetched but `api/status`.
 const PAGE: &str = include_str!("page.html");
@@ -36,13 +53,83 @@ pub fn router(live: Live) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(prometheus))
+        .route("/api/events/{id}/ack", post(acknowledge))
         .with_state(live)
 }
 
-/// Serves [`router`] on `listener` until `cancel` fires, then lets open requests finish.
-/// The caller binds the listener, so it can report bind errors and the real port.
-pub async fn serve(listener: TcpListener, live: Live, cancel: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(live)).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+/// [`router`] with the login routes, behind the [`auth::guard`] and the security headers.
+pub fn app(live: Live, guard: Arc<Guard>) -> Router {
+    router(live)
+        .merge(auth::routes(guard.clone()))
+        .layer(axum::middleware::from_fn_with_state(guard, auth::guard))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Serves [`app`] on `listener` (over TLS when the guard has a certificate) until `cancel`
+/// fires, then lets open requests finish. The caller binds the listener, so it can report
+/// bind errors and the real port.
+pub async fn serve(listener: TcpListener, live: Live, guard: Arc<Guard>, cancel: CancellationToken) -> std::io::Result<()> {
+    let tls = guard.tls();
+    let app = app(live, guard).into_make_service_with_connect_info::<Peer>();
+    let stop = async move { cancel.cancelled().await };
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+        Some(config) => axum::serve(tls::TlsListener::new(listener, config)?, app).with_graceful_shutdown(stop).await,
+    }
+}
+
+/// The Content-Security-Policy: everything from our own origin only, the pages' inline
+/// script and styles allowed by their SHA-256 (not `unsafe-inline`), no framing.
+static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let hashes = |tag: &str| -> String {
+        [PAGE, auth::login_html_source()]
+            .iter()
+            .flat_map(|page| inline_blocks(page, tag))
+            .map(|block| format!(" 'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(block.as_bytes()))))
+            .collect()
+    };
+    let policy = format!(
+        "default-src 'self'; script-src 'self'{}; style-src 'self'{}; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+        hashes("script"),
+        hashes("style")
+    );
+    HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"))
+});
+
+/// The text of every `<tag>…</tag>` block of `page` (what a browser hashes for the CSP).
+fn inline_blocks<'a>(page: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = page;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let Some(end) = body.find(&close) else { break };
+        out.push(&body[..end]);
+        rest = &body[end + close.len()..];
+    }
+    out
+}
+
+/// On every response, errors and redirects included.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, CSP.clone());
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin"));
+    response
+}
+
+/// `POST /api/events/{id}/ack`: the operator-only action the page's events view will use.
+/// Not implemented yet: after the guard's session, origin, CSRF and role checks (and the
+/// role checked again here), it answers `501`, naming the event and the operator.
+async fn acknowledge(Path(id): Path<String>, Extension(who): Extension<Principal>) -> Response {
+    if let Err(refused) = auth::require(&who, Role::Operator) {
+        return refused.into_response();
+    }
+    let body = serde_json::json!({ "error": "acknowledging events is not implemented yet", "event": id, "operator": who.name });
+    (StatusCode::NOT_IMPLEMENTED, [NO_STORE], Json(body)).into_response()
 }
 
 async fn page() -> impl IntoResponse {
@@ -146,7 +233,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, live, cancel.clone()));
+        let server = tokio::spawn(serve(listener, live, Guard::open(), cancel.clone()));
         (addr, cancel, server)
     }
 
