@@ -410,6 +410,12 @@ async fn a_state_changing_request_needs_the_csrf_token_and_the_page_origin_and_a
     // And a login form posted from another origin is refused without checking the password
     let r = send(gw.port, &Req::post("/login").with("Origin", "http://evil.example").form(login_form("alice", ALICE))).await;
     assert_eq!(r.status, 403);
+    // And a browser's own word counts: under no-referrer it sends `Origin: null` with
+    // `Sec-Fetch-Site`, which passes when same-origin and not when cross-site
+    let browser =
+        |site: &str| Req::post("/login").with("Origin", "null").with("Sec-Fetch-Site", site.to_string()).form(login_form("alice", ALICE));
+    assert_eq!(send(gw.port, &browser("cross-site")).await.status, 403);
+    assert_eq!(send(gw.port, &browser("same-origin")).await.status, 303);
     gw.stop();
 }
 

@@ -334,18 +334,30 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .find_map(|(k, v)| (k == name).then_some(v))
 }
 
-/// Whether a state-changing request comes from this page: its `Origin` (or, without one,
-/// its `Referer`) is `scheme://host` of the request itself.
+/// Whether a state-changing request comes from this page.
+///
+/// A browser says so itself in `Sec-Fetch-Site` (a header no page script can set): when it
+/// is there it must be `same-origin`. Under `Referrer-Policy: no-referrer` a browser sends
+/// `Origin: null` with a POST, so `null` is no answer; a real `Origin` must be
+/// `scheme://host` of the request. A client that sends neither `Sec-Fetch-Site` nor an
+/// `Origin` needs a `Referer` under that origin; one that sends nothing at all is refused.
 fn same_origin(headers: &HeaderMap, tls: bool) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else { return false };
-    let expected = format!("{}://{host}", if tls { "https" } else { "http" });
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        return origin.to_str().is_ok_and(|o| o.eq_ignore_ascii_case(&expected));
+    let expected =
+        headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|host| format!("{}://{host}", if tls { "https" } else { "http" }));
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()).filter(|o| *o != "null");
+    if let Some(origin) = origin {
+        if !expected.as_deref().is_some_and(|e| origin.eq_ignore_ascii_case(e)) {
+            return false;
+        }
     }
-    match headers.get(header::REFERER).and_then(|r| r.to_str().ok()) {
-        Some(r) => r.get(..expected.len()).is_some_and(|p| p.eq_ignore_ascii_case(&expected)) && r[expected.len()..].starts_with('/'),
-        None => false,
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"same-origin";
     }
+    if origin.is_some() {
+        return true;
+    }
+    let (Some(expected), Some(r)) = (expected, headers.get(header::REFERER).and_then(|r| r.to_str().ok())) else { return false };
+    r.get(..expected.len()).is_some_and(|p| p.eq_ignore_ascii_case(&expected)) && r[expected.len()..].starts_with('/')
 }
 
 fn is_state_changing(method: &Method) -> bool {
@@ -663,6 +675,12 @@ mod tests {
         assert!(!ok(&[("origin", "http://10.0.0.5:8080")]));
         // And under TLS the scheme is https
         assert!(same_origin(&headers(&[("host", "gw:8443"), ("origin", "https://gw:8443")]), true));
+        // And a browser's own word decides: same-origin passes with the `null` origin that
+        // no-referrer makes it send, cross-site does not even with a matching Origin
+        assert!(ok(&[("host", "10.0.0.5:8080"), ("origin", "null"), ("sec-fetch-site", "same-origin")]));
+        assert!(!ok(&[("host", "10.0.0.5:8080"), ("origin", "http://10.0.0.5:8080"), ("sec-fetch-site", "cross-site")]));
+        assert!(!ok(&[("host", "10.0.0.5:8080"), ("origin", "null"), ("sec-fetch-site", "same-site")]));
+        assert!(!ok(&[("host", "10.0.0.5:8080"), ("origin", "http://evil.example"), ("sec-fetch-site", "same-origin")]));
     }
 
     #[test]

@@ -192,8 +192,13 @@ mod tests {
     /// A minimal HTTP/1.1 GET over a plain TCP stream; `Connection: close` lets us read
     /// to the end. Every response here has a `content-length` body, never chunked.
     async fn get(addr: SocketAddr, path: &str) -> Response {
+        request(addr, "GET", path).await
+    }
+
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write request");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read response");
@@ -316,6 +321,42 @@ mod tests {
         // Then it is a 404
         assert_eq!(response.status, 404);
         cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_open_page_is_read_only_and_every_response_carries_the_security_headers() {
+        // Given the server without users (loopback, open)
+        let (addr, cancel, _server) = start(live_with_one_device()).await;
+        // When the operator action is posted, then it is refused: an open page changes nothing
+        let post = request(addr, "POST", "/api/events/ev-1/ack").await;
+        assert_eq!(post.status, 403, "{}", post.body);
+        assert!(post.body.contains("web.users_file"), "{}", post.body);
+        // And the session says that no login is needed, with no CSRF token
+        let session: serde_json::Value = serde_json::from_str(&get(addr, "/api/session").await.body).expect("json");
+        assert_eq!((session["login_required"].as_bool(), session["csrf"].is_null()), (Some(false), true));
+        // And every answer, the refusal and a 404 included, has the security headers, the
+        // CSP allowing the page's inline script by its hash only
+        for response in [post, get(addr, "/").await, get(addr, "/healthz").await, get(addr, "/nope").await] {
+            let csp = response.header("content-security-policy").expect("CSP");
+            assert!(csp.starts_with("default-src 'self'; script-src 'self' 'sha256-"), "{csp}");
+            assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+            assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+            assert_eq!(response.header("referrer-policy"), Some("no-referrer"));
+        }
+        cancel.cancel();
+    }
+
+    #[test]
+    fn the_csp_hashes_are_those_of_the_inline_blocks_as_a_browser_computes_them() {
+        // Given the page's one inline script
+        let scripts = inline_blocks(PAGE, "script");
+        assert_eq!(scripts.len(), 1);
+        assert!(scripts[0].starts_with("\n\"use strict\";"));
+        // Then the CSP names its SHA-256 (base64 of the exact text between the tags)
+        let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(scripts[0].as_bytes()));
+        assert!(CSP.to_str().expect("ascii").contains(&format!("'sha256-{hash}'")));
+        // And the styles of the page and of the login form are there too
+        assert_eq!(CSP.to_str().expect("ascii").matches("'sha256-").count(), 3);
     }
 
     #[test]
