@@ -603,3 +603,19 @@ async fn the_user_command_keeps_a_private_file_refuses_short_passwords_and_takes
         std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name().to_string_lossy().to_string()).collect();
     assert_eq!(names, vec!["users".to_string()]);
 }
+
+#[test]
+fn the_web_example_of_docs_access_md_is_a_valid_config_that_requires_login_over_tls() {
+    // Given the first TOML example of docs/access.md, in a config with a gateway section
+    let doc = include_str!("../docs/access.md");
+    let start = doc.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+    let example = &doc[start..start + doc[start..].find("```").expect("its end")];
+    let text = format!("[gateway]\nid = \"gw-01\"\nsite = \"plant\"\ndata_dir = \"/var/lib/edge-agent\"\n\n{example}");
+    // When it is loaded and built
+    let config = edge_agent::config::load_str(&text, "docs/access.md").unwrap_or_else(|e| panic!("refused:\n{e}"));
+    let web = config.web.build().expect("valid [web]");
+    // Then it listens on all interfaces, with users and TLS
+    assert!(web.listen.ip().is_unspecified());
+    assert!(matches!(web.access, edge_agent::web::config::Access::Users { .. }));
+    assert!(web.tls.is_some());
+}

@@ -222,7 +222,7 @@ impl Guard {
         let users = match &settings.access {
             Access::Open => None,
             Access::Users { file, session_idle, session_max } => {
-                let list = Users::load(file).with_context(|| format!("web.users_file = {:?}", file.display().to_string()))?;
+                let list = Users::load(file).map_err(|e| anyhow::anyhow!("web.users_file: {e}"))?;
                 if !list.entries.iter().any(|e| matches!(e, super::users::Entry::User { .. })) {
                     warn!(file = %file.display(), "the users file has no user: nobody can log in to the status page (edge-agent user add)");
                 }

@@ -85,12 +85,12 @@ pub struct Users {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsersError {
-    #[error("{file}: cannot read the users file: {source}")]
-    Read { file: String, source: std::io::Error },
+    #[error("{file}: cannot read the users file: {error}")]
+    Read { file: String, error: std::io::Error },
     #[error("{file}:{line}: {message}")]
     Parse { file: String, line: usize, message: String },
-    #[error("{file}: cannot write the users file: {source}")]
-    Write { file: String, source: std::io::Error },
+    #[error("{file}: cannot write the users file: {error}")]
+    Write { file: String, error: std::io::Error },
     #[error("cannot hash the password: {0}")]
     Hash(String),
 }
@@ -152,7 +152,7 @@ impl Users {
     /// Reads and parses `path` (blocking).
     pub fn load(path: &Path) -> Result<Users, UsersError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| UsersError::Read { file: file.clone(), error })?;
         Users::parse(&text, &file)
     }
 
@@ -171,7 +171,7 @@ impl Users {
 
     /// Writes the file atomically with mode 0600 (blocking).
     pub fn save(&self, path: &Path) -> Result<(), UsersError> {
-        let fail = |source| UsersError::Write { file: path.display().to_string(), source };
+        let fail = |error| UsersError::Write { file: path.display().to_string(), error };
         write_private_atomically(path, self.render().as_bytes()).map_err(fail)
     }
 
