@@ -58,6 +58,11 @@ enum Command {
     },
     /// Commissioning tools for Modbus devices: read registers with every decoding, scan a bus.
     Modbus(edge_agent::cli::modbus::ModbusArgs),
+    /// The status page's users and API tokens (`web.users_file`): add, passwd, remove, token, list.
+    User {
+        #[command(subcommand)]
+        command: edge_agent::cli::user::UserCommand,
+    },
     /// Model training and evaluation (`train`, `eval`).
     #[command(flatten)]
     Models(edge_agent::cli::models::ModelsCommand),
@@ -125,6 +130,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::User { command } = cli.command {
+        return match edge_agent::cli::user::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edge-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -153,7 +167,7 @@ fn main() -> ExitCode {
             Command::Modbus(args) => edge_agent::cli::modbus::run(args).await.map(|()| None),
             Command::Models(cmd) => edge_agent::cli::models::run(cmd).map(|()| None),
             Command::Opcua { command } => edge_agent::cli::opcua::run(command).await,
-            Command::CheckConfig { .. } | Command::ConfigReference => Ok(None), // handled above
+            Command::CheckConfig { .. } | Command::ConfigReference | Command::User { .. } => Ok(None), // handled above
         }
     });
     // Don't wait for the blocking threads (the demo broker's) to finish.

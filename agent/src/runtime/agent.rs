@@ -462,19 +462,25 @@ async fn start_web(
     register: &Register,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, JoinHandle<()>)> {
-    let listen = config.web.listen.clone();
-    let listener = bind_web(&listen).await.with_context(|| format!("cannot listen on web.listen = {listen}"))?;
+    let settings = config
+        .web
+        .build()
+        .map_err(|issues| anyhow::anyhow!("{}", issues.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
+    // The users file, the session key and the TLS certificate: a start without them fails.
+    let guard = crate::web::auth::Guard::load(&settings, &config.gateway.data_dir).await?;
+    let listen = settings.listen;
+    let listener = bind_web(listen).await.with_context(|| format!("cannot listen on web.listen = {listen}"))?;
     let addr = listener.local_addr()?;
     let mut first = Some(listener);
     let (live, cancel2) = (live.clone(), cancel.clone());
     let task = supervise("status-page".into(), false, register.clone(), cancel.clone(), move || {
-        let (live, cancel, listen, listener) = (live.clone(), cancel2.clone(), addr, first.take());
+        let (live, cancel, listen, listener, guard) = (live.clone(), cancel2.clone(), addr, first.take(), guard.clone());
         async move {
             let listener = match listener {
                 Some(l) => l,
                 None => TcpListener::bind(listen).await?,
             };
-            crate::web::serve(listener, live, cancel).await?;
+            crate::web::serve(listener, live, guard, cancel).await?;
             Ok(())
         }
     });
@@ -483,7 +489,7 @@ async fn start_web(
 
 /// Binds the status page's address. After a reload the previous server has just let go
 /// of it; "address in use" is retried for a moment.
-async fn bind_web(listen: &str) -> std::io::Result<TcpListener> {
+async fn bind_web(listen: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let mut attempts = 0;
     loop {
         match TcpListener::bind(listen).await {

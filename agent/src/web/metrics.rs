@@ -138,6 +138,17 @@ const COMMANDS: Family = counter(
     "Commands from the ERP by result: accepted (done), rejected (refused, nothing done), failed (sent, the device refused or did not answer), duplicate (same id again: answered, not run again).",
 );
 
+const WEB_LOGINS: Family = counter(
+    "web_logins_total",
+    "Logins to the status page by result: success, failure (wrong user name or password), locked (refused unchecked: too many failures from the address or for the user).",
+);
+const WEB_LOCKOUTS: Family =
+    counter("web_lockouts_total", "Times a source address or a user name was locked after too many failed logins, by scope.");
+const WEB_REFUSED: Family = counter(
+    "web_requests_refused_total",
+    "Requests to the status page refused by reason: no_credentials, invalid_session, invalid_token, origin, csrf, role.",
+);
+
 /// Renders every metric of `s`, one family after the other, ending with a newline.
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
@@ -146,6 +157,7 @@ pub fn render(s: &Snapshot) -> String {
     render_store(&mut out, s);
     render_uplink(&mut out, s);
     render_commands(&mut out, s);
+    render_web(&mut out, &crate::web::auth::counters());
     // Local models: one sample per model in each family (analytics/metrics.rs).
     crate::analytics::metrics::render(&mut out, s);
     out
@@ -254,6 +266,13 @@ fn render_commands(out: &mut String, s: &Snapshot) {
         "result",
         &[("accepted", c.accepted), ("rejected", c.rejected), ("failed", c.failed), ("duplicate", c.duplicates)],
     );
+}
+
+fn render_web(out: &mut String, c: &crate::web::auth::AuthCounters) {
+    WEB_LOGINS.labelled(out, "result", &[("success", c.logins_success), ("failure", c.logins_failure), ("locked", c.logins_locked)]);
+    WEB_LOCKOUTS.labelled(out, "scope", &[("address", c.lockouts_address), ("user", c.lockouts_user)]);
+    let refused: Vec<(&str, u64)> = crate::web::auth::Refusal::ALL.iter().zip(c.refused).map(|(r, n)| (r.as_str(), n)).collect();
+    WEB_REFUSED.labelled(out, "reason", &refused);
 }
 
 // Writing into a String cannot fail: the `fmt::Result`s below are always Ok.
@@ -512,7 +531,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 62 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 65 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
@@ -545,6 +564,26 @@ mod tests {
             "# TYPE edge_agent_task_restarts_total counter",
         ] {
             assert!(lines(&text).contains(&expected), "missing {expected:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn renders_the_status_page_login_counters_with_every_label() {
+        // Given any snapshot
+        let text = render(&two_devices());
+        // Then the login, lockout and refusal families are there with each label value
+        for prefix in [
+            "# TYPE edge_agent_web_logins_total counter",
+            "edge_agent_web_logins_total{result=\"success\"} ",
+            "edge_agent_web_logins_total{result=\"failure\"} ",
+            "edge_agent_web_logins_total{result=\"locked\"} ",
+            "edge_agent_web_lockouts_total{scope=\"address\"} ",
+            "edge_agent_web_lockouts_total{scope=\"user\"} ",
+            "edge_agent_web_requests_refused_total{reason=\"no_credentials\"} ",
+            "edge_agent_web_requests_refused_total{reason=\"csrf\"} ",
+            "edge_agent_web_requests_refused_total{reason=\"role\"} ",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(prefix)), "missing {prefix:?} in\n{text}");
         }
     }
 

@@ -13,20 +13,37 @@
 //! - `GET /api/stream`: the status as Server-Sent Events, one `status` event a second, so
 //!   the page updates without polling; the browser's `EventSource` reconnects by itself
 //!   after an agent restart.
+//! - `GET /login`, `POST /login`, `POST /logout`, `GET /api/session`: see [`auth`].
+//! - `POST /api/events/{id}/ack`: an operator acknowledges an event (not implemented yet:
+//!   `501` once the role and CSRF checks pass).
+//!
+//! Every response carries the security headers of [`security_headers`]. Who may fetch what
+//! is decided by [`auth::guard`], in front of every route (see `docs/access.md`).
 
+pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod session;
 mod stream;
+pub mod throttle;
+pub mod tls;
+pub mod users;
+
+use std::sync::{Arc, LazyLock};
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::{Html, IntoResponse};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::Live;
+use auth::{Guard, Peer, Principal};
+use users::Role;
 
 /// The status page: inline CSS and vanilla JS, nothing fetched but `api/status`.
 const PAGE: &str = include_str!("page.html");
@@ -47,13 +64,83 @@ pub fn router(live: Live) -> Router {
         .route("/api/sparklines", get(api_sparklines))
         .route("/api/stream", get(stream::status_events))
         .route("/trends.js", get(trends_js))
+        .route("/api/events/{id}/ack", post(acknowledge))
         .with_state(live)
 }
 
-/// Serves [`router`] on `listener` until `cancel` fires, then lets open requests finish.
-/// The caller binds the listener, so it can report bind errors and the real port.
-pub async fn serve(listener: TcpListener, live: Live, cancel: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(live)).with_graceful_shutdown(async move { cancel.cancelled().await }).await
+/// [`router`] with the login routes, behind the [`auth::guard`] and the security headers.
+pub fn app(live: Live, guard: Arc<Guard>) -> Router {
+    router(live)
+        .merge(auth::routes(guard.clone()))
+        .layer(axum::middleware::from_fn_with_state(guard, auth::guard))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// Serves [`app`] on `listener` (over TLS when the guard has a certificate) until `cancel`
+/// fires, then lets open requests finish. The caller binds the listener, so it can report
+/// bind errors and the real port.
+pub async fn serve(listener: TcpListener, live: Live, guard: Arc<Guard>, cancel: CancellationToken) -> std::io::Result<()> {
+    let tls = guard.tls();
+    let app = app(live, guard).into_make_service_with_connect_info::<Peer>();
+    let stop = async move { cancel.cancelled().await };
+    match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+        Some(config) => axum::serve(tls::TlsListener::new(listener, config)?, app).with_graceful_shutdown(stop).await,
+    }
+}
+
+/// The Content-Security-Policy: everything from our own origin only, the pages' inline
+/// script and styles allowed by their SHA-256 (not `unsafe-inline`), no framing.
+static CSP: LazyLock<HeaderValue> = LazyLock::new(|| {
+    let hashes = |tag: &str| -> String {
+        [PAGE, auth::login_html_source()]
+            .iter()
+            .flat_map(|page| inline_blocks(page, tag))
+            .map(|block| format!(" 'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(Sha256::digest(block.as_bytes()))))
+            .collect()
+    };
+    let policy = format!(
+        "default-src 'self'; script-src 'self'{}; style-src 'self'{}; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+        hashes("script"),
+        hashes("style")
+    );
+    HeaderValue::from_str(&policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'self'; frame-ancestors 'none'"))
+});
+
+/// The text of every `<tag>…</tag>` block of `page` (what a browser hashes for the CSP).
+fn inline_blocks<'a>(page: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = page;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let Some(end) = body.find(&close) else { break };
+        out.push(&body[..end]);
+        rest = &body[end + close.len()..];
+    }
+    out
+}
+
+/// On every response, errors and redirects included.
+async fn security_headers(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, CSP.clone());
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin"));
+    response
+}
+
+/// `POST /api/events/{id}/ack`: the operator-only action the page's events view will use.
+/// Not implemented yet: after the guard's session, origin, CSRF and role checks (and the
+/// role checked again here), it answers `501`, naming the event and the operator.
+async fn acknowledge(Path(id): Path<String>, Extension(who): Extension<Principal>) -> Response {
+    if let Err(refused) = auth::require(&who, Role::Operator) {
+        return refused.into_response();
+    }
+    let body = serde_json::json!({ "error": "acknowledging events is not implemented yet", "event": id, "operator": who.name });
+    (StatusCode::NOT_IMPLEMENTED, [NO_STORE], Json(body)).into_response()
 }
 
 async fn page() -> impl IntoResponse {
@@ -148,8 +235,13 @@ mod tests {
     /// A minimal HTTP/1.1 GET over a plain TCP stream; `Connection: close` lets us read
     /// to the end. Every response here has a `content-length` body, never chunked.
     async fn get(addr: SocketAddr, path: &str) -> Response {
+        request(addr, "GET", path).await
+    }
+
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> Response {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write request");
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.expect("read response");
@@ -189,7 +281,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, live, cancel.clone()));
+        let server = tokio::spawn(serve(listener, live, Guard::open(), cancel.clone()));
         (addr, cancel, server)
     }
 
@@ -274,13 +366,55 @@ mod tests {
         cancel.cancel();
     }
 
+    #[tokio::test]
+    async fn an_open_page_is_read_only_and_every_response_carries_the_security_headers() {
+        // Given the server without users (loopback, open)
+        let (addr, cancel, _server) = start(live_with_one_device()).await;
+        // When the operator action is posted, then it is refused: an open page changes nothing
+        let post = request(addr, "POST", "/api/events/ev-1/ack").await;
+        assert_eq!(post.status, 403, "{}", post.body);
+        assert!(post.body.contains("web.users_file"), "{}", post.body);
+        // And the session says that no login is needed, with no CSRF token
+        let session: serde_json::Value = serde_json::from_str(&get(addr, "/api/session").await.body).expect("json");
+        assert_eq!((session["login_required"].as_bool(), session["csrf"].is_null()), (Some(false), true));
+        // And every answer, the refusal and a 404 included, has the security headers, the
+        // CSP allowing the page's inline script by its hash only
+        for response in [post, get(addr, "/").await, get(addr, "/healthz").await, get(addr, "/nope").await] {
+            let csp = response.header("content-security-policy").expect("CSP");
+            assert!(csp.starts_with("default-src 'self'; script-src 'self' 'sha256-"), "{csp}");
+            assert!(csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+            assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+            assert_eq!(response.header("referrer-policy"), Some("no-referrer"));
+        }
+        cancel.cancel();
+    }
+
+    #[test]
+    fn the_csp_hashes_are_those_of_the_inline_blocks_as_a_browser_computes_them() {
+        // Given the page's one inline script
+        let scripts = inline_blocks(PAGE, "script");
+        assert_eq!(scripts.len(), 1);
+        assert!(scripts[0].starts_with("\n\"use strict\";"));
+        // Then the CSP names its SHA-256 (base64 of the exact text between the tags)
+        let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(scripts[0].as_bytes()));
+        assert!(CSP.to_str().expect("ascii").contains(&format!("'sha256-{hash}'")));
+        // And the styles of the page and of the login form are there too
+        assert_eq!(CSP.to_str().expect("ascii").matches("'sha256-").count(), 3);
+    }
+
     #[test]
     fn the_page_is_self_contained() {
         // Given the embedded page
-        // Then it references no external stylesheet, script, image or font
+        // Then it references no external stylesheet, script, image or font: its one script
+        // file is served by the agent from the binary (`/trends.js`)
+        let page = PAGE.replace(r#"<script src="trends.js"></script>"#, "");
+        // (the SVG namespace is a name, not an address anything is fetched from)
+        let trends = TRENDS_JS.replace(r#""http://www.w3.org/2000/svg""#, "");
         for needle in ["http://", "https://", "<link", "src=", "@import", "url(", "@font-face"] {
-            assert!(!PAGE.contains(needle), "page contains {needle:?}");
+            assert!(!page.contains(needle), "page contains {needle:?}");
+            assert!(!trends.contains(needle), "trends.js contains {needle:?}");
         }
+        assert!(!TRENDS_JS.contains("innerHTML") && !TRENDS_JS.contains("outerHTML"));
         // And it never inserts data as markup
         assert!(!PAGE.contains("innerHTML") && !PAGE.contains("outerHTML") && !PAGE.contains("insertAdjacentHTML"));
     }
