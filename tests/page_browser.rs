@@ -197,3 +197,100 @@ async fn on_a_phone_the_page_fits_the_screen_and_says_the_verdict_first() {
         browser.screenshot(&path).await;
     }
 }
+
+/// Adds a user to `file` through the real command line (the password on stdin).
+fn add_user(file: &std::path::Path, name: &str, role: &str, password: &str) {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(["user", "add", "--file"])
+        .arg(file)
+        .args([name, "--role", role])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "user add {name}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_logs_in_on_a_page_bound_to_all_interfaces_sees_the_plant_and_is_refused_an_operator_action() {
+    // Given the demo with its page on every interface (reached here over loopback) and a viewer
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    add_user(&users, "tablet", "viewer", "cabinet-view-1");
+    let (web, mqtt, modbus) = (free_port(), free_port(), free_port());
+    let _demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .arg("demo")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--web-listen", &format!("0.0.0.0:{web}"), "--mqtt-port", &mqtt.to_string(), "--modbus-port", &modbus.to_string()])
+            .arg("--users-file")
+            .arg(&users)
+            .stdout(std::fs::File::create(dir.path().join("console.txt")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
+            .spawn()
+            .expect("start edge-agent demo"),
+    );
+    wait_listening(loopback(web), LIMIT).await;
+    let browser = Browser::start(1280, 1000).await;
+
+    // When the page is opened, it asks for a login
+    browser.client.goto(&format!("http://127.0.0.1:{web}/")).await.unwrap();
+    browser
+        .wait_for("the login form", LIMIT, "return location.pathname === '/login' && !!document.getElementById('password');", |v| v == true)
+        .await;
+    // And a wrong password is refused, on the login page still
+    browser
+        .eval(r##"document.getElementById("user").value = "tablet"; document.getElementById("password").value = "wrong-password"; document.querySelector("form").submit(); return true;"##)
+        .await;
+    browser
+        .wait_for(
+            "the refusal",
+            LIMIT,
+            "return location.pathname === '/login' && document.readyState === 'complete' && !!document.getElementById('password');",
+            |v| v == true,
+        )
+        .await;
+    // When the viewer logs in with the right one
+    browser
+        .eval(r##"document.getElementById("user").value = "tablet"; document.getElementById("password").value = "cabinet-view-1"; document.querySelector("form").submit(); return true;"##)
+        .await;
+    // Then the page shows the plant, and who is logged in
+    browser.wait_for("the status page", LIMIT, "return location.pathname;", |v| v == "/").await;
+    browser.wait_for("live tag values", LIMIT, FIRST_VALUE, |v| v.is_array()).await;
+    let who = browser
+        .wait_for("the user's name", LIMIT, "return document.getElementById('who')?.textContent ?? '';", |v| {
+            v.as_str().is_some_and(|t| !t.is_empty())
+        })
+        .await;
+    assert!(who.as_str().unwrap().contains("tablet") && who.as_str().unwrap().contains("viewer"), "{who}");
+    // And a trend opens for a viewer too
+    browser.eval("document.querySelector('#devices button.tag-link').click(); return true;").await;
+    browser
+        .wait_for(
+            "a trend with points",
+            LIMIT,
+            "const l = document.querySelector('#trend svg.chart polyline, #trend svg.chart circle'); return !!l;",
+            |v| v == true,
+        )
+        .await;
+
+    // When the viewer tries an operator action (acknowledging an event), with the page's own token
+    let answer = browser
+        .client
+        .execute_async(
+            r##"const done = arguments[arguments.length - 1];
+                fetch("api/session").then(r => r.json()).then(s =>
+                    fetch("api/events/1/ack", { method: "POST", headers: { "X-CSRF-Token": s.csrf } }))
+                  .then(r => r.text().then(t => done([r.status, t])), e => done([0, String(e)]));"##,
+            vec![],
+        )
+        .await
+        .unwrap();
+    // Then it is refused: a viewer may look, not act
+    assert_eq!(answer[0], 403, "{answer}");
+    assert!(answer[1].as_str().unwrap().contains("operator role"), "refused for another reason than the role: {answer}");
+}

@@ -26,6 +26,10 @@ pub struct DemoArgs {
     /// Status page address (default from the demo config: 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     pub web_listen: Option<String>,
+    /// The status page's users (made with `edge-agent user add --file FILE …`): the page
+    /// then asks for a login, and `--web-listen` may be off loopback (`0.0.0.0:8080`).
+    #[arg(long, value_name = "FILE")]
+    pub users_file: Option<PathBuf>,
     /// Port of the embedded MQTT broker (default 18830).
     #[arg(long)]
     pub mqtt_port: Option<u16>,
@@ -95,6 +99,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let opts = DemoOptions {
                 data_dir: args.data_dir,
                 web_listen: args.web_listen,
+                users_file: args.users_file,
                 mqtt_port: args.mqtt_port,
                 modbus_port: args.modbus_port,
                 speed: args.speed,

@@ -26,6 +26,9 @@ pub const DEMO_CONFIG: &str = include_str!("../../../firmware-configs/demo/sugar
 pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     pub web_listen: Option<String>,
+    /// The page's users (`web.users_file`): with it the page asks for a login, and may
+    /// listen off loopback.
+    pub users_file: Option<PathBuf>,
     pub mqtt_port: Option<u16>,
     pub modbus_port: Option<u16>,
     /// Plant seconds per wall-clock second (1 = real time).
@@ -36,7 +39,7 @@ pub struct DemoOptions {
 
 impl Default for DemoOptions {
     fn default() -> Self {
-        Self { data_dir: None, web_listen: None, mqtt_port: None, modbus_port: None, speed: 1.0, faults: Vec::new() }
+        Self { data_dir: None, web_listen: None, users_file: None, mqtt_port: None, modbus_port: None, speed: 1.0, faults: Vec::new() }
     }
 }
 
@@ -46,6 +49,9 @@ pub fn demo_config(opts: &DemoOptions) -> anyhow::Result<Config> {
     config.gateway.data_dir = opts.data_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("edge-agent-demo"));
     if let Some(listen) = &opts.web_listen {
         config.web.listen = listen.clone();
+    }
+    if let Some(file) = &opts.users_file {
+        config.web.users_file = Some(file.clone());
     }
     if let Some(port) = opts.mqtt_port {
         config.mqtt.port = port;
