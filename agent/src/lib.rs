@@ -12,6 +12,7 @@ pub mod health;
 pub mod history;
 pub mod live;
 pub mod payload;
+pub mod recent_events;
 pub mod runtime;
 pub mod store;
 pub mod uplink;

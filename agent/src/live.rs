@@ -16,6 +16,8 @@ pub struct Live {
     state: Arc<RwLock<Snapshot>>,
     /// Recent history of every tag (trends); fed with the same samples as the state.
     history: crate::history::History,
+    /// The latest events, as appended to the outbox (the page's event list).
+    events: crate::recent_events::RecentEvents,
 }
 
 /// Everything the page shows, at one instant. Serialised as `/api/status`.
@@ -239,7 +241,11 @@ impl Live {
         // The store counts as writable until the writer says otherwise (a failed write).
         let store = StoreView { writable: true, ..Default::default() };
         let history = crate::history::History::new(crate::history::HistorySettings::default());
-        Live { state: Arc::new(RwLock::new(Snapshot { gateway, devices, store, ..Default::default() })), history }
+        Live {
+            state: Arc::new(RwLock::new(Snapshot { gateway, devices, store, ..Default::default() })),
+            history,
+            events: crate::recent_events::RecentEvents::default(),
+        }
     }
 
     /// The same state with a history kept under `settings` (`[history]`), instead of the
@@ -252,6 +258,18 @@ impl Live {
     /// The recent history of every tag.
     pub fn history(&self) -> &crate::history::History {
         &self.history
+    }
+
+    /// The same state listing the events of `events` (the outbox's ring, fed as events are
+    /// appended).
+    pub fn with_events(mut self, events: crate::recent_events::RecentEvents) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// The latest events.
+    pub fn events(&self) -> &crate::recent_events::RecentEvents {
+        &self.events
     }
 
     /// A copy of the state, with its health verdict computed for this instant.

@@ -62,6 +62,7 @@ pub fn router(live: Live) -> Router {
         .route("/api/tags", get(api_tags))
         .route("/api/tags/{device}/{tag}/history", get(api_history))
         .route("/api/sparklines", get(api_sparklines))
+        .route("/api/events", get(api_events))
         .route("/api/stream", get(stream::status_events))
         .route("/trends.js", get(trends_js))
         .route("/api/events/{id}/ack", post(acknowledge))
@@ -166,6 +167,40 @@ async fn api_history(
         Ok(None) => (StatusCode::NOT_FOUND, [NO_STORE], format!("no history for tag {tag:?} of device {device:?}\n")).into_response(),
         Err(e) => (StatusCode::BAD_REQUEST, [NO_STORE], format!("{e}\n")).into_response(),
     }
+}
+
+/// Query of `/api/events`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct EventsQuery {
+    /// RFC 3339 time or a duration before now (`1h`).
+    since: Option<String>,
+    /// The lowest severity listed: `info`, `warning` or `critical`.
+    severity: Option<String>,
+    /// At most this many (default 100, at most 500).
+    limit: Option<usize>,
+}
+
+async fn api_events(State(live): State<Live>, Query(q): Query<EventsQuery>) -> Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, [NO_STORE], format!("{m}\n")).into_response();
+    let since = match &q.since {
+        None => None,
+        Some(v) => {
+            let window = crate::history::api::HistoryQuery { from: Some(v.clone()), to: None, step: None };
+            match crate::history::api::window(&window, chrono::Utc::now()) {
+                Ok(w) => Some(w.from),
+                Err(_) => return bad(format!("since={v:?} is neither an RFC 3339 time nor a duration before now (1h, 15m)")),
+            }
+        }
+    };
+    let severity = match q.severity.as_deref() {
+        None => None,
+        Some(s) => match crate::events::Severity::ALL.into_iter().find(|v| v.as_str() == s) {
+            Some(v) => Some(v),
+            None => return bad(format!("severity={s:?} is not one of info, warning, critical")),
+        },
+    };
+    let limit = q.limit.unwrap_or(100).min(crate::recent_events::KEPT);
+    ([NO_STORE], Json(live.events().list(since, severity, limit))).into_response()
 }
 
 async fn api_sparklines(State(live): State<Live>, Query(q): Query<crate::history::api::HistoryQuery>) -> axum::response::Response {

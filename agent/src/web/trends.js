@@ -198,3 +198,80 @@ var Trends = (function () {
 
   return { sparkCell: sparkCell, show: show, init: init };
 })();
+
+// The latest events (api/events, every 5 s): time, severity, kind, asset and the details in
+// one line, filtered by the severity chosen. Text nodes only.
+var Events = (function () {
+  var REFRESH_MS = 5000;
+
+  function cell(text, cls) {
+    var td = document.createElement("td");
+    if (cls) td.className = cls;
+    td.textContent = text;
+    return td;
+  }
+
+  function summary(details) {
+    if (!details || typeof details !== "object") return "";
+    return Object.keys(details).filter(function (k) { return details[k] !== null && typeof details[k] !== "object"; })
+      .slice(0, 4).map(function (k) { return k + " " + details[k]; }).join(" · ");
+  }
+
+  function when(ts) {
+    var d = new Date(ts);
+    if (isNaN(d)) return ts;
+    var p = function (n) { return (n < 10 ? "0" : "") + n; };
+    return p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds());
+  }
+
+  function render(list) {
+    var box = document.getElementById("event-list");
+    while (box.firstChild) box.removeChild(box.firstChild);
+    if (!list.events.length) {
+      var p = document.createElement("p");
+      p.className = "empty";
+      p.textContent = "No events yet.";
+      box.appendChild(p);
+      return;
+    }
+    var table = document.createElement("table");
+    var body = document.createElement("tbody");
+    list.events.forEach(function (e) {
+      var tr = document.createElement("tr");
+      tr.className = "event-row";
+      tr.dataset.kind = e.kind;
+      var sev = document.createElement("td");
+      var b = document.createElement("span");
+      b.className = "badge b-" + e.severity;
+      b.textContent = e.severity;
+      sev.appendChild(b);
+      tr.appendChild(cell(when(e.ts), "when"));
+      tr.appendChild(sev);
+      tr.appendChild(cell(e.kind));
+      tr.appendChild(cell(e.asset));
+      tr.appendChild(cell(summary(e.details), "muted"));
+      body.appendChild(tr);
+    });
+    table.appendChild(body);
+    var wrap = document.createElement("div");
+    wrap.className = "table-wrap";
+    wrap.appendChild(table);
+    box.appendChild(wrap);
+  }
+
+  function refresh() {
+    var sev = document.getElementById("event-severity").value;
+    fetch("api/events?limit=50" + (sev ? "&severity=" + sev : ""), { cache: "no-store" })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(render)
+      .catch(function () { /* the banner says when the agent is unreachable */ });
+  }
+
+  function init() {
+    document.getElementById("event-severity").addEventListener("change", refresh);
+    refresh();
+    setInterval(refresh, REFRESH_MS);
+  }
+
+  return { init: init, refresh: refresh };
+})();
