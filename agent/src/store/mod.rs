@@ -19,6 +19,8 @@ pub mod retention;
 pub mod writer;
 
 #[cfg(test)]
+mod blocking_tests;
+#[cfg(test)]
 mod compaction_tests;
 #[cfg(test)]
 mod damage_tests;

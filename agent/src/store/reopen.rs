@@ -190,6 +190,8 @@ pub(crate) struct TestDiskState {
     pub corrupt_on_reopen: bool,
     /// A write failed and no reopen followed yet.
     pub broken: bool,
+    /// Every write, delete and flush takes this long first (a slow SD card).
+    pub delay: std::time::Duration,
 }
 
 #[cfg(test)]
@@ -206,7 +208,15 @@ impl TestDisk {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
+    pub(crate) fn set_delay(&self, delay: std::time::Duration) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).delay = delay;
+    }
+
     pub(super) fn fail_write(&self) -> Result<(), StoreError> {
+        let delay = self.0.lock().unwrap_or_else(|p| p.into_inner()).delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         s.broken |= s.full;
         if s.broken {
