@@ -24,9 +24,10 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::damage::{self, MovedAside, StoreReset, StoreState};
+use super::format;
 use super::highwater::{HighWater, Loaded, Marks};
 use super::record::{self, StoredBatch, StoredEvent};
 
@@ -469,13 +470,71 @@ impl Outbox {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("outbox");
         super::compaction::restore_missing_outbox(dir)?;
+        let format_file = dir.join(format::FILE);
+        let marker = format::read(dir).map_err(|source| StoreError::Io { path: format_file.clone(), source })?;
+        let verdict = format::judge(&marker, path.exists());
+        // A store in a format this agent does not read is set aside unopened.
+        let foreign = match &verdict {
+            format::Verdict::SetAside(foreign) => {
+                let aside = format::set_aside(dir, &path, foreign)?;
+                let message = foreign.message(&path, &aside);
+                error!(reason = foreign.reason(), aside = %aside.display(), "{message}");
+                Some((foreign.reason(), aside, message))
+            }
+            _ => None,
+        };
         let (high_water, loaded) =
             HighWater::open(dir).map_err(|source| StoreError::Io { path: dir.join(super::highwater::FILE), source })?;
         let mut outbox = Self::open_waiting(dir, &path, high_water)?;
         // Holding the store's lock now, so no other instance is compacting it.
         super::compaction::remove_leftovers(dir);
+        if let Some((reason, aside, message)) = foreign {
+            outbox.moved_aside = Some(aside.clone());
+            outbox.reset = Some(StoreReset {
+                reason,
+                moved_aside: Some(aside),
+                batches_possibly_lost: None,
+                events_possibly_lost: None,
+                lost_batch_seqs: None,
+                next_batch_seq: 1,
+                error: Some(message),
+            });
+        }
+        outbox.bring_format_up_to_date(&verdict, &marker)?;
         outbox.settle_numbering(loaded)?;
         Ok(outbox)
+    }
+
+    /// Migrates a store in an older format and stamps a store that is new, migrated or from
+    /// before the marker with [`format::CURRENT`] (see `format.rs`).
+    fn bring_format_up_to_date(&self, verdict: &format::Verdict, marker: &format::Marker) -> Result<(), StoreError> {
+        let dir = &self.shared.dir;
+        match verdict {
+            format::Verdict::Current => return Ok(()),
+            format::Verdict::Migrate { from } => {
+                let h = self.handles()?;
+                let from = usize::try_from(*from).unwrap_or(usize::MAX);
+                for step in format::MIGRATIONS.iter().skip(from.saturating_sub(1)) {
+                    step(&h)?;
+                }
+                h.db.flush()?;
+                drop(h);
+                if *marker == format::Marker::Missing {
+                    info!(version = format::CURRENT, "store format marker written (the store is from before it: format version 1)");
+                } else {
+                    info!(from, to = format::CURRENT, "store migrated to the current format");
+                }
+            }
+            format::Verdict::Fresh => {
+                if let format::Marker::Version(v) = marker {
+                    if *v != format::CURRENT {
+                        warn!(marker = v, "the format marker names a store that is not there; a fresh store starts in the current format");
+                    }
+                }
+            }
+            format::Verdict::SetAside(_) => {}
+        }
+        format::write(dir, format::CURRENT).map_err(|source| StoreError::Io { path: dir.join(format::FILE), source })
     }
 
     fn open_waiting(dir: &Path, path: &Path, high_water: HighWater) -> Result<Self, StoreError> {
