@@ -95,6 +95,12 @@ impl Outbox {
     /// `above` bytes on disk, and by a quarter since the last compaction? Also true
     /// when an earlier compaction left the store closed, so that reopening it is retried.
     pub fn compaction_due(&self, above: u64) -> bool {
+        self.compaction_due_at(above, || self.disk_bytes())
+    }
+
+    /// [`Outbox::compaction_due`] with the size on disk from `size` (the writer measures
+    /// it on a blocking thread).
+    pub(super) fn compaction_due_at(&self, above: u64, size: impl FnOnce() -> u64) -> bool {
         let mut trigger = lock(&self.shared.compaction);
         let now = Instant::now();
         if trigger.next_check.is_some_and(|at| now < at) {
@@ -109,7 +115,7 @@ impl Outbox {
             Some(Err(_closed)) => true,
             Some(Ok(h)) => {
                 drop(h);
-                due(self.disk_bytes(), above, baseline)
+                due(size(), above, baseline)
             }
         }
     }
@@ -142,6 +148,7 @@ impl Outbox {
         match result {
             Ok((before, after)) => {
                 trigger.baseline = after;
+                self.shared.last_disk_bytes.store(after, Ordering::Relaxed);
                 c.compactions.fetch_add(1, Ordering::Relaxed);
                 c.last_compaction_ms.store(u64::try_from(paused.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
                 c.last_compaction_bytes_before.store(before, Ordering::Relaxed);

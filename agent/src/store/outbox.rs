@@ -348,7 +348,7 @@ pub(super) struct Shared {
     /// after the reopen. Reads skip deferred entries, so an acked entry is not sent again.
     deferred_acks: Mutex<BTreeSet<(TreeId, u64)>>,
     /// The size on disk last read, shown while a compaction holds the store.
-    last_disk_bytes: AtomicU64,
+    pub(super) last_disk_bytes: AtomicU64,
     /// A read hit damaged data that sled panicked on (logged once).
     read_damaged: AtomicBool,
     /// Set after a failed write, flush or delete: sled keeps an I/O error once it has had
@@ -1075,8 +1075,21 @@ impl Outbox {
         self.shared.next.load()
     }
 
+    /// The size of the sled files on disk last measured (by [`Outbox::disk_bytes`] or a
+    /// compaction), without touching the disk.
+    pub fn last_disk_bytes(&self) -> u64 {
+        self.shared.last_disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Measures the size on disk on a blocking thread (sled lists and stats every blob
+    /// file for it) and returns it.
+    pub async fn measure_disk_bytes(&self) -> u64 {
+        self.on_blocking_thread(|o| Ok(o.disk_bytes())).await.unwrap_or_else(|_| self.last_disk_bytes())
+    }
+
     /// Size of the sled files on disk (0 while the store is closed; the last size read
-    /// while a compaction holds it).
+    /// while a compaction holds it). Reads the directory of sled's blob files: blocking
+    /// (from async code, see [`Outbox::measure_disk_bytes`]).
     pub fn disk_bytes(&self) -> u64 {
         match self.try_handles() {
             None => self.shared.last_disk_bytes.load(Ordering::Relaxed),

@@ -161,6 +161,7 @@ impl Writer {
         let mut recovery = Recovery::default();
         let mut ticker = tokio::time::interval(self.config.flush_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.outbox.measure_disk_bytes().await;
         self.publish_state();
         loop {
             self.heartbeat.beat();
@@ -294,7 +295,9 @@ impl Writer {
                 *gathered = Gathered::default();
                 self.enforce_bounds(overflow).await;
                 self.stored.notify_one();
-                self.compact_if_due(compaction);
+                // (sled lists its blob files to tell its size: on a blocking thread)
+                let disk = self.outbox.measure_disk_bytes().await;
+                self.compact_if_due(compaction, disk);
                 self.publish_state();
             }
             Err(e) => {
@@ -394,8 +397,8 @@ impl Writer {
     /// `store.compact_above` (checked cheaply, at most every few seconds). It pauses the
     /// store and is blocking, so it runs on a blocking thread while the writer goes on
     /// gathering; the outbox logs and counts its outcome.
-    fn compact_if_due(&self, compaction: &mut Compaction) {
-        if compaction.is_some() || !self.outbox.compaction_due(self.config.compact_above()) {
+    fn compact_if_due(&self, compaction: &mut Compaction, disk_bytes: u64) {
+        if compaction.is_some() || !self.outbox.compaction_due_at(self.config.compact_above(), || disk_bytes) {
             return;
         }
         let outbox = self.outbox.clone();
@@ -430,7 +433,8 @@ impl Writer {
     fn publish_state(&self) {
         let o = &self.outbox;
         let c = o.counters();
-        let (pending_batches, pending_events, disk, next) = (o.pending_batches(), o.pending_events(), o.disk_bytes(), o.next_batch_seq());
+        let (pending_batches, pending_events, disk, next) =
+            (o.pending_batches(), o.pending_events(), o.last_disk_bytes(), o.next_batch_seq());
         let (writable, deferred_acks) = (o.is_writable(), o.deferred_acks());
         self.live.update(|s| {
             s.store.pending_batches = pending_batches;
