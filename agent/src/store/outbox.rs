@@ -115,7 +115,7 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error("the store {path} is locked by another process (another edge-agent on the same gateway.data_dir?); waited {waited:?}")]
     Locked { path: PathBuf, waited: Duration },
-    #[error("cannot move the unreadable store {path} aside: {source}")]
+    #[error("cannot move the store {path} aside: {source}")]
     MoveAside { path: PathBuf, source: std::io::Error },
     #[error("store file operation on {path} failed: {source}")]
     Io { path: PathBuf, source: std::io::Error },
