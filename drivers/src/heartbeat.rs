@@ -45,8 +45,9 @@ impl Heartbeat {
     /// The loop waits on purpose until `at`: it counts as alive until then. A promise never
     /// shortens one already given (a beat during a long back-off keeps the back-off's).
     pub fn alive_until(&self, at: Instant) {
-        // Rounded up: a loop is never taken for overdue before its promise ends.
-        let ms = u64::try_from(at.saturating_duration_since(self.inner.epoch).as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+        // Rounded up from the nanosecond (rounding microseconds up would drop the
+        // nanoseconds first): a loop is never taken for overdue before its promise ends.
+        let ms = u64::try_from(at.saturating_duration_since(self.inner.epoch).as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX);
         self.inner.alive_until_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
