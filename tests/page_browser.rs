@@ -130,6 +130,17 @@ async fn an_operator_sees_devices_live_values_a_trend_and_the_models_without_rel
         .await;
     assert!(gpio.as_str().unwrap().contains("Running"), "{gpio}");
 
+    // And the latest events are listed (the demo's models were loaded, its PLC connected)
+    let kinds = browser
+        .wait_for(
+            "events on the page",
+            LIMIT,
+            "return [...document.querySelectorAll('#event-list tr.event-row')].map(r => r.dataset.kind);",
+            |v| v.as_array().is_some_and(|a| !a.is_empty()),
+        )
+        .await;
+    assert!(kinds.to_string().contains("model_loaded") || kinds.to_string().contains("device_connected"), "{kinds}");
+
     // When the operator taps the tag's name
     let open = format!(r##"document.querySelector('#devices tr[data-tag="{tag}"] button.tag-link').click(); return true;"##);
     browser.eval(&open).await;

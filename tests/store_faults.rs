@@ -1,4 +1,5 @@
-//! The store under faults it must survive on its own: a full buffer and a damaged one.
+//! The store under faults it must survive on its own: a full buffer, a damaged one, and one
+//! written in a newer format.
 //! Real mosquitto, real Modbus server, the real agent binary.
 
 mod support;
@@ -130,5 +131,47 @@ async fn a_damaged_store_is_moved_aside_and_the_agent_starts_and_reports_it() {
         std::fs::read_dir(&data).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("outbox.unreadable-")).collect();
     assert_eq!(aside.len(), 1, "moved-aside store");
     assert!(agent.log_text().contains("moving it aside"), "the log says what happened");
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_in_a_newer_format_is_set_aside_unread_and_the_agent_starts_reports_it_and_says_what_to_do() {
+    // Given a data dir whose store is stamped with a newer format (its files are not sled's:
+    // opened, they would read as damaged)
+    let cancel = CancellationToken::new();
+    let (plc_port, tags) = plc(&cancel).await;
+    let broker = Mosquitto::start().await;
+    let erp = Subscriber::start(broker.port, "plant/#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("outbox")).unwrap();
+    std::fs::write(data.join("outbox").join("db"), b"a store of format 2").unwrap();
+    std::fs::write(data.join("store.format"), "edge-agent store format 2\n").unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, config_with(&data, broker.port, plc_port, free_port(), "", &tags)).unwrap();
+
+    // When the agent starts
+    let agent = AgentProcess::start(&cfg, dir.path().join("agent.log"));
+
+    // Then it reports the reset as a critical event that names both versions
+    let reset = wait_for("a store_reset event", Duration::from_secs(30), || {
+        erp.all().into_iter().find(|m| m.topic.ends_with("/events") && m.json["kind"] == "store_reset")
+    })
+    .await;
+    assert_eq!(reset.json["severity"], "critical");
+    assert_eq!(reset.json["details"]["reason"], "format_newer", "{}", reset.json);
+    let error = reset.json["details"]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("format version 2") && error.contains("store format version 1"), "{error}");
+    // and publishes telemetry from a fresh store in its own format
+    wait_for("telemetry", Duration::from_secs(30), || (!erp.telemetry().is_empty()).then_some(())).await;
+    assert_eq!(std::fs::read_to_string(data.join("store.format")).unwrap(), "edge-agent store format 1\n");
+    // and the store was set aside as it was, never opened
+    let aside: Vec<_> =
+        std::fs::read_dir(&data).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("outbox.format-v2-")).collect();
+    assert_eq!(aside.len(), 1, "set-aside store");
+    assert_eq!(std::fs::read(aside[0].path().join("db")).unwrap(), b"a store of format 2");
+    // and the log says what to do
+    let log = agent.log_text();
+    assert!(log.contains("newer than this agent reads") && log.contains("run the edge-agent version that wrote it"), "{log}");
     cancel.cancel();
 }

@@ -226,13 +226,13 @@ enabled = false
     // Phase 1: a fixed rate, then as fast as it goes.
     for (label, target, run) in [("sustained", rate, secs), ("ceiling", 0, 10)] {
         let got0 = received.samples.load(Ordering::Relaxed);
-        let stored0 = outbox.counters.samples_stored.load(Ordering::Relaxed);
+        let stored0 = outbox.counters().samples_stored.load(Ordering::Relaxed);
         received.latencies_ms.lock().expect("lock").clear();
         let t0 = Instant::now();
         produce(tx.clone(), target, t0 + Duration::from_secs(run)).await;
         let elapsed = t0.elapsed().as_secs_f64();
         let backlog = outbox.pending_batches();
-        let stored = outbox.counters.samples_stored.load(Ordering::Relaxed) - stored0;
+        let stored = outbox.counters().samples_stored.load(Ordering::Relaxed) - stored0;
         let got = received.samples.load(Ordering::Relaxed) - got0;
         let mut lat = std::mem::take(&mut *received.latencies_ms.lock().expect("lock"));
         lat.sort_by(f64::total_cmp);
@@ -263,11 +263,11 @@ enabled = false
 
     // Phase 2: outage with live data continuing, then replay.
     let (port_again, dir) = broker.stop();
-    let stored_before = outbox.counters.samples_stored.load(Ordering::Relaxed);
+    let stored_before = outbox.counters().samples_stored.load(Ordering::Relaxed);
     let producer = tokio::spawn(produce(tx.clone(), live_rate, Instant::now() + Duration::from_secs(outage + 600)));
     tokio::time::sleep(Duration::from_secs(outage)).await;
     let buffered = outbox.pending_batches();
-    let buffered_samples = outbox.counters.samples_stored.load(Ordering::Relaxed) - stored_before;
+    let buffered_samples = outbox.counters().samples_stored.load(Ordering::Relaxed) - stored_before;
     let disk = dir_bytes(data.path());
     let hist0 = received.historical_batches.load(Ordering::Relaxed);
     let live0 = received.live_batches.load(Ordering::Relaxed);

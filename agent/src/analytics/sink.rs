@@ -39,7 +39,7 @@ impl Drop for Pending<'_> {
         if self.stored || self.events.is_empty() {
             return;
         }
-        self.outbox.counters.model_events_unwritten_dropped.fetch_add(self.events.len() as u64, Ordering::Relaxed);
+        self.outbox.counters().model_events_unwritten_dropped.fetch_add(self.events.len() as u64, Ordering::Relaxed);
         let kinds: Vec<&str> = self.events.iter().map(|e| e.event.kind()).collect();
         error!(?kinds, "model events lost: the store could not be written (counted in store_unwritten_model_events_dropped_total)");
     }

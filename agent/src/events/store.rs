@@ -12,6 +12,10 @@ pub enum StoreResetReason {
     RecordsLost,
     /// The high-water file was damaged; numbering continues at the Unix time in ms or above.
     NumberingUnreadable,
+    /// The store is in a newer format than this agent reads: set aside unread.
+    FormatNewer,
+    /// The store's format marker could not be read: set aside unread.
+    FormatUnknown,
 }
 
 impl StoreResetReason {
@@ -20,6 +24,8 @@ impl StoreResetReason {
             StoreResetReason::Unreadable => "unreadable",
             StoreResetReason::RecordsLost => "records_lost",
             StoreResetReason::NumberingUnreadable => "numbering_unreadable",
+            StoreResetReason::FormatNewer => "format_newer",
+            StoreResetReason::FormatUnknown => "format_unknown",
         }
     }
 }

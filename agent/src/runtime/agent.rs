@@ -175,7 +175,8 @@ async fn run_once(
         },
         &config.devices,
     )
-    .with_history(config.history.build());
+    .with_history(config.history.build())
+    .with_events(outbox.recent_events());
     live.update(|s| s.store.next_batch_seq = outbox.next_batch_seq());
     let gpio = config.gpio.build();
     if !gpio.inputs.is_empty() {

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
-use super::outbox::{is_lock_error, Handles, Outbox, StoreError, LOCK_WAIT};
+use super::outbox::{lock, open_when_unlocked, Handles, OpenFailed, Outbox, StoreError, LOCK_WAIT};
 
 pub(super) const OUTBOX: &str = "outbox";
 pub(super) const COMPACTING: &str = "outbox.compacting";
@@ -95,7 +95,13 @@ impl Outbox {
     /// `above` bytes on disk, and by a quarter since the last compaction? Also true
     /// when an earlier compaction left the store closed, so that reopening it is retried.
     pub fn compaction_due(&self, above: u64) -> bool {
-        let mut trigger = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
+        self.compaction_due_at(above, || self.disk_bytes())
+    }
+
+    /// [`Outbox::compaction_due`] with the size on disk from `size` (the writer measures
+    /// it on a blocking thread).
+    pub(super) fn compaction_due_at(&self, above: u64, size: impl FnOnce() -> u64) -> bool {
+        let mut trigger = lock(&self.shared.compaction);
         let now = Instant::now();
         if trigger.next_check.is_some_and(|at| now < at) {
             return false;
@@ -103,10 +109,15 @@ impl Outbox {
         trigger.next_check = Some(now + CHECK_EVERY);
         let baseline = trigger.baseline;
         drop(trigger);
-        if self.handles().is_err() {
-            return true;
+        // (Never waits: a compaction or a reopen holding the store is not a reason to.)
+        match self.try_handles() {
+            None => false,
+            Some(Err(_closed)) => true,
+            Some(Ok(h)) => {
+                drop(h);
+                due(size(), above, baseline)
+            }
         }
-        due(self.disk_bytes(), above, baseline)
     }
 
     /// Runs [`Outbox::compact`] if [`Outbox::compaction_due`]; blocking (call it from a
@@ -121,22 +132,23 @@ impl Outbox {
     pub fn compact(&self) -> Result<Compacted, StoreError> {
         #[cfg(test)]
         {
-            let wait = self.compaction.lock().unwrap_or_else(|p| p.into_inner()).wait_before.take();
+            let wait = lock(&self.shared.compaction).wait_before.take();
             if let Some(go) = wait {
                 let _ = go.recv();
             }
         }
         let started = Instant::now();
-        let mut guard = self.handles.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.shared.handles.write().unwrap_or_else(|p| p.into_inner());
         // A store left closed by an earlier failure is reopened first.
         let result = if guard.is_none() { self.reopen_locked(&mut guard) } else { Ok(()) }.and_then(|()| self.compact_locked(&mut guard));
         drop(guard);
         let paused = started.elapsed();
-        let mut trigger = self.compaction.lock().unwrap_or_else(|p| p.into_inner());
-        let c = &self.counters;
+        let mut trigger = lock(&self.shared.compaction);
+        let c = self.counters();
         match result {
             Ok((before, after)) => {
                 trigger.baseline = after;
+                self.shared.last_disk_bytes.store(after, Ordering::Relaxed);
                 c.compactions.fetch_add(1, Ordering::Relaxed);
                 c.last_compaction_ms.store(u64::try_from(paused.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
                 c.last_compaction_bytes_before.store(before, Ordering::Relaxed);
@@ -157,19 +169,19 @@ impl Outbox {
     fn compact_locked(&self, guard: &mut Option<Handles>) -> Result<(u64, u64), StoreError> {
         let h = guard.as_ref().ok_or(StoreError::Closed)?;
         let before = h.db.size_on_disk()?;
-        remove_dir_if_present(&self.dir.join(COMPACTING))?;
-        remove_dir_if_present(&self.dir.join(COMPACTED))?;
-        remove_dir_if_present(&self.dir.join(OLD))?;
-        if let Err(e) = self.copy_into(h, &self.dir.join(COMPACTING)) {
+        remove_dir_if_present(&self.shared.dir.join(COMPACTING))?;
+        remove_dir_if_present(&self.shared.dir.join(COMPACTED))?;
+        remove_dir_if_present(&self.shared.dir.join(OLD))?;
+        if let Err(e) = self.copy_into(h, &self.shared.dir.join(COMPACTING)) {
             // Nothing has moved yet: remove the partial copy and keep the old store.
-            if let Err(rm) = remove_dir_if_present(&self.dir.join(COMPACTING)) {
+            if let Err(rm) = remove_dir_if_present(&self.shared.dir.join(COMPACTING)) {
                 warn!(error = %rm, "could not remove the partial copy of the store; it is removed at the next start");
             }
             return Err(e);
         }
-        let compacting = self.dir.join(COMPACTING);
-        let compacted = self.dir.join(COMPACTED);
-        if let Err(e) = std::fs::rename(&compacting, &compacted).map_err(io_err(&compacting)).and_then(|()| sync_dir(&self.dir)) {
+        let compacting = self.shared.dir.join(COMPACTING);
+        let compacted = self.shared.dir.join(COMPACTED);
+        if let Err(e) = std::fs::rename(&compacting, &compacted).map_err(io_err(&compacting)).and_then(|()| sync_dir(&self.shared.dir)) {
             // The old store is still open and current: the copy goes (or goes at the next start).
             for path in [&compacting, &compacted] {
                 if let Err(rm) = remove_dir_if_present(path) {
@@ -187,10 +199,10 @@ impl Outbox {
             return Err(e);
         }
         #[cfg(test)]
-        if self.compaction.lock().unwrap_or_else(|p| p.into_inner()).break_copy {
-            std::fs::write(self.dir.join(OUTBOX).join("conf"), b"not a sled config").map_err(io_err(&self.dir))?;
+        if lock(&self.shared.compaction).break_copy {
+            std::fs::write(self.shared.dir.join(OUTBOX).join("conf"), b"not a sled config").map_err(io_err(&self.shared.dir))?;
         }
-        let fresh = match open_waiting_for_lock(&self.dir.join(OUTBOX)) {
+        let fresh = match open_waiting_for_lock(&self.shared.dir.join(OUTBOX)) {
             Ok(fresh) => fresh,
             Err(e) => {
                 // The old store is intact beside it: it goes back, and the copy (nothing in
@@ -206,7 +218,7 @@ impl Outbox {
         let _ = self.apply_deferred_acks(&fresh);
         let after = fresh.db.size_on_disk().unwrap_or(0);
         *guard = Some(fresh);
-        if let Err(e) = remove_dir_if_present(&self.dir.join(OLD)).and_then(|()| sync_dir(&self.dir)) {
+        if let Err(e) = remove_dir_if_present(&self.shared.dir.join(OLD)).and_then(|()| sync_dir(&self.shared.dir)) {
             warn!(error = %e, "could not remove the store from before the compaction; it is removed at the next start");
         }
         Ok((before, after))
@@ -216,7 +228,7 @@ impl Outbox {
     fn copy_into(&self, h: &Handles, path: &Path) -> Result<(), StoreError> {
         let copy = Handles::open(path)?;
         #[cfg(test)]
-        let fail_after = self.compaction.lock().unwrap_or_else(|p| p.into_inner()).fail_copy_after;
+        let fail_after = lock(&self.shared.compaction).fail_copy_after;
         let mut copied = 0usize;
         for name in h.db.tree_names() {
             let from = h.db.open_tree(&name)?;
@@ -244,23 +256,23 @@ impl Outbox {
 
     /// Undoes step 3 after the copy failed to open: `outbox.old` becomes `outbox` again.
     fn put_back_old_store(&self) -> Result<(), StoreError> {
-        let (outbox, old) = (self.dir.join(OUTBOX), self.dir.join(OLD));
+        let (outbox, old) = (self.shared.dir.join(OUTBOX), self.shared.dir.join(OLD));
         if !old.exists() {
             return Ok(());
         }
         remove_dir_if_present(&outbox)?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.shared.dir)?;
         std::fs::rename(&old, &outbox).map_err(io_err(&old))?;
-        sync_dir(&self.dir)
+        sync_dir(&self.shared.dir)
     }
 
     /// Step 3's renames (the old database is closed).
     fn switch_directories(&self) -> Result<(), StoreError> {
-        let (outbox, old, compacted) = (self.dir.join(OUTBOX), self.dir.join(OLD), self.dir.join(COMPACTED));
+        let (outbox, old, compacted) = (self.shared.dir.join(OUTBOX), self.shared.dir.join(OLD), self.shared.dir.join(COMPACTED));
         std::fs::rename(&outbox, &old).map_err(io_err(&outbox))?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.shared.dir)?;
         std::fs::rename(&compacted, &outbox).map_err(io_err(&compacted))?;
-        sync_dir(&self.dir)?;
+        sync_dir(&self.shared.dir)?;
         Ok(())
     }
 
@@ -268,11 +280,11 @@ impl Outbox {
     /// would, and open it again. If even that fails the store stays closed (writes fail and
     /// are retried by the writer, which keeps memory bounded) and the next check retries.
     fn reopen_locked(&self, guard: &mut Option<Handles>) -> Result<(), StoreError> {
-        restore_missing_outbox(&self.dir)?;
-        match open_waiting_for_lock(&self.dir.join(OUTBOX)) {
+        restore_missing_outbox(&self.shared.dir)?;
+        match open_waiting_for_lock(&self.shared.dir.join(OUTBOX)) {
             Ok(h) => {
                 *guard = Some(h);
-                remove_leftovers(&self.dir);
+                remove_leftovers(&self.shared.dir);
                 warn!("store reopened after a failed compaction");
                 Ok(())
             }
@@ -288,13 +300,9 @@ impl Outbox {
 /// its lock) open for a moment after the last handle is dropped, so a lock error is retried
 /// for a while rather than taken for another instance.
 pub(super) fn open_waiting_for_lock(path: &Path) -> Result<Handles, sled::Error> {
-    let started = Instant::now();
-    loop {
-        match Handles::open(path) {
-            Err(e) if is_lock_error(&e) && started.elapsed() < LOCK_WAIT => std::thread::sleep(Duration::from_millis(10)),
-            other => return other,
-        }
-    }
+    open_when_unlocked(path, LOCK_WAIT, Duration::from_millis(10)).map_err(|e| match e {
+        OpenFailed::Locked { error, .. } | OpenFailed::Sled(error) => error,
+    })
 }
 
 /// Before a store is opened: if a power cut came between the two renames of step 3,

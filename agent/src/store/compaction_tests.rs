@@ -173,8 +173,8 @@ async fn a_compaction_keeps_every_record_and_the_numbering_across_a_reopen() {
     // Then it holds the same, counts the same, and is counted as compacted
     assert_eq!(held(&o), before);
     assert_eq!(o.bytes(), bytes);
-    assert_eq!(o.counters.compactions.load(Ordering::Relaxed), 1);
-    assert_eq!(o.counters.last_compaction_bytes_after.load(Ordering::Relaxed), c.after);
+    assert_eq!(o.counters().compactions.load(Ordering::Relaxed), 1);
+    assert_eq!(o.counters().last_compaction_bytes_after.load(Ordering::Relaxed), c.after);
     only_the_store_is_left(dir.path());
     // and numbering continues, also after a reopen
     o.append(&[batch("d")], &[event()]).await.unwrap();
@@ -193,13 +193,13 @@ async fn a_compaction_that_fails_while_copying_is_counted_its_copy_removed_and_t
     let dir = tempfile::tempdir().unwrap();
     let before = write(dir.path(), &["a", "b", "c", "d"]).await;
     let o = Outbox::open(dir.path()).unwrap();
-    o.compaction.lock().unwrap().fail_copy_after = Some(2);
+    o.shared.compaction.lock().unwrap().fail_copy_after = Some(2);
     // When it is compacted
     let result = o.compact();
     // Then the failure is reported and counted, the partial copy is gone
     assert!(result.is_err());
-    assert_eq!(o.counters.compaction_failures.load(Ordering::Relaxed), 1);
-    assert_eq!(o.counters.compactions.load(Ordering::Relaxed), 0);
+    assert_eq!(o.counters().compaction_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(o.counters().compactions.load(Ordering::Relaxed), 0);
     only_the_store_is_left(dir.path());
     // and the store holds what it held and keeps working
     assert_eq!(held(&o), before);
@@ -213,12 +213,12 @@ async fn a_compacted_copy_that_does_not_open_gives_way_to_the_store_as_it_was() 
     let dir = tempfile::tempdir().unwrap();
     let before = write(dir.path(), &["a", "b", "c", "d"]).await;
     let o = Outbox::open(dir.path()).unwrap();
-    o.compaction.lock().unwrap().break_copy = true;
+    o.shared.compaction.lock().unwrap().break_copy = true;
     // When it is compacted
     let result = o.compact();
     // Then the failure is counted, the old store is back in place, and it keeps working
     assert!(result.is_err());
-    assert_eq!(o.counters.compaction_failures.load(Ordering::Relaxed), 1);
+    assert_eq!(o.counters().compaction_failures.load(Ordering::Relaxed), 1);
     only_the_store_is_left(dir.path());
     assert_eq!(held(&o), before);
     o.append(&[batch("e")], &[]).await.unwrap();
@@ -253,7 +253,7 @@ async fn a_store_whose_compacted_size_is_above_the_bound_is_not_compacted_again_
     // Then the first check compacts and the second does not: the store has not grown
     assert!(matches!(first, Some(Ok(_))), "{first:?}");
     assert!(second.is_none(), "{second:?}");
-    assert_eq!(o.counters.compactions.load(Ordering::Relaxed), 1);
+    assert_eq!(o.counters().compactions.load(Ordering::Relaxed), 1);
     // and a bound above the store's size never compacts it
     let fresh = tempfile::tempdir().unwrap();
     write(fresh.path(), &["a"]).await;
@@ -280,8 +280,8 @@ async fn compactions_during_appends_and_acks_from_other_tasks_lose_and_duplicate
                 }
                 if i % 100 == 99 {
                     // Let at least one whole compaction fall between these appends.
-                    let seen = o.counters.compactions.load(Ordering::SeqCst);
-                    while o.counters.compactions.load(Ordering::SeqCst) < seen + 2 {
+                    let seen = o.counters().compactions.load(Ordering::SeqCst);
+                    while o.counters().compactions.load(Ordering::SeqCst) < seen + 2 {
                         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     }
                 }
@@ -341,7 +341,7 @@ async fn compactions_during_appends_and_acks_from_other_tasks_lose_and_duplicate
     assert_eq!(read, expected, "after {compactions} compactions");
     assert!(compactions >= 6, "only {compactions} compactions ran during the appends");
     assert_eq!(events, N / 10);
-    assert_eq!(o.counters.batches_acked.load(Ordering::Relaxed), N as u64);
+    assert_eq!(o.counters().batches_acked.load(Ordering::Relaxed), N as u64);
     assert_eq!((o.pending_batches(), o.pending_events(), o.bytes() > 0), (0, 0, true), "only replies are left");
     assert_eq!(o.replies_from(0, usize::MAX).len(), N / 50);
     // and the store reopens with the same numbers
@@ -359,7 +359,7 @@ async fn reads_and_acks_do_not_wait_for_a_compaction_and_the_acks_are_applied_af
     let o = Outbox::open(dir.path()).unwrap();
     o.append(&[batch("a"), batch("b"), batch("c")], &[]).await.unwrap();
     // When a compaction holds the store (its write lock), the uplink reads and acks
-    let held = o.handles.write().unwrap();
+    let held = o.shared.handles.write().unwrap();
     assert!(o.telemetry_from(0, 10).is_empty(), "a read during a compaction comes back empty instead of waiting");
     o.ack_telemetry(1).unwrap();
     o.ack_telemetry(2).unwrap();
@@ -371,7 +371,7 @@ async fn reads_and_acks_do_not_wait_for_a_compaction_and_the_acks_are_applied_af
     // And the compaction applies them once the new database is open
     o.compact().unwrap();
     assert_eq!(o.telemetry_from(0, 10).into_iter().map(|(s, _)| s).collect::<Vec<_>>(), vec![3]);
-    assert_eq!((o.pending_batches(), o.counters.batches_acked.load(Ordering::Relaxed)), (1, 2));
+    assert_eq!((o.pending_batches(), o.counters().batches_acked.load(Ordering::Relaxed)), (1, 2));
 }
 
 #[tokio::test]
@@ -379,9 +379,9 @@ async fn an_ack_deferred_by_a_compaction_is_applied_by_the_next_ack_if_the_compa
     let dir = tempfile::tempdir().unwrap();
     let o = Outbox::open(dir.path()).unwrap();
     o.append(&[batch("a"), batch("b")], &[]).await.unwrap();
-    let held = o.handles.write().unwrap();
+    let held = o.shared.handles.write().unwrap();
     o.ack_telemetry(1).unwrap();
     drop(held);
     o.ack_telemetry(2).unwrap();
-    assert_eq!((o.pending_batches(), o.counters.batches_acked.load(Ordering::Relaxed)), (0, 2));
+    assert_eq!((o.pending_batches(), o.counters().batches_acked.load(Ordering::Relaxed)), (0, 2));
 }

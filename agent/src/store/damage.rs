@@ -32,11 +32,23 @@ pub(super) fn panic_message(payload: &Box<dyn Any + Send>) -> String {
     msg
 }
 
+/// A store that was moved aside on open and replaced by a fresh one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct MovedAside {
+    pub path: PathBuf,
+    /// The [`StoreReset::reason`] to report.
+    pub reason: StoreResetReason,
+    /// Why (the error, contained panic or message that made it be set aside).
+    pub error: String,
+}
+
 /// A reset of the store found on open: raised once as a `store_reset` event and counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreReset {
     /// `unreadable` (the store was moved aside), `records_lost` (sled opened it but the
-    /// newest numbers are gone) or `numbering_unreadable` (the high-water file is damaged).
+    /// newest numbers are gone), `numbering_unreadable` (the high-water file is damaged),
+    /// `format_newer` or `format_unknown` (its format version is not one this agent reads:
+    /// it was set aside, see `format.rs`).
     pub reason: StoreResetReason,
     pub moved_aside: Option<PathBuf>,
     /// Upper bound of telemetry batches that may be lost (some may have been delivered
@@ -79,19 +91,20 @@ pub(super) struct StoreState {
 }
 
 /// Where numbering continues after open, and the reset to report if any. `moved_aside`:
-/// the store was unreadable and is a fresh one now (with its error). `now_ms`: the Unix
+/// the store was set aside (unreadable, or in a format this agent does not read) and is a
+/// fresh one now. `now_ms`: the Unix
 /// time, the last resort when the marks are unknown (always above any earlier number
 /// unless the clock was set back).
 pub(super) fn continue_numbering(
     store: StoreState,
     loaded: Loaded,
-    moved_aside: Option<(PathBuf, String)>,
+    moved_aside: Option<MovedAside>,
     now_ms: u64,
 ) -> ((u64, u64, u64), Option<StoreReset>) {
     let s = store.next;
-    let (moved_aside, error) = match moved_aside {
-        Some((path, error)) => (Some(path), Some(error)),
-        None => (None, None),
+    let (moved_aside, reason, error) = match moved_aside {
+        Some(m) => (Some(m.path), m.reason, Some(m.error)),
+        None => (None, StoreResetReason::Unreadable, None),
     };
     let clock = now_ms.max(1);
     let above = |m: &Marks| (s.0.max(m.next_batch), s.1.max(m.next_event), s.2.max(m.next_reply));
@@ -122,7 +135,7 @@ pub(super) fn continue_numbering(
             let lost_b = window_b.saturating_sub(store.held_batches);
             let lost_e = window_e.saturating_sub(store.held_events);
             let reset = StoreReset {
-                reason: if moved_aside.is_some() { StoreResetReason::Unreadable } else { StoreResetReason::RecordsLost },
+                reason: if moved_aside.is_some() { reason } else { StoreResetReason::RecordsLost },
                 moved_aside,
                 batches_possibly_lost: Some(lost_b),
                 events_possibly_lost: Some(lost_e),
@@ -135,7 +148,7 @@ pub(super) fn continue_numbering(
         Loaded::Unreadable => unknown(StoreResetReason::NumberingUnreadable, (s.0.max(clock), s.1.max(clock), s.2.max(clock))),
         // No marks (a data dir from before they existed, or a new one): the store's own
         // numbers are all there is; after a move-aside, the clock.
-        Loaded::Missing if moved_aside.is_some() => unknown(StoreResetReason::Unreadable, (s.0.max(clock), s.1.max(clock), s.2.max(clock))),
+        Loaded::Missing if moved_aside.is_some() => unknown(reason, (s.0.max(clock), s.1.max(clock), s.2.max(clock))),
         Loaded::Missing => (s, None),
     }
 }
@@ -179,7 +192,11 @@ mod tests {
 
     #[test]
     fn a_moved_aside_store_continues_at_the_marks_not_at_the_clock() {
-        let aside = Some((PathBuf::from("/d/outbox.unreadable-x"), "corrupt".to_string()));
+        let aside = Some(MovedAside {
+            path: PathBuf::from("/d/outbox.unreadable-x"),
+            reason: StoreResetReason::Unreadable,
+            error: "corrupt".to_string(),
+        });
         let (next, reset) = continue_numbering(store(1, 0), Loaded::Found(marks(40, 31)), aside, 1_700_000_000_000);
         assert_eq!(next.0, 40);
         let reset = reset.unwrap();

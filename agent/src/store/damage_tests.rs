@@ -142,7 +142,7 @@ async fn a_store_with_bits_flipped_in_sleds_files_opens_every_time_and_never_reu
                     reset.batches_possibly_lost.unwrap_or(u64::MAX) >= held_before - held.min(held_before),
                     "seed {seed} ({what}): {reset:?}"
                 );
-                assert_eq!(outbox.counters.store_resets.load(Ordering::Relaxed), 1);
+                assert_eq!(outbox.counters().store_resets.load(Ordering::Relaxed), 1);
                 resets += 1;
             }
             moved += usize::from(outbox.moved_aside.is_some());
@@ -153,7 +153,7 @@ async fn a_store_with_bits_flipped_in_sleds_files_opens_every_time_and_never_reu
                 outbox.append(&[batch(tag, 4)], &[]).await.unwrap();
             }
             receive(&mut erp, &outbox);
-            read_panics += outbox.counters.read_panics.load(Ordering::Relaxed);
+            read_panics += outbox.counters().read_panics.load(Ordering::Relaxed);
             (floor, held_before) = (outbox.next_batch_seq(), outbox.pending_batches());
         }
     }
@@ -196,7 +196,7 @@ async fn a_store_that_comes_up_without_its_newest_records_continues_above_them_a
     assert!(reset.moved_aside.is_none());
     assert_eq!(reset.batches_possibly_lost, Some(50));
     assert_eq!(reset.lost_batch_seqs, Some((1, 151)));
-    assert_eq!(outbox.counters.store_resets.load(Ordering::Relaxed), 1);
+    assert_eq!(outbox.counters().store_resets.load(Ordering::Relaxed), 1);
     // and new batches never reuse a number the ERP has seen for other content
     for tag in 151..=160 {
         outbox.append(&[batch(tag, 4)], &[]).await.unwrap();
@@ -239,7 +239,7 @@ async fn survey_of_sled_failures_on_damaged_stores() {
                 None => fine += 1,
             }
             receive(&mut ErpView::new(), &outbox);
-            panics += outbox.counters.read_panics.load(Ordering::Relaxed);
+            panics += outbox.counters().read_panics.load(Ordering::Relaxed);
             outbox.append(&[batch(0, 4)], &[]).await.unwrap();
         }
     }

@@ -45,7 +45,7 @@ async fn after_a_failed_write_the_store_writes_again_once_reopened_without_the_u
     let dir = tempfile::tempdir().unwrap();
     let o = Outbox::open(dir.path()).unwrap();
     o.append(&[batch(1)], &[]).await.unwrap();
-    o.counters.disk.set_full(true);
+    o.shared.disk.set_full(true);
     // When a write fails
     assert!(o.append(&[batch(2)], &[]).await.is_err());
     // Then the store is unwritable, and stays so while the disk is full (a reopen fails)
@@ -53,7 +53,7 @@ async fn after_a_failed_write_the_store_writes_again_once_reopened_without_the_u
     assert!(o.reopen().is_err());
     assert!(o.append(&[batch(2)], &[]).await.is_err(), "the handle keeps its error");
     // When space returns and the store is reopened
-    o.counters.disk.set_full(false);
+    o.shared.disk.set_full(false);
     o.reopen().unwrap();
     // Then writes resume, and the batch whose writes failed (numbered 2, then 3) is gone:
     // its writer writes it again under a new number, so the ERP never gets it twice, and
@@ -62,7 +62,7 @@ async fn after_a_failed_write_the_store_writes_again_once_reopened_without_the_u
     o.append(&[batch(2)], &[]).await.unwrap();
     assert_eq!(seqs(&o), vec![1, 4]);
     assert_eq!(o.pending_batches(), 2, "the record count is recounted");
-    assert_eq!(o.counters.reopens.load(Ordering::Relaxed), 1);
+    assert_eq!(o.counters().reopens.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
@@ -71,19 +71,19 @@ async fn an_ack_on_an_unwritable_store_is_kept_applied_after_the_reopen_and_the_
     let dir = tempfile::tempdir().unwrap();
     let o = Outbox::open(dir.path()).unwrap();
     o.append(&[batch(1), batch(2)], &[]).await.unwrap();
-    o.counters.disk.set_full(true);
+    o.shared.disk.set_full(true);
     assert!(o.append(&[batch(3)], &[]).await.is_err());
     // When the broker acknowledges batch 1
     o.ack_telemetry(1).unwrap();
     // Then it is not read again (not resent) although it could not be deleted yet
     assert_eq!(seqs(&o), vec![2]);
     assert_eq!(o.deferred_acks(), 1);
-    assert_eq!(o.counters.batches_acked.load(Ordering::Relaxed), 0);
+    assert_eq!(o.counters().batches_acked.load(Ordering::Relaxed), 0);
     // and once the disk has room and the store is reopened, the delete is done
-    o.counters.disk.set_full(false);
+    o.shared.disk.set_full(false);
     o.reopen().unwrap();
     assert_eq!(o.deferred_acks(), 0);
-    assert_eq!(o.counters.batches_acked.load(Ordering::Relaxed), 1);
+    assert_eq!(o.counters().batches_acked.load(Ordering::Relaxed), 1);
     assert_eq!(o.handles().unwrap().telemetry.len(), 1);
     // and it survives a restart
     drop(o);
@@ -101,17 +101,17 @@ async fn a_store_found_unreadable_at_a_reopen_is_moved_aside_reported_and_number
     let (tx, rx) = mpsc::channel(4);
     let task = tokio::spawn(writer(&outbox, &live).run(rx));
     tx.send(report(0, 10)).await.unwrap();
-    wait_until("the first batch", || outbox.counters.samples_stored.load(Ordering::Relaxed) == 10).await;
+    wait_until("the first batch", || outbox.counters().samples_stored.load(Ordering::Relaxed) == 10).await;
     let next_before = outbox.next_batch_seq();
-    outbox.counters.disk.corrupt_next_reopen();
-    outbox.counters.disk.set_full(true);
+    outbox.shared.disk.corrupt_next_reopen();
+    outbox.shared.disk.set_full(true);
     tx.send(report(10, 10)).await.unwrap();
     wait_until("the store unwritable", || !outbox.is_writable()).await;
     // When space returns
-    outbox.counters.disk.set_full(false);
+    outbox.shared.disk.set_full(false);
     // Then the store works again: the old one is set aside, the ERP gets a store_reset
     // event, the lost batch is counted, and numbers go on above every earlier one
-    wait_until("writes resumed", || outbox.counters.samples_stored.load(Ordering::Relaxed) == 20).await;
+    wait_until("writes resumed", || outbox.counters().samples_stored.load(Ordering::Relaxed) == 20).await;
     drop(tx);
     task.await.unwrap();
     let aside: Vec<_> = std::fs::read_dir(dir.path())
@@ -126,8 +126,8 @@ async fn a_store_found_unreadable_at_a_reopen_is_moved_aside_reported_and_number
     assert_eq!(reset.details["reason"], "unreadable", "{reset:?}");
     assert!(reset.details["moved_aside_to"].as_str().is_some_and(|p| p.contains("outbox.unreadable-")), "{reset:?}");
     assert!(reset.details["next_batch_seq"].as_u64().is_some_and(|n| n >= next_before), "{reset:?}");
-    assert_eq!(outbox.counters.store_resets.load(Ordering::Relaxed), 1);
-    assert_eq!(outbox.counters.batches_dropped.load(Ordering::Relaxed), 1);
+    assert_eq!(outbox.counters().store_resets.load(Ordering::Relaxed), 1);
+    assert_eq!(outbox.counters().batches_dropped.load(Ordering::Relaxed), 1);
     let seqs = seqs(&outbox);
     assert!(!seqs.is_empty() && seqs.iter().all(|&s| s >= next_before), "{seqs:?} after {next_before}");
 }
@@ -187,30 +187,30 @@ async fn while_the_disk_is_full_the_writer_keeps_a_bounded_memory_counts_what_it
     let (tx, rx) = mpsc::channel(4);
     let task = tokio::spawn(writer(&outbox, &live).run(rx));
     tx.send(report(0, 10)).await.unwrap();
-    wait_until("the first batch", || outbox.counters.samples_stored.load(Ordering::Relaxed) == 10).await;
+    wait_until("the first batch", || outbox.counters().samples_stored.load(Ordering::Relaxed) == 10).await;
     assert!(live.snapshot().store.writable);
     // When the disk fills up and 300 more samples come
-    outbox.counters.disk.set_full(true);
+    outbox.shared.disk.set_full(true);
     for k in 0..30 {
         tx.send(report(10 + k * 10, 10)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Then the store shows unwritable, and what the memory bound dropped is counted
     wait_until("the store shown unwritable", || !live.snapshot().store.writable).await;
-    wait_until("memory drops", || outbox.counters.samples_dropped_memory_bound.load(Ordering::Relaxed) > 0).await;
+    wait_until("memory drops", || outbox.counters().samples_dropped_memory_bound.load(Ordering::Relaxed) > 0).await;
     let shown = live.snapshot().store;
     assert!(shown.write_errors >= 1, "{shown:?}");
     // When space returns
-    outbox.counters.disk.set_full(false);
+    outbox.shared.disk.set_full(false);
     // Then the writer reopens the store by itself and writes what it kept
     wait_until("writes resumed", || {
-        let c = &outbox.counters;
+        let c = outbox.counters();
         c.samples_stored.load(Ordering::Relaxed) + c.samples_dropped_memory_bound.load(Ordering::Relaxed) == 310
     })
     .await;
     drop(tx);
     task.await.unwrap();
-    let c = &outbox.counters;
+    let c = outbox.counters();
     let dropped = c.samples_dropped_memory_bound.load(Ordering::Relaxed);
     assert!(dropped >= 150, "at most 100 samples are kept in memory, {dropped} dropped");
     assert!(c.reopens.load(Ordering::Relaxed) >= 1);
@@ -236,7 +236,7 @@ async fn at_shutdown_with_a_full_disk_the_writer_ends_and_counts_what_it_could_n
     let live = Live::new(GatewayView::default(), &[]);
     let (tx, rx) = mpsc::channel(4);
     let task = tokio::spawn(writer(&outbox, &live).run(rx));
-    outbox.counters.disk.set_full(true);
+    outbox.shared.disk.set_full(true);
     tx.send(report(0, 5)).await.unwrap();
     tx.send(report(5, 20)).await.unwrap();
     // When the drivers stop (the reports close)
@@ -244,7 +244,7 @@ async fn at_shutdown_with_a_full_disk_the_writer_ends_and_counts_what_it_could_n
     // Then the writer ends on its own in a bounded time
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("the writer ended").unwrap();
     // and every sample it held is counted as dropped at shutdown, and shown
-    let c = &outbox.counters;
+    let c = outbox.counters();
     assert_eq!(c.samples_dropped_shutdown.load(Ordering::Relaxed), 25);
     assert_eq!(c.samples_dropped.load(Ordering::Relaxed), 25);
     assert_eq!(live.snapshot().store.samples_dropped_shutdown, 25);
@@ -328,8 +328,8 @@ async fn run(ops: Vec<Op>) {
                     acked.insert(seq);
                 }
             }
-            Op::DiskFull => outbox.counters.disk.set_full(true),
-            Op::SpaceBack => outbox.counters.disk.set_full(false),
+            Op::DiskFull => outbox.shared.disk.set_full(true),
+            Op::SpaceBack => outbox.shared.disk.set_full(false),
             Op::Reopen => {
                 if !outbox.is_writable() {
                     let o = outbox.clone();
@@ -337,10 +337,10 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Crash => {
-                let disk = outbox.counters.disk.state();
+                let disk = outbox.shared.disk.state();
                 drop(outbox);
                 outbox = Outbox::open(dir.path()).unwrap();
-                outbox.counters.disk.set_state(super::reopen::TestDiskState { broken: false, ..disk });
+                outbox.shared.disk.set_state(super::reopen::TestDiskState { broken: false, ..disk });
                 held.clear();
                 acked.clear();
                 unacked.clear();
@@ -349,7 +349,7 @@ async fn run(ops: Vec<Op>) {
     }
     // Finally the disk has room, the store recovers, the writer writes what it holds and
     // everything is delivered: whatever a write confirmed reaches the ERP.
-    outbox.counters.disk.set_full(false);
+    outbox.shared.disk.set_full(false);
     if !outbox.is_writable() {
         let o = outbox.clone();
         tokio::task::spawn_blocking(move || o.reopen()).await.unwrap().unwrap();

@@ -7,10 +7,12 @@
 //! - [`highwater`]: the numbering's high-water marks, kept outside the sled files.
 //! - [`damage`]: containing sled's panics, and never numbering below the marks after damage.
 //! - [`compaction`]: rewriting the outbox into a fresh database when sled's files grow.
+//! - [`format`]: the store's format version, and what open does with an older or newer one.
 
 pub mod compaction;
 pub mod config;
 pub mod damage;
+pub mod format;
 pub mod highwater;
 pub mod outbox;
 pub mod record;
@@ -19,11 +21,15 @@ pub mod retention;
 pub mod writer;
 
 #[cfg(test)]
+mod blocking_tests;
+#[cfg(test)]
 mod compaction_tests;
 #[cfg(test)]
 mod damage_tests;
 #[cfg(test)]
 mod disk_fault_tests;
+#[cfg(test)]
+mod format_tests;
 #[cfg(test)]
 mod model_tests;
 

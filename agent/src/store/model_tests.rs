@@ -127,7 +127,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Reopen => {
-                let c = &outbox.counters;
+                let c = outbox.counters();
                 counters_base.0 += c.batches_dropped.load(Ordering::Relaxed);
                 counters_base.1 += c.samples_dropped.load(Ordering::Relaxed);
                 counters_base.2 += c.corrupt_records.load(Ordering::Relaxed);
@@ -186,8 +186,8 @@ async fn run(ops: Vec<Op>) {
             Op::Corrupt(i) => {
                 if let Some(&seq) = model.pending.keys().nth(i % model.pending.len().max(1)) {
                     let old = outbox.handles().unwrap().telemetry.insert(key(seq), b"\x00\x00\x00\x00torn".to_vec()).unwrap().unwrap();
-                    outbox.bytes.fetch_sub(old.len() as u64, Ordering::Relaxed);
-                    outbox.bytes.fetch_add(8, Ordering::Relaxed);
+                    outbox.shared.held.bytes.fetch_sub(old.len() as u64, Ordering::Relaxed);
+                    outbox.shared.held.bytes.fetch_add(8, Ordering::Relaxed);
                     model.pending.remove(&seq);
                     model.corrupt += 1;
                 }
@@ -211,7 +211,7 @@ async fn run(ops: Vec<Op>) {
         let expected: Vec<(u64, String, usize)> = model.pending.iter().map(|(s, (d, n, _))| (*s, d.clone(), *n)).collect();
         assert_eq!(delivered, expected);
         assert_eq!(outbox.pending_events() as usize, model.events.len());
-        let c = &outbox.counters;
+        let c = outbox.counters();
         assert_eq!(counters_base.0 + c.batches_dropped.load(Ordering::Relaxed), model.dropped_batches, "dropped batches counter");
         assert_eq!(counters_base.1 + c.samples_dropped.load(Ordering::Relaxed), model.dropped_samples, "dropped samples counter");
         assert_eq!(counters_base.2 + c.corrupt_records.load(Ordering::Relaxed), model.corrupt, "corrupt records counter");
@@ -231,7 +231,7 @@ fn uid_of(b: &StoredBatch) -> u64 {
 }
 
 fn rebase_counters(outbox: &Outbox, base: &mut (u64, u64, u64)) {
-    let c = &outbox.counters;
+    let c = outbox.counters();
     base.0 += c.batches_dropped.load(Ordering::Relaxed);
     base.1 += c.samples_dropped.load(Ordering::Relaxed);
     base.2 += c.corrupt_records.load(Ordering::Relaxed);
@@ -262,7 +262,7 @@ fn after_damage(outbox: &Outbox, model: &mut Model, erp: &BTreeMap<u64, u64>, ba
     model.next_seq = outbox.next_batch_seq();
     // Records damaged in place were skipped and counted as corrupt while reading: the
     // model starts counting afresh from here.
-    let c = &outbox.counters;
+    let c = outbox.counters();
     model.corrupt = base.2 + c.corrupt_records.load(Ordering::Relaxed);
     model.dropped_batches = base.0 + c.batches_dropped.load(Ordering::Relaxed);
     model.dropped_samples = base.1 + c.samples_dropped.load(Ordering::Relaxed);

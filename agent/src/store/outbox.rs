@@ -6,20 +6,28 @@
 //! never hand out a number twice. Nothing is published before the flush has returned,
 //! so every number the ERP has seen is on disk.
 //!
-//! The sled handles sit behind one lock ([`Handles`]) so that compaction
+//! All the state an [`Outbox`] handle shares with its clones is one [`Shared`] behind one
+//! `Arc`. The sled handles in it sit behind one lock ([`Handles`]) so that compaction
 //! (`compaction.rs`) can swap the whole database for a rewritten copy: every method takes
-//! the lock briefly (never across an await), and never while already holding it.
+//! the lock briefly (never across an await), and never while already holding it. The
+//! numbers and counts the uplink reads on every publish are atomics, read without a lock.
+//!
+//! What can wait on the disk (writing and flushing records, raising the high-water marks,
+//! dropping what the bounds require) runs on a blocking thread, never on an async worker;
+//! the uplink's reads and acks are bounded, served from sled's cache, and never wait for a
+//! compaction or a reopen (see `blocking_tests.rs`).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, TryLockError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
-use super::damage::{self, StoreReset, StoreState};
+use super::damage::{self, MovedAside, StoreReset, StoreState};
+use super::format;
 use super::highwater::{HighWater, Loaded, Marks};
 use super::record::{self, StoredBatch, StoredEvent};
 
@@ -30,9 +38,67 @@ pub(super) const NEXT_REPLY_SEQ: &[u8] = b"next_reply_seq";
 /// How long `open` waits for a store locked by a closing instance.
 pub(super) const LOCK_WAIT: Duration = if cfg!(test) { Duration::from_secs(1) } else { Duration::from_secs(10) };
 
-/// sled reports a held file lock as an I/O error with this text (sled 0.34, `Config::open`).
-pub(super) fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+/// Whether the database at `path` is locked by another handle (another process, or an
+/// instance in this one still closing). sled 0.34 locks the file `db` with `flock` and
+/// reports a held lock only as an I/O error of kind `Other` (its text is not an API), so
+/// the lock is asked directly: a non-blocking exclusive lock on the same file fails with
+/// the OS's "would block" while someone holds it.
+pub(super) fn lock_is_held(path: &Path) -> bool {
+    use fs2::FileExt as _;
+    let Ok(file) = std::fs::File::open(path.join("db")) else { return false };
+    match file.try_lock_exclusive() {
+        Ok(()) => {
+            // Closing the file releases the lock too; unlocking first says so.
+            let _ = fs2::FileExt::unlock(&file);
+            false
+        }
+        Err(e) => e.kind() == fs2::lock_contended_error().kind(),
+    }
+}
+
+/// Whether `e`, from opening the database at `path`, is sled's refusal of a held lock: an
+/// I/O error of the kind sled gives it, with the lock held (asked by [`lock_is_held`]).
+pub(super) fn is_lock_error(e: &sled::Error, path: &Path) -> bool {
+    is_other_io(e) && lock_is_held(path)
+}
+
+/// Why [`open_when_unlocked`] gave up.
+#[derive(Debug)]
+pub(super) enum OpenFailed {
+    /// Still locked by another handle after the wait (with sled's error).
+    Locked {
+        waited: Duration,
+        error: sled::Error,
+    },
+    Sled(sled::Error),
+}
+
+/// Opens the database at `path`, trying again every `poll` for up to `wait` while another
+/// handle holds its lock. An I/O error of the lock's kind with the lock free by the time it
+/// is asked (its holder let go in between) is tried once more before it is returned.
+pub(super) fn open_when_unlocked(path: &Path, wait: Duration, poll: Duration) -> Result<Handles, OpenFailed> {
+    let started = Instant::now();
+    let mut tried_again = false;
+    loop {
+        match Handles::open(path) {
+            Ok(h) => return Ok(h),
+            Err(e) if is_lock_error(&e, path) => {
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(OpenFailed::Locked { waited, error: e });
+                }
+                tried_again = false;
+                std::thread::sleep(poll);
+            }
+            Err(e) if !tried_again && is_other_io(&e) => tried_again = true,
+            Err(e) => return Err(OpenFailed::Sled(e)),
+        }
+    }
+}
+
+/// An I/O error of the kind sled gives a held lock (among others).
+fn is_other_io(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::Other)
 }
 
 /// Errors that mean the files are not a store this sled can read; I/O errors (permissions,
@@ -49,7 +115,7 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
     #[error("the store {path} is locked by another process (another edge-agent on the same gateway.data_dir?); waited {waited:?}")]
     Locked { path: PathBuf, waited: Duration },
-    #[error("cannot move the unreadable store {path} aside: {source}")]
+    #[error("cannot move the store {path} aside: {source}")]
     MoveAside { path: PathBuf, source: std::io::Error },
     #[error("store file operation on {path} failed: {source}")]
     Io { path: PathBuf, source: std::io::Error },
@@ -57,6 +123,8 @@ pub enum StoreError {
     Closed,
     #[error("the store flush task failed: {0}")]
     FlushTask(String),
+    #[error("a store task on a blocking thread failed: {0}")]
+    BlockingTask(String),
 }
 
 /// Counters, shown on the page and in `/metrics`.
@@ -90,25 +158,222 @@ pub struct OutboxCounters {
     pub samples_dropped_shutdown: AtomicU64,
     /// Times the database was closed and opened again after an I/O error (`reopen.rs`).
     pub reopens: AtomicU64,
-    /// Set after a failed write, flush or delete: sled keeps an I/O error once it has had
-    /// one, so nothing is written until [`Outbox::reopen`] has succeeded.
-    pub(super) unwritable: AtomicBool,
-    /// After a failed flush: the next (batch, event, reply) numbers at that moment. What was
-    /// numbered below them and above the durable marks was never confirmed; a reopen
-    /// removes it (the writer still holds it and writes it again).
-    pub(super) unconfirmed_below: Mutex<Option<(u64, u64, u64)>>,
-    /// A line per minute for failed deletes of acknowledged entries.
-    pub(super) log_limit: edge_drivers::log_limit::SharedLogLimit,
-    #[cfg(test)]
-    pub(super) disk: super::reopen::TestDisk,
     /// Resets of the store found on open (moved aside, newest records lost, numbering
-    /// unknown): each raised as a `store_reset` event.
+    /// unknown, a format this agent does not read): each raised as a `store_reset` event.
     pub store_resets: AtomicU64,
     /// Reads that sled panicked on (damaged data), contained.
     pub read_panics: AtomicU64,
 }
 
-/// The sled database and its trees. Never cloned out of [`Outbox::handles`]' lock: a
+/// A number per kind of record: telemetry batch, event, reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Numbers {
+    pub batch: u64,
+    pub event: u64,
+    pub reply: u64,
+}
+
+/// [`Numbers`] read without a lock (the uplink reads them on every publish).
+#[derive(Debug)]
+pub(super) struct AtomicNumbers {
+    batch: AtomicU64,
+    event: AtomicU64,
+    reply: AtomicU64,
+}
+
+impl AtomicNumbers {
+    fn new(n: Numbers) -> Self {
+        Self { batch: AtomicU64::new(n.batch), event: AtomicU64::new(n.event), reply: AtomicU64::new(n.reply) }
+    }
+
+    pub(super) fn load(&self) -> Numbers {
+        Numbers {
+            batch: self.batch.load(Ordering::SeqCst),
+            event: self.event.load(Ordering::SeqCst),
+            reply: self.reply.load(Ordering::SeqCst),
+        }
+    }
+
+    fn store(&self, n: Numbers) {
+        self.batch.store(n.batch, Ordering::SeqCst);
+        self.event.store(n.event, Ordering::SeqCst);
+        self.reply.store(n.reply, Ordering::SeqCst);
+    }
+
+    /// Raises each number to `n`'s if that is higher.
+    fn raise(&self, n: Numbers) {
+        self.batch.fetch_max(n.batch, Ordering::SeqCst);
+        self.event.fetch_max(n.event, Ordering::SeqCst);
+        self.reply.fetch_max(n.reply, Ordering::SeqCst);
+    }
+}
+
+/// One value per record tree.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PerTree<T> {
+    pub telemetry: T,
+    pub events: T,
+    pub replies: T,
+}
+
+impl<T> PerTree<T> {
+    pub(super) fn get(&self, id: TreeId) -> &T {
+        match id {
+            TreeId::Telemetry => &self.telemetry,
+            TreeId::Events => &self.events,
+            TreeId::Replies => &self.replies,
+        }
+    }
+
+    fn get_mut(&mut self, id: TreeId) -> &mut T {
+        match id {
+            TreeId::Telemetry => &mut self.telemetry,
+            TreeId::Events => &mut self.events,
+            TreeId::Replies => &mut self.replies,
+        }
+    }
+}
+
+/// What the store holds: records per tree and their bytes (what `store.max_bytes` bounds).
+/// Counted as records come and go, because sled's `Tree::len` scans the whole tree, far
+/// too slow to call on every uplink event with a large backlog.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    pub(super) bytes: AtomicU64,
+    records: PerTree<AtomicU64>,
+}
+
+impl Held {
+    fn set(&self, counted: Counted) {
+        self.bytes.store(counted.bytes, Ordering::Relaxed);
+        for id in TreeId::ALL {
+            self.records.get(id).store(*counted.records.get(id), Ordering::Relaxed);
+        }
+    }
+
+    fn added(&self, id: TreeId, records: u64, bytes: u64) {
+        self.records.get(id).fetch_add(records, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn removed(&self, id: TreeId, bytes: u64) {
+        self.records.get(id).fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn records(&self, id: TreeId) -> u64 {
+        self.records.get(id).load(Ordering::Relaxed)
+    }
+}
+
+/// Records and bytes counted by a scan of every tree.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Counted {
+    bytes: u64,
+    records: PerTree<u64>,
+}
+
+/// Reads every record of every tree (sled can panic on a damaged one: call it contained).
+pub(super) fn count(h: &Handles) -> Result<Counted, sled::Error> {
+    let mut counted = Counted::default();
+    for id in TreeId::ALL {
+        for entry in h.tree(id).iter() {
+            let (_, v) = entry?;
+            counted.bytes += v.len() as u64;
+            *counted.records.get_mut(id) += 1;
+        }
+    }
+    Ok(counted)
+}
+
+/// A database just opened, with its next numbers and what it holds.
+type Scanned = (Handles, Numbers, Counted);
+
+/// Reads the next numbers and every record of the database `h`. A damaged database (sled
+/// panics on it, contained) is closed again and reported unreadable.
+fn scan(h: Handles) -> Result<Scanned, sled::Error> {
+    let scanned = damage::contained("reading the store", || {
+        let next = |tree: &sled::Tree, name: &[u8]| -> Result<u64, sled::Error> {
+            let saved = h.meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
+            let after_last = tree.last()?.and_then(|(k, _)| seq_of(&k)).map_or(1, |s| s + 1);
+            Ok(saved.max(after_last))
+        };
+        let next = Numbers {
+            batch: next(&h.telemetry, NEXT_BATCH_SEQ)?,
+            event: next(&h.events, NEXT_EVENT_SEQ)?,
+            reply: next(&h.replies, NEXT_REPLY_SEQ)?,
+        };
+        Ok((next, count(&h)?))
+    });
+    match scanned {
+        Ok((next, counted)) => Ok((h, next, counted)),
+        Err(e) => {
+            // Closing goes in the same containment: sled flushes when it closes.
+            let _ = damage::contained("closing the damaged store", move || {
+                drop(h);
+                Ok(())
+            });
+            Err(e)
+        }
+    }
+}
+
+/// Everything the clones of an [`Outbox`] share.
+pub(super) struct Shared {
+    /// The data dir holding `outbox/` (and, during a compaction, its siblings).
+    pub(super) dir: PathBuf,
+    /// The latest events appended, for the status page (`/api/events`).
+    pub(super) recent: crate::recent_events::RecentEvents,
+    /// `None` only after a compaction that could not reopen the store (see `compaction.rs`).
+    pub(super) handles: RwLock<Option<Handles>>,
+    /// When compaction was last checked for, and the directory size after the last one.
+    pub(super) compaction: Mutex<super::compaction::Trigger>,
+    /// Held while numbering and writing records, so that numbers are handed out in order
+    /// and written under the numbers in `next` (the only writer of `next`).
+    numbering: Mutex<()>,
+    /// The next numbers to hand out.
+    next: AtomicNumbers,
+    /// Everything numbered below these is flushed to disk. Readers see only those
+    /// entries, so nothing is published before it is durable.
+    durable: AtomicNumbers,
+    pub(super) held: Held,
+    /// The high-water marks of the numbering (`highwater.rs`), raised before anything
+    /// numbered is published.
+    high_water: Mutex<HighWater>,
+    /// The first batch number of the current run of the agent (set at open and by
+    /// [`Outbox::mark_run_start`] when a reload restarts everything).
+    run_start: AtomicU64,
+    /// Acks that came while a compaction held the store: the uplink does not wait for a
+    /// compaction (it would hold a runtime worker, and the MQTT keep-alive, for the whole
+    /// pause). Applied by the compaction once it is done, or by the next ack. Also acks
+    /// that could not be applied because the store was unwritable (a full disk): applied
+    /// after the reopen. Reads skip deferred entries, so an acked entry is not sent again.
+    deferred_acks: Mutex<BTreeSet<(TreeId, u64)>>,
+    /// The size on disk last read, shown while a compaction holds the store.
+    pub(super) last_disk_bytes: AtomicU64,
+    /// A read hit damaged data that sled panicked on (logged once).
+    read_damaged: AtomicBool,
+    /// Set after a failed write, flush or delete: sled keeps an I/O error once it has had
+    /// one, so nothing is written until [`Outbox::reopen`] has succeeded.
+    pub(super) unwritable: AtomicBool,
+    /// After a failed flush: the next numbers at that moment. What was numbered below them
+    /// and above the durable marks was never confirmed; a reopen removes it (the writer
+    /// still holds it and writes it again).
+    pub(super) unconfirmed_below: Mutex<Option<Numbers>>,
+    /// A line per minute for failed deletes of acknowledged entries.
+    pub(super) log_limit: edge_drivers::log_limit::SharedLogLimit,
+    #[cfg(test)]
+    pub(super) disk: super::reopen::TestDisk,
+    counters: OutboxCounters,
+}
+
+/// Locks `m`, going on with the data of a thread that panicked while holding it (every
+/// value behind these locks is valid at all times).
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The sled database and its trees. Never cloned out of [`Shared::handles`]' lock: a
 /// compaction must be able to close the database (sled writes blob files by path, so an
 /// old instance still open after the directories are swapped would write into the new one).
 pub(super) struct Handles {
@@ -154,6 +419,8 @@ pub(super) enum TreeId {
 }
 
 impl TreeId {
+    pub(super) const ALL: [TreeId; 3] = [TreeId::Telemetry, TreeId::Events, TreeId::Replies];
+
     fn name(self) -> &'static str {
         match self {
             TreeId::Telemetry => "telemetry",
@@ -161,56 +428,17 @@ impl TreeId {
             TreeId::Replies => "replies",
         }
     }
-
-    fn index(self) -> usize {
-        self as usize
-    }
 }
 
-/// Handle to the outbox; cheap to clone.
+/// Handle to the outbox; cheap to clone (one `Arc`).
 #[derive(Clone)]
 pub struct Outbox {
-    /// The data dir holding `outbox/` (and, during a compaction, its siblings).
-    pub(super) dir: PathBuf,
-    /// `None` only after a compaction that could not reopen the store (see `compaction.rs`).
-    pub(super) handles: Arc<RwLock<Option<Handles>>>,
-    /// When compaction was last checked for, and the directory size after the last one.
-    pub(super) compaction: Arc<Mutex<super::compaction::Trigger>>,
-    /// Bytes of all records held (telemetry, events, replies): what `store.max_bytes` bounds.
-    pub(super) bytes: Arc<AtomicU64>,
-    /// Records held per tree (telemetry, events, replies). sled's `Tree::len` scans the
-    /// whole tree, far too slow to call on every uplink event with a large backlog.
-    pub(super) lens: Arc<[AtomicU64; 3]>,
-    seqs: Arc<Mutex<(u64, u64)>>,
-    /// Next reply number.
-    next_reply: Arc<Mutex<u64>>,
-    /// Replies numbered below this are flushed; readers see only those.
-    durable_reply: Arc<AtomicU64>,
-    /// Everything numbered below these (batch, event) is flushed to disk. Readers see
-    /// only those entries, so nothing is published before it is durable.
-    durable: Arc<Mutex<(u64, u64)>>,
-    pub counters: Arc<OutboxCounters>,
+    pub(super) shared: Arc<Shared>,
     /// Set when the store could not be opened and was moved aside (path of the old one).
     pub moved_aside: Option<PathBuf>,
     /// Set when open found the store reset (moved aside, newest records lost, numbering
     /// unknown): the agent raises it as a `store_reset` event.
     pub reset: Option<StoreReset>,
-    /// The high-water marks of the numbering (`highwater.rs`), raised before anything
-    /// numbered is published.
-    high_water: Arc<Mutex<HighWater>>,
-    /// A read hit damaged data that sled panicked on (logged once).
-    read_damaged: Arc<std::sync::atomic::AtomicBool>,
-    /// The first batch number of the current run of the agent (set at open and by
-    /// [`Outbox::mark_run_start`] when a reload restarts everything).
-    run_start: Arc<AtomicU64>,
-    /// Acks that came while a compaction held the store: the uplink does not wait for a
-    /// compaction (it would hold a runtime worker, and the MQTT keep-alive, for the whole
-    /// pause). Applied by the compaction once it is done, or by the next ack. Also acks
-    /// that could not be applied because the store was unwritable (a full disk): applied
-    /// after the reopen. Reads skip deferred entries, so an acked entry is not sent again.
-    deferred_acks: Arc<Mutex<BTreeSet<(TreeId, u64)>>>,
-    /// The size on disk last read, shown while a compaction holds the store.
-    last_disk_bytes: Arc<AtomicU64>,
 }
 
 pub(super) fn key(seq: u64) -> [u8; 8] {
@@ -220,6 +448,9 @@ pub(super) fn key(seq: u64) -> [u8; 8] {
 pub(super) fn seq_of(key: &[u8]) -> Option<u64> {
     key.try_into().ok().map(u64::from_be_bytes)
 }
+
+/// A batch encoded for the store, with its number of samples.
+type Encoded = (Vec<u8>, usize);
 
 impl Outbox {
     /// Opens the outbox under `dir`. A store whose contents cannot be read (corrupt, from an
@@ -235,46 +466,97 @@ impl Outbox {
     /// Numbering never goes backwards: it continues at or above the high-water marks kept
     /// beside the store (`highwater.rs`), and a store found to have lost numbers it had
     /// handed out is reported in [`Outbox::reset`].
+    ///
+    /// Blocking (it may wait [`LOCK_WAIT`] for a lock, and reads every record): call it
+    /// from a blocking thread in async code.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("outbox");
         super::compaction::restore_missing_outbox(dir)?;
+        let format_file = dir.join(format::FILE);
+        let marker = format::read(dir).map_err(|source| StoreError::Io { path: format_file.clone(), source })?;
+        let verdict = format::judge(&marker, path.exists());
+        // A store in a format this agent does not read is set aside unopened.
+        let foreign = match &verdict {
+            format::Verdict::SetAside(foreign) => {
+                let aside = format::set_aside(dir, &path, foreign)?;
+                let message = foreign.message(&path, &aside);
+                error!(reason = foreign.reason().as_str(), aside = %aside.display(), "{message}");
+                Some((foreign.reason(), aside, message))
+            }
+            _ => None,
+        };
         let (high_water, loaded) =
             HighWater::open(dir).map_err(|source| StoreError::Io { path: dir.join(super::highwater::FILE), source })?;
-        let high_water = Arc::new(Mutex::new(high_water));
-        let mut outbox = Self::open_waiting(dir, &path, &high_water)?;
+        let mut outbox = Self::open_waiting(dir, &path, high_water)?;
         // Holding the store's lock now, so no other instance is compacting it.
         super::compaction::remove_leftovers(dir);
+        if let Some((reason, aside, message)) = foreign {
+            outbox.moved_aside = Some(aside.clone());
+            outbox.reset = Some(StoreReset {
+                reason,
+                moved_aside: Some(aside),
+                batches_possibly_lost: None,
+                events_possibly_lost: None,
+                lost_batch_seqs: None,
+                next_batch_seq: 1,
+                error: Some(message),
+            });
+        }
+        outbox.bring_format_up_to_date(&verdict, &marker)?;
         outbox.settle_numbering(loaded)?;
         Ok(outbox)
     }
 
-    fn open_waiting(dir: &Path, path: &Path, high_water: &Arc<Mutex<HighWater>>) -> Result<Self, StoreError> {
-        let path = path.to_path_buf();
-        let mut waited = Duration::ZERO;
-        loop {
-            match Self::open_at(dir, &path, high_water) {
-                Ok(outbox) => return Ok(outbox),
-                Err(StoreError::Sled(e)) if is_lock_error(&e) => {
-                    if waited >= LOCK_WAIT {
-                        return Err(StoreError::Locked { path, waited });
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                    waited += Duration::from_millis(100);
+    /// Migrates a store in an older format and stamps a store that is new, migrated or from
+    /// before the marker with [`format::CURRENT`] (see `format.rs`).
+    fn bring_format_up_to_date(&self, verdict: &format::Verdict, marker: &format::Marker) -> Result<(), StoreError> {
+        let dir = &self.shared.dir;
+        match verdict {
+            format::Verdict::Current => return Ok(()),
+            format::Verdict::Migrate { from } => {
+                let h = self.handles()?;
+                let from = usize::try_from(*from).unwrap_or(usize::MAX);
+                for step in format::MIGRATIONS.iter().skip(from.saturating_sub(1)) {
+                    step(&h)?;
                 }
-                Err(StoreError::Sled(e)) if is_unreadable(&e) => return Self::replace_unreadable(dir, &path, &e, high_water),
-                Err(other) => return Err(other),
+                h.db.flush()?;
+                drop(h);
+                if *marker == format::Marker::Missing {
+                    info!(version = format::CURRENT, "store format marker written (the store is from before it: format version 1)");
+                } else {
+                    info!(from, to = format::CURRENT, "store migrated to the current format");
+                }
             }
+            format::Verdict::Fresh => {
+                if let format::Marker::Version(v) = marker {
+                    if *v != format::CURRENT {
+                        warn!(marker = v, "the format marker names a store that is not there; a fresh store starts in the current format");
+                    }
+                }
+            }
+            format::Verdict::SetAside(_) => {}
+        }
+        format::write(dir, format::CURRENT).map_err(|source| StoreError::Io { path: dir.join(format::FILE), source })
+    }
+
+    fn open_waiting(dir: &Path, path: &Path, high_water: HighWater) -> Result<Self, StoreError> {
+        let opened = open_when_unlocked(path, LOCK_WAIT, Duration::from_millis(100)).and_then(|h| scan(h).map_err(OpenFailed::Sled));
+        match opened {
+            Ok(scanned) => Ok(Self::build(dir, scanned, high_water)),
+            Err(OpenFailed::Locked { waited, .. }) => Err(StoreError::Locked { path: path.to_path_buf(), waited }),
+            Err(OpenFailed::Sled(e)) if is_unreadable(&e) => Self::replace_unreadable(dir, path, &e, high_water),
+            Err(OpenFailed::Sled(e)) => Err(e.into()),
         }
     }
 
-    fn replace_unreadable(dir: &Path, path: &Path, why: &sled::Error, high_water: &Arc<Mutex<HighWater>>) -> Result<Self, StoreError> {
+    fn replace_unreadable(dir: &Path, path: &Path, why: &sled::Error, high_water: HighWater) -> Result<Self, StoreError> {
         let aside = dir.join(format!("outbox.unreadable-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ")));
         error!(path = %path.display(), error = %why, aside = %aside.display(), "store cannot be read; moving it aside and starting a fresh one");
         std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside { path: path.to_path_buf(), source })?;
         if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
             warn!(error = %e, "cannot sync the data dir after moving the store aside");
         }
-        let mut fresh = Self::open_at(dir, path, high_water)?;
+        let mut fresh = Self::build(dir, scan(Handles::open(path)?)?, high_water);
         fresh.moved_aside = Some(aside);
         fresh.reset = Some(StoreReset {
             reason: crate::events::StoreResetReason::Unreadable,
@@ -288,58 +570,42 @@ impl Outbox {
         Ok(fresh)
     }
 
-    fn open_at(dir: &Path, path: &Path, high_water: &Arc<Mutex<HighWater>>) -> Result<Self, StoreError> {
-        let h = Handles::open(path)?;
-        // The full scan reads every record: sled can panic on a damaged one.
-        let scanned = damage::contained("reading the store", || {
-            let next = |tree: &sled::Tree, name: &[u8]| -> Result<u64, sled::Error> {
-                let saved = h.meta.get(name)?.and_then(|v| seq_of(&v)).unwrap_or(1);
-                let after_last = tree.last()?.and_then(|(k, _)| seq_of(&k)).map_or(1, |s| s + 1);
-                Ok(saved.max(after_last))
-            };
-            let seqs = (next(&h.telemetry, NEXT_BATCH_SEQ)?, next(&h.events, NEXT_EVENT_SEQ)?);
-            let next_reply = next(&h.replies, NEXT_REPLY_SEQ)?;
-            let mut bytes = 0u64;
-            let mut lens = [0u64; 3];
-            for (i, tree) in [&h.telemetry, &h.events, &h.replies].into_iter().enumerate() {
-                for entry in tree.iter() {
-                    let (_, v) = entry?;
-                    bytes += v.len() as u64;
-                    lens[i] += 1;
-                }
-            }
-            Ok((seqs, next_reply, bytes, lens))
-        });
-        let (seqs, next_reply, bytes, lens) = match scanned {
-            Ok(v) => v,
-            Err(e) => {
-                // Closing goes in the same containment: sled flushes when it closes.
-                let _ = damage::contained("closing the damaged store", move || {
-                    drop(h);
-                    Ok(())
-                });
-                return Err(e.into());
-            }
-        };
-        Ok(Self {
+    /// The outbox over a database just opened and scanned.
+    fn build(dir: &Path, (h, next, counted): Scanned, high_water: HighWater) -> Self {
+        let held = Held::default();
+        held.set(counted);
+        let shared = Shared {
             dir: dir.to_path_buf(),
-            handles: Arc::new(RwLock::new(Some(h))),
-            compaction: Arc::default(),
-            bytes: Arc::new(AtomicU64::new(bytes)),
-            lens: Arc::new(lens.map(AtomicU64::new)),
-            next_reply: Arc::new(Mutex::new(next_reply)),
-            durable_reply: Arc::new(AtomicU64::new(next_reply)),
-            seqs: Arc::new(Mutex::new(seqs)),
-            durable: Arc::new(Mutex::new(seqs)),
-            counters: Arc::default(),
-            moved_aside: None,
-            reset: None,
-            high_water: high_water.clone(),
-            read_damaged: Arc::default(),
-            run_start: Arc::new(AtomicU64::new(seqs.0)),
-            deferred_acks: Arc::default(),
-            last_disk_bytes: Arc::default(),
-        })
+            recent: Default::default(),
+            handles: RwLock::new(Some(h)),
+            compaction: Mutex::default(),
+            numbering: Mutex::new(()),
+            next: AtomicNumbers::new(next),
+            durable: AtomicNumbers::new(next),
+            held,
+            high_water: Mutex::new(high_water),
+            run_start: AtomicU64::new(next.batch),
+            deferred_acks: Mutex::default(),
+            last_disk_bytes: AtomicU64::new(0),
+            read_damaged: AtomicBool::new(false),
+            unwritable: AtomicBool::new(false),
+            unconfirmed_below: Mutex::new(None),
+            log_limit: Default::default(),
+            #[cfg(test)]
+            disk: Default::default(),
+            counters: OutboxCounters::default(),
+        };
+        Self { shared: Arc::new(shared), moved_aside: None, reset: None }
+    }
+
+    /// The latest events appended (durable), newest last: the status page's event list.
+    pub fn recent_events(&self) -> crate::recent_events::RecentEvents {
+        self.shared.recent.clone()
+    }
+
+    /// The counters shown on the page and in `/metrics`.
+    pub fn counters(&self) -> &OutboxCounters {
+        &self.shared.counters
     }
 
     /// Checks the store's numbers against the high-water marks and continues at or above
@@ -348,7 +614,7 @@ impl Outbox {
     /// duplicates to the ERP; the jump instead shows it a gap. A reset found here is kept in
     /// [`Outbox::reset`], counted and logged.
     fn settle_numbering(&mut self, loaded: Loaded) -> Result<(), StoreError> {
-        let next_reply = *self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
+        let s = &self.shared;
         // What the store holds of the window the marks describe (an older copy of the
         // store can also hold records acknowledged before that window).
         let (held_batches, held_events) = match loaded {
@@ -361,28 +627,35 @@ impl Outbox {
             }
             _ => (self.pending_batches(), self.pending_events()),
         };
-        let store = StoreState { next: (self.next_batch_seq(), self.next_event_seq(), next_reply), held_batches, held_events };
-        let moved = self.reset.take().and_then(|r| Some((r.moved_aside?, r.error.unwrap_or_default())));
+        let before = s.next.load();
+        let store = StoreState { next: (before.batch, before.event, before.reply), held_batches, held_events };
+        let moved =
+            self.reset.take().and_then(|r| Some(MovedAside { path: r.moved_aside?, reason: r.reason, error: r.error.unwrap_or_default() }));
         let now_ms = u64::try_from(Utc::now().timestamp_millis()).unwrap_or(1);
         let (next, reset) = damage::continue_numbering(store, loaded, moved, now_ms);
-        if next != store.next {
+        let next = Numbers { batch: next.0, event: next.1, reply: next.2 };
+        if next != before {
             let h = self.handles()?;
-            h.meta.insert(NEXT_BATCH_SEQ, &key(next.0))?;
-            h.meta.insert(NEXT_EVENT_SEQ, &key(next.1))?;
-            h.meta.insert(NEXT_REPLY_SEQ, &key(next.2))?;
+            h.meta.insert(NEXT_BATCH_SEQ, &key(next.batch))?;
+            h.meta.insert(NEXT_EVENT_SEQ, &key(next.event))?;
+            h.meta.insert(NEXT_REPLY_SEQ, &key(next.reply))?;
             h.db.flush()?;
             drop(h);
-            *self.seqs.lock().unwrap_or_else(|p| p.into_inner()) = (next.0, next.1);
-            *self.durable.lock().unwrap_or_else(|p| p.into_inner()) = (next.0, next.1);
-            *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()) = next.2;
-            self.durable_reply.store(next.2, Ordering::SeqCst);
-            self.run_start.store(next.0, Ordering::SeqCst);
+            s.next.store(next);
+            s.durable.store(next);
+            s.run_start.store(next.batch, Ordering::SeqCst);
         }
         let oldest = self.oldest_held()?;
-        let marks = Marks { next_batch: next.0, next_event: next.1, next_reply: next.2, oldest_batch: oldest.0, oldest_event: oldest.1 };
-        self.high_water_lock().raise(marks).map_err(|source| StoreError::Io { path: self.dir.join(super::highwater::FILE), source })?;
+        let marks = Marks {
+            next_batch: next.batch,
+            next_event: next.event,
+            next_reply: next.reply,
+            oldest_batch: oldest.0,
+            oldest_event: oldest.1,
+        };
+        self.high_water_lock().raise(marks).map_err(|source| StoreError::Io { path: s.dir.join(super::highwater::FILE), source })?;
         if let Some(r) = &reset {
-            self.counters.store_resets.fetch_add(1, Ordering::Relaxed);
+            self.counters().store_resets.fetch_add(1, Ordering::Relaxed);
             error!(
                 reason = r.reason.as_str(),
                 batches_possibly_lost = ?r.batches_possibly_lost,
@@ -395,8 +668,8 @@ impl Outbox {
         Ok(())
     }
 
-    fn high_water_lock(&self) -> std::sync::MutexGuard<'_, HighWater> {
-        self.high_water.lock().unwrap_or_else(|p| p.into_inner())
+    fn high_water_lock(&self) -> MutexGuard<'_, HighWater> {
+        lock(&self.shared.high_water)
     }
 
     /// The oldest telemetry batch and event held (the next numbers if none).
@@ -404,16 +677,15 @@ impl Outbox {
         let h = self.handles()?;
         let first =
             |tree: &sled::Tree, none: u64| -> Result<u64, sled::Error> { Ok(tree.first()?.and_then(|(k, _)| seq_of(&k)).unwrap_or(none)) };
-        let (nb, ne) = *self.seqs.lock().unwrap_or_else(|p| p.into_inner());
-        Ok((first(&h.telemetry, nb)?, first(&h.events, ne)?))
+        let next = self.shared.next.load();
+        Ok((first(&h.telemetry, next.batch)?, first(&h.events, next.event)?))
     }
 
     /// Raises the high-water marks to the numbers written so far and waits until they are
-    /// on disk. Called after the flush and before the new entries become readable, so the
-    /// marks cover every number ever published. One `fdatasync` per append.
-    /// `next`: the next (batch, event, reply) numbers after what was written (0: unchanged).
-    async fn raise_high_water(&self, next: (u64, u64, u64)) -> Result<(), StoreError> {
-        let (nb, ne, nr) = next;
+    /// on disk (blocking). Called after the flush and before the new entries become
+    /// readable, so the marks cover every number ever published. One `fdatasync` per
+    /// append. `next`: the next numbers after what was written (0: unchanged).
+    fn raise_high_water(&self, next: Numbers) -> Result<(), StoreError> {
         let (ob, oe) = match self.oldest_held() {
             Ok(o) => o,
             // The window cannot be narrowed: keep the last one (wider, still a bound).
@@ -422,13 +694,8 @@ impl Outbox {
                 (m.oldest_batch, m.oldest_event)
             }
         };
-        let marks = Marks { next_batch: nb, next_event: ne, next_reply: nr, oldest_batch: ob, oldest_event: oe };
-        let hw = self.high_water.clone();
-        let path = self.dir.join(super::highwater::FILE);
-        tokio::task::spawn_blocking(move || hw.lock().unwrap_or_else(|p| p.into_inner()).raise(marks))
-            .await
-            .map_err(|e| StoreError::FlushTask(e.to_string()))?
-            .map_err(|source| StoreError::Io { path, source })
+        let marks = Marks { next_batch: next.batch, next_event: next.event, next_reply: next.reply, oldest_batch: ob, oldest_event: oe };
+        self.high_water_lock().raise(marks).map_err(|source| StoreError::Io { path: self.shared.dir.join(super::highwater::FILE), source })
     }
 
     /// The high-water marks last written (for tests and the model).
@@ -436,11 +703,22 @@ impl Outbox {
         self.high_water_lock().marks()
     }
 
+    /// Runs `f` on a blocking thread with a clone of this handle: the work that can wait
+    /// on the disk never holds an async worker.
+    pub(super) async fn on_blocking_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Outbox) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this)).await.map_err(|e| StoreError::BlockingTask(e.to_string()))?
+    }
+
     /// The sled handles, read-locked. Hold the guard only briefly, never across an await,
     /// and never call another method of the outbox while holding it (a waiting compaction
-    /// would deadlock a second read lock).
+    /// would deadlock a second read lock). Waits while a compaction or a reopen holds the
+    /// store: from async code, only on a blocking thread (or see [`Outbox::try_handles`]).
     pub(super) fn handles(&self) -> Result<HandlesGuard<'_>, StoreError> {
-        let guard = self.handles.read().unwrap_or_else(|p| p.into_inner());
+        let guard = self.shared.handles.read().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             return Err(StoreError::Closed);
         }
@@ -450,8 +728,8 @@ impl Outbox {
     /// The handles if no compaction holds them now, `None` if one does. The uplink's reads
     /// and acks use this: they skip or defer rather than block their runtime worker for
     /// the length of a compaction.
-    fn try_handles(&self) -> Option<Result<HandlesGuard<'_>, StoreError>> {
-        let guard = match self.handles.try_read() {
+    pub(super) fn try_handles(&self) -> Option<Result<HandlesGuard<'_>, StoreError>> {
+        let guard = match self.shared.handles.try_read() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
@@ -462,31 +740,42 @@ impl Outbox {
     /// Waits (without holding a runtime worker) while a compaction holds the store. Callers
     /// with a store timeout wait for this first: a compaction is not a store failure.
     pub async fn until_not_compacting(&self) {
-        while matches!(self.handles.try_read(), Err(TryLockError::WouldBlock)) {
+        while matches!(self.shared.handles.try_read(), Err(TryLockError::WouldBlock)) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// Numbers and writes the batches and events, then flushes. Returns once they are on
-    /// disk; only then may they be published.
+    /// disk; only then may they be published. The batches are encoded here; the writes,
+    /// the flush and the high-water marks' `fdatasync` run on a blocking thread.
     pub async fn append(&self, batches: &[StoredBatch], events: &[StoredEventDraft]) -> Result<(), StoreError> {
         self.until_not_compacting().await;
-        let samples: usize = batches.iter().map(|b| b.samples.len()).sum();
+        let encoded = batches.iter().map(|b| Ok((record::encode(b)?, b.samples.len()))).collect::<Result<Vec<Encoded>, StoreError>>()?;
+        let events = events.to_vec();
+        self.on_blocking_thread(move |o| o.append_blocking(&encoded, &events)).await
+    }
+
+    /// [`Outbox::append`]'s work on its blocking thread.
+    fn append_blocking(&self, batches: &[Encoded], events: &[StoredEventDraft]) -> Result<(), StoreError> {
+        let s = &self.shared;
         let written = {
-            let mut seqs = self.seqs.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut next_batch, mut next_event) = *seqs;
-            let mut added = 0u64;
+            let _numbering = lock(&s.numbering);
+            let start = s.next.load();
+            let (mut next_batch, mut next_event) = (start.batch, start.event);
+            let (mut batch_bytes, mut event_bytes) = (0u64, 0u64);
             let mut tb = sled::Batch::default();
-            for b in batches {
-                let rec = record::encode(b)?;
-                added += rec.len() as u64;
-                tb.insert(&key(next_batch), rec);
+            for (rec, _) in batches {
+                batch_bytes += rec.len() as u64;
+                tb.insert(&key(next_batch), rec.as_slice());
                 next_batch += 1;
             }
             let mut eb = sled::Batch::default();
+            let mut payloads = Vec::with_capacity(events.len());
             for e in events {
-                let rec = record::encode(&StoredEvent(e.finish(next_event)?))?;
-                added += rec.len() as u64;
+                let payload = e.finish(next_event)?;
+                let rec = record::encode(&StoredEvent(payload.clone()))?;
+                payloads.push(payload);
+                event_bytes += rec.len() as u64;
                 eb.insert(&key(next_event), rec);
                 next_event += 1;
             }
@@ -497,35 +786,35 @@ impl Outbox {
             h.meta.insert(NEXT_BATCH_SEQ, &key(next_batch))?;
             h.meta.insert(NEXT_EVENT_SEQ, &key(next_event))?;
             drop(h);
-            self.bytes.fetch_add(added, Ordering::Relaxed);
-            self.lens[0].fetch_add(batches.len() as u64, Ordering::Relaxed);
-            self.lens[1].fetch_add(events.len() as u64, Ordering::Relaxed);
-            *seqs = (next_batch, next_event);
-            *seqs
+            s.held.added(TreeId::Telemetry, batches.len() as u64, batch_bytes);
+            s.held.added(TreeId::Events, events.len() as u64, event_bytes);
+            s.next.batch.store(next_batch, Ordering::SeqCst);
+            s.next.event.store(next_event, Ordering::SeqCst);
+            (Numbers { batch: next_batch, event: next_event, reply: 0 }, payloads)
         };
-        self.flush().await?;
-        self.raise_high_water((written.0, written.1, 0)).await?;
+        let (written, payloads) = written;
+        self.flush_blocking()?;
+        self.raise_high_water(written)?;
         // Only now may readers (the uplink) see the new entries.
-        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
-        durable.0 = durable.0.max(written.0);
-        durable.1 = durable.1.max(written.1);
-        drop(durable);
-        self.counters.batches_stored.fetch_add(batches.len() as u64, Ordering::Relaxed);
-        self.counters.samples_stored.fetch_add(samples as u64, Ordering::Relaxed);
+        s.durable.raise(written);
+        for p in payloads {
+            s.recent.push(p);
+        }
+        self.counters().batches_stored.fetch_add(batches.len() as u64, Ordering::Relaxed);
+        let samples: usize = batches.iter().map(|(_, n)| n).sum();
+        self.counters().samples_stored.fetch_add(samples as u64, Ordering::Relaxed);
         Ok(())
     }
 
     /// Up to `limit` telemetry batches with `batch_seq >= from`, in order. Corrupt
     /// records are skipped, counted and removed.
     pub fn telemetry_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredBatch)> {
-        let below = self.durable.lock().unwrap_or_else(|p| p.into_inner()).0;
-        self.read_from(TreeId::Telemetry, from, below, limit)
+        self.read_from(TreeId::Telemetry, from, self.shared.durable.load().batch, limit)
     }
 
     /// Up to `limit` events with sequence `>= from`, in order.
     pub fn events_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredEvent)> {
-        let below = self.durable.lock().unwrap_or_else(|p| p.into_inner()).1;
-        self.read_from(TreeId::Events, from, below, limit)
+        self.read_from(TreeId::Events, from, self.shared.durable.load().event, limit)
     }
 
     /// Entries with `from <= seq < below`, at most `limit`.
@@ -539,7 +828,7 @@ impl Outbox {
             Some(Ok(h)) => h,
             Some(Err(e)) => {
                 // Closed after an I/O error until the reopen: a line a minute, not per read.
-                if let Some(suppressed) = self.counters.log_limit.allow("store read") {
+                if let Some(suppressed) = self.shared.log_limit.allow("store read") {
                     error!(tree = name, error = %e, suppressed, "store read failed");
                 }
                 return out;
@@ -556,7 +845,7 @@ impl Outbox {
         // records, not every page a range visits later): contained, and what was read so
         // far is returned.
         // Acked entries whose delete is deferred (store unwritable) are not sent again.
-        let deferred = self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let deferred = lock(&self.shared.deferred_acks).clone();
         let scan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             for entry in tree.range(key(from)..key(below)) {
                 if out.len() >= limit {
@@ -583,8 +872,8 @@ impl Outbox {
             }
         }));
         if let Err(payload) = scan {
-            self.counters.read_panics.fetch_add(1, Ordering::Relaxed);
-            if !self.read_damaged.swap(true, Ordering::Relaxed) {
+            self.counters().read_panics.fetch_add(1, Ordering::Relaxed);
+            if !self.shared.read_damaged.swap(true, Ordering::Relaxed) {
                 error!(
                     tree = name,
                     from,
@@ -598,45 +887,46 @@ impl Outbox {
 
     /// `tree` is `id`'s tree, borrowed from the caller's read guard.
     fn drop_corrupt(&self, tree: &sled::Tree, id: TreeId, k: &[u8], why: &str) {
-        self.counters.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        self.counters().corrupt_records.fetch_add(1, Ordering::Relaxed);
         warn!(tree = id.name(), key = ?k, reason = why, "corrupt record skipped and removed");
         match tree.remove(k) {
-            Ok(Some(v)) => {
-                self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-                self.lens[id.index()].fetch_sub(1, Ordering::Relaxed);
-            }
+            Ok(Some(v)) => self.shared.held.removed(id, v.len() as u64),
             Ok(None) => {}
             Err(e) => error!(tree = id.name(), error = %e, "could not remove a corrupt record"),
         }
     }
 
-    /// Stores a reply to a command and flushes it. Returns its sequence number.
+    /// Stores a reply to a command and flushes it (on a blocking thread). Returns its
+    /// sequence number.
     pub async fn append_reply(&self, reply: &StoredReply) -> Result<u64, StoreError> {
         self.until_not_compacting().await;
+        let rec = record::encode(reply)?;
+        self.on_blocking_thread(move |o| o.append_reply_blocking(rec)).await
+    }
+
+    fn append_reply_blocking(&self, rec: Vec<u8>) -> Result<u64, StoreError> {
+        let s = &self.shared;
         let seq = {
-            let mut next = self.next_reply.lock().unwrap_or_else(|p| p.into_inner());
-            let seq = *next;
-            let rec = record::encode(reply)?;
+            let _numbering = lock(&s.numbering);
+            let seq = s.next.load().reply;
             let len = rec.len() as u64;
             let h = self.handles()?;
-            if h.replies.insert(key(seq), rec)?.is_none() {
-                self.lens[TreeId::Replies.index()].fetch_add(1, Ordering::Relaxed);
-            }
-            self.bytes.fetch_add(len, Ordering::Relaxed);
+            let added = u64::from(h.replies.insert(key(seq), rec)?.is_none());
+            s.held.added(TreeId::Replies, added, len);
             h.meta.insert(NEXT_REPLY_SEQ, &key(seq + 1))?;
             drop(h);
-            *next = seq + 1;
+            s.next.reply.store(seq + 1, Ordering::SeqCst);
             seq
         };
-        self.flush().await?;
-        self.raise_high_water((0, 0, seq + 1)).await?;
-        self.durable_reply.fetch_max(seq + 1, Ordering::SeqCst);
+        self.flush_blocking()?;
+        self.raise_high_water(Numbers { batch: 0, event: 0, reply: seq + 1 })?;
+        s.durable.reply.fetch_max(seq + 1, Ordering::SeqCst);
         Ok(seq)
     }
 
     /// Up to `limit` replies with sequence `>= from`, in order.
     pub fn replies_from(&self, from: u64, limit: usize) -> Vec<(u64, StoredReply)> {
-        self.read_from(TreeId::Replies, from, self.durable_reply.load(Ordering::SeqCst), limit)
+        self.read_from(TreeId::Replies, from, self.shared.durable.load().reply, limit)
     }
 
     pub fn ack_reply(&self, seq: u64) -> Result<(), StoreError> {
@@ -672,19 +962,19 @@ impl Outbox {
     }
 
     fn defer_ack(&self, id: TreeId, seq: u64, why: &str) {
-        self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).insert((id, seq));
+        lock(&self.shared.deferred_acks).insert((id, seq));
         debug!(tree = id.name(), seq, why, "ack deferred");
     }
 
     /// Acks waiting to be applied (shown on the page).
     pub fn deferred_acks(&self) -> u64 {
-        self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).len() as u64
+        lock(&self.shared.deferred_acks).len() as u64
     }
 
     /// Applies the deferred acks to `h` (the store as it is now). Those that fail stay
     /// deferred for the next try; returns the first error.
     pub(super) fn apply_deferred_acks(&self, h: &Handles) -> Result<(), StoreError> {
-        let mut deferred = self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner());
+        let mut deferred = lock(&self.shared.deferred_acks);
         if deferred.is_empty() {
             return Ok(());
         }
@@ -701,7 +991,7 @@ impl Outbox {
         match first_error {
             None => Ok(()),
             Some(e) => {
-                if let Some(suppressed) = self.counters.log_limit.allow("deferred acks") {
+                if let Some(suppressed) = self.shared.log_limit.allow("deferred acks") {
                     error!(error = %e, left, suppressed, "could not delete acknowledged entries; kept until the store can be written");
                 }
                 Err(e)
@@ -717,8 +1007,8 @@ impl Outbox {
     fn remove_acked(&self, h: &Handles, id: TreeId, seq: u64) -> Result<(), StoreError> {
         if self.remove_from(h, id, seq)?.is_some() {
             match id {
-                TreeId::Telemetry => self.counters.batches_acked.fetch_add(1, Ordering::Relaxed),
-                TreeId::Events => self.counters.events_acked.fetch_add(1, Ordering::Relaxed),
+                TreeId::Telemetry => self.counters().batches_acked.fetch_add(1, Ordering::Relaxed),
+                TreeId::Events => self.counters().events_acked.fetch_add(1, Ordering::Relaxed),
                 TreeId::Replies => 0,
             };
         }
@@ -734,22 +1024,26 @@ impl Outbox {
     /// [`Outbox::remove`] with the handles the caller holds.
     fn remove_from(&self, h: &Handles, id: TreeId, seq: u64) -> Result<Option<sled::IVec>, StoreError> {
         #[cfg(test)]
-        self.counters.disk.fail_write()?;
+        self.shared.disk.fail_write()?;
         let old = h.tree(id).remove(key(seq))?;
         if let Some(v) = &old {
-            self.bytes.fetch_sub(v.len() as u64, Ordering::Relaxed);
-            self.lens[id.index()].fetch_sub(1, Ordering::Relaxed);
+            self.shared.held.removed(id, v.len() as u64);
         }
         Ok(old)
     }
 
+    /// Sets the byte and record counts to what a scan of the database found.
+    pub(super) fn set_held(&self, counted: Counted) {
+        self.shared.held.set(counted);
+    }
+
     /// Bytes of records held, the quantity `store.max_bytes` bounds.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        self.shared.held.bytes.load(Ordering::Relaxed)
     }
 
     pub fn pending_replies(&self) -> u64 {
-        self.lens[2].load(Ordering::Relaxed)
+        self.shared.held.records(TreeId::Replies)
     }
 
     /// The broker acknowledged batch `seq`: it may go.
@@ -762,94 +1056,119 @@ impl Outbox {
     }
 
     pub fn pending_batches(&self) -> u64 {
-        self.lens[0].load(Ordering::Relaxed)
+        self.shared.held.records(TreeId::Telemetry)
     }
 
     pub fn pending_events(&self) -> u64 {
-        self.lens[1].load(Ordering::Relaxed)
+        self.shared.held.records(TreeId::Events)
     }
 
-    /// The `batch_seq` the next stored batch will get.
     /// Marks the start of a run of the agent (called before the drivers start, also after a
     /// reload): batches numbered from here on belong to this run.
     pub fn mark_run_start(&self) {
-        self.run_start.store(self.next_batch_seq(), Ordering::SeqCst);
+        self.shared.run_start.store(self.next_batch_seq(), Ordering::SeqCst);
     }
 
     /// The first batch number of the current run. The uplink counts batches from here on
     /// as live if its first connection succeeds: they were not held back by an outage,
     /// however early the writer stored them.
     pub fn first_batch_seq_this_run(&self) -> u64 {
-        self.run_start.load(Ordering::SeqCst)
+        self.shared.run_start.load(Ordering::SeqCst)
     }
 
+    /// The `batch_seq` the next stored batch will get.
     pub fn next_batch_seq(&self) -> u64 {
-        self.seqs.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.shared.next.load().batch
     }
 
     pub fn next_event_seq(&self) -> u64 {
-        self.seqs.lock().unwrap_or_else(|p| p.into_inner()).1
+        self.shared.next.load().event
+    }
+
+    /// The numbers the next batch, event and reply will get.
+    pub(super) fn next_numbers(&self) -> Numbers {
+        self.shared.next.load()
+    }
+
+    /// The size of the sled files on disk last measured (by [`Outbox::disk_bytes`] or a
+    /// compaction), without touching the disk.
+    pub fn last_disk_bytes(&self) -> u64 {
+        self.shared.last_disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Measures the size on disk on a blocking thread (sled lists and stats every blob
+    /// file for it) and returns it.
+    pub async fn measure_disk_bytes(&self) -> u64 {
+        self.on_blocking_thread(|o| Ok(o.disk_bytes())).await.unwrap_or_else(|_| self.last_disk_bytes())
     }
 
     /// Size of the sled files on disk (0 while the store is closed; the last size read
-    /// while a compaction holds it).
+    /// while a compaction holds it). Reads the directory of sled's blob files: blocking
+    /// (from async code, see [`Outbox::measure_disk_bytes`]).
     pub fn disk_bytes(&self) -> u64 {
         match self.try_handles() {
-            None => self.last_disk_bytes.load(Ordering::Relaxed),
+            None => self.shared.last_disk_bytes.load(Ordering::Relaxed),
             Some(h) => {
                 let size = h.ok().and_then(|h| h.db.size_on_disk().ok()).unwrap_or(0);
-                self.last_disk_bytes.store(size, Ordering::Relaxed);
+                self.shared.last_disk_bytes.store(size, Ordering::Relaxed);
                 size
             }
         }
     }
 
-    /// Flushes everything written so far to disk. The flush runs on a blocking thread under
-    /// the read lock, rather than with sled's `flush_async`, which keeps the database alive
-    /// in its own thread pool where a compaction could not wait for it to close.
-    ///
-    /// A failure marks the store unwritable and remembers what was numbered so far as
-    /// unconfirmed (see `reopen.rs`).
+    /// Flushes everything written so far to disk, on a blocking thread (see
+    /// [`Outbox::flush_blocking`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let handles = self.handles.clone();
-        #[cfg(test)]
-        let counters = self.counters.clone();
-        let result = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            let guard = handles.read().unwrap_or_else(|p| p.into_inner());
-            let h = guard.as_ref().ok_or(StoreError::Closed)?;
-            #[cfg(test)]
-            counters.disk.fail_write()?;
-            h.db.flush()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StoreError::FlushTask(e.to_string()))
-        .and_then(|r| r);
-        if let Err(e) = &result {
-            let numbered = (self.next_batch_seq(), self.next_event_seq(), *self.next_reply.lock().unwrap_or_else(|p| p.into_inner()));
-            let mut below = self.counters.unconfirmed_below.lock().unwrap_or_else(|p| p.into_inner());
-            let (b, ev, r) = below.unwrap_or(numbered);
-            *below = Some((b.max(numbered.0), ev.max(numbered.1), r.max(numbered.2)));
-            drop(below);
-            self.mark_unwritable(e);
+        let result = self.on_blocking_thread(|o| o.flush_blocking()).await;
+        if let Err(e @ StoreError::BlockingTask(_)) = &result {
+            // The flush task itself failed (panicked): as unconfirmed as a failed flush.
+            self.flush_failed(e);
         }
         result
     }
 
-    /// The number the next reply will get.
-    pub(super) fn next_reply_seq(&self) -> u64 {
-        *self.next_reply.lock().unwrap_or_else(|p| p.into_inner())
+    /// Flushes everything written so far to disk (blocking), under the read lock, rather
+    /// than with sled's `flush_async`, which keeps the database alive in its own thread
+    /// pool where a compaction could not wait for it to close.
+    ///
+    /// A failure marks the store unwritable and remembers what was numbered so far as
+    /// unconfirmed (see `reopen.rs`).
+    pub(super) fn flush_blocking(&self) -> Result<(), StoreError> {
+        let result = (|| {
+            let guard = self.shared.handles.read().unwrap_or_else(|p| p.into_inner());
+            let h = guard.as_ref().ok_or(StoreError::Closed)?;
+            #[cfg(test)]
+            self.shared.disk.fail_write()?;
+            h.db.flush()?;
+            Ok(())
+        })();
+        if let Err(e) = &result {
+            self.flush_failed(e);
+        }
+        result
+    }
+
+    fn flush_failed(&self, e: &StoreError) {
+        let numbered = self.next_numbers();
+        let mut below = lock(&self.shared.unconfirmed_below);
+        let was = below.unwrap_or(numbered);
+        *below = Some(Numbers {
+            batch: was.batch.max(numbered.batch),
+            event: was.event.max(numbered.event),
+            reply: was.reply.max(numbered.reply),
+        });
+        drop(below);
+        self.mark_unwritable(e);
     }
 
     /// Forgets the deferred acks (their entries went with an unreadable store).
     pub(super) fn clear_deferred_acks(&self) {
-        self.deferred_acks.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        lock(&self.shared.deferred_acks).clear();
     }
 
-    /// The durable marks (batch, event, reply): numbers below them are on disk.
-    pub(super) fn durable_below(&self) -> (u64, u64, u64) {
-        let (b, e) = *self.durable.lock().unwrap_or_else(|p| p.into_inner());
-        (b, e, self.durable_reply.load(Ordering::SeqCst))
+    /// The durable marks: numbers below them are on disk.
+    pub(super) fn durable_below(&self) -> Numbers {
+        self.shared.durable.load()
     }
 }
 
@@ -963,7 +1282,7 @@ mod tests {
         let seqs: Vec<u64> = outbox.telemetry_from(0, 10).into_iter().map(|(s, _)| s).collect();
         // Then the damaged one is skipped, counted and gone
         assert_eq!(seqs, vec![1, 3]);
-        assert_eq!(outbox.counters.corrupt_records.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.counters().corrupt_records.load(Ordering::Relaxed), 1);
         assert_eq!(outbox.pending_batches(), 2);
     }
 
@@ -998,6 +1317,23 @@ mod tests {
         let reopened = Outbox::open(dir.path()).unwrap();
         assert!(reopened.moved_aside.is_none());
         assert_eq!(reopened.pending_batches(), 1);
+    }
+
+    #[test]
+    fn a_held_lock_is_told_by_the_lock_itself_not_by_the_text_of_the_error() {
+        // Given a store, and an I/O error that reads like sled's lock error
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox");
+        drop(Outbox::open(dir.path()).unwrap());
+        let lookalike = sled::Error::Io(std::io::Error::other("could not acquire lock on \"db\""));
+        // When nobody holds the store, Then that error is not taken for a held lock
+        assert!(!is_lock_error(&lookalike, &path));
+        // When another instance holds it, Then sled's own refusal is recognised as one
+        let held = Outbox::open(dir.path()).unwrap();
+        let refused = Handles::open(&path).err().expect("sled refuses a second handle");
+        assert!(is_lock_error(&refused, &path), "{refused:?}");
+        drop(held);
+        assert!(!lock_is_held(&path));
     }
 
     #[tokio::test]

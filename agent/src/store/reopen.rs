@@ -41,7 +41,9 @@ use std::time::Instant;
 use tracing::{error, info, warn};
 
 use super::compaction::{open_waiting_for_lock, remove_leftovers, restore_missing_outbox, OUTBOX};
-use super::outbox::{is_unreadable, key, Handles, Outbox, StoreError, TreeId, NEXT_BATCH_SEQ, NEXT_EVENT_SEQ, NEXT_REPLY_SEQ};
+use super::outbox::{
+    count, is_unreadable, key, lock, Handles, Numbers, Outbox, StoreError, TreeId, NEXT_BATCH_SEQ, NEXT_EVENT_SEQ, NEXT_REPLY_SEQ,
+};
 
 /// The write the data dir must take before the broken database is closed: two of sled's
 /// 512 KiB segments, so that the open does not meet a full disk (see the module docs).
@@ -51,11 +53,11 @@ const PROBE_FILE: &str = "outbox.write-probe";
 impl Outbox {
     /// False from a failed write, flush or delete until a [`Outbox::reopen`] succeeds.
     pub fn is_writable(&self) -> bool {
-        !self.counters.unwritable.load(Ordering::SeqCst)
+        !self.shared.unwritable.load(Ordering::SeqCst)
     }
 
     pub(super) fn mark_unwritable(&self, why: &StoreError) {
-        if !self.counters.unwritable.swap(true, Ordering::SeqCst) {
+        if !self.shared.unwritable.swap(true, Ordering::SeqCst) {
             warn!(error = %why, "the store cannot be written; it is reopened once the disk takes writes again");
         }
     }
@@ -70,23 +72,20 @@ impl Outbox {
     /// raises `store_reset`.
     pub fn reopen(&self) -> Result<Option<PathBuf>, StoreError> {
         #[cfg(test)]
-        self.counters.disk.fail_reopen()?;
-        probe_write(&self.dir)?;
-        // Read before the write lock: an append holds the numbers' lock while it waits for
-        // the handles. (Appends to an unwritable store fail before they number anything.)
-        let numbers = (self.next_batch_seq(), self.next_event_seq(), self.next_reply_seq());
+        self.shared.disk.fail_reopen()?;
+        probe_write(&self.shared.dir)?;
+        // (Appends to an unwritable store fail before they number anything, so these are
+        // the numbers handed out.)
+        let numbers = self.next_numbers();
         let started = Instant::now();
-        let mut guard = self.handles.write().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.shared.handles.write().unwrap_or_else(|p| p.into_inner());
         // sled writes by path: the old instance must be gone before the new one opens.
         *guard = None;
-        restore_missing_outbox(&self.dir)?;
-        let path = self.dir.join(OUTBOX);
+        restore_missing_outbox(&self.shared.dir)?;
+        let path = self.shared.dir.join(OUTBOX);
         #[cfg(test)]
-        let opened = if self.counters.disk.take_corrupt() {
-            Err(sled::Error::Corruption { at: None, bt: () })
-        } else {
-            open_waiting_for_lock(&path)
-        };
+        let opened =
+            if self.shared.disk.take_corrupt() { Err(sled::Error::Corruption { at: None, bt: () }) } else { open_waiting_for_lock(&path) };
         #[cfg(not(test))]
         let opened = open_waiting_for_lock(&path);
         let (h, moved_aside) = match opened {
@@ -100,10 +99,10 @@ impl Outbox {
         h.db.flush()?;
         *guard = Some(h);
         drop(guard);
-        remove_leftovers(&self.dir);
-        *self.counters.unconfirmed_below.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.counters.reopens.fetch_add(1, Ordering::Relaxed);
-        self.counters.unwritable.store(false, Ordering::SeqCst);
+        remove_leftovers(&self.shared.dir);
+        *lock(&self.shared.unconfirmed_below) = None;
+        self.counters().reopens.fetch_add(1, Ordering::Relaxed);
+        self.shared.unwritable.store(false, Ordering::SeqCst);
         info!(discarded, paused_ms = started.elapsed().as_millis() as u64, records_bytes = self.bytes(), "store reopened; writes resume");
         Ok(moved_aside)
     }
@@ -115,22 +114,22 @@ impl Outbox {
         &self,
         path: &Path,
         why: &sled::Error,
-        (batch, event, reply): (u64, u64, u64),
+        numbers: Numbers,
     ) -> Result<(Handles, Option<PathBuf>), StoreError> {
-        let aside = self.dir.join(format!("outbox.unreadable-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
+        let aside = self.shared.dir.join(format!("outbox.unreadable-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ")));
         error!(path = %path.display(), error = %why, aside = %aside.display(), "the store cannot be read after a reopen; moving it aside and starting a fresh one");
         std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside { path: path.to_path_buf(), source })?;
         let h = open_waiting_for_lock(path)?;
-        h.meta.insert(NEXT_BATCH_SEQ, &key(batch))?;
-        h.meta.insert(NEXT_EVENT_SEQ, &key(event))?;
-        h.meta.insert(NEXT_REPLY_SEQ, &key(reply))?;
+        h.meta.insert(NEXT_BATCH_SEQ, &key(numbers.batch))?;
+        h.meta.insert(NEXT_EVENT_SEQ, &key(numbers.event))?;
+        h.meta.insert(NEXT_REPLY_SEQ, &key(numbers.reply))?;
         // Counted as held: the durable records, and those of the failed write (which its
         // writer still holds and writes again, so they are not lost).
         let durable = self.durable_below();
-        let below = self.counters.unconfirmed_below.lock().unwrap_or_else(|p| p.into_inner()).unwrap_or(durable);
-        let lost_batches = self.pending_batches().saturating_sub(below.0.saturating_sub(durable.0));
-        let lost_events = self.pending_events().saturating_sub(below.1.saturating_sub(durable.1));
-        let c = &self.counters;
+        let below = lock(&self.shared.unconfirmed_below).unwrap_or(durable);
+        let lost_batches = self.pending_batches().saturating_sub(below.batch.saturating_sub(durable.batch));
+        let lost_events = self.pending_events().saturating_sub(below.event.saturating_sub(durable.event));
+        let c = self.counters();
         c.batches_dropped.fetch_add(lost_batches, Ordering::Relaxed);
         c.events_dropped.fetch_add(lost_events, Ordering::Relaxed);
         error!(lost_batches, lost_events, "the records of the unreadable store are lost (kept aside for inspection)");
@@ -141,12 +140,14 @@ impl Outbox {
     /// Removes the records numbered between the durable marks and the numbers handed out
     /// when the flush failed. Returns how many were there.
     fn discard_unconfirmed(&self, h: &Handles) -> Result<u64, StoreError> {
-        let Some(below) = *self.counters.unconfirmed_below.lock().unwrap_or_else(|p| p.into_inner()) else { return Ok(0) };
+        let Some(below) = *lock(&self.shared.unconfirmed_below) else { return Ok(0) };
         let durable = self.durable_below();
         let mut discarded = 0u64;
-        for (id, from, to) in
-            [(TreeId::Telemetry, durable.0, below.0), (TreeId::Events, durable.1, below.1), (TreeId::Replies, durable.2, below.2)]
-        {
+        for (id, from, to) in [
+            (TreeId::Telemetry, durable.batch, below.batch),
+            (TreeId::Events, durable.event, below.event),
+            (TreeId::Replies, durable.reply, below.reply),
+        ] {
             for seq in from..to {
                 if h.tree(id).remove(key(seq))?.is_some() {
                     discarded += 1;
@@ -159,17 +160,7 @@ impl Outbox {
     /// Byte and record counts from what the reopened database holds: a failed write may
     /// have counted records that are not there.
     fn recount(&self, h: &Handles) -> Result<(), StoreError> {
-        let mut bytes = 0u64;
-        for id in [TreeId::Telemetry, TreeId::Events, TreeId::Replies] {
-            let mut len = 0u64;
-            for entry in h.tree(id).iter() {
-                let (_, v) = entry?;
-                bytes += v.len() as u64;
-                len += 1;
-            }
-            self.lens[id as usize].store(len, Ordering::Relaxed);
-        }
-        self.bytes.store(bytes, Ordering::Relaxed);
+        self.set_held(count(h)?);
         Ok(())
     }
 }
@@ -199,6 +190,8 @@ pub(crate) struct TestDiskState {
     pub corrupt_on_reopen: bool,
     /// A write failed and no reopen followed yet.
     pub broken: bool,
+    /// Every write, delete and flush takes this long first (a slow SD card).
+    pub delay: std::time::Duration,
 }
 
 #[cfg(test)]
@@ -215,7 +208,15 @@ impl TestDisk {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
+    pub(crate) fn set_delay(&self, delay: std::time::Duration) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).delay = delay;
+    }
+
     pub(super) fn fail_write(&self) -> Result<(), StoreError> {
+        let delay = self.0.lock().unwrap_or_else(|p| p.into_inner()).delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
         s.broken |= s.full;
         if s.broken {

@@ -62,7 +62,7 @@ impl Outbox {
             }
         }
         if !dropped.is_empty() {
-            let c = &self.counters;
+            let c = self.counters();
             c.batches_dropped.fetch_add(dropped.batches, Ordering::Relaxed);
             c.samples_dropped.fetch_add(dropped.samples, Ordering::Relaxed);
             c.events_dropped.fetch_add(dropped.events, Ordering::Relaxed);
@@ -151,7 +151,7 @@ mod tests {
         let left = seqs(&o);
         assert_eq!(left, ((dropped.batches + 1)..=10).collect::<Vec<u64>>());
         assert_eq!(o.pending_events(), 2);
-        assert_eq!(o.counters.batches_dropped.load(Ordering::Relaxed), dropped.batches);
+        assert_eq!(o.counters().batches_dropped.load(Ordering::Relaxed), dropped.batches);
     }
 
     #[tokio::test]

@@ -25,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
 use super::damage::StoreReset;
-use super::outbox::{Outbox, OutboxCounters, StoreError, StoredEventDraft};
+use super::outbox::{Outbox, StoreError, StoredEventDraft};
 use super::record::StoredBatch;
 use super::retention::Dropped;
 use crate::config::StoreConfig;
@@ -114,7 +114,7 @@ impl Default for Recovery {
 /// counted as dropped, logged and shown, so no path loses samples silently.
 struct Held {
     gathered: Gathered,
-    counters: Arc<OutboxCounters>,
+    outbox: Outbox,
     live: Live,
 }
 
@@ -125,7 +125,7 @@ impl Drop for Held {
         if samples == 0 && events == 0 {
             return;
         }
-        let c = &self.counters;
+        let c = self.outbox.counters();
         c.samples_dropped.fetch_add(samples, Ordering::Relaxed);
         c.samples_dropped_shutdown.fetch_add(samples, Ordering::Relaxed);
         c.events_dropped.fetch_add(events, Ordering::Relaxed);
@@ -155,13 +155,14 @@ impl Gathered {
 impl Writer {
     /// Runs until `reports` is closed and drained.
     pub async fn run(self, mut reports: mpsc::Receiver<DeviceReport>) {
-        let mut held = Held { gathered: Gathered::default(), counters: self.outbox.counters.clone(), live: self.live.clone() };
+        let mut held = Held { gathered: Gathered::default(), outbox: self.outbox.clone(), live: self.live.clone() };
         let gathered = &mut held.gathered;
         let mut overflow = Overflow::default();
         let mut compaction: Compaction = None;
         let mut recovery = Recovery::default();
         let mut ticker = tokio::time::interval(self.config.flush_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.outbox.measure_disk_bytes().await;
         self.publish_state();
         loop {
             self.heartbeat.beat();
@@ -263,7 +264,7 @@ impl Writer {
         if let Some(aside) = recovery.reset.take() {
             // Raised and counted as a reset found at start; what the unreadable store held
             // cannot be counted, so the loss fields stay unknown.
-            self.outbox.counters.store_resets.fetch_add(1, Ordering::Relaxed);
+            self.outbox.counters().store_resets.fetch_add(1, Ordering::Relaxed);
             let reset = StoreReset {
                 reason: StoreResetReason::Unreadable,
                 moved_aside: Some(aside),
@@ -290,14 +291,16 @@ impl Writer {
                 *gathered = Gathered::default();
                 self.enforce_bounds(overflow).await;
                 self.stored.notify_one();
-                self.compact_if_due(compaction);
+                // (sled lists its blob files to tell its size: on a blocking thread)
+                let disk = self.outbox.measure_disk_bytes().await;
+                self.compact_if_due(compaction, disk);
                 self.publish_state();
             }
             Err(e) => {
                 // Kept in memory (bounded) and written once the store has been reopened:
                 // sled keeps an I/O error, so retrying on the same handle is pointless.
                 self.outbox.mark_unwritable(&e);
-                if let Some(suppressed) = self.outbox.counters.log_limit.allow("store write") {
+                if let Some(suppressed) = self.outbox.shared.log_limit.allow("store write") {
                     error!(error = %e, batches = batches.len(), suppressed, "store write failed; kept in memory, the store is reopened with back-off");
                 }
                 self.live.update(|s| s.store.write_errors += 1);
@@ -327,7 +330,7 @@ impl Writer {
                 Err(e) => {
                     let delay = r.backoff.next_delay();
                     r.next_try = Some(Instant::now() + delay);
-                    if let Some(suppressed) = self.outbox.counters.log_limit.allow("store reopen") {
+                    if let Some(suppressed) = self.outbox.shared.log_limit.allow("store reopen") {
                         warn!(error = %e, retry_in_ms = delay.as_millis() as u64, suppressed, "the store cannot be reopened yet");
                     }
                 }
@@ -352,7 +355,9 @@ impl Writer {
     /// the drops since the previous one (the counters in `/metrics` are exact at all times).
     async fn enforce_bounds(&self, overflow: &mut Overflow) {
         let max = self.config.max_bytes.as_u64();
-        match self.outbox.enforce_bounds(max, self.config.max_age, Utc::now()) {
+        // Dropping can remove (and decode) many records: on a blocking thread.
+        let max_age = self.config.max_age;
+        match self.outbox.on_blocking_thread(move |o| o.enforce_bounds(max, max_age, Utc::now())).await {
             Ok(dropped) => overflow.add(dropped),
             Err(e) => error!(error = %e, "could not enforce the store bounds"),
         }
@@ -386,8 +391,8 @@ impl Writer {
     /// `store.compact_above` (checked cheaply, at most every few seconds). It pauses the
     /// store and is blocking, so it runs on a blocking thread while the writer goes on
     /// gathering; the outbox logs and counts its outcome.
-    fn compact_if_due(&self, compaction: &mut Compaction) {
-        if compaction.is_some() || !self.outbox.compaction_due(self.config.compact_above()) {
+    fn compact_if_due(&self, compaction: &mut Compaction, disk_bytes: u64) {
+        if compaction.is_some() || !self.outbox.compaction_due_at(self.config.compact_above(), || disk_bytes) {
             return;
         }
         let outbox = self.outbox.clone();
@@ -409,10 +414,10 @@ impl Writer {
             }
         }
         if dropped > 0 {
-            let c = &self.outbox.counters;
+            let c = self.outbox.counters();
             c.samples_dropped.fetch_add(dropped, Ordering::Relaxed);
             c.samples_dropped_memory_bound.fetch_add(dropped, Ordering::Relaxed);
-            if let Some(suppressed) = c.log_limit.allow(why) {
+            if let Some(suppressed) = self.outbox.shared.log_limit.allow(why) {
                 error!(dropped, suppressed, "{why}: oldest gathered samples dropped from memory");
             }
         }
@@ -421,8 +426,9 @@ impl Writer {
 
     fn publish_state(&self) {
         let o = &self.outbox;
-        let c = &o.counters;
-        let (pending_batches, pending_events, disk, next) = (o.pending_batches(), o.pending_events(), o.disk_bytes(), o.next_batch_seq());
+        let c = o.counters();
+        let (pending_batches, pending_events, disk, next) =
+            (o.pending_batches(), o.pending_events(), o.last_disk_bytes(), o.next_batch_seq());
         let (writable, deferred_acks) = (o.is_writable(), o.deferred_acks());
         self.live.update(|s| {
             s.store.pending_batches = pending_batches;
@@ -496,8 +502,8 @@ mod tests {
         drop(tx);
         task.await.unwrap();
         // Then the store was compacted, keeping what eviction left, and the page shows it
-        assert_eq!(outbox.counters.compactions.load(Ordering::Relaxed), 1);
-        assert_eq!(outbox.pending_batches() + outbox.counters.batches_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(outbox.counters().compactions.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.pending_batches() + outbox.counters().batches_dropped.load(Ordering::Relaxed), 3);
         let shown = live.snapshot().store;
         assert_eq!((shown.compactions, shown.compaction_failures, shown.compact_above), (1, 0, 128 * 1024));
         assert!(shown.last_compaction_bytes_before > 128 * 1024, "{shown:?}");
@@ -511,7 +517,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path()).unwrap();
         let (go, wait) = std::sync::mpsc::channel();
-        outbox.compaction.lock().unwrap().wait_before = Some(wait);
+        outbox.shared.compaction.lock().unwrap().wait_before = Some(wait);
         let config = StoreConfig {
             max_bytes: ByteSize::mib(1),
             compact_above: Some(ByteSize::kib(1100)),
@@ -546,7 +552,7 @@ mod tests {
         };
         // (samples of 20 000 distinct tags: about 1.4 MB of records, past compact_above)
         tx.send(report(0, 20_000)).await.unwrap();
-        wait_until(|| outbox.counters.samples_stored.load(Ordering::Relaxed) == 20_000).await;
+        wait_until(|| outbox.counters().samples_stored.load(Ordering::Relaxed) == 20_000).await;
         let stored_before = outbox.next_batch_seq();
         // When reports keep coming while the compaction runs
         for k in 0..50 {
@@ -558,12 +564,12 @@ mod tests {
         // Then the writer took them all without writing (the compaction holds the store)
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(outbox.next_batch_seq(), stored_before, "nothing is written during the compaction");
-        assert_eq!(outbox.counters.compactions.load(Ordering::Relaxed), 0);
+        assert_eq!(outbox.counters().compactions.load(Ordering::Relaxed), 0);
         // And once the compaction is over, they are all stored, in order (the store's bound
         // evicts the oldest batches of the first report, not these)
         go.send(()).unwrap();
-        wait_until(|| outbox.counters.samples_stored.load(Ordering::Relaxed) == 25_000).await;
-        assert!(outbox.counters.compactions.load(Ordering::Relaxed) >= 1);
+        wait_until(|| outbox.counters().samples_stored.load(Ordering::Relaxed) == 25_000).await;
+        assert!(outbox.counters().compactions.load(Ordering::Relaxed) >= 1);
         // (the writer ends once any further compaction is over: reads skip while one runs)
         drop(tx);
         task.await.unwrap();
@@ -574,7 +580,7 @@ mod tests {
             "{} samples held, {} batches pending, {} dropped",
             tags.len(),
             outbox.pending_batches(),
-            outbox.counters.batches_dropped.load(Ordering::Relaxed)
+            outbox.counters().batches_dropped.load(Ordering::Relaxed)
         );
         assert_eq!(tags[tags.len() - 5000..], expected[..]);
     }

@@ -306,7 +306,7 @@ impl Uplink {
         let in_flight = s.tracker.in_flight() as u64;
         let (pending_batches, pending_events) = (self.outbox.pending_batches(), self.outbox.pending_events());
         let pending_replies = self.outbox.pending_replies();
-        let acked = self.outbox.counters.batches_acked.load(std::sync::atomic::Ordering::Relaxed);
+        let acked = self.outbox.counters().batches_acked.load(std::sync::atomic::Ordering::Relaxed);
         let (failovers, commands_dropped) = (s.failovers, s.commands_dropped);
         self.live.update(|v| {
             v.uplink.in_flight = in_flight;
