@@ -8,13 +8,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Pages of the manual written by other people in parallel (the config reference, the
-/// install guide, access to the page, the store's on-disk format). The README and docs link
-/// them already; until they are merged, a link to one of them that does not exist yet is
-/// accepted (only these four, and only while missing: once present they are checked like
-/// any other page). Remove this list once all four are on main.
-const PENDING: [&str; 4] = ["docs/configuration.md", "docs/install.md", "docs/access.md", "docs/store-format.md"];
-
 /// The repository's root (this file is in `tests/`, the package in `agent/`).
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("agent/ has a parent")
@@ -187,9 +180,6 @@ fn every_relative_link_of_the_manual_leads_to_a_file_and_every_anchor_to_a_headi
             checked += 1;
             let on_disk = root().join(&file);
             if !on_disk.exists() {
-                if PENDING.iter().any(|p| Path::new(p) == file) {
-                    continue;
-                }
                 broken.push(format!("{}:{line}: {target}: no file {}", page.display(), file.display()));
                 continue;
             }
@@ -223,10 +213,9 @@ fn normalise(path: &Path) -> PathBuf {
 
 #[test]
 fn the_readme_links_every_page_of_the_manual_among_them_install_on_a_gateway() {
-    // Given the README and the pages in docs/ (and those written elsewhere, still pending)
+    // Given the README and the pages in docs/
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
-    let mut expected: BTreeSet<String> = pages().into_iter().skip(1).map(|(p, _)| p.display().to_string()).collect();
-    expected.extend(PENDING.iter().map(|p| p.to_string()));
+    let expected: BTreeSet<String> = pages().into_iter().skip(1).map(|(p, _)| p.display().to_string()).collect();
     let linked: BTreeSet<String> = links(&readme).into_iter().map(|(_, t)| t.split('#').next().unwrap_or_default().to_string()).collect();
 
     // Then the README links each of them

@@ -5,6 +5,8 @@ pub mod analytics;
 pub mod cli;
 pub mod commands;
 pub mod config;
+// `edge-agent demo` (feature `demo`, on by default; the gateway package leaves it out).
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod events;
 pub mod gpio;

@@ -38,6 +38,8 @@ enum Command {
     ConfigReference,
     /// Run a simulated sugar mill, an embedded MQTT broker and the agent with its models,
     /// all on loopback; or export simulated history, or rebuild the demo's models.
+    // Not in the gateway package, which is built without the `demo` feature.
+    #[cfg(feature = "demo")]
     Demo(edge_agent::cli::demo::DemoArgs),
     /// OPC-UA commissioning: browse a server, list and trust certificates.
     Opcua {
@@ -160,6 +162,7 @@ fn main() -> ExitCode {
                 // The path is kept for the `reload` command.
                 runtime::agent::run_with_file(config, Some(path), runtime::shutdown_signal(), |_| {}).await.map(|()| None)
             }
+            #[cfg(feature = "demo")]
             Command::Demo(args) => edge_agent::cli::demo::run(args).await.map(|()| None),
             Command::Watch { host, port, topic, count } => {
                 watch::run(watch::WatchOptions { host, port, topic, count }).await.map(|()| None)

@@ -1,7 +1,8 @@
 //! PLC drivers and simulated plants.
 //!
 //! - [`modbus`]: the Modbus TCP client driver (polling, decoding, reconnects).
-//! - [`sim`]: simulated plants served over real protocol servers, for the demo and the tests.
+//! - `sim`: simulated plants served over real protocol servers, for the demo and the tests
+//!   (feature `sim`, on by default; the gateway build leaves it out).
 //! - [`sample`]: what every driver produces.
 
 pub mod backoff;
@@ -12,6 +13,7 @@ pub mod log_limit;
 pub mod modbus;
 pub mod opcua;
 pub mod sample;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod validate;
 

@@ -27,6 +27,9 @@ pub mod schedule;
 mod threads;
 pub mod train;
 
+#[cfg(test)]
+mod platform_tests;
+
 pub use artifact::{Artifact, ArtifactError};
 pub use manifest::{Manifest, ModelKind, MANIFEST_FORMAT};
 pub use model::{Model, ModelError, Prediction};
