@@ -80,7 +80,12 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         // chromedriver and the chromium it started share a process group: end them all.
-        let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.driver.id())).status();
+        // `--` before the negative id: procps' kill read `kill -KILL -PGID` otherwise as
+        // something else and killed every process of the machine (the CI run with it).
+        let pgid = self.driver.id();
+        if pgid > 1 {
+            let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{pgid}")]).status();
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
