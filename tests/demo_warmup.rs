@@ -5,40 +5,20 @@
 
 mod support;
 
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::demo::Demo;
 use support::subscriber::Subscriber;
-use support::{free_port, http_get, loopback, wait_listening};
-
-/// The demo process, killed when the test ends (passed or not).
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{http_get, loopback, wait_listening};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_shows_all_three_models_outputs_within_30_s_and_publishes_none_from_warm_up_data() {
     // Given the demo at normal speed on free loopback ports, with a fresh outbox
     let dir = tempfile::tempdir().unwrap();
-    let (web, mqtt, modbus) = (free_port(), free_port(), free_port());
     let started = Instant::now();
-    let _demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-            .arg("demo")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--web-listen", &format!("127.0.0.1:{web}"), "--mqtt-port", &mqtt.to_string(), "--modbus-port", &modbus.to_string()])
-            .stdout(std::fs::File::create(dir.path().join("console.txt")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
-            .spawn()
-            .expect("start edge-agent demo"),
-    );
+    let demo = Demo::start(dir.path(), "127.0.0.1", &[]);
+    let (web, mqtt) = (demo.web, demo.mqtt);
     // And an ERP subscribed to everything as soon as the embedded broker listens
     wait_listening(loopback(mqtt), Duration::from_secs(20)).await;
     let erp = Subscriber::start(mqtt, "plant/#").await;

@@ -6,36 +6,12 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use support::browser::Browser;
-use support::{free_port, loopback, wait_listening};
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_demo(dir: &std::path::Path) -> (Demo, u16) {
-    let (web, mqtt, modbus) = (free_port(), free_port(), free_port());
-    let demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-            .arg("demo")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--web-listen", &format!("127.0.0.1:{web}"), "--mqtt-port", &mqtt.to_string(), "--modbus-port", &modbus.to_string()])
-            .stdout(std::fs::File::create(dir.join("console.txt")).unwrap())
-            .stderr(std::fs::File::create(dir.join("demo.log")).unwrap())
-            .spawn()
-            .expect("start edge-agent demo"),
-    );
-    (demo, web)
-}
+use support::demo::Demo;
+use support::{loopback, wait_listening};
 
 fn screenshot_paths(name: &str) -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -59,7 +35,8 @@ const FIRST_VALUE: &str = r##"
 async fn an_operator_sees_devices_live_values_a_trend_and_the_models_without_reloading() {
     // Given the demo plant, and a browser on its status page
     let dir = tempfile::tempdir().unwrap();
-    let (_demo, web) = start_demo(dir.path());
+    let demo = Demo::start(dir.path(), "127.0.0.1", &[]);
+    let web = demo.web;
     wait_listening(loopback(web), LIMIT).await;
     let browser = Browser::start(1280, 1000).await;
     browser.client.goto(&format!("http://127.0.0.1:{web}/")).await.unwrap();
@@ -186,7 +163,8 @@ async fn an_operator_sees_devices_live_values_a_trend_and_the_models_without_rel
 async fn on_a_phone_the_page_fits_the_screen_and_says_the_verdict_first() {
     // Given the demo plant and a phone-sized browser (390 × 844 CSS pixels)
     let dir = tempfile::tempdir().unwrap();
-    let (_demo, web) = start_demo(dir.path());
+    let demo = Demo::start(dir.path(), "127.0.0.1", &[]);
+    let web = demo.web;
     wait_listening(loopback(web), LIMIT).await;
     let browser = Browser::start(390, 844).await;
     browser.client.goto(&format!("http://127.0.0.1:{web}/")).await.unwrap();
@@ -231,20 +209,8 @@ async fn a_viewer_logs_in_on_a_page_bound_to_all_interfaces_sees_the_plant_and_i
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
     add_user(&users, "tablet", "viewer", "cabinet-view-1");
-    let (web, mqtt, modbus) = (free_port(), free_port(), free_port());
-    let _demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-            .arg("demo")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--web-listen", &format!("0.0.0.0:{web}"), "--mqtt-port", &mqtt.to_string(), "--modbus-port", &modbus.to_string()])
-            .arg("--users-file")
-            .arg(&users)
-            .stdout(std::fs::File::create(dir.path().join("console.txt")).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
-            .spawn()
-            .expect("start edge-agent demo"),
-    );
+    let demo = Demo::start(dir.path(), "0.0.0.0", &["--users-file".as_ref(), users.as_os_str()]);
+    let web = demo.web;
     wait_listening(loopback(web), LIMIT).await;
     let browser = Browser::start(1280, 1000).await;
 

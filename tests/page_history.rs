@@ -5,56 +5,19 @@
 
 mod support;
 
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{free_port, http_get, loopback, wait_listening};
+use support::demo::Demo;
+use support::{http_get, http_get_any, loopback, wait_listening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The demo process, killed when the test ends (passed or not).
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_demo(dir: &std::path::Path) -> (Demo, u16) {
-    let (web, mqtt, modbus) = (free_port(), free_port(), free_port());
-    let demo = Demo(
-        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-            .arg("demo")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--web-listen", &format!("127.0.0.1:{web}"), "--mqtt-port", &mqtt.to_string(), "--modbus-port", &modbus.to_string()])
-            .stdout(std::fs::File::create(dir.join("console.txt")).unwrap())
-            .stderr(std::fs::File::create(dir.join("demo.log")).unwrap())
-            .spawn()
-            .expect("start edge-agent demo"),
-    );
-    (demo, web)
-}
-
-/// Status line and body of a GET, whatever the status.
-async fn get(port: u16, path: &str) -> (String, String) {
-    let mut stream = tokio::net::TcpStream::connect(loopback(port)).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.unwrap().unwrap();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tags_history_has_a_point_per_poll_and_a_bad_query_is_refused_naming_the_key() {
     // Given the demo plant running for a few seconds
     let dir = tempfile::tempdir().unwrap();
-    let (_demo, web) = start_demo(dir.path());
+    let demo = Demo::start(dir.path(), "127.0.0.1", &[]);
+    let web = demo.web;
     wait_listening(loopback(web), Duration::from_secs(20)).await;
 
     // When the tag list is asked for until a mill tag has a history of several points
@@ -96,12 +59,15 @@ async fn a_tags_history_has_a_point_per_poll_and_a_bad_query_is_refused_naming_t
     assert!(p["min"].as_f64().unwrap() <= p["avg"].as_f64().unwrap() && p["avg"].as_f64().unwrap() <= p["max"].as_f64().unwrap(), "{p:#}");
 
     // When a query is malformed, or the tag unknown
-    let (status, body) =
-        get(web, &format!("/api/tags/{}/{}/history?from=yesterday", tag["device"].as_str().unwrap(), tag["tag"].as_str().unwrap())).await;
+    let (status, body) = http_get_any(
+        web,
+        &format!("/api/tags/{}/{}/history?from=yesterday", tag["device"].as_str().unwrap(), tag["tag"].as_str().unwrap()),
+    )
+    .await;
     // Then the answer is 400 naming the key, or 404 naming the tag
     assert!(status.contains(" 400 "), "{status}");
     assert!(body.contains("from=\"yesterday\""), "{body}");
-    let (status, body) = get(web, "/api/tags/no-such-plc/nothing/history").await;
+    let (status, body) = http_get_any(web, "/api/tags/no-such-plc/nothing/history").await;
     assert!(status.contains(" 404 "), "{status}");
     assert!(body.contains("\"nothing\""), "{body}");
 }
@@ -110,7 +76,8 @@ async fn a_tags_history_has_a_point_per_poll_and_a_bad_query_is_refused_naming_t
 async fn the_status_is_pushed_as_server_sent_events_every_second() {
     // Given the demo plant
     let dir = tempfile::tempdir().unwrap();
-    let (_demo, web) = start_demo(dir.path());
+    let demo = Demo::start(dir.path(), "127.0.0.1", &[]);
+    let web = demo.web;
     wait_listening(loopback(web), Duration::from_secs(20)).await;
 
     // When a client opens the event stream and reads for a while

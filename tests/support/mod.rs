@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod broker;
 pub mod browser;
+pub mod demo;
 pub mod plc;
 pub mod proxy;
 pub mod subscriber;
@@ -46,6 +47,13 @@ pub async fn wait_listening(addr: SocketAddr, limit: Duration) {
 
 /// A plain HTTP/1.1 GET on loopback; returns the body (the status line must say 200).
 pub async fn http_get(port: u16, path: &str) -> String {
+    let (status, body) = http_get_any(port, path).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "GET {path}: {status}");
+    body
+}
+
+/// A plain HTTP/1.1 GET on loopback, whatever its status: the status line and the body.
+pub async fn http_get_any(port: u16, path: &str) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(loopback(port)).await.expect("connect to the status page");
     let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
@@ -53,8 +61,8 @@ pub async fn http_get(port: u16, path: &str) -> String {
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("HTTP answer in 10 s").expect("read");
     let text = String::from_utf8_lossy(&raw).to_string();
-    assert!(text.starts_with("HTTP/1.1 200"), "GET {path}: {}", text.lines().next().unwrap_or_default());
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
 }
 
 /// The value of an unlabelled metric in Prometheus text.

@@ -9,7 +9,7 @@ use super::compaction::{due, COMPACTED, COMPACTING, OLD, OUTBOX};
 use super::{Outbox, StoredBatch, StoredEventDraft, StoredReply};
 use crate::payload::WireSample;
 
-fn batch(device: &str) -> StoredBatch {
+pub(super) fn batch(device: &str) -> StoredBatch {
     StoredBatch {
         device: device.into(),
         samples: vec![WireSample {
@@ -23,7 +23,7 @@ fn batch(device: &str) -> StoredBatch {
     }
 }
 
-fn event() -> StoredEventDraft {
+pub(super) fn event() -> StoredEventDraft {
     StoredEventDraft::now("gw", "plc", crate::events::Event::DeviceLost(crate::events::DeviceLost { reason: "no answer".into() }))
 }
 

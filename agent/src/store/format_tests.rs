@@ -6,26 +6,9 @@ use std::sync::atomic::Ordering;
 
 use super::format::{self, Marker, CURRENT};
 use super::outbox::Handles;
-use super::{Outbox, StoredBatch, StoredEventDraft};
-use crate::payload::WireSample;
-
-fn batch(device: &str) -> StoredBatch {
-    StoredBatch {
-        device: device.into(),
-        samples: vec![WireSample {
-            tag: "t".into(),
-            v: Some(edge_drivers::Value::Int(1)),
-            q: "good".into(),
-            ts: "2026-01-01T00:00:00.000Z".into(),
-            server_ts: None,
-            reason: None,
-        }],
-    }
-}
-
-fn event() -> StoredEventDraft {
-    StoredEventDraft::now("gw", "plc", crate::events::Event::DeviceLost(crate::events::DeviceLost { reason: "no answer".into() }))
-}
+// One telemetry batch and one event, as the compaction tests store them.
+use super::compaction_tests::{batch, event};
+use super::Outbox;
 
 /// A data dir whose store holds batches 1 to 3 and one event, closed.
 async fn store_with_three_batches() -> tempfile::TempDir {
