@@ -50,7 +50,7 @@ impl Debouncer {
 /// The counters' totals, kept in `{data_dir}/gpio-counters.json` (written to a temporary
 /// file, synced and renamed over the old one: a power cut leaves the old or the new file,
 /// never half of one).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct CounterFile {
     path: PathBuf,
 }
@@ -66,11 +66,6 @@ pub enum CounterFileError {
 impl CounterFile {
     pub fn new(data_dir: &Path) -> Self {
         Self { path: data_dir.join("gpio-counters.json") }
-    }
-
-    /// The data directory the file is in.
-    pub fn dir(&self) -> PathBuf {
-        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
     }
 
     /// The saved totals; none when there is no file yet. A damaged file is moved aside and

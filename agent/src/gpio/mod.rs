@@ -177,7 +177,7 @@ pub async fn run(
     }
     let file = CounterFile::new(&data_dir);
     let (saved, problem) = tokio::task::spawn_blocking({
-        let file = CounterFile::new(&data_dir);
+        let file = file.clone();
         move || file.load()
     })
     .await
@@ -287,17 +287,12 @@ async fn save_if_changed(file: &CounterFile, inputs: &[InputState], saved: &mut 
     if counts.is_empty() || &counts == saved {
         return;
     }
-    let path = file_path(file);
-    let to_save = counts.clone();
-    match tokio::task::spawn_blocking(move || CounterFile::new(&path).save(&to_save)).await {
+    let (file, to_save) = (file.clone(), counts.clone());
+    match tokio::task::spawn_blocking(move || file.save(&to_save)).await {
         Ok(Ok(())) => *saved = counts,
         Ok(Err(e)) => tracing::error!(error = %e, "gpio: could not save the pulse counters"),
         Err(e) => tracing::error!(error = %e, "gpio: saving the pulse counters panicked"),
     }
-}
-
-fn file_path(file: &CounterFile) -> PathBuf {
-    file.dir()
 }
 
 #[cfg(test)]

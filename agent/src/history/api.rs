@@ -74,7 +74,8 @@ pub fn window(q: &HistoryQuery, now: DateTime<Utc>) -> Result<Window, QueryError
     Ok(Window { from, to, step })
 }
 
-fn time(key: &'static str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, QueryError> {
+/// `value` of query key `key` as a time: RFC 3339, or a duration before `now` (`1h`, `-15m`).
+pub fn time(key: &'static str, value: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, QueryError> {
     if let Ok(t) = DateTime::parse_from_rfc3339(value) {
         return Ok(t.with_timezone(&Utc));
     }

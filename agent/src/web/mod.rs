@@ -182,15 +182,9 @@ struct EventsQuery {
 
 async fn api_events(State(live): State<Live>, Query(q): Query<EventsQuery>) -> Response {
     let bad = |m: String| (StatusCode::BAD_REQUEST, [NO_STORE], format!("{m}\n")).into_response();
-    let since = match &q.since {
-        None => None,
-        Some(v) => {
-            let window = crate::history::api::HistoryQuery { from: Some(v.clone()), to: None, step: None };
-            match crate::history::api::window(&window, chrono::Utc::now()) {
-                Ok(w) => Some(w.from),
-                Err(_) => return bad(format!("since={v:?} is neither an RFC 3339 time nor a duration before now (1h, 15m)")),
-            }
-        }
+    let since = match q.since.as_deref().map(|v| crate::history::api::time("since", v, chrono::Utc::now())).transpose() {
+        Ok(since) => since,
+        Err(e) => return bad(e.to_string()),
     };
     let severity = match q.severity.as_deref() {
         None => None,
