@@ -263,14 +263,14 @@ pub struct RulDetector {
 }
 
 impl RulDetector {
-    pub fn new(cfg: &ModelConfig, id: ModelId) -> Self {
+    pub fn new(cfg: &ModelConfig, asset: &str, id: ModelId) -> Self {
         RulDetector {
             id,
             notify_within_h: cfg.notify_within.as_secs_f64() / 3600.0,
             duration_h: cfg.maintenance_duration.as_secs_f64() / 3600.0,
             crew: cfg.crew,
             max_risk: cfg.max_risk,
-            asset: cfg.asset().to_string(),
+            asset: asset.to_string(),
             hold: Hold::new(cfg.min_duration),
             announced: None,
             last_window: None,
@@ -403,7 +403,7 @@ mod tests {
 
     #[test]
     fn maintenance_due_proposes_the_planned_stop_and_is_announced_once() {
-        let mut d = RulDetector::new(&cfg("rul", "notify_within = \"7d\"\nmaintenance_duration = \"8h\""), id());
+        let mut d = RulDetector::new(&cfg("rul", "notify_within = \"7d\"\nmaintenance_duration = \"8h\""), "m", id());
         let (t0, wall) = (Instant::now(), Utc::now());
         let cal = Calendar {
             shifts: vec![],

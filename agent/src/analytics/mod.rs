@@ -52,7 +52,7 @@ use tracing::{error, warn};
 use self::detect::LabValue;
 use self::status::{ModelCounters, ModelView};
 use self::worker::{Input, Slot, Worker};
-use crate::config::Config;
+use crate::config::{Config, ModelRun};
 use crate::live::Live;
 use crate::store::StoredEventDraft;
 
@@ -103,17 +103,24 @@ impl LabInbox {
 impl Analytics {
     /// Starts one thread per model. `events` goes to the sink task, `telemetry` to the
     /// store writer.
-    pub fn start(config: &Config, live: &Live, events: mpsc::Sender<StoredEventDraft>, telemetry: mpsc::Sender<DeviceReport>) -> Analytics {
+    pub fn start(
+        config: &Config,
+        runs: &[ModelRun],
+        live: &Live,
+        events: mpsc::Sender<StoredEventDraft>,
+        telemetry: mpsc::Sender<DeviceReport>,
+    ) -> Analytics {
         let mut analytics = Analytics { routes: HashMap::new(), inboxes: Vec::new(), lab: LabInbox::default(), threads: Vec::new() };
         live.update(|s| {
             s.models = config
                 .models
                 .iter()
-                .map(|m| {
+                .zip(runs)
+                .map(|(m, run)| {
                     let view = ModelView {
                         name: m.name.clone(),
                         kind: m.kind.as_str().into(),
-                        asset: m.asset().into(),
+                        asset: run.asset.clone(),
                         artifact: m.artifact.clone(),
                         state: "loading".into(),
                         window: m.window.unwrap_or(0),
@@ -123,7 +130,7 @@ impl Analytics {
                 })
                 .collect();
         });
-        for (index, cfg) in config.models.iter().enumerate() {
+        for (index, (cfg, run)) in config.models.iter().zip(runs).enumerate() {
             let (tx, rx) = sync_channel(INBOX);
             let counters = Arc::new(ModelCounters::default());
             for (i, input) in cfg.inputs.iter().enumerate() {
@@ -139,6 +146,7 @@ impl Analytics {
             let worker = Worker {
                 gateway: config.gateway.id.clone(),
                 cfg: cfg.clone(),
+                run: run.clone(),
                 calendar: config.calendar.clone(),
                 live: live.clone(),
                 events: events.clone(),

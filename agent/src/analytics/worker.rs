@@ -21,6 +21,7 @@ use super::detect::{AnomalyDetector, LabValue, ModelId, QualityDetector, RulDete
 use super::status::{ModelCounters, ModelView, PredictionView};
 use super::warmup::WARM_UP_STATE;
 use super::window::{numeric, Windower};
+use crate::config::ModelRun;
 use crate::events::{Event, ModelFailed, ModelLoaded};
 use crate::live::Live;
 use crate::store::StoredEventDraft;
@@ -45,6 +46,8 @@ pub enum Input {
 pub struct Worker {
     pub gateway: String,
     pub cfg: ModelConfig,
+    /// The model's asset and period, resolved by the config's build step.
+    pub run: ModelRun,
     pub calendar: CalendarConfig,
     pub live: Live,
     pub events: Sender<StoredEventDraft>,
@@ -188,10 +191,10 @@ impl Worker {
         let mut detector = match m.kind {
             ModelKind::Anomaly => Detector::Anomaly(AnomalyDetector::new(&self.cfg, ModelId::new(&self.cfg, &m.version))),
             ModelKind::Quality => Detector::Quality(QualityDetector::new(&self.cfg, ModelId::new(&self.cfg, &m.version))),
-            ModelKind::Rul => Detector::Rul(RulDetector::new(&self.cfg, ModelId::new(&self.cfg, &m.version))),
+            ModelKind::Rul => Detector::Rul(RulDetector::new(&self.cfg, &self.run.asset, ModelId::new(&self.cfg, &m.version))),
         };
         let row_interval = self.cfg.row_interval;
-        let period = self.cfg.period();
+        let period = self.run.period;
         let mut next_row = Instant::now() + row_interval;
         let mut last_inference: Option<Instant> = None;
         if let Some(warm_up) = &self.cfg.warm_up {
@@ -439,8 +442,8 @@ impl Worker {
     /// Hands an event to the store's queue (never blocks; a full queue is counted and logged).
     fn raise(&self, event: Event) {
         let kind = event.kind();
-        info!(model = %self.cfg.name, kind, asset = %self.cfg.asset(), "{}", kind.replace('_', " "));
-        let event = StoredEventDraft::now(self.gateway.as_str(), self.cfg.asset(), event);
+        info!(model = %self.cfg.name, kind, asset = %self.run.asset, "{}", kind.replace('_', " "));
+        let event = StoredEventDraft::now(self.gateway.as_str(), &self.run.asset, event);
         let ts = event.ts;
         if self.events.try_send(event).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);

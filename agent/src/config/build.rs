@@ -12,6 +12,7 @@ use std::time::Duration;
 use edge_drivers::modbus::{build_buses, BuildError, ModbusDevice};
 
 use super::types::{Config, GatewayConfig};
+use crate::store::config::StoreSettings;
 
 /// The config as the agent runs it (built once per start, and again after a reload).
 #[derive(Debug, Clone)]
@@ -21,8 +22,8 @@ pub struct AgentConfig {
     pub topic_root: String,
     /// `mqtt.client_id`, else `edge-agent-{gateway.id}`.
     pub client_id: String,
-    /// `store.compact_above`, else 2 × `store.max_bytes`, in bytes.
-    pub compact_above: u64,
+    /// `[store]`, sizes in bytes, `compact_above` resolved.
+    pub store: StoreSettings,
     /// The Modbus devices, grouped by the connection they share, in config order.
     pub modbus: Vec<Vec<ModbusDevice>>,
     /// Per `[[models]]` entry, in config order.
@@ -47,7 +48,7 @@ impl Config {
             gateway: self.gateway.clone(),
             topic_root: self.topic_root(),
             client_id: self.client_id(),
-            compact_above: self.store.compact_above(),
+            store: self.store.build(),
             modbus: build_buses(&self.devices)?,
             models: self
                 .models
@@ -76,7 +77,7 @@ mod tests {
         // Then the derived defaults are the documented ones
         assert_eq!(built.client_id, "edge-agent-gw-01");
         assert_eq!(built.topic_root, "plant/mill/gw-01");
-        assert_eq!(built.compact_above, 2 * 512 * 1024 * 1024, "2 × max_bytes (512 MiB)");
+        assert_eq!(built.store.compact_above, 2 * 512 * 1024 * 1024, "2 × max_bytes (512 MiB)");
         assert!(built.modbus.is_empty() && built.models.is_empty());
     }
 
@@ -95,7 +96,7 @@ mod tests {
 
         // Then the file's values are kept
         assert_eq!(built.client_id, "gw-01-a");
-        assert_eq!(built.compact_above, 40 << 20);
+        assert_eq!(built.store.compact_above, 40 << 20);
         assert_eq!(built.modbus.len(), 1);
         assert_eq!(built.modbus[0][0].backoff_after_failures, edge_drivers::config::DEFAULT_BACKOFF_AFTER_FAILURES);
         assert_eq!(built.models, vec![ModelRun { name: "m".into(), asset: "press".into(), period: Duration::from_secs(60) }]);

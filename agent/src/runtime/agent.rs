@@ -166,6 +166,8 @@ async fn run_once(
     sd: &Sd,
     hangup: &mut Option<Signal>,
 ) -> anyhow::Result<Stop> {
+    // Built from the validated config: every default resolved before a task starts.
+    let built = config.build().context("building the config")?;
     let live = Live::new(
         GatewayView {
             id: config.gateway.id.clone(),
@@ -212,8 +214,6 @@ async fn run_once(
     // The loops the systemd watchdog watches, by task name.
     let mut loops: systemd::Loops = Vec::new();
     // Devices sharing a serial bus or a converter share one connection and one task.
-    // Built from the validated config: every default resolved before a driver starts.
-    let built = config.build().context("building the config")?;
     for bus in built.modbus {
         let mut members = Vec::new();
         for device in bus {
@@ -273,7 +273,7 @@ async fn run_once(
     // Models: one thread each; their events go through the sink task, their predictions
     // to the writer as the `analytics` device's telemetry.
     let (events_tx, events_rx) = mpsc::channel(crate::analytics::sink::QUEUE);
-    let analytics = Analytics::start(config, &live, events_tx, reports_tx.clone());
+    let analytics = Analytics::start(config, &built.models, &live, events_tx, reports_tx.clone());
     let lab = analytics.lab_inbox();
     // The sink ends by itself when no model runs (every sender of its queue is gone).
     let sink_task = Once { may_finish: true, ..once("model-events") };
@@ -291,7 +291,7 @@ async fn run_once(
     let writer = Writer {
         outbox: outbox.clone(),
         gateway: config.gateway.id.clone(),
-        config: config.store.clone(),
+        config: built.store.clone(),
         live: live.clone(),
         stored: stored.clone(),
         heartbeat: Heartbeat::new(),

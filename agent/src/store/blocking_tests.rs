@@ -11,14 +11,13 @@ use std::time::{Duration, Instant};
 
 use bytesize::ByteSize;
 use chrono::Utc;
-use edge_drivers::{DeviceReport, Quality, ReportKind, Sample, Value};
+use edge_drivers::Value;
 use tokio::sync::{mpsc, Notify};
 
+use super::config::StoreSettings;
 use super::outbox::{Outbox, StoredEventDraft, StoredReply};
 use super::record::StoredBatch;
-use super::writer::Writer;
-use crate::config::StoreConfig;
-use crate::live::{GatewayView, Live};
+use super::test_support::{live, report, settings, wait_until, writer};
 use crate::payload::WireSample;
 
 /// The worst lateness of the ticker allowed while the store works for seconds.
@@ -59,34 +58,12 @@ impl Drop for LagProbe {
 
 /// The store settings of these tests: written every 20 ms, never compacted, bounded by
 /// `max_bytes`.
-fn config(max_bytes: ByteSize) -> StoreConfig {
-    StoreConfig { max_bytes, compact_above: Some(ByteSize::gib(64)), flush_interval: Duration::from_millis(20), ..StoreConfig::default() }
-}
-
-fn writer(outbox: &Outbox, config: StoreConfig) -> Writer {
-    Writer {
-        outbox: outbox.clone(),
-        gateway: "gw".into(),
-        config,
-        live: Live::new(GatewayView::default(), &[]),
-        stored: Arc::default(),
-        heartbeat: Default::default(),
-    }
-}
-
-fn report(from: i64, n: i64) -> DeviceReport {
-    let now = Utc::now();
-    let samples = (from..from + n)
-        .map(|i| Sample {
-            tag: format!("t{i}"),
-            value: Some(Value::Int(i)),
-            quality: Quality::Good,
-            source_ts: now,
-            server_ts: None,
-            agent_ts: now,
-        })
-        .collect();
-    DeviceReport { device: "plc".into(), kind: ReportKind::Samples(samples) }
+fn config(max_bytes: ByteSize) -> StoreSettings {
+    settings(|c| {
+        c.max_bytes = max_bytes;
+        c.compact_above = Some(ByteSize::gib(64));
+        c.flush_interval = Duration::from_millis(20);
+    })
 }
 
 fn batch(i: u64) -> StoredBatch {
@@ -107,14 +84,6 @@ fn event() -> StoredEventDraft {
     StoredEventDraft::now("gw", "plc", crate::events::Event::DeviceLost(crate::events::DeviceLost { reason: "no answer".into() }))
 }
 
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn evicting_a_large_backlog_from_a_slow_disk_does_not_stall_the_runtime() {
     // Given a store holding 2000 batches, on a disk where every delete takes 1 ms
@@ -124,7 +93,7 @@ async fn evicting_a_large_backlog_from_a_slow_disk_does_not_stall_the_runtime() 
     outbox.shared.disk.set_delay(Duration::from_millis(1));
     // and a writer whose bound leaves room for a few batches only
     let (tx, rx) = mpsc::channel(4);
-    let task = tokio::spawn(writer(&outbox, config(ByteSize::kib(1))).run(rx));
+    let task = tokio::spawn(writer(&outbox, &live(), config(ByteSize::kib(1))).run(rx));
     // When a report comes and the writer stores it and drops the backlog (seconds of work)
     let probe = LagProbe::start();
     let started = Instant::now();
@@ -151,7 +120,7 @@ async fn a_flush_that_takes_two_seconds_does_not_stall_the_runtime() {
     let outbox = Outbox::open(dir.path()).unwrap();
     outbox.shared.disk.set_delay(Duration::from_secs(2));
     let (tx, rx) = mpsc::channel(4);
-    let task = tokio::spawn(writer(&outbox, config(ByteSize::mib(64))).run(rx));
+    let task = tokio::spawn(writer(&outbox, &live(), config(ByteSize::mib(64))).run(rx));
     let (events_tx, events_rx) = mpsc::channel(4);
     let sink = tokio::spawn(crate::analytics::sink::run(outbox.clone(), Arc::new(Notify::new()), events_rx));
     // When samples, a model event and a reply to a command are stored
@@ -182,7 +151,7 @@ async fn a_store_held_by_a_compaction_for_three_seconds_does_not_stall_the_runti
     let outbox = Outbox::open(dir.path()).unwrap();
     outbox.append(&[batch(1), batch(2), batch(3)], &[]).await.unwrap();
     let (tx, rx) = mpsc::channel(16);
-    let task = tokio::spawn(writer(&outbox, config(ByteSize::mib(64))).run(rx));
+    let task = tokio::spawn(writer(&outbox, &live(), config(ByteSize::mib(64))).run(rx));
     let (events_tx, events_rx) = mpsc::channel(4);
     let sink = tokio::spawn(crate::analytics::sink::run(outbox.clone(), Arc::new(Notify::new()), events_rx));
     // When something holds the store for 3 s, as a compaction or a reopen does

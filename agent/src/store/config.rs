@@ -73,10 +73,32 @@ impl Default for StoreConfig {
 /// during a compaction (old store + copy) stays near 3.6 × `max_bytes`.
 const DEFAULT_COMPACT_ABOVE_TIMES_MAX_BYTES: u64 = 2;
 
+/// `[store]` as the writer runs it: every size in bytes, every default resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    pub flush_interval: Duration,
+    pub max_batch_samples: usize,
+    pub flush_bytes: u64,
+    pub max_bytes: u64,
+    /// `None`: no age limit (telemetry stays until `max_bytes` forces it out).
+    pub max_age: Option<Duration>,
+    /// Size on disk above which the outbox is compacted: `compact_above`, else 2 ×
+    /// `max_bytes`.
+    pub compact_above: u64,
+}
+
 impl StoreConfig {
-    /// Size on disk above which the outbox is compacted, in bytes.
-    pub fn compact_above(&self) -> u64 {
-        self.compact_above.map_or(self.max_bytes.as_u64().saturating_mul(DEFAULT_COMPACT_ABOVE_TIMES_MAX_BYTES), |b| b.as_u64())
+    /// The settings the writer runs with, `compact_above`'s default resolved here.
+    pub fn build(&self) -> StoreSettings {
+        let max_bytes = self.max_bytes.as_u64();
+        StoreSettings {
+            flush_interval: self.flush_interval,
+            max_batch_samples: self.max_batch_samples,
+            flush_bytes: self.flush_bytes.as_u64(),
+            max_bytes,
+            max_age: self.max_age,
+            compact_above: self.compact_above.map_or(max_bytes.saturating_mul(DEFAULT_COMPACT_ABOVE_TIMES_MAX_BYTES), |b| b.as_u64()),
+        }
     }
 
     /// Appends every problem of this section under `path`.
@@ -113,11 +135,11 @@ mod tests {
     #[test]
     fn compact_above_defaults_to_twice_max_bytes_and_takes_a_set_size() {
         let config = crate::config::load_str(&format!("{GATEWAY}[store]\nmax_bytes = \"32 MiB\"\n"), "t.toml").unwrap();
-        assert_eq!(config.store.compact_above(), 64 << 20);
+        assert_eq!(config.store.build().compact_above, 64 << 20);
         let config =
             crate::config::load_str(&format!("{GATEWAY}[store]\nmax_bytes = \"32 MiB\"\ncompact_above = \"40 MiB\"\n"), "t.toml").unwrap();
         assert_eq!(config.store.compact_above, Some(ByteSize::mib(40)));
-        assert_eq!(config.store.compact_above(), 40 << 20);
+        assert_eq!(config.store.build().compact_above, 40 << 20);
     }
 
     #[test]

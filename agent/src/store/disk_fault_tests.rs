@@ -5,19 +5,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use chrono::Utc;
-use edge_drivers::{DeviceReport, Quality, ReportKind, Sample, Value};
+use edge_drivers::Value;
 use proptest::prelude::*;
 use tokio::sync::mpsc;
 
 use super::outbox::Outbox;
 use super::record::StoredBatch;
+use super::test_support::{self, report, settings, wait_until};
 use super::writer::Writer;
-use crate::config::StoreConfig;
 use crate::live::{GatewayView, Live};
 use crate::payload::WireSample;
 
@@ -132,50 +130,14 @@ async fn a_store_found_unreadable_at_a_reopen_is_moved_aside_reported_and_number
     assert!(!seqs.is_empty() && seqs.iter().all(|&s| s >= next_before), "{seqs:?} after {next_before}");
 }
 
+/// 10 samples a batch, written every 10 ms, bounded at 8 MiB.
 fn writer(outbox: &Outbox, live: &Live) -> Writer {
-    let config = StoreConfig {
-        max_bytes: ByteSize::mib(8),
-        max_batch_samples: 10,
-        flush_interval: Duration::from_millis(10),
-        ..StoreConfig::default()
-    };
-    Writer {
-        outbox: outbox.clone(),
-        gateway: "gw".into(),
-        config,
-        live: live.clone(),
-        stored: Arc::default(),
-        heartbeat: Default::default(),
-    }
-}
-
-fn report(from: i64, n: i64) -> DeviceReport {
-    let now = Utc::now();
-    DeviceReport {
-        device: "plc".into(),
-        kind: ReportKind::Samples(
-            (from..from + n)
-                .map(|i| Sample {
-                    tag: format!("t{i}"),
-                    value: Some(Value::Int(i)),
-                    quality: Quality::Good,
-                    source_ts: now,
-                    server_ts: None,
-                    agent_ts: now,
-                })
-                .collect(),
-        ),
-    }
-}
-
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    for _ in 0..500 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("timed out after 10 s waiting for {what}");
+    let config = settings(|c| {
+        c.max_bytes = ByteSize::mib(8);
+        c.max_batch_samples = 10;
+        c.flush_interval = Duration::from_millis(10);
+    });
+    test_support::writer(outbox, live, config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,6 +32,8 @@ mod disk_fault_tests;
 mod format_tests;
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod test_support;
 
 pub use compaction::Compacted;
 pub use damage::StoreReset;

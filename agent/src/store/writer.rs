@@ -24,11 +24,11 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::MissedTickBehavior;
 use tracing::{error, info, warn};
 
+use super::config::StoreSettings;
 use super::damage::StoreReset;
 use super::outbox::{Outbox, StoreError, StoredEventDraft};
 use super::record::StoredBatch;
 use super::retention::Dropped;
-use crate::config::StoreConfig;
 use crate::events::{BufferOverflow, DeviceConnected, DeviceLost, Event, StoreResetReason};
 use crate::live::Live;
 use crate::payload::WireSample;
@@ -36,7 +36,7 @@ use crate::payload::WireSample;
 pub struct Writer {
     pub outbox: Outbox,
     pub gateway: String,
-    pub config: StoreConfig,
+    pub config: StoreSettings,
     pub live: Live,
     /// Woken after every successful write, so the uplink publishes without polling.
     pub stored: Arc<Notify>,
@@ -216,7 +216,7 @@ impl Writer {
                     gathered.bytes += sample_bytes(&wire);
                     batch.push(wire);
                 }
-                batch.len() >= self.config.max_batch_samples || gathered.bytes >= self.config.flush_bytes.as_u64()
+                batch.len() >= self.config.max_batch_samples || gathered.bytes >= self.config.flush_bytes
             }
             ReportKind::Connected => {
                 self.live.record_connection(&device, true, None);
@@ -354,7 +354,7 @@ impl Writer {
     /// one right away, then at most one a minute while the store stays full, each carrying
     /// the drops since the previous one (the counters in `/metrics` are exact at all times).
     async fn enforce_bounds(&self, overflow: &mut Overflow) {
-        let max = self.config.max_bytes.as_u64();
+        let max = self.config.max_bytes;
         // Dropping can remove (and decode) many records: on a blocking thread.
         let max_age = self.config.max_age;
         match self.outbox.on_blocking_thread(move |o| o.enforce_bounds(max, max_age, Utc::now())).await {
@@ -392,7 +392,7 @@ impl Writer {
     /// store and is blocking, so it runs on a blocking thread while the writer goes on
     /// gathering; the outbox logs and counts its outcome.
     fn compact_if_due(&self, compaction: &mut Compaction, disk_bytes: u64) {
-        if compaction.is_some() || !self.outbox.compaction_due_at(self.config.compact_above(), || disk_bytes) {
+        if compaction.is_some() || !self.outbox.compaction_due_at(self.config.compact_above, || disk_bytes) {
             return;
         }
         let outbox = self.outbox.clone();
@@ -444,8 +444,8 @@ impl Writer {
             s.store.samples_dropped = c.samples_dropped.load(Ordering::Relaxed);
             s.store.events_dropped = c.events_dropped.load(Ordering::Relaxed);
             s.store.bytes = o.bytes();
-            s.store.max_bytes = self.config.max_bytes.as_u64();
-            s.store.compact_above = self.config.compact_above();
+            s.store.max_bytes = self.config.max_bytes;
+            s.store.compact_above = self.config.compact_above;
             s.store.compactions = c.compactions.load(Ordering::Relaxed);
             s.store.compaction_failures = c.compaction_failures.load(Ordering::Relaxed);
             s.store.last_compaction_ms = c.last_compaction_ms.load(Ordering::Relaxed);
@@ -467,23 +467,19 @@ mod tests {
     use edge_drivers::{Quality, Sample, Value};
 
     use super::*;
-    use crate::live::GatewayView;
+    use crate::store::test_support::{self, report, settings, wait_until};
 
     #[tokio::test]
     async fn the_writer_compacts_the_store_once_it_is_past_compact_above_and_shows_it_on_the_page() {
         // Given a writer whose store is to be compacted above 128 KiB
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(dir.path()).unwrap();
-        let config = StoreConfig { max_bytes: ByteSize::kib(64), compact_above: Some(ByteSize::kib(128)), ..StoreConfig::default() };
-        let live = Live::new(GatewayView::default(), &[]);
-        let writer = Writer {
-            outbox: outbox.clone(),
-            gateway: "gw".into(),
-            config,
-            live: live.clone(),
-            stored: Arc::default(),
-            heartbeat: Default::default(),
-        };
+        let config = settings(|c| {
+            c.max_bytes = ByteSize::kib(64);
+            c.compact_above = Some(ByteSize::kib(128));
+        });
+        let live = test_support::live();
+        let writer = test_support::writer(&outbox, &live, config);
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));
         // When three batches' worth of samples (about 240 KB of records) are written
@@ -518,41 +514,17 @@ mod tests {
         let outbox = Outbox::open(dir.path()).unwrap();
         let (go, wait) = std::sync::mpsc::channel();
         outbox.shared.compaction.lock().unwrap().wait_before = Some(wait);
-        let config = StoreConfig {
-            max_bytes: ByteSize::mib(1),
-            compact_above: Some(ByteSize::kib(1100)),
-            flush_interval: Duration::from_millis(10),
-            ..StoreConfig::default()
-        };
-        let writer = Writer {
-            outbox: outbox.clone(),
-            gateway: "gw".into(),
-            config,
-            live: Live::new(GatewayView::default(), &[]),
-            stored: Arc::default(),
-            heartbeat: Default::default(),
-        };
+        let config = settings(|c| {
+            c.max_bytes = ByteSize::mib(1);
+            c.compact_above = Some(ByteSize::kib(1100));
+            c.flush_interval = Duration::from_millis(10);
+        });
+        let writer = test_support::writer(&outbox, &test_support::live(), config);
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));
-        let now = Utc::now();
-        let report = |from: i64, n: i64| DeviceReport {
-            device: "plc".into(),
-            kind: ReportKind::Samples(
-                (from..from + n)
-                    .map(|i| Sample {
-                        tag: format!("t{i}"),
-                        value: Some(Value::Int(i)),
-                        quality: Quality::Good,
-                        source_ts: now,
-                        server_ts: None,
-                        agent_ts: now,
-                    })
-                    .collect(),
-            ),
-        };
         // (samples of 20 000 distinct tags: about 1.4 MB of records, past compact_above)
         tx.send(report(0, 20_000)).await.unwrap();
-        wait_until(|| outbox.counters().samples_stored.load(Ordering::Relaxed) == 20_000).await;
+        wait_until("the samples", || outbox.counters().samples_stored.load(Ordering::Relaxed) == 20_000).await;
         let stored_before = outbox.next_batch_seq();
         // When reports keep coming while the compaction runs
         for k in 0..50 {
@@ -568,7 +540,7 @@ mod tests {
         // And once the compaction is over, they are all stored, in order (the store's bound
         // evicts the oldest batches of the first report, not these)
         go.send(()).unwrap();
-        wait_until(|| outbox.counters().samples_stored.load(Ordering::Relaxed) == 25_000).await;
+        wait_until("the samples", || outbox.counters().samples_stored.load(Ordering::Relaxed) == 25_000).await;
         assert!(outbox.counters().compactions.load(Ordering::Relaxed) >= 1);
         // (the writer ends once any further compaction is over: reads skip while one runs)
         drop(tx);
@@ -583,15 +555,5 @@ mod tests {
             outbox.counters().batches_dropped.load(Ordering::Relaxed)
         );
         assert_eq!(tags[tags.len() - 5000..], expected[..]);
-    }
-
-    async fn wait_until(done: impl Fn() -> bool) {
-        for _ in 0..500 {
-            if done() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("timed out after 10 s");
     }
 }
