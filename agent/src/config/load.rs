@@ -101,8 +101,14 @@ pub fn load_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
     // 2. Shape and types, noting every key serde did not use (unknown keys are errors).
     let mut unknown = Vec::new();
     let parsed: Result<Config, toml::de::Error> = serde_ignored::deserialize(toml::Deserializer::new(text), |p| unknown.push(dotted(&p)));
-    let mut problems: Vec<Problem> =
-        unknown.into_iter().map(|path| Problem { line: find_line(&doc, text, &path), message: "unknown key".into(), path }).collect();
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|path| Problem {
+            line: find_line(&doc, text, &path),
+            message: super::former::unknown_key_message(&path, super::former::FORMER_KEYS),
+            path,
+        })
+        .collect();
     let config = match parsed {
         Ok(c) => c,
         Err(e) => {

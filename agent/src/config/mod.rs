@@ -5,10 +5,12 @@
 //! - [`build`]: a validated config → [`AgentConfig`], the values the agent runs with,
 //!   every default resolved once.
 //! - [`load`]: read, parse, catch unknown keys, validate, and point at the line of each problem.
+//! - [`former`]: keys older versions had, so an old config is told what to change.
 //! - [`reference`]: the config reference (`docs/configuration.md`), generated from the
 //!   keys and their defaults (`edge-agent config-reference`).
 
 pub mod build;
+pub mod former;
 pub mod load;
 pub mod reference;
 pub mod types;
