@@ -103,6 +103,7 @@ fn main() {
         let (_w, inbox) = write_channel(1);
         let cancel = CancellationToken::new();
         let pki = edge_drivers::opcua::pki_dir(dir.path());
+        let device = edge_drivers::opcua::OpcuaDevice::build(&device).unwrap_or_else(|e| panic!("{e}"));
         let task = tokio::spawn(run_device(device, pki, tx, inbox, cancel.clone()));
         // Warm up: a good value of every item.
         let mut seen = std::collections::HashSet::new();

@@ -3,9 +3,10 @@
 //! The drivers own this part of the config because they are what consume it. The agent
 //! embeds it, runs [`DeviceConfig::validate`] (and [`validate_devices`] across devices)
 //! with the rest of the config, and builds each valid device into the values its driver
-//! runs with ([`crate::modbus::ModbusDevice::build`]): a default that a key leaves to the
-//! build step is a `DEFAULT_*` constant below, next to the field, and is resolved there
-//! once; the config reference (`edge-agent config-reference`) prints the same constants.
+//! runs with ([`crate::modbus::ModbusDevice::build`], [`crate::opcua::OpcuaDevice::build`]):
+//! a default that a key leaves to the build step is a `DEFAULT_*` constant below (or a
+//! serde default next to its field), and is resolved there once; the config reference
+//! (`edge-agent config-reference`) prints the same constants.
 //!
 //! **One shape for every protocol.** A device is one flat table whatever its protocol:
 //! the keys every protocol shares (`name`, `protocol`, `poll_interval`, `timeout`,
@@ -127,6 +128,18 @@ pub struct DeviceConfig {
     /// The tags read from this device.
     #[serde(default)]
     pub tags: Vec<TagConfig>,
+}
+
+/// A device config that cannot be built: something validation reports was not caught
+/// (the config was not validated). `path` is relative to the device (`tags[3].table`).
+/// Shared by every protocol's build step ([`crate::modbus::ModbusDevice::build`],
+/// [`crate::opcua::OpcuaDevice::build`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device {device:?}: {path}: {message}")]
+pub struct BuildError {
+    pub device: String,
+    pub path: String,
+    pub message: String,
 }
 
 /// `max_registers_per_request` when unset: the protocol's limit.

@@ -17,6 +17,6 @@ pub mod sample;
 pub mod sim;
 pub mod validate;
 
-pub use config::{DeviceConfig, Protocol, TagConfig};
+pub use config::{BuildError, DeviceConfig, Protocol, TagConfig};
 pub use error::DeviceError;
 pub use sample::{DeviceReport, DriverStats, Quality, ReportKind, Sample, Value};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use edge_drivers::config::{DeviceConfig, Interval, Protocol, TagConfig};
 use edge_drivers::modbus::{write_channel, WriteError, WriteRequest};
 use edge_drivers::opcua::reconnect::max_attempts_within;
-use edge_drivers::opcua::{run_device, OpcuaConfig};
+use edge_drivers::opcua::{run_device, OpcuaConfig, OpcuaDevice};
 use edge_drivers::sim::opcua_server::{scalar_nodes, OpcuaSim, SimOptions};
 use edge_drivers::{DeviceReport, DriverStats, Quality, ReportKind, Sample, Value};
 use opcua::types::Variant;
@@ -66,6 +66,7 @@ impl Driver {
         let (writes, inbox) = write_channel(4);
         let cancel = CancellationToken::new();
         let pki = edge_drivers::opcua::pki_dir(data.path());
+        let device = OpcuaDevice::build(&device).unwrap_or_else(|e| panic!("{e}"));
         let task = tokio::spawn(run_device(device, pki, tx, inbox, cancel.clone()));
         Self { rx, writes, cancel, task, samples: Vec::new(), connected: 0, disconnects: Vec::new(), stats: DriverStats::default() }
     }

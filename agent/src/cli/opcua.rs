@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use edge_drivers::opcua::config::{parse_node_id, IdentityKind, OpcuaConfig};
+use edge_drivers::opcua::config::{parse_node_id, OpcuaConfig};
 use edge_drivers::opcua::pki::{self, CertState};
-use edge_drivers::opcua::{browse, session};
+use edge_drivers::opcua::{browse, session, Connection, Identity, PasswordSource};
 
 #[derive(Subcommand, Debug)]
 pub enum OpcuaCommand {
@@ -104,14 +104,22 @@ pub async fn run(command: OpcuaCommand) -> anyhow::Result<Option<u8>> {
             Ok(None)
         }
         OpcuaCommand::Browse { endpoint, node, depth, snippet, security_policy, security_mode, username, password_env, dir } => {
-            let ua = OpcuaConfig {
+            let security_policy = parse_enum(&security_policy, "--security-policy")?;
+            let security_mode = parse_enum(&security_mode, "--security-mode")?;
+            let identity = match (username, password_env) {
+                (None, _) => Identity::Anonymous,
+                (Some(user), Some(var)) => Identity::UserName { user, password: PasswordSource::Env(var) },
+                (Some(_), None) => bail!("identity = \"username\" without a password source"),
+            };
+            // The session settings a device gets when its config leaves them out.
+            let defaults = OpcuaConfig::default();
+            let connection = Connection {
                 endpoint,
-                security_policy: parse_enum(&security_policy, "--security-policy")?,
-                security_mode: parse_enum(&security_mode, "--security-mode")?,
-                identity: if username.is_some() { IdentityKind::Username } else { IdentityKind::Anonymous },
-                username,
-                password_env,
-                ..Default::default()
+                security_policy,
+                security_mode,
+                identity,
+                auto_trust_server_certificate: defaults.auto_trust_server_certificate,
+                session_timeout: defaults.session_timeout,
             };
             let start = match node {
                 Some(n) => parse_node_id(&n).map_err(anyhow::Error::msg)?,
@@ -123,7 +131,7 @@ pub async fn run(command: OpcuaCommand) -> anyhow::Result<Option<u8>> {
                 Some(d) => (d, false),
                 None => (std::env::temp_dir().join(format!("edge-agent-opcua-browse-{}", std::process::id())), true),
             };
-            let result = browse_to_stdout(&ua, &session::pki_dir(&data_dir), start, depth, snippet).await;
+            let result = browse_to_stdout(&connection, &session::pki_dir(&data_dir), start, depth, snippet).await;
             if throwaway {
                 let _ = std::fs::remove_dir_all(&data_dir);
             }
@@ -137,19 +145,19 @@ fn parse_enum<T: serde::de::DeserializeOwned>(text: &str, flag: &str) -> anyhow:
 }
 
 async fn browse_to_stdout(
-    ua: &OpcuaConfig,
+    connection: &Connection,
     pki: &Path,
     start: edge_drivers::opcua::NodeId,
     depth: usize,
     snippet: bool,
 ) -> anyhow::Result<Option<u8>> {
     let limit = Duration::from_secs(10);
-    let (ua2, pki2) = (ua.clone(), pki.to_path_buf());
-    let mut client = tokio::task::spawn_blocking(move || session::build_client(&ua2, &pki2, limit))
+    let (connection2, pki2) = (connection.clone(), pki.to_path_buf());
+    let mut client = tokio::task::spawn_blocking(move || session::build_client(&connection2, &pki2, limit))
         .await?
         .map_err(|e| anyhow::anyhow!("cannot set up the OPC-UA client: {e}"))?;
-    let identity = session::identity(ua).map_err(anyhow::Error::msg)?;
-    let connected = match session::connect(&mut client, ua, identity, tokio::time::Instant::now() + limit).await {
+    let identity = session::identity(&connection.identity).map_err(anyhow::Error::msg)?;
+    let connected = match session::connect(&mut client, connection, identity, tokio::time::Instant::now() + limit).await {
         Ok(c) => c,
         Err(e) if e.is_untrusted_certificate() => {
             eprintln!("edge-agent: {e}");

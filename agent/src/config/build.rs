@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use edge_drivers::modbus::{build_buses, BuildError, ModbusDevice};
+use edge_drivers::opcua::{build_opcua, OpcuaDevice};
 
 use super::types::{Config, GatewayConfig};
 use crate::store::config::StoreSettings;
@@ -26,6 +27,8 @@ pub struct AgentConfig {
     pub store: StoreSettings,
     /// The Modbus devices, grouped by the connection they share, in config order.
     pub modbus: Vec<Vec<ModbusDevice>>,
+    /// The OPC-UA devices, one session each, in config order.
+    pub opcua: Vec<OpcuaDevice>,
     /// Per `[[models]]` entry, in config order.
     pub models: Vec<ModelRun>,
 }
@@ -50,6 +53,7 @@ impl Config {
             client_id: self.client_id(),
             store: self.store.build(),
             modbus: build_buses(&self.devices)?,
+            opcua: build_opcua(&self.devices)?,
             models: self
                 .models
                 .iter()
@@ -110,6 +114,45 @@ mod tests {
         let built = load_unvalidated(&text).build().unwrap();
         // Then its asset is its name and it runs once per row
         assert_eq!(built.models, vec![ModelRun { name: "m".into(), asset: "m".into(), period: Duration::from_secs(30) }]);
+    }
+
+    #[test]
+    fn an_opcua_device_is_built_with_its_defaults_and_its_identity() {
+        // Given an OPC-UA device that sets its endpoint, a password from the environment and a device
+        // sampling interval, and two tags, one with its own sampling interval and queue
+        let text = format!(
+            "{GATEWAY}[[devices]]\nname = \"press\"\nprotocol = \"opcua\"\n\
+             [devices.opcua]\nendpoint = \"opc.tcp://127.0.0.1:4840/\"\nidentity = \"username\"\nusername = \"operator\"\n\
+             password_env = \"UA_PASSWORD\"\nsampling_interval = \"200ms\"\n\
+             [[devices.tags]]\nname = \"speed\"\nnode_id = \"ns=2;s=Speed\"\n\
+             [[devices.tags]]\nname = \"count\"\nbrowse_path = \"/2:Plant/2:Count\"\nsampling_interval = \"50ms\"\nqueue_size = 3\n"
+        );
+        // When it is built
+        let built = load(&text).build().unwrap();
+
+        // Then it is an OPC-UA device, not a Modbus one, with the password's source and the documented defaults
+        assert!(built.modbus.is_empty());
+        assert_eq!(built.opcua.len(), 1);
+        let d = &built.opcua[0];
+        assert_eq!(d.name, "press");
+        assert_eq!(
+            d.connection.identity,
+            edge_drivers::opcua::Identity::UserName {
+                user: "operator".into(),
+                password: edge_drivers::opcua::PasswordSource::Env("UA_PASSWORD".into())
+            }
+        );
+        assert_eq!(
+            (d.connect_timeout, d.reconnect_min, d.reconnect_max),
+            (Duration::from_secs(10), Duration::from_secs(1), Duration::from_secs(60))
+        );
+        assert_eq!(d.connection.session_timeout, Duration::from_secs(60));
+        // And each tag samples at its own interval, else the device's; its queue is its own, else 10
+        let m: Vec<(Duration, u32)> = d.tags.iter().map(|t| (t.monitoring.sampling_interval, t.monitoring.queue_size)).collect();
+        assert_eq!(m, vec![(Duration::from_millis(200), 10), (Duration::from_millis(50), 3)]);
+        // And both are in one subscription at the publishing interval (500ms)
+        assert_eq!(d.groups.len(), 1);
+        assert_eq!((d.groups[0].poll, d.groups[0].interval, d.groups[0].tags.clone()), (false, Duration::from_millis(500), vec![0, 1]));
     }
 
     /// Parsed with serde's defaults, without the semantic checks (the models here name

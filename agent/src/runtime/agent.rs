@@ -236,11 +236,11 @@ async fn run_once(
         }));
     }
     // OPC-UA devices: one task and one session each.
-    for device in config.devices.iter().filter(|d| d.protocol == edge_drivers::Protocol::Opcua) {
+    for device in built.opcua {
         let (write_tx, inbox) = write_channel(16);
         writers.insert(device.name.clone(), write_tx);
         let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
-        let (device, tx, cancel, lv) = (device.clone(), drivers_tx.clone(), driver_cancel.clone(), live.clone());
+        let (tx, cancel, lv) = (drivers_tx.clone(), driver_cancel.clone(), live.clone());
         let (task, beat) = (format!("driver {}", device.name), Heartbeat::new());
         loops.push((task.clone(), beat.clone(), Duration::ZERO));
         drivers.push(supervise(task, false, register.clone(), driver_cancel.clone(), move || {

@@ -21,15 +21,7 @@ use crate::config::{
 use crate::modbus::transport::Link;
 use crate::modbus::types::{ByteOrder, DataType, Table};
 
-/// A device config that cannot be built: something validation reports was not caught
-/// (the config was not validated). `path` is relative to the device (`tags[3].table`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("device {device:?}: {path}: {message}")]
-pub struct BuildError {
-    pub device: String,
-    pub path: String,
-    pub message: String,
-}
+pub use crate::config::BuildError;
 
 /// One Modbus device, every default resolved.
 #[derive(Debug, Clone, PartialEq)]

@@ -124,8 +124,8 @@ pub struct OpcuaConfig {
     pub publishing_interval: Duration,
     /// How often the server samples each value (default: the interval of the tag's group,
     /// the publishing interval for tags without a `poll_group`). A tag's own
-    /// `sampling_interval` wins. Resolved per tag when the groups are planned
-    /// (`subscription::Monitoring`).
+    /// `sampling_interval` wins. Resolved per tag when the device is built
+    /// (`device::Monitoring`).
     #[serde(default, with = "humantime_serde")]
     pub sampling_interval: Option<Duration>,
     /// Changes the server keeps per item between two publishes (default 10).

@@ -28,13 +28,13 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::config::OpcuaConfig;
+use super::config::SecurityPolicy;
+use super::device::{Connection, OpcuaDevice};
 use super::error::{OpcuaError, ServiceError};
 use super::reconnect::Reconnect;
 use super::session::{build_client, connect, endpoint_gate, identity, Connected};
 use super::subscription::{self, Event, Group, Heartbeat};
 use super::value::{bad_sample, to_sample, to_variant};
-use crate::config::DeviceConfig;
 use crate::heartbeat::Heartbeat as LoopHeartbeat;
 use crate::log_limit::LogLimit;
 use crate::modbus::write::{WriteError, WriteInbox, WriteRequest};
@@ -43,10 +43,11 @@ use crate::sample::{DeviceReport, DriverStats, ReportKind, Sample, Value};
 /// Most samples sent to the agent in one report.
 const MAX_BATCH: usize = 5_000;
 
-/// Runs device `device` until `cancel` fires or the agent stops listening. `pki` is the
-/// agent's OPC-UA PKI directory ([`super::session::pki_dir`]).
+/// Runs device `device` (built from the validated config, [`OpcuaDevice::build`]) until
+/// `cancel` fires or the agent stops listening. `pki` is the agent's OPC-UA PKI directory
+/// ([`super::session::pki_dir`]).
 pub async fn run_device(
-    device: DeviceConfig,
+    device: OpcuaDevice,
     pki: PathBuf,
     reports: mpsc::Sender<DeviceReport>,
     writes: WriteInbox,
@@ -58,17 +59,13 @@ pub async fn run_device(
 /// [`run_device`], beating `heartbeat` on every turn of its loops and promising its
 /// planned waits (a connect, the reconnect delay), for the agent's watchdog.
 pub async fn run_device_beating(
-    device: DeviceConfig,
+    device: OpcuaDevice,
     pki: PathBuf,
     reports: mpsc::Sender<DeviceReport>,
     writes: WriteInbox,
     cancel: CancellationToken,
     heartbeat: LoopHeartbeat,
 ) {
-    let Some(ua) = device.opcua.clone() else {
-        warn!(device = %device.name, "no [devices.opcua] settings; driver not started");
-        return;
-    };
     let mut out = Reporter {
         device: device.name.clone(),
         reports,
@@ -77,14 +74,15 @@ pub async fn run_device_beating(
         log_limit: LogLimit::default(),
         heartbeat,
     };
-    if ua.auto_trust_server_certificate {
+    let conn = &device.connection;
+    if conn.auto_trust_server_certificate {
         warn!(device = %device.name, "auto_trust_server_certificate is on: the server's certificate is trusted without an operator");
     }
-    out.stats.warnings = standing_warnings(&ua, &pki);
-    let (ua2, pki2, t) = (ua.clone(), pki.clone(), device.timeout);
+    out.stats.warnings = standing_warnings(conn, &pki);
+    let (conn2, pki2, t) = (conn.clone(), pki.clone(), device.timeout);
     // Creating the client creates the agent's key pair on first run: seconds of CPU.
     out.heartbeat.alive_until(Instant::now() + Duration::from_secs(60));
-    let mut client = match tokio::task::spawn_blocking(move || build_client(&ua2, &pki2, t)).await {
+    let mut client = match tokio::task::spawn_blocking(move || build_client(&conn2, &pki2, t)).await {
         Ok(Ok(c)) => c,
         Ok(Err(reason)) => {
             out.send(ReportKind::Disconnected(OpcuaError::Client { pki: pki.clone(), reason }.into())).await;
@@ -97,7 +95,7 @@ pub async fn run_device_beating(
     };
     let inbox = writes.receiver();
     let mut writes = inbox.lock().await;
-    let mut delay = Reconnect::new(ua.reconnect_min, ua.reconnect_max);
+    let mut delay = Reconnect::new(device.reconnect_min, device.reconnect_max);
     let mut generation = 0u64;
     let mut last_error: Option<String> = None;
     // Whether the current loss was reported (every tag bad, then `Disconnected`, which the
@@ -108,18 +106,18 @@ pub async fn run_device_beating(
     loop {
         generation += 1;
         // The endpoint's gate may first wait for another device's attempt on the same server.
-        out.heartbeat.alive_until(Instant::now() + ua.connect_timeout * 2);
-        let attempt = attempt(&mut client, &ua, &mut out, &cancel).await;
+        out.heartbeat.alive_until(Instant::now() + device.connect_timeout * 2);
+        let attempt = attempt(&mut client, &device, &mut out, &cancel).await;
         match attempt {
             None => return,
             Some(Err(error)) => {
                 out.stats.transport_errors += 1;
-                out.stats.warnings = standing_warnings(&ua, &pki);
+                out.stats.warnings = standing_warnings(conn, &pki);
                 // A bad tag's reason is the operator's sentence; the device's loss keeps the error.
                 let message = error.to_string();
                 let changed = last_error.as_deref() != Some(message.as_str());
                 if changed {
-                    warn!(device = %device.name, endpoint = %ua.endpoint, error = %message, "OPC-UA connection failed");
+                    warn!(device = %device.name, endpoint = %conn.endpoint, error = %message, "OPC-UA connection failed");
                     last_error = Some(message.clone());
                 }
                 if !loss_reported || (changed && error.needs_operator()) {
@@ -138,19 +136,19 @@ pub async fn run_device_beating(
                 }
                 had_session = true;
                 // A certificate trusted meanwhile is no longer a warning.
-                out.stats.warnings = standing_warnings(&ua, &pki);
-                info!(device = %device.name, endpoint = %ua.endpoint, "OPC-UA session up");
+                out.stats.warnings = standing_warnings(conn, &pki);
+                info!(device = %device.name, endpoint = %conn.endpoint, "OPC-UA session up");
                 if !out.send(ReportKind::Connected).await {
                     return;
                 }
                 let started = Instant::now();
-                let end = run_session(&device, &ua, connected, (generation, rebuild), &mut out, &mut writes, &cancel).await;
+                let end = run_session(&device, connected, (generation, rebuild), &mut out, &mut writes, &cancel).await;
                 match end {
                     SessionEnd::Stopped => return,
                     SessionEnd::Lost(error) => {
                         let reason = error.to_string();
                         if let Some(suppressed) = out.log_limit.allow("session lost") {
-                            warn!(device = %device.name, endpoint = %ua.endpoint, reason = %reason, suppressed, "OPC-UA session lost; rebuilding");
+                            warn!(device = %device.name, endpoint = %conn.endpoint, reason = %reason, suppressed, "OPC-UA session lost; rebuilding");
                         }
                         let now = Utc::now();
                         let bad: Vec<Sample> = device.tags.iter().map(|t| bad_sample(t, &reason, now)).collect();
@@ -162,7 +160,7 @@ pub async fn run_device_beating(
                     }
                 }
                 // A session that stayed up a while: the next failure starts small again.
-                if started.elapsed() >= ua.reconnect_max.min(Duration::from_secs(10)) {
+                if started.elapsed() >= device.reconnect_max.min(Duration::from_secs(10)) {
                     delay.reset();
                 }
             }
@@ -177,12 +175,12 @@ pub async fn run_device_beating(
 }
 
 /// What the status page must say about the device's security setup.
-fn standing_warnings(ua: &OpcuaConfig, pki: &std::path::Path) -> Vec<String> {
+fn standing_warnings(conn: &Connection, pki: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();
-    if ua.auto_trust_server_certificate {
+    if conn.auto_trust_server_certificate {
         out.push("auto_trust_server_certificate is on: any server certificate is trusted without an operator".to_string());
     }
-    if ua.security_policy != super::config::SecurityPolicy::None {
+    if conn.security_policy != SecurityPolicy::None {
         for c in super::pki::rejected(pki) {
             let short: String = c.thumbprint.chars().take(12).collect();
             out.push(format!(
@@ -197,25 +195,26 @@ fn standing_warnings(ua: &OpcuaConfig, pki: &std::path::Path) -> Vec<String> {
 /// One session attempt under the endpoint's gate. `None`: cancelled.
 async fn attempt(
     client: &mut Client,
-    ua: &OpcuaConfig,
+    device: &OpcuaDevice,
     out: &mut Reporter,
     cancel: &CancellationToken,
 ) -> Option<Result<Connected, OpcuaError>> {
-    let gate = endpoint_gate(&ua.endpoint);
+    let conn = &device.connection;
+    let gate = endpoint_gate(&conn.endpoint);
     let _held = tokio::select! {
         () = cancel.cancelled() => return None,
         g = gate.lock() => g,
     };
     out.stats.session_attempts += 1;
-    let token = match identity(ua) {
+    let token = match identity(&conn.identity) {
         Ok(t) => t,
         Err(e) => return Some(Err(OpcuaError::Identity(e))),
     };
-    let deadline = Instant::now() + ua.connect_timeout;
+    let deadline = Instant::now() + device.connect_timeout;
     tokio::select! {
         () = cancel.cancelled() => None,
-        r = connect(client, ua, token, deadline) => Some(r.map_err(|e| {
-            if e.is_untrusted_certificate() && !ua.auto_trust_server_certificate {
+        r = connect(client, conn, token, deadline) => Some(r.map_err(|e| {
+            if e.is_untrusted_certificate() && !conn.auto_trust_server_certificate {
                 OpcuaError::Untrusted(e)
             } else {
                 OpcuaError::Connect(e)
@@ -249,8 +248,7 @@ struct ItemState {
 }
 
 struct SessionState<'a> {
-    device: &'a DeviceConfig,
-    ua: &'a OpcuaConfig,
+    device: &'a OpcuaDevice,
     session: Arc<Session>,
     groups: Vec<Group>,
     /// Subscription id of each group (`None` for polled groups or while missing).
@@ -277,8 +275,7 @@ struct SessionState<'a> {
 }
 
 async fn run_session(
-    device: &DeviceConfig,
-    ua: &OpcuaConfig,
+    device: &OpcuaDevice,
     connected: Connected,
     (generation, rebuild): (u64, bool),
     out: &mut Reporter,
@@ -292,9 +289,8 @@ async fn run_session(
     let lost = &mut connected.lost;
     let mut st = SessionState {
         device,
-        ua,
         session: session.clone(),
-        groups: subscription::plan(device, ua),
+        groups: device.groups.clone(),
         subs: Vec::new(),
         watch: Vec::new(),
         forget: Vec::new(),
@@ -310,7 +306,7 @@ async fn run_session(
     st.subs = vec![None; st.groups.len()];
     st.watch = vec![None; st.groups.len()];
     st.created = vec![false; st.groups.len()];
-    let deadline = Instant::now() + ua.connect_timeout;
+    let deadline = Instant::now() + device.connect_timeout;
     out.heartbeat.alive_until(deadline);
     let setup = tokio::select! {
         () = cancel.cancelled() => return stop(session).await,
@@ -320,7 +316,7 @@ async fn run_session(
     if let Err(e) = setup {
         return SessionEnd::Lost(OpcuaError::Setup(e));
     }
-    let retry_every = ua.reconnect_min.max(Duration::from_millis(200)).min(Duration::from_secs(5));
+    let retry_every = device.reconnect_min.max(Duration::from_millis(200)).min(Duration::from_secs(5));
     let mut next_retry = Instant::now() + retry_every;
     let mut poll_due: Vec<Instant> = st.groups.iter().map(|_| Instant::now()).collect();
     let mut next_stats = Instant::now() + Duration::from_secs(1);
@@ -397,7 +393,7 @@ async fn run_session(
                 }
                 if !st.retry.is_empty() && now >= next_retry {
                     next_retry = now + retry_every;
-                    if let Err(e) = timeout_at_deadline(now + ua.connect_timeout, st.rebuild_items(out)).await {
+                    if let Err(e) = timeout_at_deadline(now + device.connect_timeout, st.rebuild_items(out)).await {
                         return SessionEnd::Lost(OpcuaError::Recreate(e));
                     }
                 }
@@ -439,9 +435,16 @@ impl SessionState<'_> {
     }
 
     async fn create_group_subscription(&mut self, g: usize, out: &mut Reporter) -> Result<(), ServiceError> {
-        let created = subscription::create_subscription(&self.session, g, &self.groups[g], self.ua, &self.events, self.generation)
-            .await
-            .map_err(|status| ServiceError::Refused { service: "CreateSubscription", status })?;
+        let created = subscription::create_subscription(
+            &self.session,
+            g,
+            &self.groups[g],
+            self.device.connection.session_timeout,
+            &self.events,
+            self.generation,
+        )
+        .await
+        .map_err(|status| ServiceError::Refused { service: "CreateSubscription", status })?;
         let id = created.id;
         self.watch[g] = Some((created.heartbeat, created.silence_limit));
         // Rebuilt: after a reconnect, or again in this session after the server dropped it.
@@ -503,7 +506,7 @@ impl SessionState<'_> {
                     to_create.push((i, n.clone()));
                 }
             }
-            let results = subscription::create_items(&self.session, sub, self.device, &self.groups[g], &to_create)
+            let results = subscription::create_items(&self.session, sub, self.device, &to_create)
                 .await
                 .map_err(|status| ServiceError::Refused { service: "CreateMonitoredItems", status })?;
             for (i, status, id) in results {

@@ -20,7 +20,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{timeout_at, Instant};
 
-use super::config::{IdentityKind, OpcuaConfig, SecurityPolicy};
+use super::config::SecurityPolicy;
+use super::device::{Connection, Identity, PasswordSource};
 
 /// The agent's application name and URI in its certificate and sessions.
 pub const APPLICATION_NAME: &str = "edge-agent";
@@ -58,50 +59,49 @@ pub fn pki_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("opcua").join("pki")
 }
 
-/// A client for one device. Creating it creates the agent's certificate and key on first
-/// use (slow: run it off the async threads).
-pub fn build_client(ua: &OpcuaConfig, pki: &Path, request_timeout: Duration) -> Result<Client, String> {
+/// A client for one device (or a commissioning tool) connecting with `connection`.
+/// Creating it creates the agent's certificate and key on first use (slow: run it off the
+/// async threads).
+pub fn build_client(connection: &Connection, pki: &Path, request_timeout: Duration) -> Result<Client, String> {
     ClientBuilder::new()
         .application_name(APPLICATION_NAME)
         .application_uri(APPLICATION_URI)
         .product_uri(APPLICATION_URI)
         .pki_dir(pki)
         .create_sample_keypair(true)
-        .trust_server_certs(ua.auto_trust_server_certificate)
+        .trust_server_certs(connection.auto_trust_server_certificate)
         .verify_server_certs(true)
         // The driver reconnects by itself (see the module notes).
         .session_retry_limit(0)
-        .session_timeout(u32::try_from(ua.session_timeout.as_millis()).unwrap_or(u32::MAX))
+        .session_timeout(u32::try_from(connection.session_timeout.as_millis()).unwrap_or(u32::MAX))
         .request_timeout(request_timeout.max(Duration::from_millis(500)))
-        .keep_alive_interval(Duration::from_secs(5).min(ua.session_timeout / 4))
+        .keep_alive_interval(Duration::from_secs(5).min(connection.session_timeout / 4))
         .max_failed_keep_alive_count(2)
         .client()
         .map_err(|e| e.join("; "))
 }
 
-/// The identity token for the session; reads the password or the user certificate.
-/// Errors never contain the password.
-pub fn identity(ua: &OpcuaConfig) -> Result<IdentityToken, String> {
-    match ua.identity {
-        IdentityKind::Anonymous => Ok(IdentityToken::Anonymous),
-        IdentityKind::Username => {
-            let user = ua.username.clone().unwrap_or_default();
-            let password = match (&ua.password_file, &ua.password_env) {
-                (Some(file), _) => std::fs::read_to_string(file)
+/// The identity token for the session; reads the password or the user certificate and
+/// key now (on every attempt: a changed password file is picked up). Errors never contain
+/// the password.
+pub fn identity(identity: &Identity) -> Result<IdentityToken, String> {
+    match identity {
+        Identity::Anonymous => Ok(IdentityToken::Anonymous),
+        Identity::UserName { user, password } => {
+            let password = match password {
+                PasswordSource::File(file) => std::fs::read_to_string(file)
                     .map_err(|e| format!("cannot read password_file {}: {e}", file.display()))?
                     .lines()
                     .next()
                     .unwrap_or_default()
                     .to_string(),
-                (None, Some(var)) => std::env::var(var).map_err(|_| format!("environment variable {var} (password_env) is not set"))?,
-                (None, None) => return Err("identity = \"username\" without a password source".into()),
+                PasswordSource::Env(var) => {
+                    std::env::var(var).map_err(|_| format!("environment variable {var} (password_env) is not set"))?
+                }
             };
-            Ok(IdentityToken::new_user_name(user, password))
+            Ok(IdentityToken::new_user_name(user.clone(), password))
         }
-        IdentityKind::Certificate => {
-            let (Some(cert), Some(key)) = (&ua.user_certificate, &ua.user_private_key) else {
-                return Err("identity = \"certificate\" without user_certificate and user_private_key".into());
-            };
+        Identity::Certificate { cert, key } => {
             let x509 = read_x509(cert)?;
             let pkey = CertificateStore::read_pkey(key).map_err(|e| format!("cannot read user_private_key {}: {e}", key.display()))?;
             Ok(IdentityToken::new_x509(x509, pkey))
@@ -131,14 +131,19 @@ impl Drop for Connected {
 
 /// One attempt: GetEndpoints, then the secure channel and the session, all before
 /// `deadline`. The caller holds the endpoint's gate.
-pub async fn connect(client: &mut Client, ua: &OpcuaConfig, identity: IdentityToken, deadline: Instant) -> Result<Connected, ConnectError> {
-    let url = ua.endpoint.as_str();
+pub async fn connect(
+    client: &mut Client,
+    connection: &Connection,
+    identity: IdentityToken,
+    deadline: Instant,
+) -> Result<Connected, ConnectError> {
+    let url = connection.endpoint.as_str();
     let endpoints = match timeout_at(deadline, client.get_server_endpoints_from_url(url)).await {
         Err(_) => return Err(ConnectError::new(Some(StatusCode::BadTimeout), format!("no answer from {url} (GetEndpoints) in time"))),
         Ok(Err(e)) => return Err(ConnectError::new(Some(e.status()), format!("GetEndpoints on {url} failed: {e}"))),
         Ok(Ok(e)) => e,
     };
-    let wanted = EndpointDescription::from((url, ua.security_policy.to_opcua().to_uri(), ua.security_mode.to_opcua()));
+    let wanted = EndpointDescription::from((url, connection.security_policy.to_opcua().to_uri(), connection.security_mode.to_opcua()));
     let (session, event_loop) = client
         .session_builder()
         .with_endpoints(endpoints.clone())
@@ -152,8 +157,8 @@ pub async fn connect(client: &mut Client, ua: &OpcuaConfig, identity: IdentityTo
                 Some(e.status()),
                 format!(
                     "the server offers no endpoint with {:?} / {:?} (it offers: {})",
-                    ua.security_policy,
-                    ua.security_mode,
+                    connection.security_policy,
+                    connection.security_mode,
                     offered.join(", ")
                 ),
             )

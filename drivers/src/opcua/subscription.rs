@@ -1,6 +1,6 @@
-//! What the driver asks of a session: tags grouped by interval into subscriptions (or
-//! polled groups), browse paths resolved to nodes, monitored items created with their
-//! sampling interval, queue and deadband filter.
+//! What the driver asks of a session: the device's groups (built once with the device,
+//! [`super::device::Group`]) as subscriptions (or polled groups), browse paths resolved to
+//! nodes, monitored items created with their sampling interval, queue and deadband filter.
 //!
 //! Notifications arrive in the library's callbacks; they are forwarded, tagged with the
 //! session's generation, into one channel that the driver task drains. A notification
@@ -18,8 +18,9 @@ use opcua::types::{
 };
 use tokio::sync::mpsc;
 
-use super::config::{tag_address, Address, OpcuaConfig};
-use crate::config::{DeviceConfig, TagConfig};
+use super::config::Address;
+pub use super::device::{Group, Monitoring};
+use super::device::{OpcuaDevice, OpcuaTag};
 
 /// Most notifications the server may put in one Publish response. Without a limit a server
 /// packs everything queued into one message; with a thousand items that overruns the
@@ -65,60 +66,6 @@ pub fn events() -> (Events, EventsRx) {
     (Events { data, status, dropped: Arc::default() }, EventsRx { data: data_rx, status: status_rx })
 }
 
-/// Tags that share an interval and a way of being read.
-#[derive(Debug, Clone)]
-pub struct Group {
-    /// The device's poll group, `None` for the default one.
-    pub name: Option<String>,
-    /// Publishing interval of the subscription, or the polling interval.
-    pub interval: Duration,
-    /// Read with the Read service every interval instead of subscribing.
-    pub poll: bool,
-    /// Indices into the device's tags.
-    pub tags: Vec<usize>,
-    /// The monitoring parameters of every tag of the device (by tag index), resolved once
-    /// when the groups are planned; only this group's `tags` are used from it.
-    pub monitoring: Arc<[Monitoring]>,
-}
-
-/// The parameters of one tag's monitored item, every default resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Monitoring {
-    /// The tag's `sampling_interval`, else the device's, else its group's interval.
-    pub sampling_interval: Duration,
-    /// The tag's `queue_size`, else the device's.
-    pub queue_size: u32,
-}
-
-/// The groups of a device, in the order of their first tag.
-pub fn plan(device: &DeviceConfig, ua: &OpcuaConfig) -> Vec<Group> {
-    let interval_of = |name: &Option<String>| match name {
-        Some(_) => device.group_interval(name.as_deref()),
-        None if ua.polls(None) => device.poll_interval,
-        None => ua.publishing_interval,
-    };
-    let monitoring: Arc<[Monitoring]> = device
-        .tags
-        .iter()
-        .map(|tag| Monitoring {
-            sampling_interval: tag.sampling_interval.or(ua.sampling_interval).unwrap_or_else(|| interval_of(&tag.poll_group)),
-            queue_size: tag.queue_size.unwrap_or(ua.queue_size),
-        })
-        .collect();
-    let mut groups: Vec<Group> = Vec::new();
-    for (i, tag) in device.tags.iter().enumerate() {
-        let name = tag.poll_group.clone();
-        if let Some(g) = groups.iter_mut().find(|g| g.name == name) {
-            g.tags.push(i);
-            continue;
-        }
-        let poll = ua.polls(name.as_deref());
-        let interval = interval_of(&name);
-        groups.push(Group { name, interval, poll, tags: vec![i], monitoring: monitoring.clone() });
-    }
-    groups
-}
-
 /// The client handle of tag `index` (handles start at 1; 0 lets the library pick).
 pub fn handle_of(index: usize) -> u32 {
     u32::try_from(index + 1).unwrap_or(u32::MAX)
@@ -131,14 +78,13 @@ pub fn index_of(handle: u32) -> Option<usize> {
 
 /// Resolves the nodes of `tags`: NodeIds as they are, browse paths through
 /// TranslateBrowsePathsToNodeIds from the Objects folder. One result per tag.
-pub async fn resolve(session: &Session, device: &DeviceConfig, tags: &[usize]) -> Vec<(usize, Result<NodeId, String>)> {
+pub async fn resolve(session: &Session, device: &OpcuaDevice, tags: &[usize]) -> Vec<(usize, Result<NodeId, String>)> {
     let mut out = Vec::with_capacity(tags.len());
     let mut paths = Vec::new();
     for &i in tags {
-        match tag_address(&device.tags[i]) {
-            Ok(Address::Node(n)) => out.push((i, Ok(n))),
-            Ok(Address::Path(p)) => paths.push((i, p)),
-            Err(e) => out.push((i, Err(e))),
+        match &device.tags[i].address {
+            Address::Node(n) => out.push((i, Ok(n.clone()))),
+            Address::Path(p) => paths.push((i, p.clone())),
         }
     }
     if paths.is_empty() {
@@ -240,12 +186,13 @@ impl OnSubscriptionNotificationCore for Forward {
 }
 
 /// Creates the subscription of group `group_index`, forwarding its notifications to
-/// `events` tagged with `generation`.
+/// `events` tagged with `generation`. `session_timeout`: the session's (the subscription
+/// lives at least as long).
 pub async fn create_subscription(
     session: &Session,
     group_index: usize,
     group: &Group,
-    ua: &OpcuaConfig,
+    session_timeout: Duration,
     events: &Events,
     generation: u64,
 ) -> Result<Subscribed, StatusCode> {
@@ -256,7 +203,7 @@ pub async fn create_subscription(
     // and a subscription it dropped silently is noticed within seconds.
     let interval_ms = group.interval.as_millis().max(1) as u64;
     let keep_alive = (KEEP_ALIVE_TARGET_MS / interval_ms).clamp(3, 1000) as u32;
-    let lifetime = ((ua.session_timeout.as_millis() as u64 / interval_ms) as u32).max(keep_alive * 3);
+    let lifetime = ((session_timeout.as_millis() as u64 / interval_ms) as u32).max(keep_alive * 3);
     let id = session
         .create_subscription(group.interval, lifetime, keep_alive, MAX_NOTIFICATIONS_PER_PUBLISH, 0, true, forward)
         .await
@@ -275,7 +222,8 @@ pub async fn create_subscription(
 const KEEP_ALIVE_TARGET_MS: u64 = 1_000;
 
 /// The create request of one tag's monitored item.
-pub fn item_request(index: usize, tag: &TagConfig, node: NodeId, monitoring: Monitoring) -> MonitoredItemCreateRequest {
+pub fn item_request(index: usize, tag: &OpcuaTag, node: NodeId) -> MonitoredItemCreateRequest {
+    let monitoring = tag.monitoring;
     MonitoredItemCreateRequest {
         item_to_monitor: ReadValueId { node_id: node, attribute_id: AttributeId::Value as u32, ..Default::default() },
         monitoring_mode: MonitoringMode::Reporting,
@@ -292,7 +240,7 @@ pub fn item_request(index: usize, tag: &TagConfig, node: NodeId, monitoring: Mon
 /// The server-side deadband of a tag: `deadband` is absolute in engineering units (so
 /// divided by the tag's scale for the server's raw value); `deadband_percent` is the
 /// OPC-UA percent deadband (percent of the node's EURange; the server must have one).
-pub fn deadband_filter(tag: &TagConfig) -> Option<DataChangeFilter> {
+pub fn deadband_filter(tag: &OpcuaTag) -> Option<DataChangeFilter> {
     let (kind, value) = match (tag.deadband, tag.deadband_percent) {
         (Some(d), _) => (DeadbandType::Absolute, d / tag.scale.abs()),
         (None, Some(p)) => (DeadbandType::Percent, p),
@@ -306,8 +254,7 @@ pub fn deadband_filter(tag: &TagConfig) -> Option<DataChangeFilter> {
 pub async fn create_items(
     session: &Session,
     sub: u32,
-    device: &DeviceConfig,
-    group: &Group,
+    device: &OpcuaDevice,
     items: &[(usize, NodeId)],
 ) -> Result<Vec<(usize, StatusCode, u32)>, StatusCode> {
     if items.is_empty() {
@@ -316,7 +263,7 @@ pub async fn create_items(
     let mut out = Vec::with_capacity(items.len());
     // Servers cap the items per request (MaxMonitoredItemsPerCall); stay well under it.
     for chunk in items.chunks(500) {
-        let requests = chunk.iter().map(|(i, n)| item_request(*i, &device.tags[*i], n.clone(), group.monitoring[*i])).collect();
+        let requests = chunk.iter().map(|(i, n)| item_request(*i, &device.tags[*i], n.clone())).collect();
         let results = session.create_monitored_items(sub, TimestampsToReturn::Both, requests).await.map_err(|e| e.status())?;
         for ((i, _), r) in chunk.iter().zip(results.iter()) {
             out.push((*i, r.result.status_code, r.result.monitored_item_id));
@@ -338,70 +285,21 @@ pub async fn read(session: &Session, items: &[(usize, NodeId)]) -> Result<Vec<(u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Interval, Protocol};
+    use crate::config::TagConfig;
+    use crate::opcua::OpcuaConfig;
 
-    fn tag(name: &str, group: Option<&str>) -> TagConfig {
-        TagConfig {
-            name: name.into(),
-            table: None,
-            address: None,
-            node_id: Some("ns=2;i=1".into()),
-            poll_group: group.map(Into::into),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn tags_are_grouped_by_poll_group_and_polled_groups_are_marked() {
-        let mut device = DeviceConfig {
-            protocol: Protocol::Opcua,
-            tags: vec![tag("a", None), tag("b", Some("slow")), tag("c", None)],
-            ..Default::default()
-        };
-        device.poll_groups.insert("slow".into(), Interval(Duration::from_secs(10)));
-        let ua = OpcuaConfig { poll_groups: vec!["slow".into()], ..Default::default() };
-        let groups = plan(&device, &ua);
-        assert_eq!(groups.len(), 2);
-        assert_eq!((groups[0].tags.clone(), groups[0].poll, groups[0].interval), (vec![0, 2], false, ua.publishing_interval));
-        assert_eq!((groups[1].tags.clone(), groups[1].poll, groups[1].interval), (vec![1], true, Duration::from_secs(10)));
-    }
-
-    #[test]
-    fn each_tag_samples_at_its_own_then_the_device_then_the_group_interval() {
-        // Given a device with a tag that sets its own sampling interval and queue, one that sets none, and one in a poll group
-        let mut device = DeviceConfig {
-            protocol: Protocol::Opcua,
-            tags: vec![
-                tag("a", None),
-                TagConfig { sampling_interval: Some(Duration::from_millis(50)), queue_size: Some(3), ..tag("b", None) },
-                tag("c", Some("slow")),
-            ],
-            ..Default::default()
-        };
-        device.poll_groups.insert("slow".into(), Interval(Duration::from_secs(10)));
-        let plain = OpcuaConfig::default();
-
-        // When the groups are planned without a device sampling interval
-        let m = plan(&device, &plain)[0].monitoring.clone();
-        // Then a tag samples at its own interval, else at its group's; its queue is its own, else the device's
-        assert_eq!((m[0].sampling_interval, m[0].queue_size), (plain.publishing_interval, 10));
-        assert_eq!((m[1].sampling_interval, m[1].queue_size), (Duration::from_millis(50), 3));
-        assert_eq!(m[2].sampling_interval, Duration::from_secs(10));
-
-        // And with a device sampling interval, the tags without their own take it
-        let ua = OpcuaConfig { sampling_interval: Some(Duration::from_millis(200)), queue_size: 7, ..Default::default() };
-        let m = plan(&device, &ua)[0].monitoring.clone();
-        let got: Vec<(Duration, u32)> = m.iter().map(|m| (m.sampling_interval, m.queue_size)).collect();
-        assert_eq!(got, vec![(Duration::from_millis(200), 7), (Duration::from_millis(50), 3), (Duration::from_millis(200), 7)]);
+    fn tag(name: &str) -> OpcuaTag {
+        let cfg = TagConfig { name: name.into(), table: None, address: None, node_id: Some("ns=2;i=1".into()), ..Default::default() };
+        OpcuaTag::build(&cfg, &OpcuaConfig::default(), Duration::from_secs(1)).unwrap()
     }
 
     #[test]
     fn an_absolute_deadband_is_sent_in_raw_units() {
-        let t = TagConfig { deadband: Some(0.5), scale: 0.1, ..tag("a", None) };
+        let t = OpcuaTag { deadband: Some(0.5), scale: 0.1, ..tag("a") };
         let f = deadband_filter(&t).unwrap();
         assert_eq!(f.deadband_type, DeadbandType::Absolute as u32);
         assert!((f.deadband_value - 5.0).abs() < 1e-9);
-        assert!(deadband_filter(&tag("b", None)).is_none());
+        assert!(deadband_filter(&tag("b")).is_none());
     }
 
     #[test]

@@ -13,14 +13,14 @@
 use chrono::{DateTime, Utc};
 use opcua::types::{DataValue, StatusCode, Variant};
 
-use crate::config::TagConfig;
+use super::device::OpcuaTag;
 use crate::sample::{Quality, Sample, Value};
 
 /// Turns one notification (or read result) of `tag` into a sample, received at `now`.
 /// Both of the server's timestamps are kept: `server_ts` is its `ServerTimestamp`, and
 /// the source timestamp is its `SourceTimestamp`, else the `ServerTimestamp`, else `now`
 /// (a server may leave either out; OPC-UA's "no time" is the epoch or `None`).
-pub fn to_sample(tag: &TagConfig, dv: &DataValue, now: DateTime<Utc>) -> Sample {
+pub fn to_sample(tag: &OpcuaTag, dv: &DataValue, now: DateTime<Utc>) -> Sample {
     let status = dv.status.unwrap_or(StatusCode::Good);
     let stamp = |t: Option<opcua::types::DateTime>| t.map(|t| t.as_chrono()).filter(|t| t.timestamp() > 0);
     let server_ts = stamp(dv.server_timestamp);
@@ -49,7 +49,7 @@ pub fn to_sample(tag: &TagConfig, dv: &DataValue, now: DateTime<Utc>) -> Sample 
 }
 
 /// A bad sample for `tag` without a value (connection lost, node unknown…).
-pub fn bad_sample(tag: &TagConfig, reason: &str, now: DateTime<Utc>) -> Sample {
+pub fn bad_sample(tag: &OpcuaTag, reason: &str, now: DateTime<Utc>) -> Sample {
     Sample { tag: tag.name.clone(), value: None, quality: Quality::Bad(reason.to_string()), source_ts: now, server_ts: None, agent_ts: now }
 }
 
@@ -111,7 +111,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Scaling and clamping of a numeric value, as for Modbus tags: `raw × scale + offset`,
 /// clamped values marked uncertain.
-fn engineering(tag: &TagConfig, v: Value, quality: Quality) -> (Option<Value>, Quality) {
+fn engineering(tag: &OpcuaTag, v: Value, quality: Quality) -> (Option<Value>, Quality) {
     let raw = match v {
         Value::Int(i) if tag.is_unscaled() && tag.clamp_min.is_none() && tag.clamp_max.is_none() => return (Some(Value::Int(i)), quality),
         Value::Int(i) => i as f64,
@@ -140,7 +140,7 @@ fn engineering(tag: &TagConfig, v: Value, quality: Quality) -> (Option<Value>, Q
 
 /// The variant to write for `value`, shaped like `current` (the node's present value),
 /// so that the server gets its own data type. Numbers are inverse-scaled.
-pub fn to_variant(tag: &TagConfig, value: &Value, current: &Variant) -> Result<Variant, String> {
+pub fn to_variant(tag: &OpcuaTag, value: &Value, current: &Variant) -> Result<Variant, String> {
     let number = || -> Result<f64, String> {
         let x = match value {
             Value::Int(i) => *i as f64,
@@ -230,10 +230,13 @@ pub fn type_name(v: &Variant) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TagConfig;
+    use crate::opcua::OpcuaConfig;
     use opcua::types::{ByteString, DateTime as UaDateTime, Guid, LocalizedText, QualifiedName};
 
-    fn tag() -> TagConfig {
-        TagConfig { name: "t".into(), table: None, address: None, ..Default::default() }
+    fn tag() -> OpcuaTag {
+        let cfg = TagConfig { name: "t".into(), table: None, address: None, node_id: Some("ns=2;i=1".into()), ..Default::default() };
+        OpcuaTag::build(&cfg, &OpcuaConfig::default(), std::time::Duration::from_secs(1)).unwrap()
     }
 
     fn dv(v: impl Into<Variant>, status: StatusCode) -> DataValue {
@@ -334,7 +337,7 @@ mod tests {
 
     #[test]
     fn numbers_are_scaled_and_clamped_like_modbus_tags() {
-        let t = TagConfig { scale: 0.1, offset: 1.0, clamp_max: Some(5.0), ..tag() };
+        let t = OpcuaTag { scale: 0.1, offset: 1.0, clamp_max: Some(5.0), ..tag() };
         let s = to_sample(&t, &dv(Variant::Int16(20), StatusCode::Good), Utc::now());
         assert_eq!(s.value, Some(Value::Float(3.0)));
         let s = to_sample(&t, &dv(Variant::Int16(100), StatusCode::Good), Utc::now());
@@ -344,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_write_takes_the_type_of_the_node_and_is_inverse_scaled() {
-        let t = TagConfig { scale: 0.1, ..tag() };
+        let t = OpcuaTag { scale: 0.1, ..tag() };
         assert_eq!(to_variant(&t, &Value::Float(12.3), &Variant::UInt16(0)).unwrap(), Variant::UInt16(123));
         assert!(to_variant(&t, &Value::Float(12.34), &Variant::UInt16(0)).unwrap_err().contains("whole"));
         assert!(to_variant(&t, &Value::Float(-1.0), &Variant::UInt16(0)).unwrap_err().contains("range"));
