@@ -71,6 +71,8 @@ impl Config {
         format!("{}/{}/{}", self.mqtt.prefix, self.gateway.site, self.gateway.id)
     }
 
+    /// `mqtt.client_id`, else `edge-agent-{gateway.id}`: the one place this default is
+    /// resolved (by [`Config::build`] and the uplink's build step, `Prepared::load`).
     pub fn client_id(&self) -> String {
         self.mqtt.client_id.clone().unwrap_or_else(|| format!("edge-agent-{}", self.gateway.id))
     }

@@ -105,7 +105,10 @@ pub fn check(config: &Config) -> Result<(), OptionsError> {
 }
 
 impl Prepared {
-    /// Loads the files and the password (from the process environment for `password_env`).
+    /// `[mqtt]`'s build step: every default resolved (the client id from the gateway id),
+    /// the files and the password read (from the process environment for `password_env`).
+    /// Run by `check-config` and at each start of the uplink task, so that a renewed
+    /// certificate or password file is read again on a restart.
     pub fn load(config: &Config) -> Result<Self, OptionsError> {
         Self::load_with_env(config, |name| std::env::var_os(name))
     }
