@@ -16,6 +16,7 @@ pub mod live;
 pub mod payload;
 pub mod recent_events;
 pub mod runtime;
+pub mod sparkplug;
 pub mod store;
 pub mod uplink;
 pub mod watch;

@@ -84,6 +84,7 @@ tag = "t"
 
 [calendar]
 [history]
+[sparkplug]
 [gpio]
 [[gpio.outputs]]
 pin = 17
@@ -238,6 +239,12 @@ pub fn sections() -> Vec<Section> {
                     Serde,
                     "MQTT 5 only: how long the broker keeps this gateway's session (its subscription to commands and the commands queued for it) after the connection is gone. 1m–136y. Ignored with 3.1.1, whose session does not expire.",
                 ),
+                key(
+                    "payload",
+                    "string",
+                    Serde,
+                    "What is published: `\"json\"` (the contract of docs/mqtt.md) or `\"sparkplug\"` (a Sparkplug B 3.0 edge node under `spBv1.0/{group_id}/…`, set up in `[sparkplug]`). Either way every batch goes through the outbox and is deleted only on its PUBACK.",
+                ),
             ],
             outro: "",
         },
@@ -277,6 +284,23 @@ pub fn sections() -> Vec<Section> {
                 key("port", "integer", Serde, "Its port. Not the same broker as `mqtt.host`/`mqtt.port`."),
             ],
             outro: "Same client id, TLS settings and login as the first broker. After `failover_after` failed connects in a row the uplink switches brokers, and stays on the new one until it fails as often (no automatic return while it works).",
+        },
+        Section {
+            heading: "## `[sparkplug]`: the Sparkplug B edge node",
+            intro: "Used with `mqtt.payload = \"sparkplug\"`. The node connects with a clean session and registers its NDEATH (with `bdSeq`) as the MQTT Will; `bdSeq` is kept in `{data_dir}/sparkplug-bdseq` and advanced, and saved, before every CONNECT. Each session publishes an NBIRTH, a DBIRTH per device (every metric with its alias, datatype, `engUnit`, `engLow`/`engHigh` from `clamp_min`/`clamp_max`), then each stored batch as one DDATA by alias, `is_historical` when it was stored before the session's birth. Replies and events stay on the JSON topics (`{prefix}/{site}/{gateway}/…`).",
+            path: "sparkplug",
+            keys: vec![
+                key("group_id", "string", Text("`gateway.site`"), "The Sparkplug group id: the second topic level. No `/`, `+` or `#`."),
+                key("edge_node_id", "string", Text("`gateway.id`"), "The edge node id. No `/`, `+` or `#`."),
+                key(
+                    "primary_host_id",
+                    "string",
+                    Text("none"),
+                    "The primary host application whose `spBv1.0/STATE/{id}` the node follows. Not yet used: births and data are published whenever the broker is reachable.",
+                ),
+                key("allow_reboot", "bool", Serde, "Whether a host's `Node Control/Reboot` is obeyed. Not yet used: NCMD is not subscribed to."),
+            ],
+            outro: "",
         },
         Section {
             heading: "## `[store]`",

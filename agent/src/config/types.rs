@@ -42,6 +42,9 @@ pub struct Config {
     /// The stack light, relays and digital inputs (`[gpio]`).
     #[serde(default)]
     pub gpio: crate::gpio::config::GpioConfig,
+    /// The Sparkplug B edge node (`[sparkplug]`), used with `mqtt.payload = "sparkplug"`.
+    #[serde(default)]
+    pub sparkplug: crate::sparkplug::config::SparkplugConfig,
 }
 
 /// `[gateway]`: who this gateway is and where it keeps its data.

@@ -22,6 +22,7 @@ impl Config {
         self.calendar.validate("calendar", &mut issues);
         self.history.validate("history", &mut issues);
         self.gpio.validate("gpio", &mut issues);
+        self.sparkplug.validate("sparkplug", &mut issues);
         if !self.gpio.inputs.is_empty() {
             if let Some(i) = self.devices.iter().position(|d| d.name == crate::gpio::DEVICE) {
                 issues.push(

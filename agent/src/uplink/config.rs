@@ -66,6 +66,21 @@ pub struct MqttConfig {
     /// queued commands) after the connection is gone; the 3.1.1 session never expires.
     #[serde(default = "default_session_expiry", with = "humantime_serde")]
     pub session_expiry: Duration,
+    /// What is published: `"json"` (the default, docs/mqtt.md) or `"sparkplug"`
+    /// (Sparkplug B 3.0 edge node, settings in `[sparkplug]`).
+    #[serde(default)]
+    pub payload: PayloadFormat,
+}
+
+/// `mqtt.payload`: the contract spoken on the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// The JSON contract of docs/mqtt.md.
+    #[default]
+    Json,
+    /// Sparkplug B 3.0 (protobuf) under `spBv1.0/{group_id}/…`.
+    Sparkplug,
 }
 
 /// `mqtt.protocol`: which MQTT version the uplink speaks.
@@ -166,6 +181,7 @@ impl Default for MqttConfig {
             replay_max_per_sec: default_replay_max_per_sec(),
             protocol: Protocol::default(),
             session_expiry: default_session_expiry(),
+            payload: PayloadFormat::default(),
         }
     }
 }

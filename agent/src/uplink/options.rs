@@ -23,7 +23,7 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::config::Protocol;
+use super::config::{PayloadFormat, Protocol};
 use super::topics::Topics;
 use crate::config::Config;
 use crate::payload;
@@ -79,6 +79,9 @@ pub struct Prepared {
     /// `mqtt.protocol`: which of [`Prepared::options`] / [`Prepared::options_v5`] is used.
     pub protocol: Protocol,
     session_expiry: Duration,
+    /// `mqtt.payload`: a Sparkplug edge node connects with a clean session (Sparkplug 3.0
+    /// requires it; the outbox, not the broker, keeps what was not delivered).
+    payload: PayloadFormat,
     /// For [`Prepared::explain`].
     username: Option<String>,
     password_source: Option<String>,
@@ -148,6 +151,7 @@ impl Prepared {
             brokers,
             protocol: mqtt.protocol,
             session_expiry: mqtt.session_expiry,
+            payload: mqtt.payload,
             username: mqtt.username.clone(),
             password_source,
             ca_file: mqtt.tls.as_ref().and_then(|t| t.ca_file.clone()),
@@ -165,8 +169,9 @@ impl Prepared {
     pub fn options(&self, broker: &Broker) -> MqttOptions {
         let mut opts = MqttOptions::new(self.client_id.clone(), broker.host.clone(), broker.port);
         opts.set_keep_alive(self.keep_alive)
-            // Keep the broker-side session (and queued commands) across reconnects.
-            .set_clean_session(false)
+            // Keep the broker-side session (and queued commands) across reconnects; not for
+            // a Sparkplug edge node, which must start each session clean.
+            .set_clean_session(self.payload == PayloadFormat::Sparkplug)
             .set_inflight(self.max_inflight)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_last_will(LastWill::new(
@@ -192,9 +197,10 @@ impl Prepared {
     pub fn options_v5(&self, broker: &Broker) -> rumqttc::v5::MqttOptions {
         let mut opts = rumqttc::v5::MqttOptions::new(self.client_id.clone(), broker.host.clone(), broker.port);
         let expiry = u32::try_from(self.session_expiry.as_secs()).unwrap_or(u32::MAX - 1);
+        let sparkplug = self.payload == PayloadFormat::Sparkplug;
         opts.set_keep_alive(self.keep_alive)
-            .set_clean_start(false)
-            .set_session_expiry_interval(Some(expiry))
+            .set_clean_start(sparkplug)
+            .set_session_expiry_interval(Some(if sparkplug { 0 } else { expiry }))
             .set_outgoing_inflight_upper_limit(self.max_inflight)
             .set_max_packet_size(Some(MAX_PACKET as u32))
             .set_last_will(V5LastWill::new(

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use super::config::PayloadFormat;
 use super::options::{Broker, Prepared};
 use super::schedule::Schedule;
 use super::topics::{Topics, RESPONSE};
@@ -40,6 +41,8 @@ use super::transport::{LinkError, Transport, Wire};
 use crate::config::Config;
 use crate::live::Live;
 use crate::payload::{self, TelemetryPayload};
+use crate::sparkplug::bdseq::BdSeq;
+use crate::sparkplug::node::{EdgeNode, NodeInfo};
 use crate::store::Outbox;
 
 /// Set to `Some(deadline)` to make the uplink drain the outbox and go offline.
@@ -133,6 +136,73 @@ struct Session {
     /// Warnings that can repeat on every message, by kind: a store error on the ack path
     /// (one per acked publish while the store fails), a command dropped.
     repeated: LogLimit,
+    /// `mqtt.payload = "sparkplug"`: the edge node (births, DDATA, the NDEATH Will).
+    sparkplug: Option<Sparkplug>,
+}
+
+/// The Sparkplug edge node's part of the session.
+struct Sparkplug {
+    node: EdgeNode,
+    bdseq: BdSeq,
+    /// The `bdSeq` of the CONNECT in progress (in its NDEATH Will, and its NBIRTH's).
+    current: u8,
+    reboot_allowed: bool,
+}
+
+impl Sparkplug {
+    /// Reads the persisted `bdSeq` and takes the next one for the first CONNECT.
+    async fn start(config: &Config) -> Self {
+        let ids = config.sparkplug.ids(&config.gateway.site, &config.gateway.id);
+        let node = EdgeNode::new(ids, &config.devices);
+        let dir = config.gateway.data_dir.clone();
+        let unread = BdSeq::unread(&dir);
+        let (bdseq, current) = match tokio::task::spawn_blocking(move || {
+            let (mut b, read) = BdSeq::open(&dir);
+            if let Some(e) = read {
+                warn!(error = %e, "sparkplug: could not read the last bdSeq");
+            }
+            let (current, written) = b.advance();
+            if let Some(e) = written {
+                error!(error = %e, "sparkplug: could not save bdSeq; a restart may repeat it");
+            }
+            (b, current)
+        })
+        .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                error!(error = %e, "sparkplug: reading bdSeq failed; starting from 0");
+                (unread, 0)
+            }
+        };
+        info!(group_id = %node.ids().group_id, edge_node_id = %node.ids().edge_node_id, bd_seq = current, "sparkplug edge node");
+        Sparkplug { node, bdseq, current, reboot_allowed: config.sparkplug.allow_reboot }
+    }
+
+    /// The next CONNECT's `bdSeq`: advanced and saved before it is used.
+    async fn advance(&mut self) {
+        let mut b = self.bdseq.clone();
+        match tokio::task::spawn_blocking(move || {
+            let (current, written) = b.advance();
+            (b, current, written)
+        })
+        .await
+        {
+            Ok((b, current, written)) => {
+                if let Some(e) = written {
+                    error!(error = %e, "sparkplug: could not save bdSeq; a restart may repeat it");
+                }
+                self.bdseq = b;
+                self.current = current;
+            }
+            Err(e) => error!(error = %e, "sparkplug: advancing bdSeq failed"),
+        }
+    }
+
+    fn arm_will(&self, transport: &mut Transport) {
+        let death = self.node.death(self.current, Utc::now());
+        transport.set_will(death.topic, death.payload);
+    }
 }
 
 impl Uplink {
@@ -173,7 +243,15 @@ impl Uplink {
 
         let window = usize::from(self.config.mqtt.max_inflight);
         let broker = prepared.brokers[0].clone();
-        let transport = new_transport(&prepared, &broker, window);
+        let mut transport = new_transport(&prepared, &broker, window);
+        let sparkplug = match self.config.mqtt.payload {
+            PayloadFormat::Json => None,
+            PayloadFormat::Sparkplug => {
+                let sp = Sparkplug::start(&self.config).await;
+                sp.arm_will(&mut transport);
+                Some(sp)
+            }
+        };
         self.live.update(|s| s.uplink.broker = broker.to_string());
         info!(%broker, protocol = %prepared.protocol, tls = prepared.uses_tls(), failover = ?prepared.brokers.get(1).map(ToString::to_string), "uplink starting");
         let mut s = Session {
@@ -198,6 +276,7 @@ impl Uplink {
             last_refusal: None,
             oldest_pending: None,
             repeated: LogLimit::default(),
+            sparkplug,
         };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
 
@@ -228,6 +307,12 @@ impl Uplink {
                         s.lost(&e, &self.live);
                         if s.failed_over(&self.live) {
                             backoff.reset();
+                        }
+                        // Every CONNECT carries a new bdSeq in its NDEATH Will.
+                        if let Some(sp) = &mut s.sparkplug {
+                            sp.node.session_ended();
+                            sp.advance().await;
+                            sp.arm_will(&mut s.transport);
                         }
                         let delay = backoff.next_delay();
                         debug!(?delay, "uplink reconnect delay");
@@ -380,7 +465,21 @@ impl Session {
                     self.subscribe_commands();
                 }
                 self.ever_connected = true;
-                self.publish_status("online");
+                match &mut self.sparkplug {
+                    None => self.publish_status("online"),
+                    Some(sp) => {
+                        let info = NodeInfo {
+                            version: payload::VERSION.to_string(),
+                            store_depth: outbox.pending_batches(),
+                            reboot_allowed: sp.reboot_allowed,
+                        };
+                        let birth = sp.node.birth(sp.current, &info, Utc::now());
+                        match self.transport.try_publish(birth.topic, false, birth.payload) {
+                            Ok(()) => self.tracker.queued(Carried::Status),
+                            Err(e) => warn!(error = %e, "could not queue the NBIRTH"),
+                        }
+                    }
+                }
             }
             Wire::SentPublish(pkid) => {
                 self.tracker.sent(pkid);
@@ -568,6 +667,10 @@ impl Session {
             self.cursor.next_event = seq + 1;
             room -= 1;
         }
+        if self.sparkplug.is_some() {
+            self.fill_sparkplug(outbox, room);
+            return;
+        }
         let picked = self.schedule.pick(room, self.window, Instant::now(), |from, limit| outbox.telemetry_from(from, limit));
         let live_from = self.schedule.live_from();
         for (seq, batch) in picked {
@@ -588,14 +691,64 @@ impl Session {
         }
     }
 
+    /// Sparkplug: the DBIRTHs still due in this session, then telemetry as the
+    /// [`Schedule`] picks it, each batch as one DDATA (preceded by a DBIRTH when its device
+    /// needs one), `is_historical` when stored before this session's birth.
+    fn fill_sparkplug(&mut self, outbox: &Outbox, mut room: usize) {
+        let Some(sp) = &mut self.sparkplug else { return };
+        if !sp.node.is_born() {
+            return;
+        }
+        for device in sp.node.unborn_devices() {
+            if room == 0 {
+                return;
+            }
+            let birth = sp.node.device_birth(&device, Utc::now());
+            if self.transport.try_publish(birth.topic, false, birth.payload).is_err() {
+                return;
+            }
+            self.tracker.queued(Carried::Status);
+            room -= 1;
+        }
+        // A batch may need a DBIRTH first (a metric learned from its values): keep one
+        // place in the window for it.
+        let picked =
+            self.schedule.pick(room.saturating_sub(1), self.window, Instant::now(), |from, limit| outbox.telemetry_from(from, limit));
+        let live_from = self.schedule.live_from();
+        for (seq, batch) in picked {
+            let (birth, data) = sp.node.data(&batch.device, &batch.samples, seq < live_from, Utc::now());
+            if let Some(birth) = birth {
+                if self.transport.try_publish(birth.topic, false, birth.payload).is_err() {
+                    return;
+                }
+                self.tracker.queued(Carried::Status);
+            }
+            if self.transport.try_publish(data.topic, false, data.payload).is_err() {
+                return;
+            }
+            self.tracker.queued(Carried::Telemetry(seq));
+            self.schedule.published(seq);
+        }
+    }
+
     /// Publishes `offline` (retained) and waits, within the deadline, for its PUBACK so
     /// the broker has it before the connection closes; the Will covers the other cases.
+    /// Sparkplug: the NDEATH of this session instead (a normal DISCONNECT drops the Will).
     async fn go_offline(&mut self, deadline: Option<Instant>) {
         if !self.connected {
             return;
         }
         let until = deadline.unwrap_or_else(Instant::now).max(Instant::now() + Duration::from_millis(500));
-        self.publish_status("offline");
+        match &self.sparkplug {
+            None => self.publish_status("offline"),
+            Some(sp) => {
+                let death = sp.node.death(sp.current, Utc::now());
+                match self.transport.try_publish(death.topic, false, death.payload) {
+                    Ok(()) => self.tracker.queued(Carried::Status),
+                    Err(e) => warn!(error = %e, "could not queue the NDEATH"),
+                }
+            }
+        }
         let _ = self.transport.try_disconnect();
         loop {
             match tokio::time::timeout_at(until, self.transport.poll()).await {

@@ -145,6 +145,26 @@ impl Transport {
         }
     }
 
+    /// Replaces the Will of the next CONNECT (QoS 1, not retained): the Sparkplug NDEATH,
+    /// whose `bdSeq` changes with every connection. The event loop reads its options again
+    /// on each reconnect.
+    pub fn set_will(&mut self, topic: String, payload: Vec<u8>) {
+        match self {
+            Transport::V4(_, eventloop) => {
+                eventloop.mqtt_options.set_last_will(rumqttc::LastWill::new(topic, payload, rumqttc::QoS::AtLeastOnce, false));
+            }
+            Transport::V5(_, eventloop) => {
+                eventloop.options.set_last_will(v5::mqttbytes::v5::LastWill::new(
+                    topic,
+                    payload,
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    None,
+                ));
+            }
+        }
+    }
+
     /// Whether the event loop rumqttc holds has anything it would resend on its own.
     #[cfg(test)]
     fn pending_len(&self) -> usize {

@@ -1,0 +1,388 @@
+//! The edge node's messages and session state (pure: the uplink publishes what it returns).
+//!
+//! Per MQTT session: the NDEATH Will carries that session's `bdSeq`; the NBIRTH repeats it
+//! with `seq = 0`; then each device's DBIRTH before its first DDATA; every NBIRTH, DBIRTH,
+//! NDATA, DDATA and DDEATH takes the next `seq` (0–255, wrapping). A DDATA names its
+//! metrics by alias only, with the sample's source time, `is_historical` when the batch was
+//! stored before the session's birth, and the `Quality` property when not good.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use edge_drivers::{DeviceConfig, Value};
+use prost::Message as _;
+use srad_types::payload::{metric, property_value, Metric, PropertySet, PropertyValue};
+
+use super::catalog::{self, Catalog, DeviceMetrics, MetricDef, ALIAS_REBIRTH, ALIAS_REBOOT, ALIAS_STORE_DEPTH, ALIAS_VERSION};
+use super::config::NodeIds;
+use super::{DataType, Payload};
+use crate::payload::WireSample;
+
+/// The topic namespace of Sparkplug B.
+pub const NAMESPACE: &str = "spBv1.0";
+
+/// The `Quality` property's values (the OPC convention Ignition and others read).
+pub const QUALITY_BAD: i32 = 0;
+pub const QUALITY_UNCERTAIN: i32 = 64;
+pub const QUALITY_GOOD: i32 = 192;
+
+/// One message to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// What the NBIRTH reports about the node itself.
+#[derive(Debug, Clone, Default)]
+pub struct NodeInfo {
+    pub version: String,
+    /// Telemetry batches waiting in the outbox.
+    pub store_depth: u64,
+    /// Whether `Node Control/Reboot` is obeyed (`sparkplug.allow_reboot`).
+    pub reboot_allowed: bool,
+}
+
+/// The edge node of one agent.
+#[derive(Debug, Clone)]
+pub struct EdgeNode {
+    ids: NodeIds,
+    catalog: Catalog,
+    /// The `seq` of the next message.
+    seq: u8,
+    /// The NBIRTH of this session went out.
+    node_born: bool,
+    /// Devices whose DBIRTH went out in this session.
+    born: HashSet<String>,
+    /// The last live value of each device's metrics, for the next DBIRTH.
+    last: HashMap<String, HashMap<String, WireSample>>,
+}
+
+impl EdgeNode {
+    pub fn new(ids: NodeIds, devices: &[DeviceConfig]) -> Self {
+        Self { ids, catalog: Catalog::from_devices(devices), seq: 0, node_born: false, born: HashSet::new(), last: HashMap::new() }
+    }
+
+    pub fn ids(&self) -> &NodeIds {
+        &self.ids
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// `spBv1.0/{group}/{kind}/{edge_node}[/{device}]`.
+    pub fn topic(&self, kind: &str, device: Option<&str>) -> String {
+        match device {
+            Some(d) => format!("{NAMESPACE}/{}/{kind}/{}/{d}", self.ids.group_id, self.ids.edge_node_id),
+            None => format!("{NAMESPACE}/{}/{kind}/{}", self.ids.group_id, self.ids.edge_node_id),
+        }
+    }
+
+    /// The NDEATH to register as the Will of a CONNECT with `bdseq` (no `seq`).
+    pub fn death(&self, bdseq: u8, now: DateTime<Utc>) -> Message {
+        let payload = Payload { timestamp: Some(ms(now)), metrics: vec![bdseq_metric(bdseq)], seq: None, uuid: None, body: None };
+        Message { topic: self.topic("NDEATH", None), payload: payload.encode_to_vec() }
+    }
+
+    /// The connection is gone: the next session starts with an NBIRTH and new DBIRTHs.
+    pub fn session_ended(&mut self) {
+        self.node_born = false;
+        self.born.clear();
+    }
+
+    pub fn is_born(&self) -> bool {
+        self.node_born
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let s = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        u64::from(s)
+    }
+
+    /// The NBIRTH of a session whose CONNECT carried `bdseq`: `seq` starts again at 0, and
+    /// every device needs a new DBIRTH.
+    pub fn birth(&mut self, bdseq: u8, info: &NodeInfo, now: DateTime<Utc>) -> Message {
+        self.seq = 0;
+        self.born.clear();
+        self.node_born = true;
+        let t = ms(now);
+        let node_metric = |name: &str, alias: u64, datatype: DataType, value: metric::Value| Metric {
+            name: Some(name.to_string()),
+            alias: Some(alias),
+            timestamp: Some(t),
+            datatype: Some(datatype as u32),
+            value: Some(value),
+            ..Metric::new()
+        };
+        let mut reboot = node_metric("Node Control/Reboot", ALIAS_REBOOT, DataType::Boolean, metric::Value::BooleanValue(false));
+        if !info.reboot_allowed {
+            reboot.properties = Some(properties(vec![("Writable", PropertyValue::from_bool(false))]));
+        }
+        let metrics = vec![
+            bdseq_metric(bdseq),
+            node_metric("Node Control/Rebirth", ALIAS_REBIRTH, DataType::Boolean, metric::Value::BooleanValue(false)),
+            reboot,
+            node_metric("Node Info/Version", ALIAS_VERSION, DataType::String, metric::Value::StringValue(info.version.clone())),
+            node_metric("Node Info/Store Depth", ALIAS_STORE_DEPTH, DataType::UInt64, metric::Value::LongValue(info.store_depth)),
+        ];
+        let seq = self.next_seq();
+        let payload = Payload { timestamp: Some(t), metrics, seq: Some(seq), uuid: None, body: None };
+        Message { topic: self.topic("NBIRTH", None), payload: payload.encode_to_vec() }
+    }
+
+    /// Devices with metrics and no DBIRTH in this session yet, in order.
+    pub fn unborn_devices(&self) -> Vec<String> {
+        self.catalog.devices().filter(|(d, m)| !m.metrics.is_empty() && !self.born.contains(*d)).map(|(d, _)| d.to_string()).collect()
+    }
+
+    /// The DBIRTH of `device`: every metric with name, alias, datatype, properties and its
+    /// last value (or `is_null`).
+    pub fn device_birth(&mut self, device: &str, now: DateTime<Utc>) -> Message {
+        let t = ms(now);
+        let empty = DeviceMetrics::default();
+        let defs = self.catalog.device(device).unwrap_or(&empty);
+        let last = self.last.get(device);
+        let metrics = defs.metrics.iter().map(|def| birth_metric(def, last.and_then(|l| l.get(&def.name)), t)).collect();
+        self.born.insert(device.to_string());
+        let seq = self.next_seq();
+        let payload = Payload { timestamp: Some(t), metrics, seq: Some(seq), uuid: None, body: None };
+        Message { topic: self.topic("DBIRTH", Some(device)), payload: payload.encode_to_vec() }
+    }
+
+    /// The DDATA for one stored batch, preceded by a DBIRTH when the device has none in
+    /// this session or a value needs a metric it was not born with.
+    pub fn data(&mut self, device: &str, samples: &[WireSample], historical: bool, now: DateTime<Utc>) -> (Option<Message>, Message) {
+        let mut rebirth = !self.born.contains(device);
+        let mut aliases = Vec::with_capacity(samples.len());
+        for s in samples {
+            let o = self.catalog.observe(device, &s.tag, s.v.as_ref());
+            rebirth |= o.changed;
+            aliases.push(o.alias);
+        }
+        if !historical {
+            let last = self.last.entry(device.to_string()).or_default();
+            for s in samples {
+                last.insert(s.tag.clone(), s.clone());
+            }
+        }
+        let birth = rebirth.then(|| self.device_birth(device, now));
+        let defs = self.catalog.device(device);
+        let metrics = samples
+            .iter()
+            .zip(aliases)
+            .map(|(s, alias)| {
+                let datatype = defs.and_then(|d| d.get(&s.tag)).map_or(DataType::Double, |d| d.datatype);
+                let mut m = Metric { alias: Some(alias), timestamp: Some(sample_ms(s, now)), ..Metric::new() };
+                set_value(&mut m, datatype, s.v.as_ref());
+                if historical {
+                    m.is_historical = Some(true);
+                }
+                m.properties = quality(s);
+                m
+            })
+            .collect();
+        let seq = self.next_seq();
+        let payload = Payload { timestamp: Some(ms(now)), metrics, seq: Some(seq), uuid: None, body: None };
+        (birth, Message { topic: self.topic("DDATA", Some(device)), payload: payload.encode_to_vec() })
+    }
+}
+
+fn ms(t: DateTime<Utc>) -> u64 {
+    u64::try_from(t.timestamp_millis()).unwrap_or(0)
+}
+
+/// The sample's source time in ms since the epoch (`now` if it does not parse).
+fn sample_ms(s: &WireSample, now: DateTime<Utc>) -> u64 {
+    DateTime::parse_from_rfc3339(&s.ts).map_or(ms(now), |t| ms(t.with_timezone(&Utc)))
+}
+
+fn bdseq_metric(bdseq: u8) -> Metric {
+    Metric {
+        name: Some("bdSeq".into()),
+        datatype: Some(DataType::UInt64 as u32),
+        value: Some(metric::Value::LongValue(u64::from(bdseq))),
+        ..Metric::new()
+    }
+}
+
+/// The value, or `is_null` when there is none (or it does not fit: never a wrong value).
+fn set_value(m: &mut Metric, datatype: DataType, v: Option<&Value>) {
+    match v.and_then(|v| catalog::encode_value(datatype, v)) {
+        Some(value) => m.value = Some(value),
+        None => m.is_null = Some(true),
+    }
+}
+
+fn properties(entries: Vec<(&str, PropertyValue)>) -> PropertySet {
+    let (keys, values) = entries.into_iter().map(|(k, v)| (k.to_string(), v)).unzip();
+    PropertySet { keys, values }
+}
+
+trait PropertyValueExt {
+    fn from_bool(b: bool) -> Self;
+}
+
+impl PropertyValueExt for PropertyValue {
+    fn from_bool(b: bool) -> Self {
+        typed(DataType::Boolean, property_value::Value::BooleanValue(b))
+    }
+}
+
+fn typed(t: DataType, v: property_value::Value) -> PropertyValue {
+    PropertyValue { r#type: Some(t as u32), is_null: None, value: Some(v) }
+}
+
+/// The `Quality` property of a sample that is not good (none when good: hosts take a
+/// missing `Quality` for good).
+fn quality(s: &WireSample) -> Option<PropertySet> {
+    let code = match s.q.as_str() {
+        "bad" => QUALITY_BAD,
+        "uncertain" => QUALITY_UNCERTAIN,
+        _ => return None,
+    };
+    Some(properties(vec![("Quality", typed(DataType::Int32, property_value::Value::IntValue(code as u32)))]))
+}
+
+fn birth_metric(def: &MetricDef, last: Option<&WireSample>, t: u64) -> Metric {
+    let mut m = Metric {
+        name: Some(def.name.clone()),
+        alias: Some(def.alias),
+        timestamp: Some(last.map_or(t, |s| sample_ms(s, DateTime::from_timestamp_millis(t as i64).unwrap_or_default()))),
+        datatype: Some(def.datatype as u32),
+        ..Metric::new()
+    };
+    set_value(&mut m, def.datatype, last.and_then(|s| s.v.as_ref()));
+    let mut props = Vec::new();
+    if let Some(unit) = &def.unit {
+        props.push(("engUnit", typed(DataType::String, property_value::Value::StringValue(unit.clone()))));
+    }
+    if let Some(low) = def.low {
+        props.push(("engLow", typed(DataType::Double, property_value::Value::DoubleValue(low))));
+    }
+    if let Some(high) = def.high {
+        props.push(("engHigh", typed(DataType::Double, property_value::Value::DoubleValue(high))));
+    }
+    if let Some(text) = &def.description {
+        props.push(("Documentation", typed(DataType::String, property_value::Value::StringValue(text.clone()))));
+    }
+    let code = match last.map(|s| s.q.as_str()) {
+        Some("bad") => Some(QUALITY_BAD),
+        Some("uncertain") => Some(QUALITY_UNCERTAIN),
+        Some(_) => Some(QUALITY_GOOD),
+        None => None,
+    };
+    if let Some(code) = code {
+        props.push(("Quality", typed(DataType::Int32, property_value::Value::IntValue(code as u32))));
+    }
+    if !props.is_empty() {
+        m.properties = Some(properties(props));
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> EdgeNode {
+        let device: DeviceConfig = toml::from_str(
+            "name = \"m1\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n[[tags]]\nname = \"flow\"\ntable = \"holding\"\naddress = 0\ntype = \"f32\"\nunit = \"t/h\"\nclamp_min = 0.0\nclamp_max = 500.0\n[[tags]]\nname = \"run\"\ntable = \"coil\"\naddress = 0",
+        )
+        .unwrap();
+        let ids = NodeIds { group_id: "mill".into(), edge_node_id: "gw1".into(), primary_host_id: None };
+        EdgeNode::new(ids, &[device])
+    }
+
+    fn sample(tag: &str, v: Option<Value>, q: &str) -> WireSample {
+        WireSample { tag: tag.into(), v, q: q.into(), ts: "2024-05-01T10:00:00.000Z".into(), server_ts: None, reason: None }
+    }
+
+    fn decode(m: &Message) -> Payload {
+        Payload::decode(m.payload.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn the_will_and_the_birth_of_a_session_carry_the_same_bdseq_and_the_birth_starts_seq_at_zero() {
+        let mut n = node();
+        let will = n.death(7, Utc::now());
+        assert_eq!(will.topic, "spBv1.0/mill/NDEATH/gw1");
+        let death = decode(&will);
+        assert_eq!(death.seq, None);
+        assert_eq!(death.metrics[0].name.as_deref(), Some("bdSeq"));
+        assert_eq!(death.metrics[0].value, Some(metric::Value::LongValue(7)));
+
+        let birth = n.birth(7, &NodeInfo { version: "0.1.0".into(), store_depth: 3, reboot_allowed: false }, Utc::now());
+        assert_eq!(birth.topic, "spBv1.0/mill/NBIRTH/gw1");
+        let p = decode(&birth);
+        assert_eq!(p.seq, Some(0));
+        let names: Vec<_> = p.metrics.iter().filter_map(|m| m.name.as_deref()).collect();
+        assert_eq!(names, ["bdSeq", "Node Control/Rebirth", "Node Control/Reboot", "Node Info/Version", "Node Info/Store Depth"]);
+        assert_eq!(p.metrics[0].value, Some(metric::Value::LongValue(7)));
+    }
+
+    #[test]
+    fn a_device_is_born_with_every_metric_before_its_first_ddata_which_names_metrics_by_alias_only() {
+        // Given a born node
+        let mut n = node();
+        n.birth(0, &NodeInfo::default(), Utc::now());
+        assert_eq!(n.unborn_devices(), ["m1"]);
+        // When a batch of m1 is published without a DBIRTH yet
+        let samples = [sample("flow", Some(Value::Float(12.5)), "good"), sample("run", Some(Value::Bool(true)), "bad")];
+        let (birth, data) = n.data("m1", &samples, false, Utc::now());
+        // Then a DBIRTH comes first, with datatypes, the unit and the range
+        let birth = decode(&birth.expect("a DBIRTH before the first DDATA"));
+        assert_eq!(birth.seq, Some(1));
+        let flow = &birth.metrics[0];
+        assert_eq!(flow.name.as_deref(), Some("flow"));
+        assert_eq!(flow.datatype, Some(DataType::Float as u32));
+        let props = flow.properties.as_ref().unwrap();
+        assert!(props.keys.iter().any(|k| k == "engUnit") && props.keys.iter().any(|k| k == "engHigh"));
+        assert_eq!(birth.metrics[1].datatype, Some(DataType::Boolean as u32));
+        // And the DDATA names metrics by alias only, with the Quality property when not good
+        assert_eq!(data.topic, "spBv1.0/mill/DDATA/gw1/m1");
+        let p = decode(&data);
+        assert_eq!(p.seq, Some(2));
+        assert!(p.metrics.iter().all(|m| m.name.is_none() && m.datatype.is_none()));
+        assert_eq!(p.metrics[0].alias, flow.alias);
+        assert_eq!(p.metrics[0].value, Some(metric::Value::FloatValue(12.5)));
+        assert_eq!(p.metrics[0].timestamp, Some(1_714_557_600_000));
+        assert_eq!(p.metrics[1].properties.as_ref().unwrap().keys, ["Quality"]);
+        assert!(n.unborn_devices().is_empty());
+        // And a second batch needs no new birth; a historical one is marked
+        let (again, data) = n.data("m1", &samples[..1], true, Utc::now());
+        assert!(again.is_none());
+        assert_eq!(decode(&data).metrics[0].is_historical, Some(true));
+    }
+
+    #[test]
+    fn seq_wraps_from_255_to_0_and_a_new_birth_starts_again_at_0() {
+        let mut n = node();
+        n.birth(0, &NodeInfo::default(), Utc::now());
+        let samples = [sample("flow", Some(Value::Float(1.0)), "good")];
+        let mut seqs = Vec::new();
+        for _ in 0..300 {
+            let (birth, data) = n.data("m1", &samples, false, Utc::now());
+            seqs.extend(birth.iter().chain([&data]).map(|m| decode(m).seq.unwrap()));
+        }
+        // 1 (DBIRTH), 2, …, 255, 0, 1, …
+        for pair in seqs.windows(2) {
+            assert_eq!(pair[1], (pair[0] + 1) % 256, "{pair:?}");
+        }
+        assert!(seqs.contains(&0));
+        let birth = n.birth(1, &NodeInfo::default(), Utc::now());
+        assert_eq!(decode(&birth).seq, Some(0));
+        assert_eq!(n.unborn_devices(), ["m1"], "a new session needs new DBIRTHs");
+    }
+
+    #[test]
+    fn a_value_of_a_new_kind_brings_a_new_dbirth_with_the_corrected_datatype() {
+        let mut n = node();
+        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.data("gpio", &[sample("door", Some(Value::Int(1)), "good")], false, Utc::now());
+        let (birth, _) = n.data("gpio", &[sample("door", Some(Value::Text("open".into())), "good")], false, Utc::now());
+        let birth = decode(&birth.expect("a new DBIRTH"));
+        assert_eq!(birth.metrics[0].datatype, Some(DataType::String as u32));
+    }
+}
