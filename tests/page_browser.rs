@@ -92,6 +92,68 @@ async fn an_operator_sees_devices_live_values_a_trend_and_the_models_without_rel
         assert!(text.contains(name), "{name} missing: {text}");
     }
 
+    // And the anomaly model's panel has a sparkline of its score with points and its threshold
+    let spark = browser
+        .wait_for(
+            "the anomaly score's sparkline",
+            LIMIT,
+            r##"
+            const panel = [...document.querySelectorAll("#models section.panel")].find(s => s.textContent.includes("juice-pump-anomaly"));
+            const b = panel ? panel.querySelector("button.model-spark") : null;
+            return b ? [b.querySelectorAll("polyline.spark-line, circle.spark-dot").length, b.querySelectorAll("line.spark-limit").length] : null;
+        "##,
+            |v| v[0].as_u64().is_some_and(|n| n > 0),
+        )
+        .await;
+    assert_eq!(spark[1], 1, "one threshold line: {spark}");
+    // When the operator taps it, then the larger trend opens with the score and its threshold
+    browser
+        .eval(r##"[...document.querySelectorAll("#models section.panel")].find(s => s.textContent.includes("juice-pump-anomaly")).querySelector("button.model-spark").click(); return true;"##)
+        .await;
+    browser
+        .wait_for(
+            "the score's trend with its threshold",
+            LIMIT,
+            r##"
+            const d = document.getElementById("trend");
+            return d.open && !!d.querySelector("svg.chart polyline.chart-line, svg.chart circle.chart-dot") && !!d.querySelector("svg.chart line.chart-limit");
+        "##,
+            |v| v == true,
+        )
+        .await;
+    let title = browser.eval("return document.getElementById('trend-title').textContent;").await;
+    assert!(title.as_str().unwrap().contains("juice-pump-anomaly_score"), "{title}");
+    browser.eval("document.getElementById('trend-close').click(); return true;").await;
+
+    // And the overview shows the gateway's CPU, memory and disk free beside the verdict
+    let host = browser
+        .wait_for(
+            "CPU, memory and disk on the overview",
+            LIMIT,
+            r##"
+            const v = k => { const b = document.querySelector(`#health [data-host="${k}"] b`); return b ? b.textContent : ""; };
+            return [v("cpu"), v("memory"), v("disk")];
+        "##,
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().all(|t| t.as_str().is_some_and(|t| t.contains(char::is_numeric) && !t.contains("unknown"))))
+            },
+        )
+        .await;
+    assert!(host[0].as_str().unwrap().contains('%') && host[1].as_str().unwrap().contains("free of"), "{host}");
+    assert!(host[2].as_str().unwrap().contains("free"), "{host}");
+
+    // And the mill's PLC shows the poll rate it achieves against the one configured (1 s)
+    let rate = browser
+        .wait_for(
+            "the achieved poll rate",
+            LIMIT,
+            "const l = document.querySelector('#devices .poll-rate'); return l ? l.textContent : null;",
+            |v| v.as_str().is_some_and(|t| t.contains("over the last")),
+        )
+        .await;
+    assert!(rate.as_str().unwrap().contains("configured 1 /s (every 1 s)"), "{rate}");
+
     // And the stack light's outputs are shown: the running light on (the data path is alive)
     let gpio = browser
         .wait_for(

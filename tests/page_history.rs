@@ -49,6 +49,19 @@ async fn a_tags_history_has_a_point_per_poll_and_a_bad_query_is_refused_naming_t
     let covered = series["covered_from"].as_str().unwrap();
     assert!(covered > series["from"].as_str().unwrap(), "{series:#}");
 
+    // And the status and /metrics carry the gateway's memory and disk, and the device's
+    // configured poll rate (the demo polls its PLC once a second)
+    let status: Value = serde_json::from_str(&http_get(web, "/api/status").await).unwrap();
+    let host = &status["host"];
+    assert!(host["memory_total_bytes"].as_u64().is_some_and(|b| b > 0) && host["disk_free_bytes"].as_u64().is_some(), "{host:#}");
+    let device = tag["device"].as_str().unwrap();
+    assert_eq!(status["devices"][device]["poll_rate"]["configured_per_s"], 1.0, "{:#}", status["devices"][device]);
+    let metrics = http_get(web, "/metrics").await;
+    assert!(metrics.lines().any(|l| l.starts_with("edge_agent_host_memory_total_bytes ")), "{metrics}");
+    assert!(metrics.lines().any(|l| l.starts_with("edge_agent_data_dir_disk_free_bytes ")), "{metrics}");
+    let configured = format!("edge_agent_device_configured_polls_per_second{{device=\"{device}\"}} 1");
+    assert!(metrics.lines().any(|l| l == configured), "{metrics}");
+
     // When the same tag is asked per minute
     let path = format!("/api/tags/{}/{}/history?from=10m&step=1m", tag["device"].as_str().unwrap(), tag["tag"].as_str().unwrap());
     let per_minute: Value = serde_json::from_str(&http_get(web, &path).await).unwrap();

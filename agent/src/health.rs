@@ -11,7 +11,8 @@
 //!   reports an anomaly, a quality deviation or maintenance due.
 //! - **degraded**: the gateway works but part of it does not, and data is buffered, late or
 //!   missing for part of the plant: the uplink is down or its backlog is old, a device is
-//!   not connected, a model is not loaded, the store is nearly full, a task restarted lately
+//!   not connected or, connected, is polled at less than 80 % of its configured rate over a
+//!   whole measurement window (its data comes late), a model is not loaded, the store is nearly full, a task restarted lately
 //!   or a non-core task (a driver, the status page) is down.
 //! - **fault**: data is being lost or nothing gets through: a core task is down (store
 //!   writer, sample feed, model event sink, uplink, command handler), a watched loop is
@@ -85,6 +86,9 @@ pub enum ReasonCode {
     BacklogOld,
     /// A device is not connected.
     DeviceDisconnected,
+    /// A device connected for a whole measurement window was polled at less than 80 % of
+    /// its configured rate over it (see `live::poll_rate`).
+    DeviceBehind,
     /// A model could not be loaded and is disabled.
     ModelFailed,
     /// An anomaly model reports an anomaly.
@@ -96,7 +100,7 @@ pub enum ReasonCode {
 }
 
 impl ReasonCode {
-    pub const ALL: [ReasonCode; 12] = [
+    pub const ALL: [ReasonCode; 13] = [
         ReasonCode::TaskDown,
         ReasonCode::TaskRestarted,
         ReasonCode::TaskHung,
@@ -105,6 +109,7 @@ impl ReasonCode {
         ReasonCode::UplinkDown,
         ReasonCode::BacklogOld,
         ReasonCode::DeviceDisconnected,
+        ReasonCode::DeviceBehind,
         ReasonCode::ModelFailed,
         ReasonCode::AnomalyActive,
         ReasonCode::QualityDeviation,
@@ -122,6 +127,7 @@ impl ReasonCode {
             ReasonCode::UplinkDown => "uplink_down",
             ReasonCode::BacklogOld => "backlog_old",
             ReasonCode::DeviceDisconnected => "device_disconnected",
+            ReasonCode::DeviceBehind => "device_behind",
             ReasonCode::ModelFailed => "model_failed",
             ReasonCode::AnomalyActive => "anomaly_active",
             ReasonCode::QualityDeviation => "quality_deviation",
@@ -281,6 +287,7 @@ fn backlog(s: &Snapshot, now: DateTime<Utc>) -> String {
 fn devices(s: &Snapshot, now: DateTime<Utc>, out: &mut Vec<Reason>) {
     for (name, d) in &s.devices {
         if d.connected {
+            behind(name, d, now, out);
             continue;
         }
         let mut message = match d.since {
@@ -291,6 +298,46 @@ fn devices(s: &Snapshot, now: DateTime<Utc>, out: &mut Vec<Reason>) {
             message.push_str(&format!(": {e}"));
         }
         out.push(reason(ReasonCode::DeviceDisconnected, HealthState::Degraded, Some(name), message));
+    }
+}
+
+/// A connected device that fell behind its poll rate. Only when it has been connected for
+/// the whole window measured: a reconnect's gap is the disconnection's reason, not this one.
+fn behind(name: &str, d: &crate::live::DeviceView, now: DateTime<Utc>, out: &mut Vec<Reason>) {
+    let Some(rate) = d.poll_rate.as_ref().filter(|r| r.behind) else { return };
+    let Some(achieved) = rate.achieved_per_s else { return };
+    if d.since.is_none_or(|since| ((now - since).num_milliseconds() as f64) < rate.window_s * 1000.0) {
+        return;
+    }
+    let pct = if rate.configured_per_s > 0.0 { achieved * 100.0 / rate.configured_per_s } else { 0.0 };
+    // Both in the configured rate's unit: a second, or a minute for slower devices.
+    let (scale, unit) = if rate.configured_per_s >= 1.0 { (1.0, "second") } else { (60.0, "minute") };
+    out.push(reason(
+        ReasonCode::DeviceBehind,
+        HealthState::Degraded,
+        Some(name),
+        format!(
+            "device {name} polled {} instead of {} times a {unit} ({pct:.0} %) over the last {}; its readings come late",
+            trim(achieved * scale),
+            trim(rate.configured_per_s * scale),
+            secs(rate.window_s)
+        ),
+    ));
+}
+
+/// 2.50 → "2.5", 3.00 → "3", 0.333 → "0.33".
+fn trim(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// 60 → "1 min", 100 → "100 s".
+fn secs(s: f64) -> String {
+    let s = s.round() as u64;
+    if s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
     }
 }
 

@@ -12,6 +12,7 @@ pub mod events;
 pub mod gpio;
 pub mod health;
 pub mod history;
+pub mod host;
 pub mod live;
 pub mod payload;
 pub mod recent_events;

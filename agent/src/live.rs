@@ -3,8 +3,11 @@
 //! Every task writes its own part; readers take a [`Snapshot`]. Counters only go up
 //! (Prometheus semantics) so a scrape never misses a drop or an error.
 
+pub mod poll_rate;
+
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use edge_drivers::{DeviceConfig, DriverStats, Quality, Sample, Value};
@@ -18,6 +21,9 @@ pub struct Live {
     history: crate::history::History,
     /// The latest events, as appended to the outbox (the page's event list).
     events: crate::recent_events::RecentEvents,
+    /// Each configured device's poll rate measurement, by name (kept out of the state: a
+    /// snapshot copies its result, not its observations).
+    poll_rates: Arc<Mutex<BTreeMap<String, poll_rate::PollRate>>>,
 }
 
 /// Everything the page shows, at one instant. Serialised as `/api/status`.
@@ -42,6 +48,8 @@ pub struct Snapshot {
     pub history: crate::history::HistoryStats,
     /// The GPIO outputs' and inputs' levels (`[gpio]`; empty without one).
     pub gpio: crate::gpio::GpioView,
+    /// The gateway's CPU, memory and disk (see [`crate::host`]).
+    pub host: crate::host::HostView,
 }
 
 /// Where a task is in its life.
@@ -104,6 +112,9 @@ pub struct DeviceView {
     pub polls: u64,
     /// The driver's counters (requests, errors by kind, reconnects, latency).
     pub counters: Option<DriverStats>,
+    /// Configured against achieved poll rate (see [`poll_rate`]); `None` for a device not
+    /// in the config's `[[devices]]` (the `gpio` inputs).
+    pub poll_rate: Option<poll_rate::PollRateView>,
     /// Tags in config order.
     pub tags: Vec<TagView>,
 }
@@ -220,8 +231,8 @@ impl Default for Live {
 }
 
 impl Live {
-    pub fn new(gateway: GatewayView, devices: &[DeviceConfig]) -> Self {
-        let devices = devices
+    pub fn new(gateway: GatewayView, config: &[DeviceConfig]) -> Self {
+        let devices = config
             .iter()
             .map(|d| {
                 let view = DeviceView {
@@ -241,10 +252,12 @@ impl Live {
         // The store counts as writable until the writer says otherwise (a failed write).
         let store = StoreView { writable: true, ..Default::default() };
         let history = crate::history::History::new(crate::history::HistorySettings::default());
+        let poll_rates = config.iter().map(|d| (d.name.clone(), poll_rate::PollRate::of(d))).collect();
         Live {
             state: Arc::new(RwLock::new(Snapshot { gateway, devices, store, ..Default::default() })),
             history,
             events: crate::recent_events::RecentEvents::default(),
+            poll_rates: Arc::new(Mutex::new(poll_rates)),
         }
     }
 
@@ -280,6 +293,13 @@ impl Live {
         };
         let now = Utc::now();
         snapshot.generated_at = Some(now);
+        {
+            let rates = self.poll_rates.lock().unwrap_or_else(PoisonError::into_inner);
+            let at = Instant::now();
+            for (name, d) in &mut snapshot.devices {
+                d.poll_rate = rates.get(name).map(|r| r.view(at));
+            }
+        }
         snapshot.health = crate::health::evaluate(&snapshot, now);
         snapshot.history = self.history.stats();
         snapshot
@@ -306,13 +326,14 @@ impl Live {
 
     pub fn record_samples(&self, device: &str, samples: &[Sample]) {
         self.history.record(device, samples);
-        self.update(|s| {
-            let Some(d) = s.devices.get_mut(device) else { return };
+        let counted = self.update(|s| {
+            let d = s.devices.get_mut(device)?;
             // A driver that reports counters counts its own polls (see `record_stats`):
             // a poll whose readings a deadband held back sends no samples at all.
-            if d.counters.is_none() {
+            let counted = d.counters.is_none().then(|| {
                 d.polls += 1;
-            }
+                d.polls
+            });
             for sample in samples {
                 if let Some(t) = d.tags.iter_mut().find(|t| t.name == sample.tag) {
                     if sample.quality.is_good() || t.value.is_none() {
@@ -329,17 +350,40 @@ impl Live {
                 Quality::Bad(r) => Some(r.clone()),
                 _ => None,
             });
+            counted
         });
+        if let Some(polls) = counted {
+            self.poll_rate(device, |r| r.record(Instant::now(), polls));
+        }
     }
 
     pub fn record_stats(&self, device: &str, stats: DriverStats) {
-        self.update(|s| {
-            if let Some(d) = s.devices.get_mut(device) {
-                // Never backwards (a restarted driver task counts from zero again).
-                d.polls = d.polls.max(stats.polls);
-                d.counters = Some(stats);
-            }
+        let polls = stats.polls;
+        let first = self.update(|s| {
+            let d = s.devices.get_mut(device)?;
+            // Never backwards (a restarted driver task counts from zero again).
+            d.polls = d.polls.max(stats.polls);
+            let first = d.counters.is_none();
+            d.counters = Some(stats);
+            Some(first)
         });
+        if let Some(first) = first {
+            self.poll_rate(device, |r| {
+                // The driver's own counter replaces the count of batches from here on.
+                if first {
+                    r.restart();
+                }
+                r.record(Instant::now(), polls);
+            });
+        }
+    }
+
+    /// Runs `f` on the poll rate measurement of `device`, if it is a configured one.
+    fn poll_rate(&self, device: &str, f: impl FnOnce(&mut poll_rate::PollRate)) {
+        let mut rates = self.poll_rates.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = rates.get_mut(device) {
+            f(r);
+        }
     }
 
     /// Whether `device` is shown as connected (cheaper than a whole snapshot).
@@ -377,6 +421,33 @@ mod tests {
         assert!(!h.ready);
         assert_eq!(h.state, crate::health::HealthState::Fault);
         assert_eq!(h.count(crate::health::ReasonCode::StoreUnwritable), 1);
+    }
+
+    #[test]
+    fn a_configured_device_shows_its_configured_poll_rate_and_measures_the_achieved_one() {
+        // Given a device polled every 500 ms, and a device the config does not list
+        let tag = edge_drivers::TagConfig { name: "t".into(), ..edge_drivers::TagConfig::default() };
+        let device = DeviceConfig {
+            name: "plc".into(),
+            poll_interval: std::time::Duration::from_millis(500),
+            tags: vec![tag],
+            ..DeviceConfig::default()
+        };
+        let live = Live::new(GatewayView::default(), &[device]);
+        live.update(|s| {
+            s.devices.insert("gpio".into(), DeviceView { name: "gpio".into(), ..Default::default() });
+        });
+        // When its driver reports its first polls
+        live.record_stats("plc", DriverStats { polls: 1, ..DriverStats::default() });
+        live.record_stats("plc", DriverStats { polls: 2, ..DriverStats::default() });
+        // Then the snapshot has its configured rate, the achieved one being measured
+        let s = live.snapshot();
+        let rate = s.devices["plc"].poll_rate.clone().expect("a poll rate");
+        assert_eq!(rate.configured_per_s, 2.0);
+        assert_eq!(rate.intervals, vec![poll_rate::GroupInterval { group: None, interval_ms: 500 }]);
+        assert_eq!((rate.achieved_per_s, rate.note.as_deref(), rate.behind), (None, Some("measuring"), false));
+        // And the unlisted device has none
+        assert!(s.devices["gpio"].poll_rate.is_none());
     }
 
     #[test]

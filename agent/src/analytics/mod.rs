@@ -124,6 +124,8 @@ impl Analytics {
                         artifact: m.artifact.clone(),
                         state: "loading".into(),
                         window: m.window.unwrap_or(0),
+                        limits: status::ModelLimits::of(m),
+                        trend: Some(status::ModelTrend::of(&m.name, m.kind)),
                         ..Default::default()
                     };
                     (m.name.clone(), view)

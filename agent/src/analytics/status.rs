@@ -100,6 +100,65 @@ pub struct ModelView {
     /// RUL: the window last proposed.
     pub maintenance_window: Option<crate::events::MaintenanceWindow>,
     pub counters: CountersView,
+    /// What the output is judged against (from the config), for the page's trend.
+    pub limits: ModelLimits,
+    /// Where the output's history is: tags of the virtual device `analytics`.
+    pub trend: Option<ModelTrend>,
+}
+
+/// The limits a model's output is drawn against.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ModelLimits {
+    /// Anomaly: the score that starts an anomaly (`score_on`; 1.0 = the calibrated threshold).
+    pub score_on: Option<f64>,
+    /// Anomaly: the score below which it ends (`score_off`).
+    pub score_off: Option<f64>,
+    /// Quality: the specification (`spec_min`, `spec_max`).
+    pub spec_min: Option<f64>,
+    pub spec_max: Option<f64>,
+    /// RUL: `notify_within` in hours (maintenance is due when the band's low end is closer).
+    pub notify_within_h: Option<f64>,
+}
+
+impl ModelLimits {
+    pub fn of(cfg: &super::config::ModelConfig) -> Self {
+        match cfg.kind {
+            edge_models::ModelKind::Anomaly => {
+                ModelLimits { score_on: Some(f64::from(cfg.score_on)), score_off: Some(f64::from(cfg.score_off)), ..Default::default() }
+            }
+            edge_models::ModelKind::Quality => ModelLimits { spec_min: cfg.spec_min, spec_max: cfg.spec_max, ..Default::default() },
+            edge_models::ModelKind::Rul => {
+                ModelLimits { notify_within_h: Some(cfg.notify_within.as_secs_f64() / 3600.0), ..Default::default() }
+            }
+        }
+    }
+}
+
+/// The tags of the `analytics` device a model's predictions are published (and kept in
+/// the local history) as.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ModelTrend {
+    pub device: String,
+    /// The score (anomaly) or the value (quality, bias-corrected; RUL).
+    pub value: String,
+    /// The band's ends (quality, RUL).
+    pub lower: Option<String>,
+    pub upper: Option<String>,
+}
+
+impl ModelTrend {
+    pub fn of(name: &str, kind: edge_models::ModelKind) -> Self {
+        let device = super::config::ANALYTICS_DEVICE.to_string();
+        match kind {
+            edge_models::ModelKind::Anomaly => ModelTrend { device, value: format!("{name}_score"), lower: None, upper: None },
+            edge_models::ModelKind::Quality | edge_models::ModelKind::Rul => ModelTrend {
+                device,
+                value: format!("{name}_value"),
+                lower: Some(format!("{name}_lower")),
+                upper: Some(format!("{name}_upper")),
+            },
+        }
+    }
 }
 
 /// The last output of a model (bias-corrected for quality).

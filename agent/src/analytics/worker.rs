@@ -303,6 +303,7 @@ impl Worker {
         let wall = Utc::now();
         if warm > 0 {
             let view = self.warm_up_view(model, &prediction, detector, wall);
+            self.warm_up_history(&view, wall);
             let counters = self.counters.view();
             self.set_view(|v| {
                 v.last_prediction = Some(view);
@@ -403,6 +404,27 @@ impl Worker {
                 contributions: vec![],
             },
         }
+    }
+
+    /// A warm-up output into the local history only (the page's model trend), under the
+    /// tags it would be published as: the trend starts with the output the page shows.
+    fn warm_up_history(&self, view: &PredictionView, wall: chrono::DateTime<Utc>) {
+        let trend = super::status::ModelTrend::of(&self.cfg.name, self.cfg.kind);
+        let values = [(Some(trend.value), Some(view.value)), (trend.lower, view.lower), (trend.upper, view.upper)];
+        let samples: Vec<Sample> = values
+            .into_iter()
+            .filter_map(|(tag, v)| {
+                Some(Sample {
+                    tag: tag?,
+                    value: Some(Value::Float(v?)),
+                    quality: Quality::Good,
+                    source_ts: wall,
+                    server_ts: None,
+                    agent_ts: wall,
+                })
+            })
+            .collect();
+        self.live.history().record(ANALYTICS_DEVICE, &samples);
     }
 
     /// Anomaly contributions by the config's `device/tag`, in the manifest's order.

@@ -182,6 +182,44 @@ fn a_disconnected_device_is_degraded_with_its_name_and_error() {
     assert_eq!(h.reasons[0].message, "device plc1 not connected for 45 s: timeout");
 }
 
+/// A poll rate of 1 a second configured, `achieved` measured over a minute.
+fn rate(achieved: f64) -> crate::live::poll_rate::PollRateView {
+    crate::live::poll_rate::PollRateView {
+        intervals: vec![],
+        configured_per_s: 1.0,
+        achieved_per_s: Some(achieved),
+        measured_s: 60.0,
+        window_s: 60.0,
+        behind: achieved < 0.8,
+        note: None,
+    }
+}
+
+#[test]
+fn a_device_connected_for_a_whole_window_and_polled_too_slowly_is_degraded() {
+    // Given a device connected for ten minutes, polled at half its configured rate
+    let mut s = healthy();
+    let d = s.devices.get_mut("plc1").unwrap();
+    d.since = Some(now() - Duration::minutes(10));
+    d.poll_rate = Some(rate(0.5));
+    // When the verdict is computed
+    let h = evaluate(&s, now());
+    // Then it is degraded, saying how far behind
+    assert_eq!(h.state, HealthState::Degraded);
+    assert_eq!(codes(&h), vec![ReasonCode::DeviceBehind]);
+    assert_eq!(
+        h.reasons[0].message,
+        "device plc1 polled 0.5 instead of 1 times a second (50 %) over the last 1 min; its readings come late"
+    );
+    // But a device at its rate, or one that reconnected within the window, gives no reason
+    s.devices.get_mut("plc1").unwrap().poll_rate = Some(rate(0.95));
+    assert!(evaluate(&s, now()).reasons.is_empty());
+    let d = s.devices.get_mut("plc1").unwrap();
+    d.poll_rate = Some(rate(0.5));
+    d.since = Some(now() - Duration::seconds(30));
+    assert!(evaluate(&s, now()).reasons.is_empty());
+}
+
 fn model(kind: &str) -> ModelView {
     ModelView { name: "m1".into(), kind: kind.into(), asset: "mill-1".into(), state: "running".into(), ..Default::default() }
 }

@@ -187,6 +187,11 @@ async fn run_once(
         });
     }
     let register = Register::new(live.clone());
+    // The gateway's CPU, memory and disk for the page's overview; stops when this run ends,
+    // however it ends.
+    let host_stop = CancellationToken::new();
+    let _host_stop = host_stop.clone().drop_guard();
+    crate::host::spawn(live.clone(), config.gateway.data_dir.clone(), host_stop);
     // Cancelled when the agent starts to stop: tasks ending after that are expected to.
     let stopping = CancellationToken::new();
     let (fatal_tx, mut fatal_rx) = mpsc::channel::<String>(8);

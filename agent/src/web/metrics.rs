@@ -56,6 +56,14 @@ const OPCUA_NOTIFICATIONS_DROPPED: Family =
 const DEVICE_BACKED_OFF: Family = gauge("device_backed_off", "1 while the device is backed off after repeated failures.");
 const DEVICE_BACKOFFS: Family = counter("device_backoffs_total", "Times the device was backed off after repeated failures.");
 const DEVICE_SPLITS: Family = counter("device_request_splits_total", "Merged read requests split because the device refused them.");
+const DEVICE_POLLS_CONFIGURED: Family = gauge(
+    "device_configured_polls_per_second",
+    "Polls a second the device's config asks for (one per interval of each poll group in use). No sample for a device not in [[devices]].",
+);
+const DEVICE_POLLS_ACHIEVED: Family = gauge(
+    "device_achieved_polls_per_second",
+    "Polls a second the device got over the last measurement window (a minute or more). No sample while measuring, nor for OPC-UA devices.",
+);
 const TAG_QUALITY_GOOD: Family = gauge("tag_quality_good", "Number of the device's tags whose last reading is of good quality.");
 const STORE_PENDING_BATCHES: Family = gauge("store_pending_batches", "Telemetry batches in the outbox waiting for their PUBACK.");
 const STORE_PENDING_EVENTS: Family = gauge("store_pending_events", "Events in the outbox waiting for their PUBACK.");
@@ -115,6 +123,26 @@ const STORE_LAST_COMPACTION_BYTES_AFTER: Family =
 const STORE_PENDING_REPLIES: Family = gauge("store_pending_replies", "Command replies in the outbox waiting for their PUBACK.");
 const UPLINK_IN_FLIGHT: Family = gauge("uplink_in_flight", "Published messages waiting for their acknowledgement.");
 
+const HOST_CPU: Family = gauge(
+    "host_cpu_usage_ratio",
+    "Busy share of all the gateway's cores over the last sampling interval (5 s), 0 to 1. No sample when unknown.",
+);
+const PROCESS_CPU: Family = gauge(
+    "process_cpu_usage_ratio",
+    "The agent's share of all the gateway's cores over the last sampling interval, 0 to 1. No sample when unknown.",
+);
+const HOST_MEMORY_TOTAL: Family = gauge("host_memory_total_bytes", "The gateway's memory (MemTotal).");
+const HOST_MEMORY_AVAILABLE: Family =
+    gauge("host_memory_available_bytes", "Memory the gateway can give to programs without swapping (MemAvailable).");
+const PROCESS_RESIDENT_MEMORY: Family = gauge("process_resident_memory_bytes", "The agent's resident memory (VmRSS).");
+const DATA_DIR_DISK_TOTAL: Family = gauge("data_dir_disk_total_bytes", "Size of the filesystem holding gateway.data_dir.");
+const DATA_DIR_DISK_FREE: Family =
+    gauge("data_dir_disk_free_bytes", "Space the agent may still write on the filesystem holding gateway.data_dir.");
+const HOST_READ_ERRORS: Family = counter(
+    "host_read_errors_total",
+    "Failed reads of the gateway's resources by source: cpu (/proc/stat), memory (/proc/meminfo), process (/proc/self), disk (free space of gateway.data_dir), timeout (a round of reads slower than 2 s).",
+);
+
 const HEALTH: Family = gauge(
     "health",
     "The health verdict: 1 for the current state (ok, attention, degraded, fault), 0 for the others. The reasons are in edge_agent_health_reasons and /api/status.",
@@ -153,6 +181,7 @@ const WEB_REFUSED: Family = counter(
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
     render_health(&mut out, s);
+    render_host(&mut out, &s.host);
     render_devices(&mut out, s);
     render_store(&mut out, s);
     render_uplink(&mut out, s);
@@ -185,6 +214,17 @@ fn render_health(out: &mut String, s: &Snapshot) {
     LOG_LINES_SUPPRESSED.scalar(out, crate::runtime::log_sink::library_lines_suppressed());
 }
 
+fn render_host(out: &mut String, h: &crate::host::HostView) {
+    HOST_CPU.scalar_f64(out, h.cpu_percent.map(|p| p / 100.0));
+    PROCESS_CPU.scalar_f64(out, h.agent_cpu_percent.map(|p| p / 100.0));
+    HOST_MEMORY_TOTAL.scalar_opt(out, h.memory_total_bytes);
+    HOST_MEMORY_AVAILABLE.scalar_opt(out, h.memory_available_bytes);
+    PROCESS_RESIDENT_MEMORY.scalar_opt(out, h.agent_memory_bytes);
+    DATA_DIR_DISK_TOTAL.scalar_opt(out, h.disk_total_bytes);
+    DATA_DIR_DISK_FREE.scalar_opt(out, h.disk_free_bytes);
+    HOST_READ_ERRORS.labelled(out, "source", &h.read_errors.by_source());
+}
+
 fn render_devices(out: &mut String, s: &Snapshot) {
     DEVICE_CONNECTED.per_device(out, s, |d| u64::from(d.connected));
     DEVICE_POLLS.per_device(out, s, |d| d.polls);
@@ -205,6 +245,8 @@ fn render_devices(out: &mut String, s: &Snapshot) {
     OPCUA_NOTIFICATIONS.per_device(out, s, |d| c(d).notifications);
     OPCUA_NOTIFICATIONS_DROPPED.per_device(out, s, |d| c(d).notifications_dropped);
     TAG_QUALITY_GOOD.per_device(out, s, |d| d.tags.iter().filter(|t| t.quality == "good").count() as u64);
+    DEVICE_POLLS_CONFIGURED.per_device_f64(out, s, |d| d.poll_rate.as_ref().map(|r| r.configured_per_s));
+    DEVICE_POLLS_ACHIEVED.per_device_f64(out, s, |d| d.poll_rate.as_ref().and_then(|r| r.achieved_per_s));
 }
 
 fn render_store(out: &mut String, s: &Snapshot) {
@@ -290,6 +332,32 @@ impl Family {
     fn scalar(&self, out: &mut String, value: u64) {
         self.header(out);
         let _ = writeln!(out, "edge_agent_{} {value}", self.name);
+    }
+
+    /// The family, and its one sample when the value is known.
+    fn scalar_opt(&self, out: &mut String, value: Option<u64>) {
+        self.header(out);
+        if let Some(value) = value {
+            let _ = writeln!(out, "edge_agent_{} {value}", self.name);
+        }
+    }
+
+    /// The same for a real number (never NaN or infinite: those are left out too).
+    fn scalar_f64(&self, out: &mut String, value: Option<f64>) {
+        self.header(out);
+        if let Some(value) = value.filter(|v| v.is_finite()) {
+            let _ = writeln!(out, "edge_agent_{} {value}", self.name);
+        }
+    }
+
+    /// One sample per device whose value is known, labelled `device`.
+    fn per_device_f64(&self, out: &mut String, s: &Snapshot, value: impl Fn(&DeviceView) -> Option<f64>) {
+        self.header(out);
+        for (device, view) in &s.devices {
+            if let Some(v) = value(view).filter(|v| v.is_finite()) {
+                let _ = writeln!(out, "edge_agent_{}{{device=\"{}\"}} {v}", self.name, escape_label_value(device));
+            }
+        }
     }
 
     /// One sample per value of one label (fixed label values: no escaping needed).
@@ -531,7 +599,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 65 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 75 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
@@ -585,6 +653,45 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l.starts_with(prefix)), "missing {prefix:?} in\n{text}");
         }
+    }
+
+    #[test]
+    fn renders_the_gateways_resources_and_each_devices_poll_rates_leaving_out_the_unknown() {
+        // Given a snapshot with CPU and disk known but memory not, and two devices, one of
+        // them measured at 0.5 polls a second of 1 configured
+        let mut s = two_devices();
+        s.host = crate::host::HostView {
+            cpu_percent: Some(12.5),
+            agent_cpu_percent: Some(0.5),
+            disk_free_bytes: Some(5_000_000_000),
+            disk_total_bytes: Some(30_000_000_000),
+            read_errors: crate::host::ReadErrors { memory: 3, ..Default::default() },
+            ..Default::default()
+        };
+        let rate =
+            crate::live::poll_rate::PollRate::new(vec![crate::live::poll_rate::GroupInterval { group: None, interval_ms: 1000 }], true);
+        let mut view = rate.view(std::time::Instant::now());
+        view.achieved_per_s = Some(0.5);
+        s.devices.get_mut("press-1").unwrap().poll_rate = Some(view);
+        // When it is rendered
+        let text = render(&s);
+        // Then the known values are samples, as ratios and bytes
+        for expected in [
+            "# TYPE edge_agent_host_cpu_usage_ratio gauge",
+            "edge_agent_host_cpu_usage_ratio 0.125",
+            "edge_agent_process_cpu_usage_ratio 0.005",
+            "edge_agent_data_dir_disk_free_bytes 5000000000",
+            "edge_agent_data_dir_disk_total_bytes 30000000000",
+            "edge_agent_host_read_errors_total{source=\"memory\"} 3",
+            "edge_agent_host_read_errors_total{source=\"timeout\"} 0",
+            "edge_agent_device_configured_polls_per_second{device=\"press-1\"} 1",
+            "edge_agent_device_achieved_polls_per_second{device=\"press-1\"} 0.5",
+        ] {
+            assert!(lines(&text).contains(&expected), "missing {expected:?} in\n{text}");
+        }
+        // And the unknown ones have their family but no sample
+        assert!(text.contains("# TYPE edge_agent_host_memory_total_bytes gauge\n# HELP"), "{text}");
+        assert!(!text.contains("edge_agent_device_configured_polls_per_second{device=\"line"), "{text}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ var Trends = (function () {
   var SVG = "http://www.w3.org/2000/svg";
   var REFRESH_MS = 15000;
   var lines = null; // api/sparklines answer
-  var open = null; // { device, tag, unit } of the dialog
+  var open = null; // { device, tag, unit, refs } of the dialog
 
   function svg(tag, attrs) {
     var n = document.createElementNS(SVG, tag);
@@ -36,16 +36,31 @@ var Trends = (function () {
     return [lo, hi];
   }
 
-  // The small trend in a tag's row: 120 × 28, no axes.
-  function spark(values) {
-    var w = 120, h = 28, s = svg("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h, class: "spark", "aria-hidden": "true" });
-    var r = range(values);
-    if (!r || values.length < 2) return s;
+  // The small trend in a tag's row: 120 × 28, no axes. Options (a model's trend): w, h,
+  // lower and upper (a band, per step as the values), refs (limits drawn as dashed lines:
+  // [{value, label}]).
+  function spark(values, opts) {
+    opts = opts || {};
+    var w = opts.w || 120, h = opts.h || 28, refs = opts.refs || [];
+    var s = svg("svg", { viewBox: "0 0 " + w + " " + h, width: w, height: h, class: "spark", "aria-hidden": "true" });
+    var lower = opts.lower || [], upper = opts.upper || [];
+    var r = range(values.concat(lower, upper, refs.map(function (l) { return l.value; })));
+    if (!r || values.length < 2 || !range(values)) return s;
     var x = function (i) { return (i / (values.length - 1)) * (w - 2) + 1; };
     var y = function (v) { return h - 2 - ((v - r[0]) / (r[1] - r[0])) * (h - 4); };
+    var band = values.map(function (_, i) { return finite(lower[i]) && finite(upper[i]) ? 0 : null; });
+    runs(band).forEach(function (run) {
+      if (run.length < 2) return;
+      var top = run.map(function (p) { return x(p[0]).toFixed(1) + "," + y(upper[p[0]]).toFixed(1); });
+      var bottom = run.slice().reverse().map(function (p) { return x(p[0]).toFixed(1) + "," + y(lower[p[0]]).toFixed(1); });
+      s.appendChild(svg("polygon", { points: top.concat(bottom).join(" "), class: "spark-band" }));
+    });
+    refs.forEach(function (l) {
+      s.appendChild(svg("line", { x1: 1, x2: w - 1, y1: y(l.value).toFixed(1), y2: y(l.value).toFixed(1), class: "spark-limit" }));
+    });
     runs(values).forEach(function (run) {
       if (run.length === 1) {
-        s.appendChild(svg("circle", { cx: x(run[0][0]), cy: y(run[0][1]), r: 1.5, class: "spark-dot" }));
+        s.appendChild(svg("circle", { cx: x(run[0][0]), cy: y(run[0][1]), r: h > 28 ? 3 : 1.5, class: "spark-dot" }));
         return;
       }
       var pts = run.map(function (p) { return x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); }).join(" ");
@@ -60,6 +75,44 @@ var Trends = (function () {
     var values = lines && lines.devices && lines.devices[device] && lines.devices[device][tag];
     if (values) td.appendChild(spark(values));
     return td;
+  }
+
+  function line(device, tag) {
+    return (tag && lines && lines.devices && lines.devices[device] && lines.devices[device][tag]) || null;
+  }
+
+  // What a model's output is judged against (data.models[].limits): the anomaly threshold,
+  // the quality specification, the RUL's notice period (when the RUL is in hours).
+  function modelRefs(m) {
+    var l = m.limits || {}, refs = [];
+    if (finite(l.score_on)) refs.push({ value: l.score_on, label: "threshold " + fmt(l.score_on) });
+    if (finite(l.spec_min)) refs.push({ value: l.spec_min, label: "spec min " + fmt(l.spec_min) });
+    if (finite(l.spec_max)) refs.push({ value: l.spec_max, label: "spec max " + fmt(l.spec_max) });
+    if (finite(l.notify_within_h) && m.unit === "h") refs.push({ value: l.notify_within_h, label: "notice " + fmt(l.notify_within_h) + " h" });
+    return refs;
+  }
+
+  // A model's output over the last hour (its band and limits drawn), as a button that opens
+  // the larger trend. Null for a model whose output has no history.
+  function modelSpark(m) {
+    var t = m.trend;
+    if (!t) return null;
+    var values = line(t.device, t.value) || [];
+    var refs = modelRefs(m);
+    var b = document.createElement("button");
+    b.type = "button";
+    b.className = "spark-button model-spark";
+    b.title = "Show the trend of " + m.name + (refs.length ? " against " + refs.map(function (r) { return r.label; }).join(", ") : "");
+    b.setAttribute("aria-label", b.title);
+    b.appendChild(spark(values, { w: 240, h: 44, refs: refs, lower: line(t.device, t.lower), upper: line(t.device, t.upper) }));
+    if (!values.some(finite)) {
+      var note = document.createElement("span");
+      note.className = "spark-note";
+      note.textContent = "no history yet";
+      b.appendChild(note);
+    }
+    b.addEventListener("click", function () { show(t.device, t.value, m.unit, refs); });
+    return b;
   }
 
   function refresh() {
@@ -83,15 +136,17 @@ var Trends = (function () {
   }
 
   // A trend chart: points [{ts, min, avg, max}] over [from, to]; min–max as a band when
-  // the series is aggregated. Value labels left, time labels below.
-  function chart(series, title) {
+  // the series is aggregated. Value labels left, time labels below; `refs` (limits) as
+  // dashed lines with their label.
+  function chart(series, title, refs) {
+    refs = refs || [];
     var w = 800, h = 240, left = 70, right = 10, top = 10, bottom = 30;
     var from = Date.parse(series.from), to = Date.parse(series.to);
     var pts = series.points.map(function (p) { return { t: Date.parse(p.ts), min: p.min, avg: p.avg, max: p.max }; });
     var s = svg("svg", { viewBox: "0 0 " + w + " " + h, class: "chart", role: "img", "aria-label": title });
     var all = [];
     pts.forEach(function (p) { all.push(p.min, p.max, p.avg); });
-    var r = range(all);
+    var r = range(all) && range(all.concat(refs.map(function (l) { return l.value; })));
     var x = function (t) { return left + ((t - from) / Math.max(1, to - from)) * (w - left - right); };
     var y = function (v) { return top + (1 - (v - r[0]) / (r[1] - r[0])) * (h - top - bottom); };
     s.appendChild(svg("rect", { x: left, y: top, width: w - left - right, height: h - top - bottom, class: "chart-frame" }));
@@ -111,6 +166,12 @@ var Trends = (function () {
     [from, (from + to) / 2, to].forEach(function (tm, i) {
       var label = svg("text", { x: x(tm), y: h - 8, "text-anchor": ["start", "middle", "end"][i], class: "chart-label" });
       label.textContent = clock(tm, long && i === 0);
+      s.appendChild(label);
+    });
+    refs.forEach(function (l) {
+      s.appendChild(svg("line", { x1: left, x2: w - right, y1: y(l.value), y2: y(l.value), class: "chart-limit" }));
+      var label = svg("text", { x: w - right - 4, y: y(l.value) - 4, "text-anchor": "end", class: "chart-limit-label" });
+      label.textContent = l.label;
       s.appendChild(label);
     });
     var values = pts.map(function (p) { return p.avg; });
@@ -142,13 +203,13 @@ var Trends = (function () {
     return p;
   }
 
-  function section(title, series, what) {
+  function section(title, series, what, refs) {
     var d = document.createElement("div");
     d.className = "trend-part";
     var h = document.createElement("h3");
     h.textContent = title;
     d.appendChild(h);
-    d.appendChild(chart(series, title));
+    d.appendChild(chart(series, title, refs));
     d.appendChild(note(series, what));
     return d;
   }
@@ -167,8 +228,8 @@ var Trends = (function () {
     Promise.all([get(base + "?from=1h"), get(base + "?from=24h&step=1m")])
       .then(function (r) {
         while (body.firstChild) body.removeChild(body.firstChild);
-        body.appendChild(section("Last hour", r[0], "the hour"));
-        body.appendChild(section("Last 24 hours, per minute", r[1], "the day"));
+        body.appendChild(section("Last hour", r[0], "the hour", open && open.refs));
+        body.appendChild(section("Last 24 hours, per minute", r[1], "the day", open && open.refs));
       })
       .catch(function (err) {
         while (body.firstChild) body.removeChild(body.firstChild);
@@ -179,8 +240,8 @@ var Trends = (function () {
       });
   }
 
-  function show(device, tag, unit) {
-    open = { device: device, tag: tag, unit: unit };
+  function show(device, tag, unit, refs) {
+    open = { device: device, tag: tag, unit: unit, refs: refs || [] };
     var dialog = document.getElementById("trend");
     document.getElementById("trend-title").textContent = device + " · " + tag + (unit ? " (" + unit + ")" : "");
     load();
@@ -196,7 +257,7 @@ var Trends = (function () {
     refresh();
   }
 
-  return { sparkCell: sparkCell, show: show, init: init };
+  return { sparkCell: sparkCell, modelSpark: modelSpark, show: show, init: init };
 })();
 
 // The latest events (api/events, every 5 s): time, severity, kind, asset and the details in
