@@ -52,6 +52,8 @@ fn batch(n: i64) -> StoredBatch {
 struct Got {
     topic: String,
     payload: Payload,
+    /// The payload as received (JSON for STATE and the JSON topics).
+    raw: Vec<u8>,
 }
 
 /// A host-like consumer: persistent session on `spBv1.0/#`, every payload decoded.
@@ -62,9 +64,17 @@ struct Host {
 
 impl Host {
     async fn start(port: u16) -> Self {
+        Self::start_on(port, &["spBv1.0/#"]).await.0
+    }
+
+    /// Subscribed to `filters`; Sparkplug payloads decoded (not STATE, not NCMD/DCMD).
+    /// Also returns a client to publish with.
+    async fn start_on(port: u16, filters: &[&str]) -> (Self, AsyncClient) {
+        let filters: Vec<String> = filters.iter().map(|f| f.to_string()).collect();
         let mut opts = MqttOptions::new(format!("host-{port}"), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5)).set_clean_session(false);
         let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        let publisher = client.clone();
         let messages: Arc<Mutex<Vec<Got>>> = Arc::default();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let mut tx = Some(tx);
@@ -73,7 +83,9 @@ impl Host {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) if !ack.session_present => {
-                        let _ = client.subscribe("spBv1.0/#", QoS::AtLeastOnce).await;
+                        for f in &filters {
+                            let _ = client.subscribe(f.clone(), QoS::AtLeastOnce).await;
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = tx.take() {
@@ -81,9 +93,16 @@ impl Host {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let payload =
-                            Payload::decode(p.payload.as_ref()).unwrap_or_else(|e| panic!("{}: not a Sparkplug payload: {e}", p.topic));
-                        sink.lock().unwrap().push(Got { topic: p.topic.clone(), payload });
+                        let levels: Vec<&str> = p.topic.split('/').collect();
+                        let sparkplug = levels[0] == "spBv1.0"
+                            && levels.get(1) != Some(&"STATE")
+                            && !["NCMD", "DCMD"].contains(levels.get(2).unwrap_or(&""));
+                        let payload = if sparkplug {
+                            Payload::decode(p.payload.as_ref()).unwrap_or_else(|e| panic!("{}: not a Sparkplug payload: {e}", p.topic))
+                        } else {
+                            Payload::default()
+                        };
+                        sink.lock().unwrap().push(Got { topic: p.topic.clone(), payload, raw: p.payload.to_vec() });
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -91,7 +110,7 @@ impl Host {
             }
         });
         tokio::time::timeout(Duration::from_secs(10), rx).await.expect("SUBACK").expect("host task");
-        Host { messages, _task: task }
+        (Host { messages, _task: task }, publisher)
     }
 
     fn all(&self) -> Vec<Got> {
@@ -99,7 +118,12 @@ impl Host {
     }
 
     fn count(&self, kind: &str) -> usize {
-        self.all().iter().filter(|m| m.topic.split('/').nth(2) == Some(kind)).count()
+        self.all().iter().filter(|m| m.topic.starts_with("spBv1.0/") && m.topic.split('/').nth(2) == Some(kind)).count()
+    }
+
+    /// The JSON messages on topics ending in `leaf`.
+    fn json(&self, leaf: &str) -> Vec<serde_json::Value> {
+        self.all().iter().filter(|m| m.topic.ends_with(leaf)).filter_map(|m| serde_json::from_slice(&m.raw).ok()).collect()
     }
 }
 
@@ -121,8 +145,11 @@ fn check_stream(messages: &[Got]) -> (Vec<u64>, usize) {
     let mut expected_seq: Option<u64> = None;
     let mut born: HashMap<String, HashMap<u64, u32>> = HashMap::new();
     let mut session_bdseq: Option<u64> = None;
-    for m in messages {
+    for m in messages.iter().filter(|m| m.topic.starts_with("spBv1.0/")) {
         let kind = m.topic.split('/').nth(2).unwrap();
+        if ["STATE", "NCMD", "DCMD"].contains(&m.topic.split('/').nth(1).unwrap_or("")) || ["NCMD", "DCMD"].contains(&kind) {
+            continue; // the host's own messages
+        }
         assert_eq!(m.topic.split('/').nth(1), Some("Mill"), "group id");
         assert_eq!(m.topic.split('/').nth(3), Some("gw-sp"), "edge node id");
         assert!(m.payload.timestamp.is_some(), "{kind} without a timestamp");
@@ -138,6 +165,7 @@ fn check_stream(messages: &[Got]) -> (Vec<u64>, usize) {
             }
             "NBIRTH" => {
                 assert_eq!(m.payload.seq, Some(0), "NBIRTH seq");
+                expected_seq = None; // a rebirth starts again at 0
                 let b = bdseq(&m.payload);
                 births.push(b);
                 session_bdseq = Some(b);
@@ -177,6 +205,11 @@ fn check_stream(messages: &[Got]) -> (Vec<u64>, usize) {
                         historical += 1;
                     }
                 }
+            }
+            "DDEATH" => {
+                let device = m.topic.split('/').nth(4).unwrap();
+                assert!(born.remove(device).is_some(), "DDEATH of {device}, which was not born");
+                assert!(m.payload.metrics.is_empty());
             }
             other => panic!("unexpected {other}"),
         }
@@ -261,4 +294,293 @@ async fn a_sparkplug_node_births_before_data_keeps_seq_and_bdseq_and_marks_the_r
     wait_for("the NDEATH of the clean shutdown", Duration::from_secs(10), || (host.count("NDEATH") >= 2).then_some(())).await;
     check_stream(&host.all());
     assert_eq!(std::fs::read_to_string(dir.path().join("sparkplug-bdseq")).unwrap().trim(), births[2].to_string());
+}
+
+// ---------------------------------------------------------------------------------------
+// The real agent against a host: commands, a device lost and back, a host outage, SIGKILL
+
+/// A Modbus PLC on its own runtime (stopping it closes the agent's connection too), on a
+/// fixed port so that it can come back where the agent looks for it.
+struct Plc {
+    port: u16,
+    bank: edge_drivers::sim::register_server::SharedBank,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Plc {
+    fn start(port: u16, bank: edge_drivers::sim::register_server::SharedBank) -> Self {
+        let started = std::time::Instant::now();
+        let listener = loop {
+            match std::net::TcpListener::bind(("127.0.0.1", port)) {
+                Ok(l) => break l,
+                Err(e) if started.elapsed() < Duration::from_secs(10) => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("bind the PLC on {port}: {e}"),
+            }
+        };
+        listener.set_nonblocking(true).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let served = bank.clone();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let _ = edge_drivers::sim::register_server::serve(listener, served, cancel).await;
+        });
+        Plc { port, bank, runtime: Some(runtime) }
+    }
+
+    fn stop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        *self = Plc::start(self.port, self.bank.clone());
+    }
+}
+
+impl Drop for Plc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn agent_config(data_dir: &std::path::Path, mqtt: u16, plc: u16, web: u16) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-sp"
+site = "test-site"
+data_dir = "{data_dir}"
+shutdown_timeout = "5s"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt}
+keep_alive = "5s"
+max_inflight = 16
+start_delay_max = "0s"
+payload = "sparkplug"
+
+[sparkplug]
+group_id = "Mill"
+primary_host_id = "scada"
+
+[store]
+flush_interval = "200ms"
+
+[web]
+listen = "127.0.0.1:{web}"
+
+[commands]
+writes_enabled = true
+
+[[commands.writable]]
+device = "plc1"
+tag = "setpoint"
+min = 0
+max = 100
+
+[[devices]]
+name = "plc1"
+protocol = "modbus-tcp"
+address = "127.0.0.1:{plc}"
+poll_interval = "100ms"
+timeout = "500ms"
+
+[[devices.tags]]
+name = "level"
+table = "holding"
+address = 0
+type = "u16"
+
+[[devices.tags]]
+name = "setpoint"
+table = "holding"
+address = 1
+type = "u16"
+"#,
+        data_dir = data_dir.display()
+    )
+}
+
+fn state(online: bool) -> Vec<u8> {
+    let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    serde_json::json!({ "online": online, "timestamp": ts }).to_string().into_bytes()
+}
+
+fn command_payload(metrics: Vec<srad_types::payload::Metric>) -> Vec<u8> {
+    Payload { timestamp: Some(1), metrics, seq: None, uuid: None, body: None }.encode_to_vec()
+}
+
+fn metric_named(name: &str, datatype: srad_types::payload::DataType, value: metric::Value) -> srad_types::payload::Metric {
+    srad_types::payload::Metric {
+        name: Some(name.into()),
+        datatype: Some(datatype as u32),
+        value: Some(value),
+        ..srad_types::payload::Metric::new()
+    }
+}
+
+/// Index of the `n`-th (0-based) message of `kind` (for `device`, if given).
+fn nth(all: &[Got], kind: &str, device: Option<&str>, n: usize) -> Option<usize> {
+    all.iter()
+        .enumerate()
+        .filter(|(_, m)| m.topic.starts_with("spBv1.0/Mill/") && m.topic.split('/').nth(2) == Some(kind))
+        .filter(|(_, m)| device.is_none_or(|d| m.topic.split('/').nth(4) == Some(d)))
+        .nth(n)
+        .map(|(i, _)| i)
+}
+
+/// The value of `tag` in each DDATA from `from` on, by the aliases of the DBIRTHs.
+fn values(all: &[Got], tag: &str, from: usize) -> Vec<(u64, bool)> {
+    let mut alias = None;
+    let mut out = Vec::new();
+    for (i, m) in all.iter().enumerate() {
+        match m.topic.split('/').nth(2) {
+            Some("DBIRTH") => {
+                alias = m.payload.metrics.iter().find(|x| x.name.as_deref() == Some(tag)).and_then(|x| x.alias);
+            }
+            Some("DDATA") if i >= from => {
+                for x in m.payload.metrics.iter().filter(|x| x.alias.is_some() && x.alias == alias) {
+                    if let Some(metric::Value::IntValue(v)) = x.value {
+                        out.push((u64::from(v), x.is_historical == Some(true)));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_agent_answers_a_host_rebirths_refuses_writes_outside_the_allowlist_follows_its_devices_and_the_primary_host_and_keeps_bdseq_across_sigkill(
+) {
+    use srad_types::payload::DataType;
+    // Given a host that is online (retained STATE), a PLC whose register 0 counts up every
+    // 300 ms, and the real agent in Sparkplug mode with that primary host
+    let broker = Mosquitto::start().await;
+    let (host, client) = Host::start_on(broker.port, &["spBv1.0/#", "plant/#"]).await;
+    client.publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, state(true)).await.unwrap();
+    let mut registers = edge_drivers::sim::register_server::RegisterBank::default();
+    registers.set_holding(0, &[0, 0]);
+    let bank = registers.shared();
+    let mut plc = Plc::start(support::free_port(), bank.clone());
+    let counting = bank.clone();
+    let counter = tokio::spawn(async move {
+        for n in 1u16.. {
+            counting.write().unwrap().set_holding(0, &[n]);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let web = support::free_port();
+    let config_path = dir.path().join("agent.toml");
+    std::fs::write(&config_path, agent_config(&dir.path().join("data"), broker.port, plc.port, web)).unwrap();
+    let mut agent = support::agent::AgentProcess::start(&config_path, dir.path().join("agent.log"));
+    wait_for("NBIRTH, DBIRTH and DDATA", Duration::from_secs(30), || (host.count("DDATA") >= 3).then_some(())).await;
+
+    // When the host asks for a rebirth (NCMD Node Control/Rebirth = true)
+    let ncmd = "spBv1.0/Mill/NCMD/gw-sp";
+    let rebirth = command_payload(vec![metric_named("Node Control/Rebirth", DataType::Boolean, metric::Value::BooleanValue(true))]);
+    client.publish(ncmd, QoS::AtLeastOnce, false, rebirth).await.unwrap();
+    // Then a fresh NBIRTH (seq 0) and the DBIRTH follow, before further DDATA (check_stream)
+    wait_for("the rebirth", Duration::from_secs(15), || {
+        let all = host.all();
+        nth(&all, "NBIRTH", None, 1).and_then(|b| nth(&all, "DBIRTH", Some("plc1"), 1).filter(|&d| d > b))
+    })
+    .await;
+    // And a Reboot is refused (sparkplug.allow_reboot is false) and audited
+    let reboot = command_payload(vec![metric_named("Node Control/Reboot", DataType::Boolean, metric::Value::BooleanValue(true))]);
+    client.publish(ncmd, QoS::AtLeastOnce, false, reboot).await.unwrap();
+
+    // When the host writes a tag outside the allowlist, and one inside it (DCMD)
+    let dcmd = "spBv1.0/Mill/DCMD/gw-sp/plc1";
+    let outside = command_payload(vec![metric_named("level", DataType::UInt16, metric::Value::IntValue(7))]);
+    client.publish(dcmd, QoS::AtLeastOnce, false, outside).await.unwrap();
+    let inside = command_payload(vec![metric_named("setpoint", DataType::UInt16, metric::Value::IntValue(42))]);
+    client.publish(dcmd, QoS::AtLeastOnce, false, inside).await.unwrap();
+    // Then the first is refused and audited (command_rejected), the reboot too, and the
+    // second is written: the next DDATA carries setpoint 42
+    let rejected = wait_for("the refused write audited", Duration::from_secs(15), || {
+        let events = host.json("/events");
+        let refused: Vec<_> = events.into_iter().filter(|e| e["kind"] == "command_rejected").collect();
+        (refused.len() >= 2).then_some(refused)
+    })
+    .await;
+    let write = rejected.iter().find(|e| e["details"]["command"] == "dcmd").expect("the DCMD refusal");
+    assert_eq!(write["details"]["tag"], "level");
+    assert!(write["details"]["reason"].as_str().unwrap().contains("not in the allowlist"), "{write}");
+    assert!(rejected.iter().any(|e| e["details"]["command"] == "reboot"), "{rejected:?}");
+    wait_for("setpoint 42 in a DDATA", Duration::from_secs(15), || {
+        values(&host.all(), "setpoint", 0).iter().any(|v| v.0 == 42).then_some(())
+    })
+    .await;
+    assert_eq!(bank.read().unwrap().holding.get(&1), Some(&42));
+    assert!(host.json("/cmd/response").is_empty(), "Sparkplug commands get no JSON reply");
+
+    // When the PLC goes away and comes back
+    plc.stop();
+    wait_for("the DDEATH", Duration::from_secs(20), || (host.count("DDEATH") == 1).then_some(())).await;
+    plc.restart();
+    // Then a new DBIRTH comes before its next DDATA (check_stream)
+    let back = wait_for("the DBIRTH after the return", Duration::from_secs(30), || {
+        let all = host.all();
+        let death = nth(&all, "DDEATH", Some("plc1"), 0)?;
+        all.iter().enumerate().skip(death).find(|(_, m)| m.topic.ends_with("/DBIRTH/gw-sp/plc1")).map(|(i, _)| i)
+    })
+    .await;
+    wait_for("DDATA after the return", Duration::from_secs(10), || (nth(&host.all(), "DDATA", None, 0).is_some()).then_some(())).await;
+
+    // When the primary host goes offline for a while, then comes back
+    client.publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, state(false)).await.unwrap();
+    wait_for("the NDEATH when the host went offline", Duration::from_secs(10), || (host.count("NDEATH") == 1).then_some(())).await;
+    let ddata_offline = host.count("DDATA");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(host.count("DDATA") <= ddata_offline + 1, "no data while the host is offline");
+    client.publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, state(true)).await.unwrap();
+    // Then NBIRTH and DBIRTH again, the stored readings as historical, live data going on
+    wait_for("the NBIRTH after the host's return", Duration::from_secs(10), || (host.count("NBIRTH") == 3).then_some(())).await;
+    wait_for("historical and live data", Duration::from_secs(15), || {
+        let v = values(&host.all(), "level", back);
+        (v.iter().any(|x| x.1) && v.last().is_some_and(|x| !x.1)).then_some(())
+    })
+    .await;
+    // And nothing was lost: every count of register 0 since the PLC came back was published
+    let mut seen: Vec<u64> = values(&host.all(), "level", back).into_iter().map(|v| v.0).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    let (first, last) = (seen[0], seen[seen.len() - 1]);
+    assert_eq!(seen.len() as u64, last - first + 1, "a reading is missing: {seen:?}");
+
+    // And the status page and /metrics show the edge node
+    let status: serde_json::Value = serde_json::from_str(&support::http_get(web, "/api/status").await).unwrap();
+    let sp = &status["uplink"]["sparkplug"];
+    assert_eq!(sp["host_state"], "online", "{sp}");
+    assert_eq!(sp["rebirth_requests"], 1, "{sp}");
+    assert_eq!(sp["device_deaths"], 1, "{sp}");
+    assert!(sp["commands_refused"].as_u64().unwrap() >= 2, "{sp}");
+    let metrics = support::http_get(web, "/metrics").await;
+    assert_eq!(support::metric(&metrics, "edge_agent_sparkplug_rebirth_requests_total"), 1);
+    assert_eq!(support::metric(&metrics, "edge_agent_sparkplug_primary_host_online"), 1);
+
+    // When the agent is killed (SIGKILL) and started again
+    agent.kill9();
+    wait_for("the NDEATH Will", Duration::from_secs(20), || (host.count("NDEATH") == 2).then_some(())).await;
+    let mut agent = support::agent::AgentProcess::start(&config_path, dir.path().join("agent.log"));
+    wait_for("the NBIRTH after the restart", Duration::from_secs(30), || (host.count("NBIRTH") == 4).then_some(())).await;
+    assert!(agent.terminate(Duration::from_secs(15)), "clean exit");
+    wait_for("the NDEATH of the clean shutdown", Duration::from_secs(10), || (host.count("NDEATH") == 3).then_some(())).await;
+    counter.abort();
+
+    // Then the whole stream holds the spec's invariants, and the restart took the next bdSeq
+    let (births, historical) = check_stream(&host.all());
+    assert!(historical > 0);
+    assert_eq!(births[..3], [0, 0, 0], "rebirth and the host's return keep the connection's bdSeq: {births:?}");
+    assert_eq!(births[3], 1, "after SIGKILL, the next bdSeq from disk: {births:?}");
 }

@@ -202,6 +202,39 @@ pub struct UplinkView {
     /// Source time of the oldest telemetry batch still waiting in the outbox (the backlog's
     /// age); `None` when the outbox holds no batch.
     pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// The Sparkplug B edge node (`mqtt.payload = "sparkplug"`); `None` in JSON mode.
+    pub sparkplug: Option<SparkplugView>,
+}
+
+/// The Sparkplug B edge node's state (`uplink::session`; `commands_refused` by the
+/// command handler).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SparkplugView {
+    pub group_id: String,
+    pub edge_node_id: String,
+    /// The `bdSeq` of the current (or next) MQTT CONNECT, in its NDEATH Will.
+    pub bd_seq: Option<u8>,
+    /// The `seq` of the last message published.
+    pub seq: Option<u8>,
+    /// Whether the NBIRTH of the current session went out (and no NDEATH since).
+    pub born: bool,
+    /// `sparkplug.primary_host_id`, if set.
+    pub primary_host: Option<String>,
+    /// `online`, `offline` or `unknown` (no STATE received yet in this connection);
+    /// `None` without a primary host.
+    pub host_state: Option<String>,
+    pub node_births: u64,
+    pub device_births: u64,
+    pub device_deaths: u64,
+    /// `Node Control/Rebirth` requests received (NCMD).
+    pub rebirth_requests: u64,
+    /// DCMD and NCMD messages received.
+    pub commands_received: u64,
+    /// Host commands refused: DCMD writes the command policy refused, `Node Control/Reboot`
+    /// without `sparkplug.allow_reboot`, unreadable NCMD/DCMD payloads.
+    pub commands_refused: u64,
+    /// Devices lost (DDEATH sent), in name order.
+    pub dead_devices: Vec<String>,
 }
 
 /// Commands from the ERP since the agent started (see `commands::handler`).
@@ -215,6 +248,8 @@ pub struct CommandsView {
     pub failed: u64,
     /// Repeats of a command already carried out (same id): answered, not run again.
     pub duplicates: u64,
+    /// Of `rejected`, those from a Sparkplug host (DCMD writes, `Node Control/Reboot`).
+    pub sparkplug_refused: u64,
 }
 
 impl TaskView {

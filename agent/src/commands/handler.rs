@@ -33,6 +33,7 @@ use crate::events::{CommandAudit, Event};
 use crate::live::Live;
 use crate::payload::{rfc3339, VERSION};
 use crate::store::{Outbox, StoredEventDraft, StoredReply};
+use crate::uplink::session::{SPARKPLUG_REBOOT, SPARKPLUG_WRITE};
 
 /// Topic leaf of every reply.
 pub const RESPONSE_LEAF: &str = "cmd/response";
@@ -88,6 +89,10 @@ pub struct Outcome {
     pub event: Option<StoredEventDraft>,
     /// Set by a successful `reload`: the runtime restarts with it once the reply is stored.
     pub restart: Option<Box<Config>>,
+    /// Whether `reply` is stored for `cmd/response`: not for a Sparkplug host's DCMD or
+    /// NCMD (Sparkplug has no replies: the next DDATA confirms a write; the audit event
+    /// records every one).
+    pub publish_reply: bool,
 }
 
 /// The facts of one command, gathered as it goes through.
@@ -151,7 +156,26 @@ impl Handler {
         }
         let mut audit = Audit { command: inbound.name.clone(), id: None, device: None, tag: None, value: None, received_at: Utc::now() };
         let mut restart = None;
-        let verdict = match parse(&inbound.name, &inbound.payload) {
+        // From a Sparkplug host (see `uplink::session`): a DCMD metric as a `write`, or
+        // `Node Control/Reboot`, which is a `reload` when `sparkplug.allow_reboot` is set.
+        let sparkplug = match inbound.name.as_str() {
+            SPARKPLUG_WRITE => {
+                audit.command = "dcmd".into();
+                Some("write")
+            }
+            SPARKPLUG_REBOOT => {
+                audit.command = "reboot".into();
+                if !self.config.sparkplug.allow_reboot {
+                    audit.id = parse("reload", &inbound.payload).ok().map(|c| c.id().to_string());
+                    let reason = "Node Control/Reboot refused: sparkplug.allow_reboot is false on this gateway".to_string();
+                    return Some(self.sparkplug_outcome(audit, Verdict::Rejected(reason), None));
+                }
+                Some("reload")
+            }
+            _ => None,
+        };
+        let name = sparkplug.unwrap_or(inbound.name.as_str());
+        let verdict = match parse(name, &inbound.payload) {
             Err(e) => {
                 audit.id = e.id;
                 Verdict::Rejected(e.reason)
@@ -195,6 +219,9 @@ impl Handler {
                 }
             }
         };
+        if sparkplug.is_some() {
+            return Some(self.sparkplug_outcome(audit, verdict, restart));
+        }
         let acted = !matches!(verdict, Verdict::Rejected(_));
         let outcome = self.conclude(audit, verdict, restart);
         if acted {
@@ -205,6 +232,18 @@ impl Handler {
         Some(outcome)
     }
 
+    /// The outcome of a Sparkplug host's command: audited and counted like any, no reply,
+    /// refusals also counted as the edge node's (`commands.sparkplug_refused`).
+    fn sparkplug_outcome(&self, audit: Audit, verdict: Verdict, restart: Option<Box<Config>>) -> Outcome {
+        let refused = matches!(verdict, Verdict::Rejected(_));
+        let mut outcome = self.conclude(audit, verdict, restart);
+        outcome.publish_reply = false;
+        if refused {
+            self.live.update(|s| s.commands.sparkplug_refused += 1);
+        }
+        outcome
+    }
+
     /// A command already carried out came again: answer with the first reply, do nothing.
     fn repeat(&self, name: &str, id: &str, reply: serde_json::Value) -> Outcome {
         let duplicates = self.counters.duplicates.fetch_add(1, Ordering::Relaxed) + 1;
@@ -212,7 +251,7 @@ impl Handler {
         if let Some(suppressed) = self.log_limit.allow(format!("{name}/repeated")) {
             warn!(command = name, %id, duplicates, suppressed, "command repeated (same id and payload): answered with the first reply, not carried out again");
         }
-        Outcome { reply, event: None, restart: None }
+        Outcome { reply, event: None, restart: None, publish_reply: true }
     }
 
     async fn write(&self, w: &WriteCommand) -> Verdict {
@@ -350,17 +389,19 @@ impl Handler {
 
         let asset = audit.device.unwrap_or_else(|| gateway.clone());
         let event = StoredEventDraft::now(gateway.as_str(), asset, event);
-        Outcome { reply: serde_json::Value::Object(reply), event: Some(event), restart }
+        Outcome { reply: serde_json::Value::Object(reply), event: Some(event), restart, publish_reply: true }
     }
 
     /// Stores the reply, then the audit event (each flushed before it can be published).
     async fn record(&self, outcome: &Outcome) {
-        let reply = StoredReply { topic_leaf: RESPONSE_LEAF.into(), body: outcome.reply.clone() };
-        self.outbox.until_not_compacting().await;
-        match timeout(STORE_TIMEOUT, self.outbox.append_reply(&reply)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => error!(error = %e, "could not store a command reply"),
-            Err(_) => error!("storing a command reply took longer than {STORE_TIMEOUT:?}"),
+        if outcome.publish_reply {
+            let reply = StoredReply { topic_leaf: RESPONSE_LEAF.into(), body: outcome.reply.clone() };
+            self.outbox.until_not_compacting().await;
+            match timeout(STORE_TIMEOUT, self.outbox.append_reply(&reply)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => error!(error = %e, "could not store a command reply"),
+                Err(_) => error!("storing a command reply took longer than {STORE_TIMEOUT:?}"),
+            }
         }
         if let Some(event) = &outcome.event {
             self.outbox.until_not_compacting().await;

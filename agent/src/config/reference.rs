@@ -287,7 +287,7 @@ pub fn sections() -> Vec<Section> {
         },
         Section {
             heading: "## `[sparkplug]`: the Sparkplug B edge node",
-            intro: "Used with `mqtt.payload = \"sparkplug\"`. The node connects with a clean session and registers its NDEATH (with `bdSeq`) as the MQTT Will; `bdSeq` is kept in `{data_dir}/sparkplug-bdseq` and advanced, and saved, before every CONNECT. Each session publishes an NBIRTH, a DBIRTH per device (every metric with its alias, datatype, `engUnit`, `engLow`/`engHigh` from `clamp_min`/`clamp_max`), then each stored batch as one DDATA by alias, `is_historical` when it was stored before the session's birth. Replies and events stay on the JSON topics (`{prefix}/{site}/{gateway}/…`).",
+            intro: "Used with `mqtt.payload = \"sparkplug\"`. The node connects with a clean session and registers its NDEATH (with `bdSeq`) as the MQTT Will; `bdSeq` is kept in `{data_dir}/sparkplug-bdseq` and advanced, and saved, before every CONNECT. Each session publishes an NBIRTH, a DBIRTH per device (every metric with its alias, datatype, `engUnit`, `engLow`/`engHigh` from `clamp_min`/`clamp_max`), then each stored batch as one DDATA by alias, `is_historical` when it was stored before the session's birth; DDEATH for a lost device; NCMD rebirth and DCMD writes (through `[commands]`). Replies and events stay on the JSON topics (`{prefix}/{site}/{gateway}/…`). See [Sparkplug B](sparkplug.md).",
             path: "sparkplug",
             keys: vec![
                 key("group_id", "string", Text("`gateway.site`"), "The Sparkplug group id: the second topic level. No `/`, `+` or `#`."),
@@ -296,9 +296,14 @@ pub fn sections() -> Vec<Section> {
                     "primary_host_id",
                     "string",
                     Text("none"),
-                    "The primary host application whose `spBv1.0/STATE/{id}` the node follows. Not yet used: births and data are published whenever the broker is reachable.",
+                    "The primary host application whose `spBv1.0/STATE/{id}` the node follows: NBIRTH and data only while it says online; while it is offline everything is stored and later replayed as `is_historical`. None: births whenever the broker is reachable.",
                 ),
-                key("allow_reboot", "bool", Serde, "Whether a host's `Node Control/Reboot` is obeyed. Not yet used: NCMD is not subscribed to."),
+                key(
+                    "allow_reboot",
+                    "bool",
+                    Serde,
+                    "Whether a host's `Node Control/Reboot` (NCMD) is obeyed. It then means the JSON `reload`: the config file is read again and the agent restarts in place (never the machine). Refused and audited otherwise.",
+                ),
             ],
             outro: "",
         },

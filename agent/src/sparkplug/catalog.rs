@@ -49,6 +49,10 @@ impl DeviceMetrics {
     pub fn get(&self, name: &str) -> Option<&MetricDef> {
         self.index.get(name).map(|&i| &self.metrics[i])
     }
+
+    pub fn by_alias(&self, alias: u64) -> Option<&MetricDef> {
+        self.metrics.iter().find(|m| m.alias == alias)
+    }
 }
 
 /// Every device's metrics, in config order (then devices first seen in data).
@@ -244,6 +248,28 @@ pub fn encode_value(t: DataType, v: &Value) -> Option<srad_types::payload::metri
     })
 }
 
+/// A metric value from a host (NCMD, DCMD) as the agent's value, read as `datatype` (the
+/// metric's own, else the one it was born with; a signed type sign-extends `int_value`).
+/// `None` for a value of another kind (datasets, templates, bytes…).
+pub fn decode_value(datatype: Option<DataType>, v: &srad_types::payload::metric::Value) -> Option<Value> {
+    use srad_types::payload::metric::Value as M;
+    Some(match v {
+        M::BooleanValue(b) => Value::Bool(*b),
+        M::IntValue(u) => match datatype {
+            Some(DataType::Int8 | DataType::Int16 | DataType::Int32) => Value::Int(i64::from(*u as i32)),
+            _ => Value::Int(i64::from(*u)),
+        },
+        M::LongValue(u) => match datatype {
+            Some(DataType::UInt64) => i64::try_from(*u).map_or(Value::Float(*u as f64), Value::Int),
+            _ => Value::Int(*u as i64),
+        },
+        M::FloatValue(f) => Value::Float(f64::from(*f)),
+        M::DoubleValue(f) => Value::Float(*f),
+        M::StringValue(s) => Value::Text(s.clone()),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +322,18 @@ mod tests {
         assert_eq!(encode_value(DataType::Int16, &Value::Int(-2)), Some(M::IntValue(0xFFFF_FFFE)));
         assert_eq!(encode_value(DataType::Int64, &Value::Int(-2)), Some(M::LongValue(u64::MAX - 1)));
         assert_eq!(encode_value(DataType::Float, &Value::Float(0.5)), Some(M::FloatValue(0.5)));
+    }
+
+    #[test]
+    fn host_values_are_read_by_their_datatype() {
+        use srad_types::payload::metric::Value as M;
+        assert_eq!(decode_value(Some(DataType::Int16), &M::IntValue(0xFFFF_FFFE)), Some(Value::Int(-2)));
+        assert_eq!(decode_value(Some(DataType::UInt32), &M::IntValue(0xFFFF_FFFE)), Some(Value::Int(4_294_967_294)));
+        assert_eq!(decode_value(Some(DataType::Int64), &M::LongValue(u64::MAX)), Some(Value::Int(-1)));
+        assert_eq!(decode_value(Some(DataType::UInt64), &M::LongValue(u64::MAX)), Some(Value::Float(u64::MAX as f64)));
+        assert_eq!(decode_value(None, &M::BooleanValue(true)), Some(Value::Bool(true)));
+        assert_eq!(decode_value(None, &M::DoubleValue(2.5)), Some(Value::Float(2.5)));
+        assert_eq!(decode_value(None, &M::BytesValue(vec![1])), None);
     }
 
     #[test]

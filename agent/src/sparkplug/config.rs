@@ -16,7 +16,8 @@ pub struct SparkplugConfig {
     /// Absent: births and data are published whenever the broker is reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary_host_id: Option<String>,
-    /// Whether `Node Control/Reboot` from a host is obeyed (restarts the agent).
+    /// Whether `Node Control/Reboot` from a host is obeyed: it then means the JSON `reload`
+    /// (the config file read again, the agent restarted in place); refused and audited otherwise.
     #[serde(default)]
     pub allow_reboot: bool,
 }

@@ -56,11 +56,40 @@ pub struct EdgeNode {
     born: HashSet<String>,
     /// The last live value of each device's metrics, for the next DBIRTH.
     last: HashMap<String, HashMap<String, WireSample>>,
+    /// Born devices reported lost (`device_lost`), with the outbox's next `batch_seq` when
+    /// the event was read: their DDEATH goes out once every batch numbered below it has
+    /// been queued (the last readings before the loss come first).
+    dying: HashMap<String, u64>,
+    /// Devices lost (DDEATH sent, or lost while not born): no DBIRTH until they are back
+    /// (`device_connected`) or a reading of theirs is published.
+    dead: HashSet<String>,
+    /// The `seq` of the last message, if any.
+    last_seq: Option<u8>,
 }
 
 impl EdgeNode {
     pub fn new(ids: NodeIds, devices: &[DeviceConfig]) -> Self {
-        Self { ids, catalog: Catalog::from_devices(devices), seq: 0, node_born: false, born: HashSet::new(), last: HashMap::new() }
+        Self {
+            ids,
+            catalog: Catalog::from_devices(devices),
+            seq: 0,
+            node_born: false,
+            born: HashSet::new(),
+            last: HashMap::new(),
+            dying: HashMap::new(),
+            dead: HashSet::new(),
+            last_seq: None,
+        }
+    }
+
+    /// The `seq` of the last message published, if any.
+    pub fn last_seq(&self) -> Option<u8> {
+        self.last_seq
+    }
+
+    /// Devices whose DDEATH went out (or that were lost while not born), not back yet.
+    pub fn dead_devices(&self) -> impl Iterator<Item = &str> {
+        self.dead.iter().map(String::as_str)
     }
 
     pub fn ids(&self) -> &NodeIds {
@@ -85,10 +114,54 @@ impl EdgeNode {
         Message { topic: self.topic("NDEATH", None), payload: payload.encode_to_vec() }
     }
 
-    /// The connection is gone: the next session starts with an NBIRTH and new DBIRTHs.
+    /// The connection is gone (or the node published its NDEATH): the next session starts
+    /// with an NBIRTH and new DBIRTHs. A device that was dying is dead: not born again
+    /// until it is back.
     pub fn session_ended(&mut self) {
         self.node_born = false;
         self.born.clear();
+        self.dead.extend(self.dying.drain().map(|(d, _)| d));
+    }
+
+    /// `Node Control/Rebirth`: the next message is a new NBIRTH (`seq` 0, the same
+    /// `bdSeq`: the Will of the connection has not changed), then every DBIRTH again.
+    pub fn rebirth(&mut self) {
+        self.node_born = false;
+        self.born.clear();
+    }
+
+    /// A stored `device_lost` of `device` was read; `next_batch_seq` is the outbox's next
+    /// number at that moment (every reading taken before the loss is numbered below it).
+    pub fn device_lost(&mut self, device: &str, next_batch_seq: u64) {
+        if self.born.contains(device) {
+            self.dying.insert(device.to_string(), next_batch_seq);
+        } else {
+            self.dead.insert(device.to_string());
+        }
+    }
+
+    /// A stored `device_connected` of `device` was read: it may be born again.
+    pub fn device_back(&mut self, device: &str) {
+        self.dying.remove(device);
+        self.dead.remove(device);
+    }
+
+    /// The DDEATHs due once every batch below `published_below` has been queued, in device
+    /// order; those devices are dead until they are back.
+    pub fn deaths_due(&mut self, published_below: u64, now: DateTime<Utc>) -> Vec<Message> {
+        let mut due: Vec<String> = self.dying.iter().filter(|(_, &mark)| mark <= published_below).map(|(d, _)| d.clone()).collect();
+        due.sort();
+        due.into_iter()
+            .map(|device| {
+                self.dying.remove(&device);
+                self.born.remove(&device);
+                let seq = self.next_seq();
+                let payload = Payload { timestamp: Some(ms(now)), metrics: Vec::new(), seq: Some(seq), uuid: None, body: None };
+                let message = Message { topic: self.topic("DDEATH", Some(&device)), payload: payload.encode_to_vec() };
+                self.dead.insert(device);
+                message
+            })
+            .collect()
     }
 
     pub fn is_born(&self) -> bool {
@@ -97,6 +170,7 @@ impl EdgeNode {
 
     fn next_seq(&mut self) -> u64 {
         let s = self.seq;
+        self.last_seq = Some(s);
         self.seq = self.seq.wrapping_add(1);
         u64::from(s)
     }
@@ -132,9 +206,13 @@ impl EdgeNode {
         Message { topic: self.topic("NBIRTH", None), payload: payload.encode_to_vec() }
     }
 
-    /// Devices with metrics and no DBIRTH in this session yet, in order.
+    /// Devices with metrics, not lost, and no DBIRTH in this session yet, in order.
     pub fn unborn_devices(&self) -> Vec<String> {
-        self.catalog.devices().filter(|(d, m)| !m.metrics.is_empty() && !self.born.contains(*d)).map(|(d, _)| d.to_string()).collect()
+        self.catalog
+            .devices()
+            .filter(|(d, m)| !m.metrics.is_empty() && !self.born.contains(*d) && !self.dead.contains(*d))
+            .map(|(d, _)| d.to_string())
+            .collect()
     }
 
     /// The DBIRTH of `device`: every metric with name, alias, datatype, properties and its
@@ -154,6 +232,8 @@ impl EdgeNode {
     /// The DDATA for one stored batch, preceded by a DBIRTH when the device has none in
     /// this session or a value needs a metric it was not born with.
     pub fn data(&mut self, device: &str, samples: &[WireSample], historical: bool, now: DateTime<Utc>) -> (Option<Message>, Message) {
+        // A device with a reading to publish is alive: born again if it was lost.
+        self.dead.remove(device);
         let mut rebirth = !self.born.contains(device);
         let mut aliases = Vec::with_capacity(samples.len());
         for s in samples {
@@ -384,5 +464,71 @@ mod tests {
         let (birth, _) = n.data("gpio", &[sample("door", Some(Value::Text("open".into())), "good")], false, Utc::now());
         let birth = decode(&birth.expect("a new DBIRTH"));
         assert_eq!(birth.metrics[0].datatype, Some(DataType::String as u32));
+    }
+
+    #[test]
+    fn a_rebirth_request_starts_again_with_an_nbirth_at_seq_zero_and_every_dbirth() {
+        let mut n = node();
+        n.birth(4, &NodeInfo::default(), Utc::now());
+        n.data("m1", &[sample("flow", Some(Value::Float(1.0)), "good")], false, Utc::now());
+        assert!(n.unborn_devices().is_empty());
+        n.rebirth();
+        assert!(!n.is_born());
+        let p = decode(&n.birth(4, &NodeInfo::default(), Utc::now()));
+        assert_eq!((p.seq, p.metrics[0].value.clone()), (Some(0), Some(metric::Value::LongValue(4))), "same bdSeq, seq 0");
+        assert_eq!(n.unborn_devices(), ["m1"]);
+    }
+
+    #[test]
+    fn a_lost_device_dies_after_its_last_readings_and_is_born_again_before_its_next_ddata() {
+        // Given a born device
+        let mut n = node();
+        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.data("m1", &[sample("flow", Some(Value::Float(1.0)), "good")], false, Utc::now());
+        // When its device_lost is read while batches up to 10 are not all queued
+        n.device_lost("m1", 11);
+        // Then no DDEATH yet; once they are, a DDEATH with the next seq
+        assert!(n.deaths_due(10, Utc::now()).is_empty());
+        let deaths = n.deaths_due(11, Utc::now());
+        assert_eq!(deaths.len(), 1);
+        assert_eq!(deaths[0].topic, "spBv1.0/mill/DDEATH/gw1/m1");
+        let p = decode(&deaths[0]);
+        assert_eq!(p.seq, Some(3));
+        assert!(p.metrics.is_empty() && p.timestamp.is_some());
+        // And no DBIRTH for it, even after a rebirth, until it is back
+        n.rebirth();
+        n.birth(0, &NodeInfo::default(), Utc::now());
+        assert!(n.unborn_devices().is_empty());
+        n.device_back("m1");
+        assert_eq!(n.unborn_devices(), ["m1"]);
+        // And a reading of a lost device brings its DBIRTH first
+        n.device_lost("m1", 0);
+        let (birth, _) = n.data("m1", &[sample("flow", Some(Value::Float(2.0)), "good")], false, Utc::now());
+        assert!(birth.is_some());
+    }
+
+    #[test]
+    fn model_outputs_are_metrics_of_the_analytics_device_with_learned_datatypes() {
+        // Given a born node and a batch of the models' outputs (device `analytics`)
+        let mut n = node();
+        n.birth(0, &NodeInfo::default(), Utc::now());
+        let outputs = [
+            sample("mill_anomaly_score", Some(Value::Float(0.4)), "good"),
+            sample("mill_anomaly_active", Some(Value::Bool(false)), "good"),
+        ];
+        // When it is published
+        let (birth, data) = n.data("analytics", &outputs, false, Utc::now());
+        // Then the device `analytics` is born with a Double and a Boolean metric, and after a
+        // rebirth it is born again like any device
+        let birth = decode(&birth.expect("a DBIRTH of analytics"));
+        let types: Vec<_> = birth.metrics.iter().map(|m| (m.name.clone().unwrap(), m.datatype.unwrap())).collect();
+        assert_eq!(
+            types,
+            [("mill_anomaly_score".to_string(), DataType::Double as u32), ("mill_anomaly_active".to_string(), DataType::Boolean as u32)]
+        );
+        assert_eq!(data.topic, "spBv1.0/mill/DDATA/gw1/analytics");
+        n.rebirth();
+        n.birth(0, &NodeInfo::default(), Utc::now());
+        assert_eq!(n.unborn_devices(), ["m1", "analytics"]);
     }
 }

@@ -115,6 +115,11 @@ impl Schedule {
         self.live_from
     }
 
+    /// Every live batch numbered below this has been queued for publishing.
+    pub fn next_live(&self) -> u64 {
+        self.next_live.max(self.live_from)
+    }
+
     /// Lifts the replay bound (shutdown: drain everything before the deadline).
     pub fn unbounded(&mut self) {
         self.bounded = false;

@@ -40,9 +40,12 @@ use super::tracker::{Carried, Tracker};
 use super::transport::{LinkError, Transport, Wire};
 use crate::config::Config;
 use crate::live::Live;
+use crate::live::SparkplugView;
 use crate::payload::{self, TelemetryPayload};
 use crate::sparkplug::bdseq::BdSeq;
-use crate::sparkplug::node::{EdgeNode, NodeInfo};
+use crate::sparkplug::catalog::{decode_value, ALIAS_REBIRTH, ALIAS_REBOOT};
+use crate::sparkplug::node::{EdgeNode, NodeInfo, NAMESPACE};
+use crate::sparkplug::{DataType, Payload};
 use crate::store::Outbox;
 
 /// Set to `Some(deadline)` to make the uplink drain the outbox and go offline.
@@ -140,6 +143,14 @@ struct Session {
     sparkplug: Option<Sparkplug>,
 }
 
+/// The command name a DCMD write is handed to the command handler under (a JSON `write`
+/// payload); `/` cannot occur in a name from `{root}/cmd/{name}`, so no ERP can send it.
+pub const SPARKPLUG_WRITE: &str = "sparkplug/write";
+/// The command name of `Node Control/Reboot` (NCMD), for the command handler.
+pub const SPARKPLUG_REBOOT: &str = "sparkplug/reboot";
+const REBIRTH: &str = "Node Control/Rebirth";
+const REBOOT: &str = "Node Control/Reboot";
+
 /// The Sparkplug edge node's part of the session.
 struct Sparkplug {
     node: EdgeNode,
@@ -147,6 +158,28 @@ struct Sparkplug {
     /// The `bdSeq` of the CONNECT in progress (in its NDEATH Will, and its NBIRTH's).
     current: u8,
     reboot_allowed: bool,
+    /// `spBv1.0/STATE/{primary_host_id}` when a primary host is configured.
+    state_topic: Option<String>,
+    /// The primary host's last STATE in this connection: `None` until one arrives.
+    host_online: Option<bool>,
+    /// The timestamp of the last STATE taken (an older one is stale and ignored).
+    host_ts: u64,
+    /// The host went offline: at the next NBIRTH, what was stored meanwhile is history.
+    replay_on_birth: bool,
+    /// DCMDs handed to the command handler (for their ids).
+    dcmds: u64,
+    stats: SparkplugStats,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct SparkplugStats {
+    node_births: u64,
+    device_births: u64,
+    device_deaths: u64,
+    rebirth_requests: u64,
+    commands_received: u64,
+    /// Refused here (unreadable payload, unknown NCMD metric); the handler counts the rest.
+    commands_refused: u64,
 }
 
 impl Sparkplug {
@@ -176,7 +209,60 @@ impl Sparkplug {
             }
         };
         info!(group_id = %node.ids().group_id, edge_node_id = %node.ids().edge_node_id, bd_seq = current, "sparkplug edge node");
-        Sparkplug { node, bdseq, current, reboot_allowed: config.sparkplug.allow_reboot }
+        let state_topic = config.sparkplug.primary_host_id.as_ref().map(|h| format!("{NAMESPACE}/STATE/{h}"));
+        Sparkplug {
+            node,
+            bdseq,
+            current,
+            reboot_allowed: config.sparkplug.allow_reboot,
+            state_topic,
+            host_online: None,
+            host_ts: 0,
+            replay_on_birth: false,
+            dcmds: 0,
+            stats: SparkplugStats::default(),
+        }
+    }
+
+    /// NBIRTH may go out: no primary host configured, or it is online.
+    fn may_birth(&self) -> bool {
+        self.state_topic.is_none() || self.host_online == Some(true)
+    }
+
+    /// The subscriptions of the edge node: NCMD, DCMD of its devices, the primary host's STATE.
+    fn filters(&self) -> Vec<String> {
+        let mut f = vec![self.node.topic("NCMD", None), format!("{}/+", self.node.topic("DCMD", None))];
+        f.extend(self.state_topic.clone());
+        f
+    }
+
+    fn view(&self, handler_refused: u64) -> SparkplugView {
+        let ids = self.node.ids();
+        let mut dead_devices: Vec<String> = self.node.dead_devices().map(str::to_string).collect();
+        dead_devices.sort();
+        SparkplugView {
+            group_id: ids.group_id.clone(),
+            edge_node_id: ids.edge_node_id.clone(),
+            bd_seq: Some(self.current),
+            seq: self.node.last_seq(),
+            born: self.node.is_born(),
+            primary_host: ids.primary_host_id.clone(),
+            host_state: self.state_topic.as_ref().map(|_| {
+                match self.host_online {
+                    Some(true) => "online",
+                    Some(false) => "offline",
+                    None => "unknown",
+                }
+                .to_string()
+            }),
+            node_births: self.stats.node_births,
+            device_births: self.stats.device_births,
+            device_deaths: self.stats.device_deaths,
+            rebirth_requests: self.stats.rebirth_requests,
+            commands_received: self.stats.commands_received,
+            commands_refused: self.stats.commands_refused + handler_refused,
+            dead_devices,
+        }
     }
 
     /// The next CONNECT's `bdSeq`: advanced and saved before it is used.
@@ -393,7 +479,9 @@ impl Uplink {
         let pending_replies = self.outbox.pending_replies();
         let acked = self.outbox.counters().batches_acked.load(std::sync::atomic::Ordering::Relaxed);
         let (failovers, commands_dropped) = (s.failovers, s.commands_dropped);
+        let sparkplug = s.sparkplug.as_ref();
         self.live.update(|v| {
+            v.uplink.sparkplug = sparkplug.map(|sp| sp.view(v.commands.sparkplug_refused));
             v.uplink.in_flight = in_flight;
             v.uplink.failovers = failovers;
             v.uplink.commands_dropped = commands_dropped;
@@ -468,15 +556,13 @@ impl Session {
                 match &mut self.sparkplug {
                     None => self.publish_status("online"),
                     Some(sp) => {
-                        let info = NodeInfo {
-                            version: payload::VERSION.to_string(),
-                            store_depth: outbox.pending_batches(),
-                            reboot_allowed: sp.reboot_allowed,
-                        };
-                        let birth = sp.node.birth(sp.current, &info, Utc::now());
-                        match self.transport.try_publish(birth.topic, false, birth.payload) {
-                            Ok(()) => self.tracker.queued(Carried::Status),
-                            Err(e) => warn!(error = %e, "could not queue the NBIRTH"),
+                        // A clean session: subscribe every time. The NBIRTH goes out from
+                        // `fill_sparkplug` (at once, or when the primary host is online).
+                        sp.host_online = None;
+                        for filter in sp.filters() {
+                            if let Err(e) = self.transport.try_subscribe(filter.clone()) {
+                                warn!(error = %e, %filter, "could not queue a Sparkplug subscription");
+                            }
                         }
                     }
                 }
@@ -517,12 +603,19 @@ impl Session {
                 }
                 live.update(|v| v.uplink.acked += 1);
             }
-            Wire::Publish { topic, payload } => self.inbound(&topic, payload),
-            Wire::SubAck { refused } => {
-                if refused {
-                    error!(filter = %self.topics.commands(), broker = %self.broker(), "the broker refused the subscription to commands (check its ACL); no command will arrive");
+            Wire::Publish { topic, payload } => {
+                if self.sparkplug.is_some() && topic.starts_with(NAMESPACE) && topic.as_bytes().get(NAMESPACE.len()) == Some(&b'/') {
+                    self.sparkplug_inbound(&topic, &payload, outbox);
                 } else {
-                    debug!(filter = %self.topics.commands(), "subscribed to commands");
+                    self.inbound(&topic, payload);
+                }
+            }
+            Wire::SubAck { refused } => {
+                let what = if self.sparkplug.is_some() { "commands, or Sparkplug NCMD/DCMD/STATE" } else { "commands" };
+                if refused {
+                    error!(filter = %self.topics.commands(), broker = %self.broker(), "the broker refused a subscription ({what}; check its ACL): those messages will not arrive");
+                } else {
+                    debug!("subscribed ({what})");
                 }
             }
             Wire::SentDisconnect | Wire::Other => {}
@@ -546,15 +639,21 @@ impl Session {
         if name == RESPONSE {
             return; // our own reply, echoed back by the cmd/+ subscription
         }
+        let command = InboundCommand { name: name.to_string(), payload };
+        self.forward(command);
+    }
+
+    /// Hands a command to the handler, never waiting: dropped and counted when it is busy.
+    fn forward(&mut self, command: InboundCommand) {
         let Some(tx) = &self.commands else {
             if let Some(suppressed) = self.repeated.allow("no handler") {
-                warn!(command = name, suppressed, "command received but no command handler is running; dropped");
+                warn!(command = %command.name, suppressed, "command received but no command handler is running; dropped");
             }
             return;
         };
-        let command = InboundCommand { name: name.to_string(), payload };
+        let name = command.name.clone();
         match tx.try_send(command) {
-            Ok(()) => debug!(command = name, "command forwarded"),
+            Ok(()) => debug!(command = %name, "command forwarded"),
             Err(TrySendError::Full(c)) => {
                 self.commands_dropped += 1;
                 if let Some(suppressed) = self.repeated.allow("handler busy") {
@@ -566,6 +665,126 @@ impl Session {
                 if let Some(suppressed) = self.repeated.allow("handler stopped") {
                     warn!(command = %c.name, dropped = self.commands_dropped, suppressed, "command handler stopped; command dropped");
                 }
+            }
+        }
+    }
+
+    /// A message on the edge node's subscriptions: the primary host's STATE, NCMD, DCMD.
+    fn sparkplug_inbound(&mut self, topic: &str, payload: &[u8], outbox: &Outbox) {
+        let Some(sp) = &mut self.sparkplug else { return };
+        if sp.state_topic.as_deref() == Some(topic) {
+            self.host_state(payload, outbox);
+            return;
+        }
+        let ncmd = sp.node.topic("NCMD", None);
+        let dcmd = format!("{}/", sp.node.topic("DCMD", None));
+        let device = topic.strip_prefix(dcmd.as_str()).filter(|d| !d.is_empty() && !d.contains('/')).map(str::to_string);
+        if topic != ncmd && device.is_none() {
+            debug!(topic, "ignoring a Sparkplug message not for this edge node");
+            return;
+        }
+        sp.stats.commands_received += 1;
+        let message = match <Payload as prost::Message>::decode(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                sp.stats.commands_refused += 1;
+                if let Some(suppressed) = self.repeated.allow("sparkplug payload") {
+                    warn!(topic, error = %e, suppressed, "sparkplug: a command that is not a Sparkplug B payload; ignored");
+                }
+                return;
+            }
+        };
+        let mut forward = Vec::new();
+        match device {
+            None => {
+                for m in &message.metrics {
+                    let name = m.name.as_deref().or(match m.alias {
+                        Some(ALIAS_REBIRTH) => Some(REBIRTH),
+                        Some(ALIAS_REBOOT) => Some(REBOOT),
+                        _ => None,
+                    });
+                    let yes = matches!(m.value, Some(srad_types::payload::metric::Value::BooleanValue(true)));
+                    match (name, yes) {
+                        (Some(REBIRTH), true) => {
+                            sp.stats.rebirth_requests += 1;
+                            info!(requests = sp.stats.rebirth_requests, "sparkplug: rebirth requested by a host (NCMD)");
+                            sp.node.rebirth();
+                        }
+                        (Some(REBOOT), true) => {
+                            let id = format!("ncmd-reboot-{}", Utc::now().timestamp_millis());
+                            forward.push(InboundCommand {
+                                name: SPARKPLUG_REBOOT.into(),
+                                payload: serde_json::json!({ "id": id }).to_string().into_bytes(),
+                            });
+                        }
+                        _ => {
+                            sp.stats.commands_refused += 1;
+                            if let Some(suppressed) = self.repeated.allow("sparkplug ncmd") {
+                                warn!(metric = ?m.name, alias = ?m.alias, suppressed, "sparkplug: NCMD metric not understood (only Node Control/Rebirth and Node Control/Reboot = true); ignored");
+                            }
+                        }
+                    }
+                }
+            }
+            Some(device) => {
+                // Each metric becomes a `write` through the command policy (allowlist,
+                // limits, audit): by name, or by the alias of the device's DBIRTH.
+                let defs = sp.node.catalog().device(&device);
+                for m in &message.metrics {
+                    let def = m.name.as_deref().and_then(|n| defs?.get(n)).or_else(|| m.alias.and_then(|a| defs?.by_alias(a)));
+                    let tag =
+                        def.map(|d| d.name.clone()).or_else(|| m.name.clone()).unwrap_or_else(|| format!("alias {}", m.alias.unwrap_or(0)));
+                    let datatype = m.datatype.and_then(|d| DataType::try_from(d as i32).ok()).or(def.map(|d| d.datatype));
+                    let value = m.value.as_ref().and_then(|v| decode_value(datatype, v));
+                    sp.dcmds += 1;
+                    let id = format!("dcmd-{}-{}", Utc::now().timestamp_millis(), sp.dcmds);
+                    let body = serde_json::json!({ "id": id, "device": device, "tag": tag, "value": value });
+                    forward.push(InboundCommand { name: SPARKPLUG_WRITE.into(), payload: body.to_string().into_bytes() });
+                }
+            }
+        }
+        for command in forward {
+            self.forward(command);
+        }
+    }
+
+    /// `spBv1.0/STATE/{primary_host_id}`: `{"online": bool, "timestamp": ms}` (Sparkplug
+    /// 3.0). Offline: the node publishes its NDEATH and stops publishing births and data
+    /// (the outbox keeps everything); online again: a new NBIRTH and DBIRTHs, then what was
+    /// stored meanwhile as history, live data going on.
+    fn host_state(&mut self, payload: &[u8], outbox: &Outbox) {
+        let Some(sp) = &mut self.sparkplug else { return };
+        let parsed = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| Some((v.get("online")?.as_bool()?, v.get("timestamp").and_then(serde_json::Value::as_u64).unwrap_or(0))));
+        let Some((online, ts)) = parsed else {
+            if let Some(suppressed) = self.repeated.allow("sparkplug state") {
+                warn!(payload = %String::from_utf8_lossy(&payload[..payload.len().min(200)]), suppressed, "sparkplug: primary host STATE not understood (expected {{\"online\":bool,\"timestamp\":ms}}); ignored");
+            }
+            return;
+        };
+        if ts < sp.host_ts {
+            debug!(ts, last = sp.host_ts, "sparkplug: a stale STATE of the primary host; ignored");
+            return;
+        }
+        sp.host_ts = ts;
+        let was = sp.host_online.replace(online);
+        if online {
+            if was != Some(true) {
+                info!(host = ?sp.node.ids().primary_host_id, "sparkplug: primary host online; births follow");
+            }
+            return;
+        }
+        sp.replay_on_birth = true;
+        if was != Some(false) {
+            info!(host = ?sp.node.ids().primary_host_id, pending_batches = outbox.pending_batches(), "sparkplug: primary host offline; storing, not publishing, until it is back");
+        }
+        if sp.node.is_born() {
+            let death = sp.node.death(sp.current, Utc::now());
+            sp.node.session_ended();
+            match self.transport.try_publish(death.topic, false, death.payload) {
+                Ok(()) => self.tracker.queued(Carried::Status),
+                Err(e) => warn!(error = %e, "could not queue the NDEATH"),
             }
         }
     }
@@ -666,6 +885,15 @@ impl Session {
             self.tracker.queued(Carried::Event(seq));
             self.cursor.next_event = seq + 1;
             room -= 1;
+            // Sparkplug: a device lost gets its DDEATH, one back its DBIRTH, both derived
+            // from the stored events (in order, replays included).
+            if let Some(sp) = &mut self.sparkplug {
+                match event.0.kind.as_str() {
+                    "device_lost" => sp.node.device_lost(&event.0.asset, outbox.next_batch_seq()),
+                    "device_connected" => sp.node.device_back(&event.0.asset),
+                    _ => {}
+                }
+            }
         }
         if self.sparkplug.is_some() {
             self.fill_sparkplug(outbox, room);
@@ -691,23 +919,48 @@ impl Session {
         }
     }
 
-    /// Sparkplug: the DBIRTHs still due in this session, then telemetry as the
-    /// [`Schedule`] picks it, each batch as one DDATA (preceded by a DBIRTH when its device
-    /// needs one), `is_historical` when stored before this session's birth.
+    /// Sparkplug: the NBIRTH when due (a new session, a rebirth request, the primary host
+    /// back), the DBIRTHs still due, then telemetry as the [`Schedule`] picks it, each batch
+    /// as one DDATA (preceded by a DBIRTH when its device needs one), `is_historical` when
+    /// stored before this session's birth; then the DDEATHs of devices lost once their
+    /// last readings are queued. Nothing while the primary host is offline. A publish that
+    /// cannot be queued would leave a gap in `seq`: the node is born again instead.
     fn fill_sparkplug(&mut self, outbox: &Outbox, mut room: usize) {
         let Some(sp) = &mut self.sparkplug else { return };
+        let now = Utc::now();
         if !sp.node.is_born() {
-            return;
+            if !sp.may_birth() || room == 0 {
+                return;
+            }
+            let info = NodeInfo {
+                version: payload::VERSION.to_string(),
+                store_depth: outbox.pending_batches(),
+                reboot_allowed: sp.reboot_allowed,
+            };
+            let birth = sp.node.birth(sp.current, &info, now);
+            if let Err(e) = self.transport.try_publish(birth.topic, false, birth.payload) {
+                warn!(error = %e, "could not queue the NBIRTH");
+                sp.node.rebirth();
+                return;
+            }
+            self.tracker.queued(Carried::Status);
+            sp.stats.node_births += 1;
+            room -= 1;
+            if std::mem::take(&mut sp.replay_on_birth) {
+                self.schedule.restart(outbox.next_batch_seq(), Instant::now());
+            }
         }
         for device in sp.node.unborn_devices() {
             if room == 0 {
                 return;
             }
-            let birth = sp.node.device_birth(&device, Utc::now());
+            let birth = sp.node.device_birth(&device, now);
             if self.transport.try_publish(birth.topic, false, birth.payload).is_err() {
+                sp.node.rebirth();
                 return;
             }
             self.tracker.queued(Carried::Status);
+            sp.stats.device_births += 1;
             room -= 1;
         }
         // A batch may need a DBIRTH first (a metric learned from its values): keep one
@@ -716,18 +969,29 @@ impl Session {
             self.schedule.pick(room.saturating_sub(1), self.window, Instant::now(), |from, limit| outbox.telemetry_from(from, limit));
         let live_from = self.schedule.live_from();
         for (seq, batch) in picked {
-            let (birth, data) = sp.node.data(&batch.device, &batch.samples, seq < live_from, Utc::now());
+            let (birth, data) = sp.node.data(&batch.device, &batch.samples, seq < live_from, now);
             if let Some(birth) = birth {
                 if self.transport.try_publish(birth.topic, false, birth.payload).is_err() {
+                    sp.node.rebirth();
                     return;
                 }
                 self.tracker.queued(Carried::Status);
+                sp.stats.device_births += 1;
             }
             if self.transport.try_publish(data.topic, false, data.payload).is_err() {
+                sp.node.rebirth();
                 return;
             }
             self.tracker.queued(Carried::Telemetry(seq));
             self.schedule.published(seq);
+        }
+        for death in sp.node.deaths_due(self.schedule.next_live(), now) {
+            if self.transport.try_publish(death.topic, false, death.payload).is_err() {
+                sp.node.rebirth();
+                return;
+            }
+            self.tracker.queued(Carried::Status);
+            sp.stats.device_deaths += 1;
         }
     }
 

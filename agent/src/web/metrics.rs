@@ -161,6 +161,27 @@ const LOG_LINES_SUPPRESSED: Family = counter(
     "Log lines of other crates (library retries) held back by the once-a-minute limit; the agent's own lines carry suppressed = n.",
 );
 
+const SPARKPLUG_BDSEQ: Family = gauge(
+    "sparkplug_bdseq",
+    "Sparkplug B: the bdSeq of the current MQTT connection (in its NDEATH Will and NBIRTH). No sample in JSON mode.",
+);
+const SPARKPLUG_SEQ: Family = gauge("sparkplug_seq", "Sparkplug B: the seq of the last message published (0-255, wrapping).");
+const SPARKPLUG_BORN: Family =
+    gauge("sparkplug_born", "Sparkplug B: 1 while the edge node's NBIRTH of this connection stands (no NDEATH since).");
+const SPARKPLUG_HOST_ONLINE: Family = gauge(
+    "sparkplug_primary_host_online",
+    "Sparkplug B: 1 while the primary host's STATE says online; no sample without sparkplug.primary_host_id.",
+);
+const SPARKPLUG_BIRTHS: Family =
+    counter("sparkplug_births_total", "Sparkplug B: births published, by kind: node (NBIRTH), device (DBIRTH).");
+const SPARKPLUG_DEVICE_DEATHS: Family = counter("sparkplug_device_deaths_total", "Sparkplug B: DDEATHs published for devices lost.");
+const SPARKPLUG_REBIRTHS: Family =
+    counter("sparkplug_rebirth_requests_total", "Sparkplug B: Node Control/Rebirth requests received from a host (NCMD).");
+const SPARKPLUG_COMMANDS: Family = counter(
+    "sparkplug_commands_total",
+    "Sparkplug B: NCMD and DCMD messages from hosts: received, and refused (unreadable, not allowed by the command policy, Reboot without allow_reboot).",
+);
+
 const COMMANDS: Family = counter(
     "commands_total",
     "Commands from the ERP by result: accepted (done), rejected (refused, nothing done), failed (sent, the device refused or did not answer), duplicate (same id again: answered, not run again).",
@@ -185,6 +206,7 @@ pub fn render(s: &Snapshot) -> String {
     render_devices(&mut out, s);
     render_store(&mut out, s);
     render_uplink(&mut out, s);
+    render_sparkplug(&mut out, s);
     render_commands(&mut out, s);
     render_web(&mut out, &crate::web::auth::counters());
     // Local models: one sample per model in each family (analytics/metrics.rs).
@@ -299,6 +321,42 @@ fn render_uplink(out: &mut String, s: &Snapshot) {
     UPLINK_IN_FLIGHT.scalar(out, up.in_flight);
     UPLINK_FAILOVERS.scalar(out, up.failovers);
     UPLINK_COMMANDS_DROPPED.scalar(out, up.commands_dropped);
+}
+
+/// The Sparkplug families: declared always, with samples only in Sparkplug mode.
+fn render_sparkplug(out: &mut String, s: &Snapshot) {
+    let Some(sp) = &s.uplink.sparkplug else {
+        for family in [
+            &SPARKPLUG_BDSEQ,
+            &SPARKPLUG_SEQ,
+            &SPARKPLUG_BORN,
+            &SPARKPLUG_HOST_ONLINE,
+            &SPARKPLUG_BIRTHS,
+            &SPARKPLUG_DEVICE_DEATHS,
+            &SPARKPLUG_REBIRTHS,
+            &SPARKPLUG_COMMANDS,
+        ] {
+            family.header(out);
+        }
+        return;
+    };
+    match sp.bd_seq {
+        Some(b) => SPARKPLUG_BDSEQ.scalar(out, u64::from(b)),
+        None => SPARKPLUG_BDSEQ.header(out),
+    }
+    match sp.seq {
+        Some(n) => SPARKPLUG_SEQ.scalar(out, u64::from(n)),
+        None => SPARKPLUG_SEQ.header(out),
+    }
+    SPARKPLUG_BORN.scalar(out, u64::from(sp.born));
+    match &sp.host_state {
+        Some(state) => SPARKPLUG_HOST_ONLINE.scalar(out, u64::from(state == "online")),
+        None => SPARKPLUG_HOST_ONLINE.header(out),
+    }
+    SPARKPLUG_BIRTHS.labelled(out, "kind", &[("node", sp.node_births), ("device", sp.device_births)]);
+    SPARKPLUG_DEVICE_DEATHS.scalar(out, sp.device_deaths);
+    SPARKPLUG_REBIRTHS.scalar(out, sp.rebirth_requests);
+    SPARKPLUG_COMMANDS.labelled(out, "result", &[("received", sp.commands_received), ("refused", sp.commands_refused)]);
 }
 
 fn render_commands(out: &mut String, s: &Snapshot) {
@@ -562,7 +620,7 @@ mod tests {
     fn renders_command_counts_by_result() {
         // Given a snapshot after commands of every outcome
         let mut s = two_devices();
-        s.commands = crate::live::CommandsView { accepted: 7, rejected: 3, failed: 1, duplicates: 2 };
+        s.commands = crate::live::CommandsView { accepted: 7, rejected: 3, failed: 1, duplicates: 2, ..Default::default() };
         // When it is rendered
         let text = render(&s);
         // Then each result is one labelled sample of one counter family
@@ -599,7 +657,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 75 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 83 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
@@ -703,6 +761,42 @@ mod tests {
         // Then each is written as its escape sequence and nothing else changes
         assert_eq!(escaped, "a\\\\b\\\"c\\nd");
         assert_eq!(escape_label_value("Presse Süd"), "Presse Süd");
+    }
+
+    #[test]
+    fn the_sparkplug_families_have_samples_only_in_sparkplug_mode() {
+        // Given a JSON-mode snapshot, then a Sparkplug one
+        let json = render(&Snapshot::default());
+        let mut s = Snapshot::default();
+        s.uplink.sparkplug = Some(crate::live::SparkplugView {
+            bd_seq: Some(3),
+            seq: Some(255),
+            born: true,
+            host_state: Some("online".into()),
+            node_births: 2,
+            device_births: 5,
+            rebirth_requests: 1,
+            commands_received: 4,
+            commands_refused: 1,
+            ..Default::default()
+        });
+        let text = render(&s);
+        // Then JSON mode declares them without samples, Sparkplug mode fills them
+        assert!(json.contains("# TYPE edge_agent_sparkplug_bdseq gauge"));
+        assert!(!json.lines().any(|l| l.starts_with("edge_agent_sparkplug_")), "{json}");
+        for line in [
+            "edge_agent_sparkplug_bdseq 3",
+            "edge_agent_sparkplug_seq 255",
+            "edge_agent_sparkplug_born 1",
+            "edge_agent_sparkplug_primary_host_online 1",
+            "edge_agent_sparkplug_births_total{kind=\"node\"} 2",
+            "edge_agent_sparkplug_births_total{kind=\"device\"} 5",
+            "edge_agent_sparkplug_device_deaths_total 0",
+            "edge_agent_sparkplug_rebirth_requests_total 1",
+            "edge_agent_sparkplug_commands_total{result=\"refused\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 
     #[test]
