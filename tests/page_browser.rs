@@ -6,11 +6,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use support::browser::Browser;
 use support::demo::Demo;
+use support::page::add_user;
 use support::{loopback, wait_listening};
 
 fn screenshot_paths(name: &str) -> Vec<PathBuf> {
@@ -249,29 +249,33 @@ async fn on_a_phone_the_page_fits_the_screen_and_says_the_verdict_first() {
     }
 }
 
-/// Adds a user to `file` through the real command line (the password on stdin).
-fn add_user(file: &std::path::Path, name: &str, role: &str, password: &str) {
-    use std::io::Write as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-        .args(["user", "add", "--file"])
-        .arg(file)
-        .args([name, "--role", role])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "user add {name}: {}", String::from_utf8_lossy(&out.stderr));
+/// Fills the login form with `user` and `password` and sends it.
+fn login_script(user: &str, password: &str) -> String {
+    format!(
+        r##"document.getElementById("user").value = "{user}"; document.getElementById("password").value = "{password}"; document.querySelector("form").submit(); return true;"##
+    )
 }
 
+/// The Events list's row of the first `anomaly_started`: [its id, the text of its last cell,
+/// whether that cell has a button].
+const ANOMALY_ROW: &str = r##"
+    const row = document.querySelector("#event-list tr.event-row[data-kind='anomaly_started']");
+    if (!row) return null;
+    const cell = row.querySelector("td.ack-cell");
+    return [row.dataset.id, cell ? cell.textContent : "", !!(cell && cell.querySelector("button"))];
+"##;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_viewer_logs_in_on_a_page_bound_to_all_interfaces_sees_the_plant_and_is_refused_an_operator_action() {
-    // Given the demo with its page on every interface (reached here over loopback) and a viewer
+async fn a_viewer_is_refused_an_operator_action_and_an_operator_acknowledges_an_anomaly_on_a_page_bound_to_all_interfaces() {
+    // Given the demo with its page on every interface (reached here over loopback), its mill
+    // at 600× with a pump cavitation after a second, a viewer and an operator
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users");
     add_user(&users, "tablet", "viewer", "cabinet-view-1");
-    let demo = Demo::start(dir.path(), "0.0.0.0", &["--users-file".as_ref(), users.as_os_str()]);
+    add_user(&users, "shift-lead", "operator", "cabinet-lead-1");
+    let args: [&std::ffi::OsStr; 6] =
+        ["--users-file".as_ref(), users.as_os_str(), "--speed".as_ref(), "600".as_ref(), "--fault".as_ref(), "cavitation@1s".as_ref()];
+    let demo = Demo::start(dir.path(), "0.0.0.0", &args);
     let web = demo.web;
     wait_listening(loopback(web), LIMIT).await;
     let browser = Browser::start(1280, 1000).await;
@@ -282,9 +286,7 @@ async fn a_viewer_logs_in_on_a_page_bound_to_all_interfaces_sees_the_plant_and_i
         .wait_for("the login form", LIMIT, "return location.pathname === '/login' && !!document.getElementById('password');", |v| v == true)
         .await;
     // And a wrong password is refused, on the login page still
-    browser
-        .eval(r##"document.getElementById("user").value = "tablet"; document.getElementById("password").value = "wrong-password"; document.querySelector("form").submit(); return true;"##)
-        .await;
+    browser.eval(&login_script("tablet", "wrong-password")).await;
     browser
         .wait_for(
             "the refusal",
@@ -294,9 +296,7 @@ async fn a_viewer_logs_in_on_a_page_bound_to_all_interfaces_sees_the_plant_and_i
         )
         .await;
     // When the viewer logs in with the right one
-    browser
-        .eval(r##"document.getElementById("user").value = "tablet"; document.getElementById("password").value = "cabinet-view-1"; document.querySelector("form").submit(); return true;"##)
-        .await;
+    browser.eval(&login_script("tablet", "cabinet-view-1")).await;
     // Then the page shows the plant, and who is logged in
     browser.wait_for("the status page", LIMIT, "return location.pathname;", |v| v == "/").await;
     browser.wait_for("live tag values", LIMIT, FIRST_VALUE, |v| v.is_array()).await;
@@ -332,4 +332,29 @@ async fn a_viewer_logs_in_on_a_page_bound_to_all_interfaces_sees_the_plant_and_i
     // Then it is refused: a viewer may look, not act
     assert_eq!(answer[0], 403, "{answer}");
     assert!(answer[1].as_str().unwrap().contains("operator role"), "refused for another reason than the role: {answer}");
+    // And the anomaly is listed as not acknowledged, with no button to do it
+    let row = browser.wait_for("the anomaly in the events", LIMIT, ANOMALY_ROW, |v| v.is_array()).await;
+    assert_eq!((row[1].as_str(), row[2].as_bool()), (Some("not acknowledged"), Some(false)), "{row}");
+
+    // When the viewer logs out and the operator logs in
+    browser.eval("document.getElementById('logout').click(); return true;").await;
+    browser
+        .wait_for("the login form again", LIMIT, "return location.pathname === '/login' && !!document.getElementById('password');", |v| {
+            v == true
+        })
+        .await;
+    browser.eval(&login_script("shift-lead", "cabinet-lead-1")).await;
+    browser.wait_for("the status page", LIMIT, "return location.pathname;", |v| v == "/").await;
+    // Then the anomaly has its button, which she presses
+    let row = browser.wait_for("the acknowledge button", LIMIT, ANOMALY_ROW, |v| v[2] == true).await;
+    let id = row[0].as_str().unwrap().to_string();
+    browser.eval(&format!(r##"document.querySelector("#event-list tr[data-id='{id}'] td.ack-cell button").click(); return true;"##)).await;
+    // And the row shows it acknowledged, by her
+    let done =
+        format!(r##"const c = document.querySelector("#event-list tr[data-id='{id}'] td.ack-cell"); return c ? c.textContent : null;"##);
+    let text =
+        browser.wait_for("the anomaly acknowledged", LIMIT, &done, |v| v.as_str().is_some_and(|t| t.contains("acknowledged "))).await;
+    assert!(text.as_str().unwrap().contains("shift-lead"), "{text}");
+    browser.eval("document.getElementById('events').scrollIntoView(); return true;").await;
+    browser.screenshot(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots/status-events-operator.png")).await;
 }

@@ -402,10 +402,11 @@ async fn a_state_changing_request_needs_the_csrf_token_and_the_page_origin_and_a
             .await;
     assert_eq!((r.status, r.json()["reason"].as_str()), (403, Some("role")), "{r:?}");
 
-    // When the operator sends it right, then it passes every check (and is not implemented yet)
+    // When the operator sends it right, then it passes every check, to find no such event
     let r = send(gw.port, &ack().with("Origin", gw.origin()).with("X-CSRF-Token", alice_csrf)).await;
-    assert_eq!(r.status, 501, "{r:?}");
-    assert_eq!((r.json()["event"].as_str(), r.json()["operator"].as_str()), (Some("ev-1"), Some("alice")));
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.json()["event"].as_str(), Some("ev-1"));
+    assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("\"ev-1\"")), "{r:?}");
 
     // And a login form posted from another origin is refused without checking the password
     let r = send(gw.port, &Req::post("/login").with("Origin", "http://evil.example").form(login_form("alice", ALICE))).await;

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod broker;
 pub mod browser;
 pub mod demo;
+pub mod page;
 pub mod plc;
 pub mod proxy;
 pub mod subscriber;

@@ -11,6 +11,7 @@
 mod command;
 mod device;
 mod model;
+mod operator;
 mod severity;
 mod store;
 #[cfg(test)]
@@ -24,6 +25,7 @@ pub use model::{
     AnomalyEnded, AnomalyStarted, Contribution, LastLab, MaintenanceDue, MaintenanceWindow, ModelFailed, ModelLoaded, QualityDeviation,
     QualityFigures, QualityRestored,
 };
+pub use operator::{CertificateTrusted, EventAcknowledged};
 pub use severity::Severity;
 pub use store::{BufferOverflow, StoreResetDetails, StoreResetReason};
 
@@ -73,6 +75,10 @@ events! {
     "quality_deviation" => QualityDeviation(QualityDeviation),
     "quality_restored" => QualityRestored(QualityRestored),
     "maintenance_due" => MaintenanceDue(MaintenanceDue),
+    /// An operator acknowledged an event on the status page.
+    "event_acknowledged" => EventAcknowledged(EventAcknowledged),
+    /// An operator trusted a rejected OPC-UA server certificate on the status page.
+    "certificate_trusted" => CertificateTrusted(CertificateTrusted),
 }
 
 impl Event {
@@ -80,7 +86,12 @@ impl Event {
     /// `maintenance_due`, for these details).
     pub fn severity(&self) -> Severity {
         match self {
-            Event::DeviceConnected(_) | Event::ModelLoaded(_) | Event::AnomalyEnded(_) | Event::QualityRestored(_) => Severity::Info,
+            Event::DeviceConnected(_)
+            | Event::ModelLoaded(_)
+            | Event::AnomalyEnded(_)
+            | Event::QualityRestored(_)
+            | Event::EventAcknowledged(_)
+            | Event::CertificateTrusted(_) => Severity::Info,
             Event::DeviceLost(_)
             | Event::BufferOverflow(_)
             | Event::CommandRejected(_)

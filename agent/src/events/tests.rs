@@ -230,6 +230,36 @@ fn examples() -> Vec<Event> {
             update: true,
             critical: true,
         }),
+        Event::EventAcknowledged(EventAcknowledged {
+            event_id: "gw-01-41".into(),
+            event_kind: "anomaly_started".into(),
+            event_severity: Severity::Warning,
+            user: "alice".into(),
+            address: Some("10.0.0.31".into()),
+        }),
+        Event::EventAcknowledged(EventAcknowledged {
+            event_id: "gw-01-42".into(),
+            event_kind: "store_reset".into(),
+            event_severity: Severity::Critical,
+            user: "alice".into(),
+            address: None,
+        }),
+        Event::CertificateTrusted(CertificateTrusted {
+            thumbprint: "5f3c0a9e1b7d2c4e6a8f0b1d3e5c7a9b2d4f6e8a".into(),
+            subject: "CN=boiler-plc, O=Plant".into(),
+            not_after: Some("2031-11-23T17:00:39+00:00".into()),
+            devices: vec!["boiler-plc".into()],
+            user: "alice".into(),
+            address: Some("10.0.0.31".into()),
+        }),
+        Event::CertificateTrusted(CertificateTrusted {
+            thumbprint: "5f3c0a9e1b7d2c4e6a8f0b1d3e5c7a9b2d4f6e8a".into(),
+            subject: "CN=UA Server".into(),
+            not_after: None,
+            devices: vec![],
+            user: "bob".into(),
+            address: None,
+        }),
     ]
 }
 

@@ -204,8 +204,18 @@ async fn run_once(
         may_finish: false,
     };
 
+    // Woken after every append to the outbox, so that the uplink publishes at once.
+    let stored = Arc::new(Notify::new());
     let web_cancel = CancellationToken::new();
-    let web = if config.web.enabled { Some(start_web(config, &live, &register, &web_cancel).await?) } else { None };
+    let web = if config.web.enabled {
+        // The page's operator actions write their audit events through the outbox.
+        let opcua = config.devices.iter().filter(|d| d.protocol == edge_drivers::Protocol::Opcua).map(|d| (d.name.clone(), d.endpoint()));
+        let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
+        let actions = crate::web::actions::Actions::new(config.gateway.id.clone(), outbox.clone(), stored.clone(), pki, opcua.collect());
+        Some(start_web(config, &live, &register, actions, &web_cancel).await?)
+    } else {
+        None
+    };
 
     // Drivers → feed (the models take their inputs) → writer; the command handler → each
     // driver's write queue.
@@ -274,7 +284,6 @@ async fn run_once(
     }
     drop(drivers_tx);
 
-    let stored = Arc::new(Notify::new());
     // Models: one thread each; their events go through the sink task, their predictions
     // to the writer as the `analytics` device's telemetry.
     let (events_tx, events_rx) = mpsc::channel(crate::analytics::sink::QUEUE);
@@ -466,6 +475,7 @@ async fn start_web(
     config: &Config,
     live: &Live,
     register: &Register,
+    actions: Arc<crate::web::actions::Actions>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, JoinHandle<()>)> {
     let settings = config
@@ -480,13 +490,14 @@ async fn start_web(
     let mut first = Some(listener);
     let (live, cancel2) = (live.clone(), cancel.clone());
     let task = supervise("status-page".into(), false, register.clone(), cancel.clone(), move || {
-        let (live, cancel, listen, listener, guard) = (live.clone(), cancel2.clone(), addr, first.take(), guard.clone());
+        let (live, cancel, listen, listener, guard, actions) =
+            (live.clone(), cancel2.clone(), addr, first.take(), guard.clone(), actions.clone());
         async move {
             let listener = match listener {
                 Some(l) => l,
                 None => TcpListener::bind(listen).await?,
             };
-            crate::web::serve(listener, live, guard, cancel).await?;
+            crate::web::serve(listener, live, guard, Some(actions), cancel).await?;
             Ok(())
         }
     });

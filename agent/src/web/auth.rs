@@ -443,6 +443,9 @@ pub async fn guard(State(g): State<Arc<Guard>>, ConnectInfo(peer): ConnectInfo<P
             return refuse(Refusal::Csrf, "the CSRF token is missing or wrong (X-CSRF-Token)");
         }
         if path != "/logout" && role < Role::Operator {
+            auth.log_limited(format!("role:{}", peer.0.ip()), |suppressed| {
+                warn!(address = %peer.0.ip(), user = %claims.user, role = %role, path = %path, suppressed, "status page: an operator action by a user without the operator role was refused");
+            });
             return refuse(Refusal::Role, "this needs the operator role");
         }
     }

@@ -197,6 +197,10 @@ const WEB_REFUSED: Family = counter(
     "web_requests_refused_total",
     "Requests to the status page refused by reason: no_credentials, invalid_session, invalid_token, origin, csrf, role.",
 );
+const WEB_ACTIONS: Family = counter(
+    "web_operator_actions_total",
+    "Operator actions on the status page that passed the checks, by action (acknowledge, trust_certificate) and result: done (with its audit event), already (done before: nothing changed), not_found, invalid (an info event, not a thumbprint), failed (the store or the PKI failed: nothing changed). Refused ones are in web_requests_refused_total.",
+);
 
 /// Renders every metric of `s`, one family after the other, ending with a newline.
 pub fn render(s: &Snapshot) -> String {
@@ -373,6 +377,10 @@ fn render_web(out: &mut String, c: &crate::web::auth::AuthCounters) {
     WEB_LOCKOUTS.labelled(out, "scope", &[("address", c.lockouts_address), ("user", c.lockouts_user)]);
     let refused: Vec<(&str, u64)> = crate::web::auth::Refusal::ALL.iter().zip(c.refused).map(|(r, n)| (r.as_str(), n)).collect();
     WEB_REFUSED.labelled(out, "reason", &refused);
+    WEB_ACTIONS.header(out);
+    for (action, result, n) in crate::web::actions::counters() {
+        let _ = writeln!(out, "edge_agent_{}{{action=\"{action}\",result=\"{result}\"}} {n}", WEB_ACTIONS.name);
+    }
 }
 
 // Writing into a String cannot fail: the `fmt::Result`s below are always Ok.
@@ -657,7 +665,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 83 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 84 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
@@ -708,6 +716,10 @@ mod tests {
             "edge_agent_web_requests_refused_total{reason=\"no_credentials\"} ",
             "edge_agent_web_requests_refused_total{reason=\"csrf\"} ",
             "edge_agent_web_requests_refused_total{reason=\"role\"} ",
+            "# TYPE edge_agent_web_operator_actions_total counter",
+            "edge_agent_web_operator_actions_total{action=\"acknowledge\",result=\"done\"} ",
+            "edge_agent_web_operator_actions_total{action=\"acknowledge\",result=\"already\"} ",
+            "edge_agent_web_operator_actions_total{action=\"trust_certificate\",result=\"not_found\"} ",
         ] {
             assert!(text.lines().any(|l| l.starts_with(prefix)), "missing {prefix:?} in\n{text}");
         }

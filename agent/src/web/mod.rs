@@ -14,12 +14,14 @@
 //!   the page updates without polling; the browser's `EventSource` reconnects by itself
 //!   after an agent restart.
 //! - `GET /login`, `POST /login`, `POST /logout`, `GET /api/session`: see [`auth`].
-//! - `POST /api/events/{id}/ack`: an operator acknowledges an event (not implemented yet:
-//!   `501` once the role and CSRF checks pass).
+//! - `GET /api/events?since=&severity=&limit=`: the latest events, with who acknowledged them.
+//! - `POST /api/events/{id}/ack`, `GET /api/opcua/certificates`,
+//!   `POST /api/opcua/certificates/{thumbprint}/trust`: the operators' actions, see [`actions`].
 //!
 //! Every response carries the security headers of [`security_headers`]. Who may fetch what
 //! is decided by [`auth::guard`], in front of every route (see `docs/access.md`).
 
+pub mod actions;
 pub mod auth;
 pub mod config;
 pub mod metrics;
@@ -34,16 +36,16 @@ use std::sync::{Arc, LazyLock};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::routing::get;
+use axum::{Json, Router};
 use base64::Engine as _;
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::live::Live;
-use auth::{Guard, Peer, Principal};
-use users::Role;
+use actions::Actions;
+use auth::{Guard, Peer};
 
 /// The status page: inline CSS and vanilla JS, nothing fetched but `api/status`.
 const PAGE: &str = include_str!("page.html");
@@ -65,14 +67,15 @@ pub fn router(live: Live) -> Router {
         .route("/api/events", get(api_events))
         .route("/api/stream", get(stream::status_events))
         .route("/trends.js", get(trends_js))
-        .route("/api/events/{id}/ack", post(acknowledge))
         .with_state(live)
 }
 
-/// [`router`] with the login routes, behind the [`auth::guard`] and the security headers.
-pub fn app(live: Live, guard: Arc<Guard>) -> Router {
+/// [`router`] with the login routes and the operators' actions (`None`: every action
+/// answers `503`), behind the [`auth::guard`] and the security headers.
+pub fn app(live: Live, guard: Arc<Guard>, actions: Option<Arc<Actions>>) -> Router {
     router(live)
         .merge(auth::routes(guard.clone()))
+        .merge(actions::routes(actions))
         .layer(axum::middleware::from_fn_with_state(guard, auth::guard))
         .layer(axum::middleware::map_response(security_headers))
 }
@@ -80,9 +83,15 @@ pub fn app(live: Live, guard: Arc<Guard>) -> Router {
 /// Serves [`app`] on `listener` (over TLS when the guard has a certificate) until `cancel`
 /// fires, then lets open requests finish. The caller binds the listener, so it can report
 /// bind errors and the real port.
-pub async fn serve(listener: TcpListener, live: Live, guard: Arc<Guard>, cancel: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    live: Live,
+    guard: Arc<Guard>,
+    actions: Option<Arc<Actions>>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let tls = guard.tls();
-    let app = app(live, guard).into_make_service_with_connect_info::<Peer>();
+    let app = app(live, guard, actions).into_make_service_with_connect_info::<Peer>();
     let stop = async move { cancel.cancelled().await };
     match tls {
         None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
@@ -131,17 +140,6 @@ async fn security_headers(mut response: Response) -> Response {
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::HeaderName::from_static("cross-origin-opener-policy"), HeaderValue::from_static("same-origin"));
     response
-}
-
-/// `POST /api/events/{id}/ack`: the operator-only action the page's events view will use.
-/// Not implemented yet: after the guard's session, origin, CSRF and role checks (and the
-/// role checked again here), it answers `501`, naming the event and the operator.
-async fn acknowledge(Path(id): Path<String>, Extension(who): Extension<Principal>) -> Response {
-    if let Err(refused) = auth::require(&who, Role::Operator) {
-        return refused.into_response();
-    }
-    let body = serde_json::json!({ "error": "acknowledging events is not implemented yet", "event": id, "operator": who.name });
-    (StatusCode::NOT_IMPLEMENTED, [NO_STORE], Json(body)).into_response()
 }
 
 async fn page() -> impl IntoResponse {
@@ -310,7 +308,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(listener, live, Guard::open(), cancel.clone()));
+        let server = tokio::spawn(serve(listener, live, Guard::open(), None, cancel.clone()));
         (addr, cancel, server)
     }
 
@@ -385,6 +383,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_actions_script_is_served_and_without_an_agent_behind_the_page_the_actions_are_unavailable() {
+        // Given the server without the operators' actions (no outbox, no PKI)
+        let (addr, cancel, _server) = start(Live::default()).await;
+        // When the page's actions script is fetched, then it is served from the binary
+        let js = get(addr, "/actions.js").await;
+        assert_eq!(js.status, 200);
+        assert!(js.header("content-type").is_some_and(|v| v.starts_with("text/javascript")));
+        assert!(js.body.contains("var Actions"));
+        // When the certificates are asked for, then the answer says the actions are unavailable
+        let certs = get(addr, "/api/opcua/certificates").await;
+        assert_eq!(certs.status, 503, "{}", certs.body);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
     async fn an_unknown_path_is_not_found() {
         // Given the server
         let (addr, cancel, _server) = start(Live::default()).await;
@@ -434,16 +447,20 @@ mod tests {
     #[test]
     fn the_page_is_self_contained() {
         // Given the embedded page
-        // Then it references no external stylesheet, script, image or font: its one script
-        // file is served by the agent from the binary (`/trends.js`)
-        let page = PAGE.replace(r#"<script src="trends.js"></script>"#, "");
+        // Then it references no external stylesheet, script, image or font: its script
+        // files are served by the agent from the binary (`/trends.js`, `/actions.js`)
+        let page = PAGE.replace(r#"<script src="trends.js"></script>"#, "").replace(r#"<script src="actions.js"></script>"#, "");
         // (the SVG namespace is a name, not an address anything is fetched from)
         let trends = TRENDS_JS.replace(r#""http://www.w3.org/2000/svg""#, "");
+        let actions = include_str!("actions.js");
         for needle in ["http://", "https://", "<link", "src=", "@import", "url(", "@font-face"] {
             assert!(!page.contains(needle), "page contains {needle:?}");
             assert!(!trends.contains(needle), "trends.js contains {needle:?}");
+            assert!(!actions.contains(needle), "actions.js contains {needle:?}");
         }
-        assert!(!TRENDS_JS.contains("innerHTML") && !TRENDS_JS.contains("outerHTML"));
+        for script in [TRENDS_JS, actions] {
+            assert!(!script.contains("innerHTML") && !script.contains("outerHTML") && !script.contains("insertAdjacentHTML"));
+        }
         // And it never inserts data as markup
         assert!(!PAGE.contains("innerHTML") && !PAGE.contains("outerHTML") && !PAGE.contains("insertAdjacentHTML"));
     }

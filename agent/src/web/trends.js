@@ -261,7 +261,8 @@ var Trends = (function () {
 })();
 
 // The latest events (api/events, every 5 s): time, severity, kind, asset and the details in
-// one line, filtered by the severity chosen. Text nodes only.
+// one line, filtered by the severity chosen, and who acknowledged it (or, for operators, the
+// button: actions.js). Text nodes only.
 var Events = (function () {
   var REFRESH_MS = 5000;
 
@@ -301,6 +302,7 @@ var Events = (function () {
       var tr = document.createElement("tr");
       tr.className = "event-row";
       tr.dataset.kind = e.kind;
+      tr.dataset.id = e.id;
       var sev = document.createElement("td");
       var b = document.createElement("span");
       b.className = "badge b-" + e.severity;
@@ -311,6 +313,7 @@ var Events = (function () {
       tr.appendChild(cell(e.kind));
       tr.appendChild(cell(e.asset));
       tr.appendChild(cell(summary(e.details), "muted"));
+      tr.appendChild(typeof Actions === "undefined" ? cell("") : Actions.eventCell(e));
       body.appendChild(tr);
     });
     table.appendChild(body);

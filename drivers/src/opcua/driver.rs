@@ -103,8 +103,11 @@ pub async fn run_device_beating(
     // and again only for a refusal an operator must act on (certificate, login).
     let mut loss_reported = false;
     let mut had_session = false;
+    // A certificate trusted meanwhile (the status page, in this process) ends the back-off.
+    let mut trusts = super::pki::changes(&pki);
     loop {
         generation += 1;
+        trusts.borrow_and_update();
         // The endpoint's gate may first wait for another device's attempt on the same server.
         out.heartbeat.alive_until(Instant::now() + device.connect_timeout * 2);
         let attempt = attempt(&mut client, &device, &mut out, &cancel).await;
@@ -168,7 +171,7 @@ pub async fn run_device_beating(
         out.flush_stats().await;
         let until = Instant::now() + delay.next_delay();
         out.heartbeat.alive_until(until);
-        if !wait_refusing_writes(until, &mut writes, &cancel).await {
+        if !wait_refusing_writes(until, &mut writes, &mut trusts, &cancel).await {
             return;
         }
     }
@@ -223,12 +226,19 @@ async fn attempt(
     }
 }
 
-/// Waits until `until`, answering writes "not connected" meanwhile. `false`: cancelled.
-async fn wait_refusing_writes(until: Instant, writes: &mut mpsc::Receiver<WriteRequest>, cancel: &CancellationToken) -> bool {
+/// Waits until `until`, or until a certificate is trusted (`trusts` changes: the next
+/// attempt may now succeed), answering writes "not connected" meanwhile. `false`: cancelled.
+async fn wait_refusing_writes(
+    until: Instant,
+    writes: &mut mpsc::Receiver<WriteRequest>,
+    trusts: &mut tokio::sync::watch::Receiver<u64>,
+    cancel: &CancellationToken,
+) -> bool {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return false,
             () = sleep_until(until) => return true,
+            Ok(()) = trusts.changed() => return true,
             Some(w) = writes.recv() => { let _ = w.reply.send(Err(WriteError::NotConnected)); }
         }
     }
