@@ -135,15 +135,17 @@ fn bdseq(p: &Payload) -> u64 {
 }
 
 /// What the specification asks of the stream, checked message by message like a host:
-/// the NBIRTH's bdSeq is the next NDEATH's, seq runs on from the NBIRTH's 0 (wrapping at
-/// 256), no DDATA before its device's DBIRTH in the session, every DDATA alias is a metric
-/// of that DBIRTH with the datatype its value is encoded as, timestamps everywhere.
+/// the NBIRTH's bdSeq (an Int64) is the next NDEATH's, seq runs on from the NBIRTH's 0
+/// (wrapping at 256), no DDATA before its device's DBIRTH in the session, every DDATA alias
+/// is a metric of that DBIRTH with the datatype its value is encoded as, every NDATA alias
+/// one of the NBIRTH, `Node Control/Rebirth` without an alias, timestamps everywhere.
 /// Returns the bdSeq of each NBIRTH and how many DDATA metrics were historical.
 fn check_stream(messages: &[Got]) -> (Vec<u64>, usize) {
     let mut births = Vec::new();
     let mut historical = 0;
     let mut expected_seq: Option<u64> = None;
     let mut born: HashMap<String, HashMap<u64, u32>> = HashMap::new();
+    let mut node_aliases: HashMap<u64, u32> = HashMap::new();
     let mut session_bdseq: Option<u64> = None;
     for m in messages.iter().filter(|m| m.topic.starts_with("spBv1.0/")) {
         let kind = m.topic.split('/').nth(2).unwrap();
@@ -173,6 +175,11 @@ fn check_stream(messages: &[Got]) -> (Vec<u64>, usize) {
                 for name in ["Node Control/Rebirth", "Node Control/Reboot"] {
                     assert!(m.payload.metrics.iter().any(|x| x.name.as_deref() == Some(name)), "{name} in NBIRTH");
                 }
+                let find = |name: &str| m.payload.metrics.iter().find(|x| x.name.as_deref() == Some(name)).unwrap();
+                assert_eq!(find("bdSeq").datatype, Some(4), "bdSeq is an Int64");
+                assert_eq!(find("Node Control/Rebirth").alias, None, "Node Control/Rebirth has no alias");
+                assert!(m.payload.metrics.iter().all(|x| x.timestamp.is_some() && x.datatype.is_some()), "NBIRTH metrics");
+                node_aliases = m.payload.metrics.iter().filter_map(|x| Some((x.alias?, x.datatype?))).collect();
             }
             "DBIRTH" => {
                 let device = m.topic.split('/').nth(4).unwrap().to_string();
@@ -204,6 +211,12 @@ fn check_stream(messages: &[Got]) -> (Vec<u64>, usize) {
                     if x.is_historical == Some(true) {
                         historical += 1;
                     }
+                }
+            }
+            "NDATA" => {
+                for x in &m.payload.metrics {
+                    assert!(x.name.is_none() && x.timestamp.is_some(), "NDATA by alias only, with timestamps");
+                    assert!(node_aliases.contains_key(&x.alias.expect("alias")), "NDATA alias born in the NBIRTH");
                 }
             }
             "DDEATH" => {
@@ -255,6 +268,22 @@ async fn a_sparkplug_node_births_before_data_keeps_seq_and_bdseq_and_marks_the_r
     wait_for("the outbox drained", Duration::from_secs(10), || (outbox.pending_batches() == 0).then_some(())).await;
     let (births, _) = check_stream(&host.all());
     assert_eq!(births, [0], "the first session's bdSeq");
+    // And the NBIRTH's store depth (300) is followed by an NDATA with the drained one (0),
+    // no sooner than 10 s after the birth
+    let depth = |p: &Payload| match p.metrics.first().and_then(|m| m.value.clone()) {
+        Some(metric::Value::LongValue(n)) => n,
+        other => panic!("no store depth: {other:?}"),
+    };
+    let ndata = wait_for("the NDATA of the store depth", Duration::from_secs(15), || {
+        host.all().into_iter().find(|m| m.topic == "spBv1.0/Mill/NDATA/gw-sp").map(|m| m.payload)
+    })
+    .await;
+    assert_eq!(depth(&ndata), 0, "{ndata:?}");
+    let nbirth = host.all().into_iter().find(|m| m.topic == "spBv1.0/Mill/NBIRTH/gw-sp").unwrap().payload;
+    let born_depth = nbirth.metrics.iter().find(|m| m.name.as_deref() == Some("Node Info/Store Depth")).unwrap();
+    assert_eq!(born_depth.value, Some(metric::Value::LongValue(300)));
+    assert_eq!(ndata.metrics[0].alias, born_depth.alias);
+    assert!(ndata.timestamp.unwrap() >= nbirth.timestamp.unwrap() + 10_000, "rate-limited to one NDATA per 10 s");
 
     // When the connection drops without a DISCONNECT (the task dies)
     first.task.abort();
@@ -538,8 +567,17 @@ async fn a_real_agent_answers_a_host_rebirths_refuses_writes_outside_the_allowli
     wait_for("DDATA after the return", Duration::from_secs(10), || (nth(&host.all(), "DDATA", None, 0).is_some()).then_some(())).await;
 
     // When the primary host goes offline for a while, then comes back
+    let connects = |metrics: &str| support::metric(metrics, "edge_agent_uplink_connects_total");
+    let connects_before = connects(&support::http_get(web, "/metrics").await);
     client.publish("spBv1.0/STATE/scada", QoS::AtLeastOnce, true, state(false)).await.unwrap();
+    // Then the node publishes its NDEATH, disconnects and connects again (Sparkplug 3.0),
+    // and waits without births
     wait_for("the NDEATH when the host went offline", Duration::from_secs(10), || (host.count("NDEATH") == 1).then_some(())).await;
+    let started = std::time::Instant::now();
+    while connects(&support::http_get(web, "/metrics").await) <= connects_before {
+        assert!(started.elapsed() < Duration::from_secs(10), "no new connection after the host went offline");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let ddata_offline = host.count("DDATA");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(host.count("DDATA") <= ddata_offline + 1, "no data while the host is offline");
@@ -581,6 +619,7 @@ async fn a_real_agent_answers_a_host_rebirths_refuses_writes_outside_the_allowli
     // Then the whole stream holds the spec's invariants, and the restart took the next bdSeq
     let (births, historical) = check_stream(&host.all());
     assert!(historical > 0);
-    assert_eq!(births[..3], [0, 0, 0], "rebirth and the host's return keep the connection's bdSeq: {births:?}");
-    assert_eq!(births[3], 1, "after SIGKILL, the next bdSeq from disk: {births:?}");
+    assert_eq!(births[..2], [0, 0], "a rebirth keeps the connection's bdSeq: {births:?}");
+    assert_eq!(births[2], 1, "the host's return is birthed on a new connection, with the next bdSeq: {births:?}");
+    assert_eq!(births[3], 2, "after SIGKILL, the next bdSeq from disk: {births:?}");
 }

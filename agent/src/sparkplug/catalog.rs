@@ -17,10 +17,14 @@ use edge_drivers::{DeviceConfig, Protocol, TagConfig, Value};
 use super::DataType;
 
 /// Node metric aliases (fixed); device metrics are numbered from [`FIRST_DEVICE_ALIAS`].
-pub const ALIAS_REBIRTH: u64 = 1;
+/// `Node Control/Rebirth` has none: Sparkplug 3.0 forbids an alias on it
+/// (`operational-behavior-data-commands-rebirth-name-aliases`), and `bdSeq` has none either
+/// (a host reads it by name, in the NDEATH too). Alias 1 is left unused.
 pub const ALIAS_REBOOT: u64 = 2;
 pub const ALIAS_VERSION: u64 = 3;
 pub const ALIAS_STORE_DEPTH: u64 = 4;
+pub const ALIAS_BROKER: u64 = 5;
+pub const ALIAS_FAILOVER: u64 = 6;
 pub const FIRST_DEVICE_ALIAS: u64 = 100;
 
 /// One metric of a device.

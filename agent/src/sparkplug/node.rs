@@ -1,10 +1,12 @@
 //! The edge node's messages and session state (pure: the uplink publishes what it returns).
 //!
-//! Per MQTT session: the NDEATH Will carries that session's `bdSeq`; the NBIRTH repeats it
-//! with `seq = 0`; then each device's DBIRTH before its first DDATA; every NBIRTH, DBIRTH,
-//! NDATA, DDATA and DDEATH takes the next `seq` (0–255, wrapping). A DDATA names its
-//! metrics by alias only, with the sample's source time, `is_historical` when the batch was
-//! stored before the session's birth, and the `Quality` property when not good.
+//! Per MQTT session: the NDEATH Will carries that session's `bdSeq` (Int64); the NBIRTH
+//! repeats it with `seq = 0`; then each device's DBIRTH before its first DDATA; every
+//! NBIRTH, DBIRTH, NDATA, DDATA and DDEATH takes the next `seq` (0–255, wrapping). A DDATA
+//! names its metrics by alias only, with the sample's source time, `is_historical` when the
+//! batch was stored before the session's birth, and the `Quality` property when not good.
+//! An NDATA reports a node metric (the store depth) that changed since the last NBIRTH or
+//! NDATA.
 
 use std::collections::{HashMap, HashSet};
 
@@ -13,7 +15,9 @@ use edge_drivers::{DeviceConfig, Value};
 use prost::Message as _;
 use srad_types::payload::{metric, property_value, Metric, PropertySet, PropertyValue};
 
-use super::catalog::{self, Catalog, DeviceMetrics, MetricDef, ALIAS_REBIRTH, ALIAS_REBOOT, ALIAS_STORE_DEPTH, ALIAS_VERSION};
+use super::catalog::{
+    self, Catalog, DeviceMetrics, MetricDef, ALIAS_BROKER, ALIAS_FAILOVER, ALIAS_REBOOT, ALIAS_STORE_DEPTH, ALIAS_VERSION,
+};
 use super::config::NodeIds;
 use super::{DataType, Payload};
 use crate::payload::WireSample;
@@ -21,9 +25,10 @@ use crate::payload::WireSample;
 /// The topic namespace of Sparkplug B.
 pub const NAMESPACE: &str = "spBv1.0";
 
-/// The `Quality` property's values (the OPC convention Ignition and others read).
+/// The `Quality` property's values: Sparkplug 3.0 allows only 0 (bad), 192 (good) and
+/// 500 (stale) (`payloads-propertyset-quality-value-value`). It has no "uncertain": an
+/// uncertain reading (a clamped value, an OPC-UA uncertain status) is sent as bad.
 pub const QUALITY_BAD: i32 = 0;
-pub const QUALITY_UNCERTAIN: i32 = 64;
 pub const QUALITY_GOOD: i32 = 192;
 
 /// One message to publish.
@@ -41,6 +46,9 @@ pub struct NodeInfo {
     pub store_depth: u64,
     /// Whether `Node Control/Reboot` is obeyed (`sparkplug.allow_reboot`).
     pub reboot_allowed: bool,
+    /// The broker of this session (`mqtt://host:port`), and whether it is the failover one.
+    pub broker: String,
+    pub failover: bool,
 }
 
 /// The edge node of one agent.
@@ -65,6 +73,8 @@ pub struct EdgeNode {
     dead: HashSet<String>,
     /// The `seq` of the last message, if any.
     last_seq: Option<u8>,
+    /// The store depth the last NBIRTH or NDATA of this session reported.
+    reported_depth: u64,
 }
 
 impl EdgeNode {
@@ -79,6 +89,7 @@ impl EdgeNode {
             dying: HashMap::new(),
             dead: HashSet::new(),
             last_seq: None,
+            reported_depth: 0,
         }
     }
 
@@ -108,9 +119,9 @@ impl EdgeNode {
         }
     }
 
-    /// The NDEATH to register as the Will of a CONNECT with `bdseq` (no `seq`).
+    /// The NDEATH to register as the Will of a CONNECT with `bdseq`: that one metric, no `seq`.
     pub fn death(&self, bdseq: u8, now: DateTime<Utc>) -> Message {
-        let payload = Payload { timestamp: Some(ms(now)), metrics: vec![bdseq_metric(bdseq)], seq: None, uuid: None, body: None };
+        let payload = Payload { timestamp: Some(ms(now)), metrics: vec![bdseq_metric(bdseq, None)], seq: None, uuid: None, body: None };
         Message { topic: self.topic("NDEATH", None), payload: payload.encode_to_vec() }
     }
 
@@ -182,28 +193,52 @@ impl EdgeNode {
         self.born.clear();
         self.node_born = true;
         let t = ms(now);
-        let node_metric = |name: &str, alias: u64, datatype: DataType, value: metric::Value| Metric {
+        let node_metric = |name: &str, alias: Option<u64>, datatype: DataType, value: metric::Value| Metric {
             name: Some(name.to_string()),
-            alias: Some(alias),
+            alias,
             timestamp: Some(t),
             datatype: Some(datatype as u32),
             value: Some(value),
             ..Metric::new()
         };
-        let mut reboot = node_metric("Node Control/Reboot", ALIAS_REBOOT, DataType::Boolean, metric::Value::BooleanValue(false));
+        let mut reboot = node_metric("Node Control/Reboot", Some(ALIAS_REBOOT), DataType::Boolean, metric::Value::BooleanValue(false));
         if !info.reboot_allowed {
             reboot.properties = Some(properties(vec![("Writable", PropertyValue::from_bool(false))]));
         }
+        self.reported_depth = info.store_depth;
         let metrics = vec![
-            bdseq_metric(bdseq),
-            node_metric("Node Control/Rebirth", ALIAS_REBIRTH, DataType::Boolean, metric::Value::BooleanValue(false)),
+            bdseq_metric(bdseq, Some(t)),
+            // No alias: Sparkplug 3.0 forbids one on `Node Control/Rebirth`.
+            node_metric("Node Control/Rebirth", None, DataType::Boolean, metric::Value::BooleanValue(false)),
             reboot,
-            node_metric("Node Info/Version", ALIAS_VERSION, DataType::String, metric::Value::StringValue(info.version.clone())),
-            node_metric("Node Info/Store Depth", ALIAS_STORE_DEPTH, DataType::UInt64, metric::Value::LongValue(info.store_depth)),
+            node_metric("Node Info/Version", Some(ALIAS_VERSION), DataType::String, metric::Value::StringValue(info.version.clone())),
+            node_metric("Node Info/Store Depth", Some(ALIAS_STORE_DEPTH), DataType::UInt64, metric::Value::LongValue(info.store_depth)),
+            node_metric("Node Info/Broker", Some(ALIAS_BROKER), DataType::String, metric::Value::StringValue(info.broker.clone())),
+            node_metric("Node Info/Failover", Some(ALIAS_FAILOVER), DataType::Boolean, metric::Value::BooleanValue(info.failover)),
         ];
         let seq = self.next_seq();
         let payload = Payload { timestamp: Some(t), metrics, seq: Some(seq), uuid: None, body: None };
         Message { topic: self.topic("NBIRTH", None), payload: payload.encode_to_vec() }
+    }
+
+    /// The NDATA of a store depth that differs from the one the last NBIRTH or NDATA of
+    /// this session reported (by alias, with its time and the next `seq`); `None` when it
+    /// is the same or the node is not born.
+    pub fn node_data(&mut self, store_depth: u64, now: DateTime<Utc>) -> Option<Message> {
+        if !self.node_born || store_depth == self.reported_depth {
+            return None;
+        }
+        self.reported_depth = store_depth;
+        let t = ms(now);
+        let depth = Metric {
+            alias: Some(ALIAS_STORE_DEPTH),
+            timestamp: Some(t),
+            value: Some(metric::Value::LongValue(store_depth)),
+            ..Metric::new()
+        };
+        let seq = self.next_seq();
+        let payload = Payload { timestamp: Some(t), metrics: vec![depth], seq: Some(seq), uuid: None, body: None };
+        Some(Message { topic: self.topic("NDATA", None), payload: payload.encode_to_vec() })
     }
 
     /// Devices with metrics, not lost, and no DBIRTH in this session yet, in order.
@@ -278,10 +313,14 @@ fn sample_ms(s: &WireSample, now: DateTime<Utc>) -> u64 {
     DateTime::parse_from_rfc3339(&s.ts).map_or(ms(now), |t| ms(t.with_timezone(&Utc)))
 }
 
-fn bdseq_metric(bdseq: u8) -> Metric {
+/// `bdSeq`: an Int64, as Sparkplug 3.0 asks in the NDEATH and the NBIRTH
+/// (`message-flow-edge-node-birth-publish-will-message-payload-bdSeq`); the NBIRTH's has a
+/// timestamp like every birth metric.
+fn bdseq_metric(bdseq: u8, timestamp: Option<u64>) -> Metric {
     Metric {
         name: Some("bdSeq".into()),
-        datatype: Some(DataType::UInt64 as u32),
+        timestamp,
+        datatype: Some(DataType::Int64 as u32),
         value: Some(metric::Value::LongValue(u64::from(bdseq))),
         ..Metric::new()
     }
@@ -318,8 +357,7 @@ fn typed(t: DataType, v: property_value::Value) -> PropertyValue {
 /// missing `Quality` for good).
 fn quality(s: &WireSample) -> Option<PropertySet> {
     let code = match s.q.as_str() {
-        "bad" => QUALITY_BAD,
-        "uncertain" => QUALITY_UNCERTAIN,
+        "bad" | "uncertain" => QUALITY_BAD,
         _ => return None,
     };
     Some(properties(vec![("Quality", typed(DataType::Int32, property_value::Value::IntValue(code as u32)))]))
@@ -348,8 +386,7 @@ fn birth_metric(def: &MetricDef, last: Option<&WireSample>, t: u64) -> Metric {
         props.push(("Documentation", typed(DataType::String, property_value::Value::StringValue(text.clone()))));
     }
     let code = match last.map(|s| s.q.as_str()) {
-        Some("bad") => Some(QUALITY_BAD),
-        Some("uncertain") => Some(QUALITY_UNCERTAIN),
+        Some("bad" | "uncertain") => Some(QUALITY_BAD),
         Some(_) => Some(QUALITY_GOOD),
         None => None,
     };
@@ -383,30 +420,80 @@ mod tests {
         Payload::decode(m.payload.as_slice()).unwrap()
     }
 
+    fn info(store_depth: u64) -> NodeInfo {
+        NodeInfo { version: "0.1.0".into(), store_depth, reboot_allowed: false, broker: "mqtt://b:1883".into(), failover: false }
+    }
+
     #[test]
-    fn the_will_and_the_birth_of_a_session_carry_the_same_bdseq_and_the_birth_starts_seq_at_zero() {
+    fn the_will_and_the_birth_of_a_session_carry_the_same_int64_bdseq_and_the_birth_starts_seq_at_zero() {
         let mut n = node();
         let will = n.death(7, Utc::now());
         assert_eq!(will.topic, "spBv1.0/mill/NDEATH/gw1");
         let death = decode(&will);
         assert_eq!(death.seq, None);
+        assert_eq!(death.metrics.len(), 1, "the NDEATH holds bdSeq only");
         assert_eq!(death.metrics[0].name.as_deref(), Some("bdSeq"));
+        assert_eq!(death.metrics[0].datatype, Some(DataType::Int64 as u32));
         assert_eq!(death.metrics[0].value, Some(metric::Value::LongValue(7)));
 
-        let birth = n.birth(7, &NodeInfo { version: "0.1.0".into(), store_depth: 3, reboot_allowed: false }, Utc::now());
+        let birth = n.birth(7, &info(3), Utc::now());
         assert_eq!(birth.topic, "spBv1.0/mill/NBIRTH/gw1");
         let p = decode(&birth);
         assert_eq!(p.seq, Some(0));
         let names: Vec<_> = p.metrics.iter().filter_map(|m| m.name.as_deref()).collect();
-        assert_eq!(names, ["bdSeq", "Node Control/Rebirth", "Node Control/Reboot", "Node Info/Version", "Node Info/Store Depth"]);
+        assert_eq!(
+            names,
+            [
+                "bdSeq",
+                "Node Control/Rebirth",
+                "Node Control/Reboot",
+                "Node Info/Version",
+                "Node Info/Store Depth",
+                "Node Info/Broker",
+                "Node Info/Failover"
+            ]
+        );
         assert_eq!(p.metrics[0].value, Some(metric::Value::LongValue(7)));
+        assert_eq!(p.metrics[0].datatype, Some(DataType::Int64 as u32));
+        // Every birth metric has a timestamp, a datatype and a value
+        assert!(p.metrics.iter().all(|m| m.timestamp.is_some() && m.datatype.is_some() && m.value.is_some()));
+        // Node Control/Rebirth: Boolean false, and no alias (Sparkplug 3.0 forbids one)
+        let rebirth = &p.metrics[1];
+        assert_eq!(
+            (rebirth.datatype, rebirth.value.clone(), rebirth.alias),
+            (Some(DataType::Boolean as u32), Some(metric::Value::BooleanValue(false)), None)
+        );
+    }
+
+    #[test]
+    fn a_changed_store_depth_is_published_as_ndata_by_alias_with_the_next_seq_and_an_unchanged_one_is_not() {
+        // Given a node born with a store depth of 3
+        let mut n = node();
+        assert!(n.node_data(5, Utc::now()).is_none(), "no NDATA before the NBIRTH");
+        let birth = decode(&n.birth(0, &info(3), Utc::now()));
+        let alias = birth.metrics.iter().find(|m| m.name.as_deref() == Some("Node Info/Store Depth")).and_then(|m| m.alias);
+        // When the depth is still 3: nothing
+        assert!(n.node_data(3, Utc::now()).is_none());
+        // When it is 0: an NDATA with that metric by alias, its time, and seq 1
+        let data = n.node_data(0, Utc::now()).expect("an NDATA");
+        assert_eq!(data.topic, "spBv1.0/mill/NDATA/gw1");
+        let p = decode(&data);
+        assert_eq!(p.seq, Some(1));
+        assert!(p.timestamp.is_some());
+        assert_eq!(p.metrics.len(), 1);
+        let m = &p.metrics[0];
+        assert_eq!((m.name.as_deref(), m.alias, m.datatype), (None, alias, None));
+        assert_eq!(m.value, Some(metric::Value::LongValue(0)));
+        assert!(m.timestamp.is_some());
+        // And the same depth again is not sent twice
+        assert!(n.node_data(0, Utc::now()).is_none());
     }
 
     #[test]
     fn a_device_is_born_with_every_metric_before_its_first_ddata_which_names_metrics_by_alias_only() {
         // Given a born node
         let mut n = node();
-        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.birth(0, &info(0), Utc::now());
         assert_eq!(n.unborn_devices(), ["m1"]);
         // When a batch of m1 is published without a DBIRTH yet
         let samples = [sample("flow", Some(Value::Float(12.5)), "good"), sample("run", Some(Value::Bool(true)), "bad")];
@@ -428,7 +515,13 @@ mod tests {
         assert_eq!(p.metrics[0].alias, flow.alias);
         assert_eq!(p.metrics[0].value, Some(metric::Value::FloatValue(12.5)));
         assert_eq!(p.metrics[0].timestamp, Some(1_714_557_600_000));
-        assert_eq!(p.metrics[1].properties.as_ref().unwrap().keys, ["Quality"]);
+        let quality = p.metrics[1].properties.as_ref().unwrap();
+        assert_eq!(quality.keys, ["Quality"]);
+        assert_eq!(quality.values[0].value, Some(property_value::Value::IntValue(QUALITY_BAD as u32)));
+        // And an uncertain reading is bad too: Sparkplug knows only 0, 192 and 500
+        let (_, uncertain) = n.data("m1", &[sample("flow", Some(Value::Float(500.0)), "uncertain")], false, Utc::now());
+        let uncertain = decode(&uncertain).metrics[0].properties.clone().unwrap();
+        assert_eq!(uncertain.values[0].value, Some(property_value::Value::IntValue(QUALITY_BAD as u32)));
         assert!(n.unborn_devices().is_empty());
         // And a second batch needs no new birth; a historical one is marked
         let (again, data) = n.data("m1", &samples[..1], true, Utc::now());
@@ -439,7 +532,7 @@ mod tests {
     #[test]
     fn seq_wraps_from_255_to_0_and_a_new_birth_starts_again_at_0() {
         let mut n = node();
-        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.birth(0, &info(0), Utc::now());
         let samples = [sample("flow", Some(Value::Float(1.0)), "good")];
         let mut seqs = Vec::new();
         for _ in 0..300 {
@@ -451,7 +544,7 @@ mod tests {
             assert_eq!(pair[1], (pair[0] + 1) % 256, "{pair:?}");
         }
         assert!(seqs.contains(&0));
-        let birth = n.birth(1, &NodeInfo::default(), Utc::now());
+        let birth = n.birth(1, &info(0), Utc::now());
         assert_eq!(decode(&birth).seq, Some(0));
         assert_eq!(n.unborn_devices(), ["m1"], "a new session needs new DBIRTHs");
     }
@@ -459,7 +552,7 @@ mod tests {
     #[test]
     fn a_value_of_a_new_kind_brings_a_new_dbirth_with_the_corrected_datatype() {
         let mut n = node();
-        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.birth(0, &info(0), Utc::now());
         n.data("gpio", &[sample("door", Some(Value::Int(1)), "good")], false, Utc::now());
         let (birth, _) = n.data("gpio", &[sample("door", Some(Value::Text("open".into())), "good")], false, Utc::now());
         let birth = decode(&birth.expect("a new DBIRTH"));
@@ -469,12 +562,12 @@ mod tests {
     #[test]
     fn a_rebirth_request_starts_again_with_an_nbirth_at_seq_zero_and_every_dbirth() {
         let mut n = node();
-        n.birth(4, &NodeInfo::default(), Utc::now());
+        n.birth(4, &info(0), Utc::now());
         n.data("m1", &[sample("flow", Some(Value::Float(1.0)), "good")], false, Utc::now());
         assert!(n.unborn_devices().is_empty());
         n.rebirth();
         assert!(!n.is_born());
-        let p = decode(&n.birth(4, &NodeInfo::default(), Utc::now()));
+        let p = decode(&n.birth(4, &info(0), Utc::now()));
         assert_eq!((p.seq, p.metrics[0].value.clone()), (Some(0), Some(metric::Value::LongValue(4))), "same bdSeq, seq 0");
         assert_eq!(n.unborn_devices(), ["m1"]);
     }
@@ -483,7 +576,7 @@ mod tests {
     fn a_lost_device_dies_after_its_last_readings_and_is_born_again_before_its_next_ddata() {
         // Given a born device
         let mut n = node();
-        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.birth(0, &info(0), Utc::now());
         n.data("m1", &[sample("flow", Some(Value::Float(1.0)), "good")], false, Utc::now());
         // When its device_lost is read while batches up to 10 are not all queued
         n.device_lost("m1", 11);
@@ -497,7 +590,7 @@ mod tests {
         assert!(p.metrics.is_empty() && p.timestamp.is_some());
         // And no DBIRTH for it, even after a rebirth, until it is back
         n.rebirth();
-        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.birth(0, &info(0), Utc::now());
         assert!(n.unborn_devices().is_empty());
         n.device_back("m1");
         assert_eq!(n.unborn_devices(), ["m1"]);
@@ -511,7 +604,7 @@ mod tests {
     fn model_outputs_are_metrics_of_the_analytics_device_with_learned_datatypes() {
         // Given a born node and a batch of the models' outputs (device `analytics`)
         let mut n = node();
-        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.birth(0, &info(0), Utc::now());
         let outputs = [
             sample("mill_anomaly_score", Some(Value::Float(0.4)), "good"),
             sample("mill_anomaly_active", Some(Value::Bool(false)), "good"),
@@ -528,7 +621,7 @@ mod tests {
         );
         assert_eq!(data.topic, "spBv1.0/mill/DDATA/gw1/analytics");
         n.rebirth();
-        n.birth(0, &NodeInfo::default(), Utc::now());
+        n.birth(0, &info(0), Utc::now());
         assert_eq!(n.unborn_devices(), ["m1", "analytics"]);
     }
 }

@@ -43,7 +43,7 @@ use crate::live::Live;
 use crate::live::SparkplugView;
 use crate::payload::{self, TelemetryPayload};
 use crate::sparkplug::bdseq::BdSeq;
-use crate::sparkplug::catalog::{decode_value, ALIAS_REBIRTH, ALIAS_REBOOT};
+use crate::sparkplug::catalog::{decode_value, ALIAS_REBOOT};
 use crate::sparkplug::node::{EdgeNode, NodeInfo, NAMESPACE};
 use crate::sparkplug::{DataType, Payload};
 use crate::store::Outbox;
@@ -62,6 +62,8 @@ const OPTIONS_RETRY: Duration = Duration::from_secs(30);
 const REPEAT_WARNING: Duration = Duration::from_secs(300);
 /// How often the age of the oldest batch in the outbox is read again (one store read).
 const BACKLOG_AGE_EVERY: Duration = Duration::from_secs(1);
+/// Sparkplug: a changed node metric (the store depth) goes out as NDATA at most this often.
+const NODE_DATA_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Uplink {
     pub config: Config,
@@ -141,6 +143,18 @@ struct Session {
     repeated: LogLimit,
     /// `mqtt.payload = "sparkplug"`: the edge node (births, DDATA, the NDEATH Will).
     sparkplug: Option<Sparkplug>,
+    /// Sparkplug: the node is leaving the broker because its primary host went offline
+    /// (its NDEATH and a DISCONNECT are queued); see [`Session::rejoin`].
+    leaving: Option<Leave>,
+}
+
+/// When the node that is leaving (primary host offline) drops the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    /// Once the DISCONNECT has gone out (the broker then drops the Will).
+    AfterDisconnect,
+    /// At once: the DISCONNECT could not be queued.
+    Now,
 }
 
 /// The command name a DCMD write is handed to the command handler under (a JSON `write`
@@ -166,6 +180,8 @@ struct Sparkplug {
     host_ts: u64,
     /// The host went offline: at the next NBIRTH, what was stored meanwhile is history.
     replay_on_birth: bool,
+    /// When the last NBIRTH or NDATA of this session went out (NDATA rate limit).
+    node_data_at: Option<Instant>,
     /// DCMDs handed to the command handler (for their ids).
     dcmds: u64,
     stats: SparkplugStats,
@@ -219,6 +235,7 @@ impl Sparkplug {
             host_online: None,
             host_ts: 0,
             replay_on_birth: false,
+            node_data_at: None,
             dcmds: 0,
             stats: SparkplugStats::default(),
         }
@@ -363,6 +380,7 @@ impl Uplink {
             oldest_pending: None,
             repeated: LogLimit::default(),
             sparkplug,
+            leaving: None,
         };
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
 
@@ -388,18 +406,21 @@ impl Uplink {
             let wake = if s.connected { s.schedule.wake_at().unwrap_or(far).min(Instant::now() + POLL_EVERY) } else { far };
             tokio::select! {
                 event = s.transport.poll() => match event {
-                    Ok(event) => s.handle(event, &self.outbox, &mut backoff, &self.live),
+                    Ok(event) => {
+                        let disconnect_sent = event == Wire::SentDisconnect;
+                        s.handle(event, &self.outbox, &mut backoff, &self.live);
+                        match s.leaving {
+                            Some(Leave::Now) => s.rejoin(&self.live).await,
+                            Some(Leave::AfterDisconnect) if disconnect_sent => s.rejoin(&self.live).await,
+                            _ => {}
+                        }
+                    }
                     Err(e) => {
                         s.lost(&e, &self.live);
                         if s.failed_over(&self.live) {
                             backoff.reset();
                         }
-                        // Every CONNECT carries a new bdSeq in its NDEATH Will.
-                        if let Some(sp) = &mut s.sparkplug {
-                            sp.node.session_ended();
-                            sp.advance().await;
-                            sp.arm_will(&mut s.transport);
-                        }
+                        s.next_sparkplug_session().await;
                         let delay = backoff.next_delay();
                         debug!(?delay, "uplink reconnect delay");
                         let until = deadline.map_or(Instant::now() + delay, |d| d.min(Instant::now() + delay));
@@ -698,8 +719,8 @@ impl Session {
         match device {
             None => {
                 for m in &message.metrics {
+                    // `Node Control/Rebirth` has no alias (Sparkplug 3.0): by name only.
                     let name = m.name.as_deref().or(match m.alias {
-                        Some(ALIAS_REBIRTH) => Some(REBIRTH),
                         Some(ALIAS_REBOOT) => Some(REBOOT),
                         _ => None,
                     });
@@ -749,9 +770,13 @@ impl Session {
     }
 
     /// `spBv1.0/STATE/{primary_host_id}`: `{"online": bool, "timestamp": ms}` (Sparkplug
-    /// 3.0). Offline: the node publishes its NDEATH and stops publishing births and data
-    /// (the outbox keeps everything); online again: a new NBIRTH and DBIRTHs, then what was
-    /// stored meanwhile as history, live data going on.
+    /// 3.0). A STATE older than the last one taken is ignored (an equal one is taken: the
+    /// broker hands the retained STATE again to every new connection). Offline while the
+    /// node is born: it publishes its NDEATH, disconnects and connects again with the next
+    /// `bdSeq` (`message-flow-edge-node-birth-publish-phid-offline`,
+    /// `operational-behavior-edge-node-termination-host-offline`), then waits, publishing no
+    /// births and no data (the outbox keeps everything). Online again: a new NBIRTH and
+    /// DBIRTHs, then what was stored meanwhile as history, live data going on.
     fn host_state(&mut self, payload: &[u8], outbox: &Outbox) {
         let Some(sp) = &mut self.sparkplug else { return };
         let parsed = serde_json::from_slice::<serde_json::Value>(payload)
@@ -779,13 +804,50 @@ impl Session {
         if was != Some(false) {
             info!(host = ?sp.node.ids().primary_host_id, pending_batches = outbox.pending_batches(), "sparkplug: primary host offline; storing, not publishing, until it is back");
         }
-        if sp.node.is_born() {
+        if sp.node.is_born() && self.leaving.is_none() {
             let death = sp.node.death(sp.current, Utc::now());
             sp.node.session_ended();
             match self.transport.try_publish(death.topic, false, death.payload) {
                 Ok(()) => self.tracker.queued(Carried::Status),
                 Err(e) => warn!(error = %e, "could not queue the NDEATH"),
             }
+            info!(
+                bd_seq = sp.current,
+                "sparkplug: NDEATH published; disconnecting, to connect again with the next bdSeq and wait for the primary host"
+            );
+            self.leaving = Some(match self.transport.try_disconnect() {
+                Ok(()) => Leave::AfterDisconnect,
+                Err(e) => {
+                    warn!(error = %e, "could not queue the DISCONNECT; dropping the connection (the broker publishes the Will)");
+                    Leave::Now
+                }
+            });
+        }
+    }
+
+    /// The node left the broker for its primary host (see [`Session::host_state`]): the
+    /// connection is dropped without counting an error, everything in flight is forgotten
+    /// (the outbox resends it), and the next poll connects again with a new `bdSeq`.
+    async fn rejoin(&mut self, live: &Live) {
+        self.leaving = None;
+        self.transport.close();
+        self.transport.clear_pending();
+        self.tracker.clear();
+        self.connected = false;
+        live.update(|v| {
+            v.uplink.connected = false;
+            v.uplink.since = Some(Utc::now());
+            v.uplink.in_flight = 0;
+        });
+        self.next_sparkplug_session().await;
+    }
+
+    /// Sparkplug: the session is over; every CONNECT carries a new `bdSeq` in its NDEATH Will.
+    async fn next_sparkplug_session(&mut self) {
+        if let Some(sp) = &mut self.sparkplug {
+            sp.node.session_ended();
+            sp.advance().await;
+            sp.arm_will(&mut self.transport);
         }
     }
 
@@ -811,6 +873,8 @@ impl Session {
             }
         }
         self.connected = false;
+        // A node leaving for its primary host lost the connection first: it has left.
+        self.leaving = None;
         // The outbox will resend all of it after reconnecting (see the module comment).
         self.transport.clear_pending();
         self.tracker.clear();
@@ -926,6 +990,7 @@ impl Session {
     /// last readings are queued. Nothing while the primary host is offline. A publish that
     /// cannot be queued would leave a gap in `seq`: the node is born again instead.
     fn fill_sparkplug(&mut self, outbox: &Outbox, mut room: usize) {
+        let (broker, failover) = (self.broker().to_string(), self.current != 0);
         let Some(sp) = &mut self.sparkplug else { return };
         let now = Utc::now();
         if !sp.node.is_born() {
@@ -936,6 +1001,8 @@ impl Session {
                 version: payload::VERSION.to_string(),
                 store_depth: outbox.pending_batches(),
                 reboot_allowed: sp.reboot_allowed,
+                broker,
+                failover,
             };
             let birth = sp.node.birth(sp.current, &info, now);
             if let Err(e) = self.transport.try_publish(birth.topic, false, birth.payload) {
@@ -945,6 +1012,7 @@ impl Session {
             }
             self.tracker.queued(Carried::Status);
             sp.stats.node_births += 1;
+            sp.node_data_at = Some(Instant::now());
             room -= 1;
             if std::mem::take(&mut sp.replay_on_birth) {
                 self.schedule.restart(outbox.next_batch_seq(), Instant::now());
@@ -962,6 +1030,18 @@ impl Session {
             self.tracker.queued(Carried::Status);
             sp.stats.device_births += 1;
             room -= 1;
+        }
+        // The store depth, when it changed, at most every NODE_DATA_EVERY.
+        if room > 0 && sp.node_data_at.is_none_or(|at| at.elapsed() >= NODE_DATA_EVERY) {
+            if let Some(data) = sp.node.node_data(outbox.pending_batches(), now) {
+                if self.transport.try_publish(data.topic, false, data.payload).is_err() {
+                    sp.node.rebirth();
+                    return;
+                }
+                self.tracker.queued(Carried::Status);
+                sp.node_data_at = Some(Instant::now());
+                room -= 1;
+            }
         }
         // A batch may need a DBIRTH first (a metric learned from its values): keep one
         // place in the window for it.

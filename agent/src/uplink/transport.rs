@@ -127,6 +127,15 @@ impl Transport {
         }
     }
 
+    /// Drops the network connection (after a DISCONNECT, or instead of one): the next
+    /// [`Transport::poll`] connects again, with the options (and Will) as they are then.
+    pub fn close(&mut self) {
+        match self {
+            Transport::V4(_, eventloop) => eventloop.clean(),
+            Transport::V5(_, eventloop) => eventloop.clean(),
+        }
+    }
+
     /// Forgets every publish rumqttc would resend by itself (the outbox resends them; see
     /// the module comment of `session`): the pending queue, buffered events and a
     /// publish held back by a packet id collision.
