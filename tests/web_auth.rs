@@ -366,6 +366,38 @@ async fn a_session_cookie_survives_a_restart_but_not_a_rotated_secret_nor_a_logo
 }
 
 #[tokio::test]
+async fn a_logged_out_session_cookie_is_still_refused_after_the_agent_restarts() {
+    // Given an agent with alice, and a copy of her session cookie
+    let mut gw = Gateway::new(true, "");
+    add_user(&gw.users, "alice", "operator", ALICE);
+    gw.start().await;
+    let cookie = login(&gw, "alice", ALICE).await;
+    let status = || Req::get("/api/status").with("Cookie", cookie.clone());
+    assert_eq!(send(gw.port, &status()).await.status, 200);
+    // When she logs out, then the copy is refused
+    let token = csrf(&gw, &cookie).await;
+    let out =
+        send(gw.port, &Req::post("/logout").with("Cookie", cookie.clone()).with("Origin", gw.origin()).with("X-CSRF-Token", token)).await;
+    assert_eq!(out.status, 204, "{out:?}");
+    assert_eq!(send(gw.port, &status()).await.status, 401);
+    // And the logout is in the data directory, private, beside the unchanged session key
+    let file = gw.data_dir().join("web-sessions-revoked");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&file).expect("revoked sessions file").permissions().mode() & 0o777, 0o600);
+
+    // When the agent restarts on the same data directory (same key)
+    gw.stop();
+    gw.start().await;
+    // Then the logged-out copy is still refused, while a new login works
+    let after = send(gw.port, &status()).await;
+    assert_eq!(after.status, 401, "{after:?}");
+    assert_eq!(after.json()["reason"], "invalid_session");
+    let fresh = login(&gw, "alice", ALICE).await;
+    assert_eq!(send(gw.port, &Req::get("/api/status").with("Cookie", fresh)).await.status, 200);
+    gw.stop();
+}
+
+#[tokio::test]
 async fn a_state_changing_request_needs_the_csrf_token_and_the_page_origin_and_a_viewer_is_refused_the_operator_action() {
     // Given an operator and a viewer, both logged in, and a token
     let mut gw = Gateway::new(true, "");

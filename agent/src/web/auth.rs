@@ -15,7 +15,6 @@
 //! counted in `/metrics` and logged with the source address, at most once a minute per
 //! address ([`edge_drivers::log_limit`]).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +34,7 @@ use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
 use super::config::{Access, WebSettings};
+use super::revoked::Revoked;
 use super::session::{Claims, Secret};
 use super::throttle::Throttle;
 use super::users::{hash_fingerprint, verify_password, Role, Users, MAX_PASSWORD_BYTES};
@@ -187,8 +187,8 @@ struct UsersAuth {
     stamp: Mutex<(Option<(SystemTime, u64)>, Instant)>,
     by_address: Mutex<Throttle<IpAddr>>,
     by_user: Mutex<Throttle<String>>,
-    /// Logged-out session ids, until they would have expired anyway (unix seconds).
-    revoked: Mutex<HashMap<String, i64>>,
+    /// Logged-out sessions, kept in the data directory so that a logout survives a restart.
+    revoked: Arc<Revoked>,
     log_limit: Mutex<LogLimit<String>>,
     verifies: Semaphore,
     /// A hash to check unknown users' passwords against, so they take as long as known ones.
@@ -229,6 +229,8 @@ impl Guard {
                 let secret = Secret::load_or_create(data_dir).with_context(|| {
                     format!("cannot read or create the session key {}", data_dir.join(super::session::SECRET_FILE).display())
                 })?;
+                let revoked = Revoked::load(data_dir, session_max.as_secs() as i64, now_unix())
+                    .with_context(|| "cannot read the logged-out sessions (gateway.data_dir)")?;
                 let dummy_hash = super::users::hash_password("not a password: unknown users are checked against this")
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 Some(UsersAuth {
@@ -241,7 +243,7 @@ impl Guard {
                     users: RwLock::new(Arc::new(list)),
                     by_address: Mutex::default(),
                     by_user: Mutex::default(),
-                    revoked: Mutex::default(),
+                    revoked: Arc::new(revoked),
                     log_limit: Mutex::new(LogLimit::default()),
                     verifies: Semaphore::new(CONCURRENT_VERIFIES),
                     dummy_hash,
@@ -294,7 +296,7 @@ impl UsersAuth {
         let value = cookie(headers, self.cookie_name()).ok_or(Refusal::NoCredentials)?;
         let claims = self.secret.open(value).ok_or(Refusal::InvalidSession)?;
         let fresh = now - claims.seen <= self.idle && now - claims.issued <= self.max && claims.seen <= now + 300;
-        if !fresh || lock(&self.revoked).contains_key(&claims.sid) {
+        if !fresh || self.revoked.contains(&claims.sid) {
             return Err(Refusal::InvalidSession);
         }
         let users = self.users();
@@ -309,11 +311,16 @@ impl UsersAuth {
         Ok((claims, role, refresh))
     }
 
-    fn revoke(&self, sid: &str, until: i64) {
-        let now = now_unix();
-        let mut revoked = lock(&self.revoked);
-        revoked.retain(|_, t| *t > now);
-        revoked.insert(sid.to_string(), until);
+    /// Revokes session `sid` in memory at once and on disk before returning.
+    async fn revoke(&self, sid: &str, issued: i64) {
+        let (revoked, sid, max) = (self.revoked.clone(), sid.to_string(), self.max);
+        let written = tokio::task::spawn_blocking(move || revoked.revoke(&sid, issued, max, now_unix())).await;
+        let error = match written {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        error!(error = %error, "status page: the logout could not be written to the data directory: it holds until the agent stops, not after");
     }
 
     fn log_limited(&self, key: String, f: impl FnOnce(u64)) {
@@ -606,7 +613,7 @@ async fn logout(State(g): State<Arc<Guard>>, Extension(who): Extension<Principal
     let (Some(auth), Via::Session { sid, issued, .. }) = (g.users.as_ref(), &who.via) else {
         return refuse(Refusal::Role, "only a logged-in user can log out");
     };
-    auth.revoke(sid, issued + auth.max);
+    auth.revoke(sid, *issued).await;
     info!(user = %who.name, "status page: logout");
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().append(header::SET_COOKIE, auth.set_cookie("", 0));

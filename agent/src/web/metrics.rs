@@ -197,6 +197,10 @@ const WEB_REFUSED: Family = counter(
     "web_requests_refused_total",
     "Requests to the status page refused by reason: no_credentials, invalid_session, invalid_token, origin, csrf, role.",
 );
+const WEB_LOGOUTS_FORGOTTEN: Family = counter(
+    "web_logouts_forgotten_total",
+    "Logged-out sessions forgotten before their expiry because more than 4096 were remembered (web-sessions-revoked): their cookies work again until they expire.",
+);
 const WEB_ACTIONS: Family = counter(
     "web_operator_actions_total",
     "Operator actions on the status page that passed the checks, by action (acknowledge, trust_certificate) and result: done (with its audit event), already (done before: nothing changed), not_found, invalid (an info event, not a thumbprint), failed (the store or the PKI failed: nothing changed). Refused ones are in web_requests_refused_total.",
@@ -377,6 +381,7 @@ fn render_web(out: &mut String, c: &crate::web::auth::AuthCounters) {
     WEB_LOCKOUTS.labelled(out, "scope", &[("address", c.lockouts_address), ("user", c.lockouts_user)]);
     let refused: Vec<(&str, u64)> = crate::web::auth::Refusal::ALL.iter().zip(c.refused).map(|(r, n)| (r.as_str(), n)).collect();
     WEB_REFUSED.labelled(out, "reason", &refused);
+    WEB_LOGOUTS_FORGOTTEN.scalar(out, crate::web::revoked::forgotten());
     WEB_ACTIONS.header(out);
     for (action, result, n) in crate::web::actions::counters() {
         let _ = writeln!(out, "edge_agent_{}{{action=\"{action}\",result=\"{result}\"}} {n}", WEB_ACTIONS.name);
@@ -665,7 +670,7 @@ mod tests {
                 assert!(name.starts_with("edge_agent_"));
             }
         }
-        assert_eq!(declared.len(), 84 + crate::analytics::metrics::FAMILY_COUNT);
+        assert_eq!(declared.len(), 85 + crate::analytics::metrics::FAMILY_COUNT);
         assert!(text.ends_with('\n'));
     }
 
@@ -713,6 +718,8 @@ mod tests {
             "edge_agent_web_logins_total{result=\"locked\"} ",
             "edge_agent_web_lockouts_total{scope=\"address\"} ",
             "edge_agent_web_lockouts_total{scope=\"user\"} ",
+            "# TYPE edge_agent_web_logouts_forgotten_total counter",
+            "edge_agent_web_logouts_forgotten_total ",
             "edge_agent_web_requests_refused_total{reason=\"no_credentials\"} ",
             "edge_agent_web_requests_refused_total{reason=\"csrf\"} ",
             "edge_agent_web_requests_refused_total{reason=\"role\"} ",

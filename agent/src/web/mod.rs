@@ -25,6 +25,7 @@ pub mod actions;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod revoked;
 pub mod session;
 mod stream;
 pub mod throttle;

@@ -4,7 +4,8 @@
 //! used, and a fingerprint of the user's password hash; the agent keeps no session table.
 //! So a session survives a restart of the agent, and ends when
 //! - it was not used for `session_idle`, or is older than `session_max`;
-//! - the user logs out (its id is remembered as revoked until it would have expired anyway);
+//! - the user logs out (its id is written to `web-sessions-revoked` in the data directory, see
+//!   [`super::revoked`], until it would have expired anyway, so a logout survives a restart);
 //! - the user's password changes or the user is removed (the fingerprint no longer matches);
 //! - the secret changes: delete `web-session.key` in the data directory and restart, and
 //!   every cookie issued before is refused.
