@@ -323,6 +323,46 @@ async fn a_wrong_password_is_401_and_five_failures_lock_the_address_and_the_user
 }
 
 #[tokio::test]
+async fn a_reload_does_not_lift_a_login_lock_nor_forget_the_failures_counted_so_far() {
+    // Given an agent with alice, bob and carol
+    let mut gw = Gateway::new(true, "");
+    add_user(&gw.users, "alice", "operator", ALICE);
+    add_user(&gw.users, "bob", "viewer", BOB);
+    add_user(&gw.users, "carol", "viewer", BOB);
+    gw.start().await;
+    // And alice locked by five wrong passwords from 127.0.0.1, and four wrong ones for bob from 127.0.0.2
+    let wrong = |user: &str| Req::post("/login").with("Origin", gw.origin()).form(login_form(user, "not-the-password"));
+    for _ in 0..5 {
+        assert_eq!(send(gw.port, &wrong("alice")).await.status, 401);
+    }
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    for _ in 0..4 {
+        assert_eq!(send_from(other, gw.port, &wrong("bob")).await.status, 401);
+    }
+    let right = |user: &str, pw: &str| Req::post("/login").with("Origin", gw.origin()).form(login_form(user, pw));
+    assert_eq!(send_from(other, gw.port, &right("alice", ALICE)).await.status, 429);
+
+    // When the config is reloaded (SIGHUP, as `systemctl reload` sends; the `reload` command does the same)
+    let runs = |log: &str| log.lines().filter(|l| l.contains("agent running")).count();
+    let before = support::wait_for("the agent running", Duration::from_secs(30), || Some(runs(&gw.log())).filter(|n| *n > 0)).await;
+    let reloaded = |log: &str| runs(log) > before;
+    gw.agent.as_ref().expect("running").signal("HUP");
+    support::wait_for("the agent running again after the reload", Duration::from_secs(30), || reloaded(&gw.log()).then_some(())).await;
+    wait_listening(loopback(gw.port), Duration::from_secs(30)).await;
+    assert!(gw.log().contains("restarting with the reloaded config"), "{}", gw.log());
+
+    // Then alice is still locked, from another address too, with the right password
+    let locked = send_from(other, gw.port, &right("alice", ALICE)).await;
+    assert_eq!(locked.status, 429, "{locked:?}");
+    // And 127.0.0.1 is still locked for everyone
+    assert_eq!(send(gw.port, &right("carol", BOB)).await.status, 429);
+    // And bob's fifth failure, the first after the reload, locks him
+    assert_eq!(send_from(other, gw.port, &wrong("bob")).await.status, 401);
+    assert_eq!(send_from(Ipv4Addr::new(127, 0, 0, 3), gw.port, &right("bob", BOB)).await.status, 429);
+    gw.stop();
+}
+
+#[tokio::test]
 async fn a_session_cookie_survives_a_restart_but_not_a_rotated_secret_nor_a_logout() {
     // Given an agent with alice, and her session cookie
     let mut gw = Gateway::new(true, "");

@@ -117,6 +117,13 @@ impl AgentProcess {
         wait_exit(&mut child, limit).is_some_and(|status| status.success())
     }
 
+    /// Sends signal `name` (`HUP`: `systemctl reload`) to the running agent.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            super::broker::signal(child, name);
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -73,7 +73,11 @@ pub async fn run_with_file(
     tokio::pin!(shutdown);
     let mut on_started = Some(on_started);
     // systemd (`Type=notify`): no-ops unless started by it. The watchdog outlives reloads.
-    let sd = Sd { notifier: Notifier::from_env(), watched: Watched::default() };
+    let sd = Sd {
+        notifier: Notifier::from_env(),
+        watched: Watched::default(),
+        logins: Arc::new(crate::web::throttle::LoginThrottle::default()),
+    };
     let watchdog = systemd::spawn_watchdog(sd.notifier.clone(), sd.watched.clone(), sd_notify::watchdog_enabled());
     // `systemctl reload` (SIGHUP) re-reads the file, as the `reload` command does.
     let mut hangup = match &config_file {
@@ -93,10 +97,12 @@ pub async fn run_with_file(
     result
 }
 
-/// systemd's notifier and the loops its watchdog watches.
+/// What outlives a reload: systemd's notifier and the loops its watchdog watches, and the
+/// status page's failed-login throttle (a `reload` or SIGHUP must not unlock a guesser).
 struct Sd {
     notifier: Notifier,
     watched: Watched,
+    logins: Arc<crate::web::throttle::LoginThrottle>,
 }
 
 async fn run_loop(
@@ -212,7 +218,7 @@ async fn run_once(
         let opcua = config.devices.iter().filter(|d| d.protocol == edge_drivers::Protocol::Opcua).map(|d| (d.name.clone(), d.endpoint()));
         let pki = edge_drivers::opcua::pki_dir(&config.gateway.data_dir);
         let actions = crate::web::actions::Actions::new(config.gateway.id.clone(), outbox.clone(), stored.clone(), pki, opcua.collect());
-        Some(start_web(config, &live, &register, actions, &web_cancel).await?)
+        Some(start_web(config, &live, &register, actions, sd.logins.clone(), &web_cancel).await?)
     } else {
         None
     };
@@ -476,6 +482,7 @@ async fn start_web(
     live: &Live,
     register: &Register,
     actions: Arc<crate::web::actions::Actions>,
+    logins: Arc<crate::web::throttle::LoginThrottle>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(std::net::SocketAddr, JoinHandle<()>)> {
     let settings = config
@@ -483,7 +490,7 @@ async fn start_web(
         .build()
         .map_err(|issues| anyhow::anyhow!("{}", issues.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")))?;
     // The users file, the session key and the TLS certificate: a start without them fails.
-    let guard = crate::web::auth::Guard::load(&settings, &config.gateway.data_dir).await?;
+    let guard = crate::web::auth::Guard::load(&settings, &config.gateway.data_dir, logins).await?;
     let listen = settings.listen;
     let listener = bind_web(listen).await.with_context(|| format!("cannot listen on web.listen = {listen}"))?;
     let addr = listener.local_addr()?;

@@ -15,7 +15,7 @@
 //! counted in `/metrics` and logged with the source address, at most once a minute per
 //! address ([`edge_drivers::log_limit`]).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,7 +36,7 @@ use tracing::{error, info, warn};
 use super::config::{Access, WebSettings};
 use super::revoked::Revoked;
 use super::session::{Claims, Secret};
-use super::throttle::Throttle;
+use super::throttle::LoginThrottle;
 use super::users::{hash_fingerprint, verify_password, Role, Users, MAX_PASSWORD_BYTES};
 
 /// The login form: inline CSS only, no script.
@@ -185,8 +185,8 @@ struct UsersAuth {
     users: RwLock<Arc<Users>>,
     /// The users file's (modified, length) when read, and when that was last looked at.
     stamp: Mutex<(Option<(SystemTime, u64)>, Instant)>,
-    by_address: Mutex<Throttle<IpAddr>>,
-    by_user: Mutex<Throttle<String>>,
+    /// Shared with the next page after a reload (see [`LoginThrottle`]).
+    logins: Arc<LoginThrottle>,
     /// Logged-out sessions, kept in the data directory so that a logout survives a restart.
     revoked: Arc<Revoked>,
     log_limit: Mutex<LogLimit<String>>,
@@ -208,12 +208,13 @@ impl Guard {
 
     /// Loads what `settings` refer to: the users file, the session secret in `data_dir`
     /// (created on first use) and the TLS certificate and key. Every error names the key.
-    pub async fn load(settings: &WebSettings, data_dir: &Path) -> anyhow::Result<Arc<Guard>> {
+    /// `logins` is the failed-login throttle, kept by the caller across reloads.
+    pub async fn load(settings: &WebSettings, data_dir: &Path, logins: Arc<LoginThrottle>) -> anyhow::Result<Arc<Guard>> {
         let (settings, data_dir) = (settings.clone(), data_dir.to_path_buf());
-        tokio::task::spawn_blocking(move || Guard::load_blocking(&settings, &data_dir)).await?
+        tokio::task::spawn_blocking(move || Guard::load_blocking(&settings, &data_dir, logins)).await?
     }
 
-    fn load_blocking(settings: &WebSettings, data_dir: &Path) -> anyhow::Result<Arc<Guard>> {
+    fn load_blocking(settings: &WebSettings, data_dir: &Path, logins: Arc<LoginThrottle>) -> anyhow::Result<Arc<Guard>> {
         use anyhow::Context as _;
         let tls = match &settings.tls {
             Some(files) => Some(super::tls::server_config(files)?),
@@ -241,8 +242,7 @@ impl Guard {
                     secure: tls.is_some(),
                     secret,
                     users: RwLock::new(Arc::new(list)),
-                    by_address: Mutex::default(),
-                    by_user: Mutex::default(),
+                    logins,
                     revoked: Arc::new(revoked),
                     log_limit: Mutex::new(LogLimit::default()),
                     verifies: Semaphore::new(CONCURRENT_VERIFIES),
@@ -551,7 +551,7 @@ async fn login(
     let user: String = form.user.chars().filter(|c| !c.is_control()).take(64).collect();
     let now = Instant::now();
     let locked = {
-        let (a, u) = (lock(&auth.by_address).check(&ip, now), lock(&auth.by_user).check(&user, now));
+        let (a, u) = (lock(&auth.logins.by_address).check(&ip, now), lock(&auth.logins.by_user).check(&user, now));
         a.err().max(u.err())
     };
     if let Some(wait) = locked {
@@ -580,8 +580,8 @@ async fn login(
         Err(_) => false,
     };
     if let (true, Some((role, hash))) = (ok, known) {
-        lock(&auth.by_address).success(&ip);
-        lock(&auth.by_user).success(&user);
+        lock(&auth.logins.by_address).success(&ip);
+        lock(&auth.logins.by_user).success(&user);
         LOGIN_SUCCESS.fetch_add(1, Ordering::Relaxed);
         info!(address = %ip, user = %user, role = %role, "status page: login");
         let claims = Claims::new(&user, hash_fingerprint(&hash), now_unix());
@@ -591,8 +591,8 @@ async fn login(
         return response;
     }
     LOGIN_FAILURE.fetch_add(1, Ordering::Relaxed);
-    let address_lock = lock(&auth.by_address).failure(ip, now);
-    let user_lock = lock(&auth.by_user).failure(user.clone(), now);
+    let address_lock = lock(&auth.logins.by_address).failure(ip, now);
+    let user_lock = lock(&auth.logins.by_user).failure(user.clone(), now);
     auth.log_limited(format!("failed:{ip}"), |suppressed| {
         warn!(address = %ip, user = %user, suppressed, "status page: failed login");
     });

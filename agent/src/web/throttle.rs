@@ -7,6 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const LIMIT: usize = 5;
@@ -17,6 +19,15 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(3600);
 /// Most keys tracked; past this, keys with nothing to remember are dropped, and new keys
 /// are not tracked until there is room (the other dimension still limits them).
 const MAX_KEYS: usize = 4096;
+
+/// The status page's two throttles, per source address and per user name. The agent keeps
+/// one for its whole life and hands it to the page again after a `reload` (SIGHUP), so a
+/// reload neither forgets failures nor lifts a lock.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    pub by_address: Mutex<Throttle<IpAddr>>,
+    pub by_user: Mutex<Throttle<String>>,
+}
 
 #[derive(Debug)]
 struct Record {
