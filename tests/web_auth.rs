@@ -438,6 +438,41 @@ async fn a_logged_out_session_cookie_is_still_refused_after_the_agent_restarts()
 }
 
 #[tokio::test]
+async fn an_open_event_stream_ends_when_its_session_is_logged_out_while_another_session_streams_on() {
+    // Given alice and bob logged in, each with the live stream open
+    let mut gw = Gateway::new(true, "");
+    add_user(&gw.users, "alice", "operator", ALICE);
+    add_user(&gw.users, "bob", "viewer", BOB);
+    gw.start().await;
+    let alice = login(&gw, "alice", ALICE).await;
+    let bob = login(&gw, "bob", BOB).await;
+    let port = gw.port;
+    let stream = |cookie: String| tokio::spawn(async move { send(port, &Req::get("/api/stream").with("Cookie", cookie)).await });
+    let (alice_stream, bob_stream) = (stream(alice.clone()), stream(bob.clone()));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!alice_stream.is_finished() && !bob_stream.is_finished(), "a stream ended by itself");
+
+    // When alice logs out (on another connection, as the page does)
+    let token = csrf(&gw, &alice).await;
+    let out =
+        send(gw.port, &Req::post("/logout").with("Cookie", alice.clone()).with("Origin", gw.origin()).with("X-CSRF-Token", token)).await;
+    assert_eq!(out.status, 204, "{out:?}");
+
+    // Then her stream says so and ends within a few seconds, after the status it had sent
+    let ended = tokio::time::timeout(Duration::from_secs(5), alice_stream).await.expect("alice's stream ends").expect("task");
+    assert_eq!(ended.status, 200);
+    assert!(ended.body.contains("event: status") && ended.body.contains("event: end"), "{}", ended.body);
+    // And a new stream with her cookie is refused (the browser's reconnect)
+    let again = send(gw.port, &Req::get("/api/stream").with("Cookie", alice)).await;
+    assert_eq!(again.status, 401, "{again:?}");
+    // And bob's stream goes on
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!bob_stream.is_finished(), "bob's stream ended");
+    bob_stream.abort();
+    gw.stop();
+}
+
+#[tokio::test]
 async fn a_state_changing_request_needs_the_csrf_token_and_the_page_origin_and_a_viewer_is_refused_the_operator_action() {
     // Given an operator and a viewer, both logged in, and a token
     let mut gw = Gateway::new(true, "");

@@ -404,6 +404,7 @@ pub async fn guard(State(g): State<Arc<Guard>>, ConnectInfo(peer): ConnectInfo<P
             return refuse(Refusal::Role, "the page is read-only: no users are configured (web.users_file)");
         }
         req.extensions_mut().insert(Principal { name: String::new(), role: Role::Viewer, via: Via::Anonymous });
+        req.extensions_mut().insert(Held { guard: g.clone(), by: HeldBy::Open });
         return next.run(req).await;
     };
     // Users added or removed meanwhile count from now on.
@@ -421,7 +422,9 @@ pub async fn guard(State(g): State<Arc<Guard>>, ConnectInfo(peer): ConnectInfo<P
         if changing {
             return refuse(Refusal::Role, "API tokens are read-only");
         }
-        req.extensions_mut().insert(Principal { name: name.to_string(), role: Role::Viewer, via: Via::Token });
+        let (name, token) = (name.to_string(), token.unwrap_or_default().to_string());
+        req.extensions_mut().insert(Principal { name, role: Role::Viewer, via: Via::Token });
+        req.extensions_mut().insert(Held { guard: g.clone(), by: HeldBy::Token(token) });
         return next.run(req).await;
     }
     let (claims, role, refreshed) = match auth.session(headers, now_unix()) {
@@ -457,6 +460,7 @@ pub async fn guard(State(g): State<Arc<Guard>>, ConnectInfo(peer): ConnectInfo<P
         }
     }
     let csrf = auth.secret.csrf_token(&claims.sid);
+    req.extensions_mut().insert(Held { guard: g.clone(), by: HeldBy::Session(claims.clone()) });
     req.extensions_mut().insert(Principal {
         name: claims.user.clone(),
         role,
@@ -467,6 +471,48 @@ pub async fn guard(State(g): State<Arc<Guard>>, ConnectInfo(peer): ConnectInfo<P
         response.headers_mut().append(header::SET_COOKIE, cookie);
     }
     response
+}
+
+/// What a long-lived request (the event stream) was let in with, to check again while it
+/// runs: put into every request's extensions by [`guard`].
+#[derive(Debug, Clone)]
+pub struct Held {
+    guard: Arc<Guard>,
+    by: HeldBy,
+}
+
+#[derive(Debug, Clone)]
+enum HeldBy {
+    /// An open page: nothing to end.
+    Open,
+    /// An API token (as sent).
+    Token(String),
+    Session(Claims),
+}
+
+impl Held {
+    /// Whether the request may go on at `now` (unix seconds): its token is still in the users
+    /// file; its session was not logged out, is within `session_max` of its login, and its
+    /// user is still there with the same password. An open request counts as use of its
+    /// session, so `session_idle` does not end it (see docs/access.md, Sessions).
+    pub async fn holds(&self, now: i64) -> bool {
+        let Some(auth) = self.guard.users.as_ref() else { return true };
+        refresh(&self.guard).await;
+        match &self.by {
+            HeldBy::Open => true,
+            HeldBy::Token(token) => auth.users().token_owner(token).is_some(),
+            HeldBy::Session(claims) => {
+                !auth.revoked.contains(&claims.sid)
+                    && now - claims.issued <= auth.max
+                    && auth.users().user(&claims.user).is_some_and(|(_, hash)| hash_fingerprint(hash) == claims.fingerprint)
+            }
+        }
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    now_unix()
 }
 
 /// Reads the users file again when it changed (`edge-agent user …` while the agent runs),
