@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use support::agent::{base_config, AgentProcess};
 use support::broker::Mosquitto;
 use support::demo::Demo;
+use support::metric;
 use support::page::{add_user, Session};
 use support::subscriber::Subscriber;
 use support::{free_port, loopback, wait_for, wait_listening};
@@ -43,15 +44,6 @@ where
 /// The events the ERP received of `kind`.
 fn received(erp: &Subscriber, kind: &str) -> Vec<Value> {
     erp.all().into_iter().filter(|m| m.topic.ends_with("/events") && m.json["kind"] == kind).map(|m| m.json).collect()
-}
-
-/// The value of the series `series` (name and labels, exactly) in Prometheus text.
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,10 +114,10 @@ async fn an_operator_acknowledges_an_anomaly_once_and_the_erp_receives_one_audit
     // And /metrics counts each outcome and the refusals
     let metrics = alice.get("/metrics").await.body;
     let action =
-        |result: &str| sample(&metrics, &format!("edge_agent_web_operator_actions_total{{action=\"acknowledge\",result=\"{result}\"}}"));
+        |result: &str| metric(&metrics, &format!("edge_agent_web_operator_actions_total{{action=\"acknowledge\",result=\"{result}\"}}"));
     assert_eq!([action("done"), action("already"), action("not_found"), action("invalid")], [1, 1, 1, 1]);
-    assert!(sample(&metrics, "edge_agent_web_requests_refused_total{reason=\"role\"}") >= 1);
-    assert!(sample(&metrics, "edge_agent_web_requests_refused_total{reason=\"csrf\"}") >= 1);
+    assert!(metric(&metrics, "edge_agent_web_requests_refused_total{reason=\"role\"}") >= 1);
+    assert!(metric(&metrics, "edge_agent_web_requests_refused_total{reason=\"csrf\"}") >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,7 +211,7 @@ node_id = "ns=2;s=Speed"
     assert_eq!(received(&erp, "certificate_trusted").len(), 1, "a second audit event was sent");
     let metrics = alice.get("/metrics").await.body;
     let action = |result: &str| {
-        sample(&metrics, &format!("edge_agent_web_operator_actions_total{{action=\"trust_certificate\",result=\"{result}\"}}"))
+        metric(&metrics, &format!("edge_agent_web_operator_actions_total{{action=\"trust_certificate\",result=\"{result}\"}}"))
     };
     assert_eq!([action("done"), action("already"), action("invalid"), action("not_found")], [1, 1, 1, 1]);
     assert!(agent.terminate(Duration::from_secs(10)), "the agent did not exit cleanly on SIGTERM");

@@ -66,7 +66,7 @@ pub async fn http_get_any(port: u16, path: &str) -> (String, String) {
     (head.lines().next().unwrap_or_default().to_string(), body.to_string())
 }
 
-/// The value of an unlabelled metric in Prometheus text.
+/// The value of a series in Prometheus text: its name, and its labels exactly as written.
 pub fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))

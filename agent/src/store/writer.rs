@@ -464,7 +464,6 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use bytesize::ByteSize;
-    use edge_drivers::{Quality, Sample, Value};
 
     use super::*;
     use crate::store::test_support::{self, report, settings, wait_until};
@@ -483,18 +482,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(writer.run(rx));
         // When three batches' worth of samples (about 240 KB of records) are written
-        let now = Utc::now();
-        let samples: Vec<Sample> = (0..3000)
-            .map(|i| Sample {
-                tag: format!("t{i}"),
-                value: Some(Value::Int(i)),
-                quality: Quality::Good,
-                source_ts: now,
-                server_ts: None,
-                agent_ts: now,
-            })
-            .collect();
-        tx.send(DeviceReport { device: "plc".into(), kind: ReportKind::Samples(samples) }).await.unwrap();
+        tx.send(report(0, 3000)).await.unwrap();
         drop(tx);
         task.await.unwrap();
         // Then the store was compacted, keeping what eviction left, and the page shows it
